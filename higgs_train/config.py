@@ -1,0 +1,204 @@
+"""``TrainingConfig``: the one configuration object, validated once, with errors that name the field.
+
+Every field carries its help text (used verbatim by the CLI); defaults live in ``configs/default.yaml`` and equal the
+dataclass defaults (a unit test keeps them in sync). Precedence: dataclass defaults < ``--config`` file < flags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_LORA_TARGETS = (
+    # Attention q/k/v/o, the text MLP and the audio MLP (DualFFN) of every decoder layer; a regex so the Whisper
+    # tower's q_proj/k_proj/v_proj/fc* (which share suffixes) are never matched.
+    r"^(?:base_model\.model\.)?layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|(?:mlp|audio_mlp)\.(?:gate|up|down)_proj)$"
+)
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainingConfig:
+    """All settings of a training job. See README "Configuration" for the groups."""
+
+    # --- data ---
+    train_data: str = _f("", "Training manifest (JSON list, JSONL or Parquet). Empty: generated sample data.")
+    val_data: str = _f("", "Validation manifest. Empty with sample data: its val split; otherwise no validation.")
+    audio_base_path: str = _f("", "Root that relative audio paths resolve under (default: the manifest's folder).")
+    min_audio_seconds: float = _f(0.5, "Shortest accepted audio clip, seconds.")
+    max_audio_seconds: float = _f(30.0, "Longest accepted audio clip, seconds.")
+    cache_dir: str = _f("", "Token cache root (default: <output_dir>/../token_cache, shared by runs and trials).")
+    # --- model ---
+    model_path: str = _f("embedded", "HiggsAudioModel dir or hub id; 'embedded' = the generated tiny stack.")
+    audio_tokenizer_path: str = _f("embedded", "Higgs audio tokenizer dir or hub id; 'embedded' = tiny stack.")
+    tokenizer_path: str = _f("", "Text tokenizer dir or hub id (default: model_path).")
+    # --- LoRA ---
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = _f(0.05, "LoRA dropout.")
+    lora_target_modules: list[str] = _f(
+        [DEFAULT_LORA_TARGETS], "Module names or one regex (peft semantics). Default: attention + text/audio MLPs."
+    )
+    # --- loss ---
+    text_loss_weight: float = _f(1.0, "Weight of the text next-token loss.")
+    audio_loss_weight: float = _f(1.0, "Weight of the audio next-code loss (mean over codebooks).")
+    consistency_loss_weight: float = _f(0.1, "Weight of the voice-consistency term (0 skips its computation).")
+    codebook_weights: list[float] = _f([], "Per-codebook audio loss weights (default: equal).")
+    text_dominance_threshold: float = _f(10.0, "Warn when weighted text loss / audio loss exceeds this.")
+    audio_dominance_threshold: float = _f(10.0, "Warn when weighted audio loss / text loss exceeds this.")
+    # --- optimisation ---
+    batch_size: int = _f(2, "Samples per micro-batch (upper bound when max_tokens_per_batch is set).")
+    max_tokens_per_batch: int = _f(0, "Token budget per micro-batch incl. padding (0: fixed batch_size).")
+    learning_rate: float = _f(2e-4, "Peak AdamW learning rate.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    num_epochs: int = _f(3, "Passes over the training data.")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0: run num_epochs).")
+    warmup_steps: int = _f(2, "Linear warm-up steps before the cosine decay.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    use_gradient_checkpointing: bool = _f(False, "Recompute decoder-layer activations in backward.")
+    seed: int = _f(42, "Seed for model init of adapters, data order and dropout.")
+    # --- schedule of side work ---
+    eval_every_steps: int = _f(10, "Validate every N optimizer steps (and at the end).")
+    save_every_steps: int = _f(10, "Checkpoint every N optimizer steps (and at the end).")
+    keep_best_k: int = _f(2, "Checkpoints kept, ranked by validation loss.")
+    log_every_steps: int = _f(1, "Report training metrics every N optimizer steps.")
+    # --- distribution ---
+    num_workers: int = _f(1, "Ray Train workers (one per GPU when use_gpu).")
+    use_gpu: bool = _f(False, "Train on GPUs (bf16 weights + autocast); CPU uses fp32.")
+    dataloader_num_workers: int = _f(1, "Ray Data preprocessing actors (audio tokenizer instances).")
+    cpus_per_data_actor: float = _f(0.5, "CPUs reserved per preprocessing actor (fractions allowed).")
+    cpus_per_train_worker: float = _f(0.5, "CPUs reserved per training worker (fractions allowed).")
+    storage_path: str = _f("", "Ray Train storage for checkpoints (local dir, s3://, gs://, NFS); default output_dir.")
+    # --- run ---
+    output_dir: str = _f("outputs/default", "Where the final adapter, reports and the MLflow store go.")
+    run_name: str = _f("", "Run name; rerunning a name resumes it (default: derived from output_dir).")
+    resume_from: str = _f("", "Checkpoint directory to resume from.")
+    quick_test: bool = _f(False, "A handful of steps on small data (smoke test).")
+    validate_data_only: bool = _f(False, "Validate the manifests, write the report and exit.")
+    create_sample_data: str = _f("", "Write the sample voice-cloning data set to this folder and exit.")
+    mlflow_tracking_uri: str = _f("", "MLflow tracking URI (default: sqlite under output_dir; MLFLOW_TRACKING_URI).")
+    mlflow_experiment: str = _f("higgs-train", "MLflow experiment name.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field and what it accepts."""
+
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainingConfig.{name}={getattr(self, name)!r} is invalid: expected {allowed}")
+
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "batch_size",
+            "num_epochs",
+            "gradient_accumulation_steps",
+            "num_workers",
+            "dataloader_num_workers",
+            "eval_every_steps",
+            "save_every_steps",
+            "keep_best_k",
+            "log_every_steps",
+        ):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+        for name in ("max_steps", "warmup_steps", "max_tokens_per_batch"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
+        for name in (
+            "text_loss_weight",
+            "audio_loss_weight",
+            "consistency_loss_weight",
+            "weight_decay",
+            "max_grad_norm",
+        ):
+            need(float(getattr(self, name)) >= 0, name, "a number >= 0")
+        need(
+            self.text_loss_weight + self.audio_loss_weight > 0,
+            "audio_loss_weight",
+            "text_loss_weight + audio_loss_weight > 0",
+        )
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "a number in [0, 1)")
+        need(self.learning_rate > 0, "learning_rate", "a number > 0")
+        need(
+            0 < self.min_audio_seconds < self.max_audio_seconds,
+            "max_audio_seconds",
+            "0 < min_audio_seconds < max_audio_seconds",
+        )
+        need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
+        need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
+        need(bool(self.lora_target_modules), "lora_target_modules", "at least one module name or regex")
+        need(
+            not self.codebook_weights or all(w >= 0 for w in self.codebook_weights),
+            "codebook_weights",
+            "non-negative weights, one per codebook",
+        )
+
+    # --- (de)serialisation ---
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"unknown TrainingConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainingConfig:
+        """Read a JSON or YAML file (by extension; YAML otherwise)."""
+        return cls.from_dict(read_config_file(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".json":
+            path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        else:
+            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=True))
+
+    def replace(self, **changes: Any) -> TrainingConfig:
+        return TrainingConfig.from_dict({**self.to_dict(), **changes})
+
+    def apply_quick_test(self) -> TrainingConfig:
+        """Shrink the run to a handful of steps (``--quick_test``)."""
+        return self.replace(
+            max_steps=min(self.max_steps or 4, 4), eval_every_steps=2, save_every_steps=2, warmup_steps=1, num_epochs=1
+        )
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of field names to values")
+    return data
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(TrainingConfig)}
+
+
+def field_defaults() -> dict[str, Any]:
+    out = {}
+    for f in fields(TrainingConfig):
+        out[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return out

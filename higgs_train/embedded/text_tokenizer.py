@@ -1,0 +1,82 @@
+"""Build a small byte-level BPE text tokenizer with the Llama-3 chat tokens and the Higgs audio tokens.
+
+The released Higgs tokenizer is Llama-3's (128k entries) with reserved special tokens renamed for audio. The tiny
+one keeps the same special-token *names* and their relative order, placed right after a small BPE vocabulary, so
+``prepare_chatml_sample`` and the collator see exactly the token strings they expect. The model config takes its
+token ids from this tokenizer (see ``model.py``); nothing downstream hard-codes 128xxx ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BASE_VOCAB_SIZE = 1024
+
+# Order mirrors Llama-3.1 ids 128000..128016 (+ Higgs renames of reserved tokens 3..8).
+SPECIAL_TOKENS: list[str] = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<|audio_out_bos|>",
+    "<|recipient|>",
+    "<|AUDIO|>",
+    "<|AUDIO_OUT|>",
+]
+
+
+def training_corpus() -> list[str]:
+    """A fixed English corpus: sample-data transcripts plus pangrams, so merges are stable across builds."""
+    from higgs_train.sample_data import SENTENCES, SYSTEM_PROMPT
+
+    pangrams = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Pack my box with five dozen liquor jugs.",
+        "How vexingly quick daft zebras jump!",
+        "Sphinx of black quartz, judge my vow.",
+        "0123456789 , . ? ! ; : ' \" ( ) - ",
+    ]
+    return [SYSTEM_PROMPT, *SENTENCES, *pangrams] * 4
+
+
+def build_text_tokenizer_dir(out_dir: Path) -> Path:
+    """Train the BPE deterministically and save it in ``AutoTokenizer`` format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BASE_VOCAB_SIZE,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        special_tokens=[],
+    )
+    tokenizer.train_from_iterator(training_corpus(), trainer=trainer)
+    # Pad the base vocabulary to a fixed size so the special-token ids do not depend on how many merges exist.
+    filler = [f"<|unused_{i}|>" for i in range(BASE_VOCAB_SIZE - tokenizer.get_vocab_size())]
+    if filler:
+        tokenizer.add_tokens(filler)
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|end_of_text|>",
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return out_dir
