@@ -99,9 +99,7 @@ def check_waveform(wave: np.ndarray, sr: int, limits: AudioLimits, name: str) ->
         raise AudioError(f"audio is silent (RMS {rms:.2e}): {name}")
 
 
-def load_audio(
-    audio_url: str, base_path: str | Path, target_sr: int, limits: AudioLimits | None = None
-) -> np.ndarray:
+def load_audio(audio_url: str, base_path: str | Path, target_sr: int, limits: AudioLimits | None = None) -> np.ndarray:
     """Resolve, decode, check, downmix and resample one clip to mono float32 at ``target_sr``."""
     path = resolve_audio_path(audio_url, base_path)
     data, sr = decode_audio(path)

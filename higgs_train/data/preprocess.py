@@ -1,0 +1,538 @@
+"""Preprocess one canonical manifest row into one Arrow-friendly training record (a pure stage; no Ray here).
+
+Why a separate, pure stage: the expensive work of a voice-cloning fine-tune on CPU-side is running the Higgs audio
+tokenizer over every clip. Doing it once, ahead of training, in a function that the Ray pipeline
+(``ray_pipeline.py``), the notebook dataset (``dataset.py``) and the tests all share, means the bytes the trainer
+sees are the bytes the tests checked, and the encoder never runs inside the training loop.
+
+A record (``RECORD_SCHEMA``) holds exactly what ``ChatMLDatasetSample`` needs, flattened into Arrow types so it can
+be written to Parquet, streamed by Ray Data and rebuilt with ``record_to_sample``:
+
+* ``input_ids`` / ``label_ids`` (int32): upstream ``prepare_chatml_sample`` output; labels are -100 before
+  ``start_index`` (the reference turn) and on every non-assistant token.
+* ``audio_codes`` (int16, flattened codebook-major, i.e. row ``k`` of the ``(num_codebooks, total_T)`` matrix
+  lies at ``[k*total_T, (k+1)*total_T)``) with ``audio_codes_shape = [num_codebooks, total_T]``; int16 halves the
+  cache against int32 and holds any codebook of <= 32767 entries (Higgs uses 1024).
+* ``audio_ids_start``: start column of every audio (in and out, message order) in the concatenated codes.
+* ``audio_is_out``: True for assistant audio (``<|AUDIO_OUT|>``), False for user/system audio (``<|AUDIO|>``).
+* ``audio_waveforms`` / ``audio_waveforms_start`` / ``audio_sample_rates``: 16 kHz mono waveforms of the
+  audio-in contents only, in order, and only when the model encodes Whisper embeddings; otherwise empty.
+* ``num_tokens``: the merged sequence length the model will see (see ``estimate_num_tokens``), used by the
+  token-budget batcher.
+* ``audio_seconds``: seconds of all audio in the row.
+
+Each distinct audio file is encoded at most once per process (an LRU keyed by content hash) and, when a code
+store is given (``token_cache.AudioCodeStore``), at most once across processes, epochs and reruns. Encoder calls are
+counted process-wide (``process_encoder_stats``) and per batch (``BatchResult.stats``), which the pipeline
+aggregates into the cache's ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from higgs_train.data.audio_io import AudioError, AudioLimits, load_audio, resolve_audio_path
+
+PREPROCESS_VERSION = "1"  # bump whenever a record's content for the same inputs would change
+WHISPER_SAMPLE_RATE = 16_000  # Whisper's feature extractor rate; upstream resamples to it anyway
+WHISPER_EMBEDS_PER_SECOND = 25  # 3000 mel frames / 30 s, pooled by 4 in the audio tower (upstream constant)
+IGNORE_INDEX = -100
+AUDIO_IN_TOKEN = "<|AUDIO|>"
+AUDIO_OUT_TOKEN = "<|AUDIO_OUT|>"
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("row_index", pa.int64()),
+        pa.field("speaker", pa.string()),
+        pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("label_ids", pa.list_(pa.int32())),
+        pa.field("audio_codes", pa.list_(pa.int16())),
+        pa.field("audio_codes_shape", pa.list_(pa.int32())),
+        pa.field("audio_ids_start", pa.list_(pa.int64())),
+        pa.field("audio_is_out", pa.list_(pa.bool_())),
+        pa.field("audio_waveforms", pa.list_(pa.float32())),
+        pa.field("audio_waveforms_start", pa.list_(pa.int64())),
+        pa.field("audio_sample_rates", pa.list_(pa.int32())),
+        pa.field("num_tokens", pa.int64()),
+        pa.field("audio_seconds", pa.float64()),
+    ]
+)
+_LIST_DTYPES: dict[str, Any] = {
+    "input_ids": np.int32,
+    "label_ids": np.int32,
+    "audio_codes": np.int16,
+    "audio_codes_shape": np.int32,
+    "audio_ids_start": np.int64,
+    "audio_is_out": np.bool_,
+    "audio_waveforms": np.float32,
+    "audio_waveforms_start": np.int64,
+    "audio_sample_rates": np.int32,
+}
+
+
+class PreprocessError(ValueError):
+    """A row that cannot become a training record; ``stage`` and ``reason`` go to the quarantine."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    """One quarantined row: which row, which stage failed and why."""
+
+    id: str
+    row_index: int
+    stage: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EncodedAudio:
+    """Codes of one clip, ``(num_codebooks, T)`` int16, and its duration at the tokenizer's rate."""
+
+    codes: np.ndarray
+    seconds: float
+
+
+@dataclass
+class EncoderStats:
+    """Counts of real ``audio_tokenizer.encode`` calls (cache hits are not counted)."""
+
+    calls: int = 0
+    seconds: float = 0.0  # audio seconds passed to the encoder
+    cpu_seconds: float = 0.0  # process CPU time spent inside the encoder
+
+    def add(self, calls: int, seconds: float, cpu_seconds: float) -> None:
+        self.calls += calls
+        self.seconds += seconds
+        self.cpu_seconds += cpu_seconds
+
+    def copy(self) -> EncoderStats:
+        return EncoderStats(self.calls, self.seconds, self.cpu_seconds)
+
+
+_PROCESS_ENCODER_STATS = EncoderStats()
+
+
+def process_encoder_stats() -> EncoderStats:
+    """Encoder calls made by every ``SamplePreprocessor`` of this process so far (a snapshot)."""
+    return _PROCESS_ENCODER_STATS.copy()
+
+
+@dataclass
+class BatchResult:
+    """Output of ``SamplePreprocessor.process_batch``: good records, quarantined rows and the batch's cost."""
+
+    records: list[dict[str, Any]]
+    failures: list[RowFailure]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class CodeStore(Protocol):
+    """What the preprocessor needs from a persistent code store (``token_cache.AudioCodeStore`` implements it)."""
+
+    def get(self, sha256: str) -> EncodedAudio | None: ...
+
+    def put(self, sha256: str, encoded: EncodedAudio) -> None: ...
+
+    def lock(self, sha256: str) -> contextlib.AbstractContextManager: ...
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything besides the inputs and the tokenizers that decides a record's content (part of the cache key)."""
+
+    limits: AudioLimits = field(default_factory=AudioLimits)
+    whisper: bool = False
+    encode_audio_in_tokens: bool = True
+    whisper_sample_rate: int = WHISPER_SAMPLE_RATE
+
+    def identity(self) -> dict[str, Any]:
+        return {"version": PREPROCESS_VERSION, **asdict(self)}
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes: the content identity of an audio file (see token_cache for why full hashes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def estimate_num_tokens(
+    num_text_tokens: int,
+    frames: Iterable[int],
+    is_out: Iterable[bool],
+    num_codebooks: int,
+    whisper_seconds: Iterable[float] = (),
+    encode_audio_in_tokens: bool = True,
+) -> int:
+    """Length of the merged sequence the decoder processes for one sample (before the model's round-to-8 pad).
+
+    The model replaces each ``<|AUDIO|>``/``<|AUDIO_OUT|>`` placeholder by that clip's code columns after the
+    collator adds a stream BOS and EOS column (+2) and the delay pattern shifts codebook ``k`` right by ``k``
+    (+num_codebooks-1): ``T + num_codebooks + 1`` positions per segment. Audio-in codes are merged only when the
+    model encodes audio-in tokens; Whisper embeddings add about 25 positions per second of audio-in. This is what
+    the batcher budgets, since attention/MLP cost follows the merged length, not the text length.
+    """
+    total = num_text_tokens
+    for t, out in zip(frames, is_out, strict=True):
+        total -= 1
+        if out or encode_audio_in_tokens:
+            total += t + num_codebooks + 1
+    for sec in whisper_seconds:
+        total += math.ceil(WHISPER_EMBEDS_PER_SECOND * sec)
+    return int(total)
+
+
+def row_to_chatml(row: dict[str, Any]) -> dict[str, Any]:
+    """A fresh ChatML dict from a canonical row (``messages`` or ``messages_json``); upstream mutates its input."""
+    if row.get("parse_error"):  # canonical manifests keep unreadable rows with the reason, for us to quarantine
+        raise PreprocessError("parse", str(row["parse_error"]))
+    messages = row.get("messages")
+    if messages is None:
+        raw = row.get("messages_json")
+        if not isinstance(raw, str):
+            raise PreprocessError("parse", "row has neither messages nor messages_json")
+        try:
+            messages = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise PreprocessError("parse", f"messages_json is not valid JSON: {err.msg}") from err
+    if not isinstance(messages, list) or not messages:
+        raise PreprocessError("parse", "messages is missing, empty or not a list")
+    misc = row.get("misc")
+    if misc is None and isinstance(row.get("misc_json"), str) and row["misc_json"]:
+        try:
+            misc = json.loads(row["misc_json"])
+        except json.JSONDecodeError as err:
+            raise PreprocessError("parse", f"misc_json is not valid JSON: {err.msg}") from err
+    return {
+        "messages": copy.deepcopy(messages),
+        "start_index": _optional_int(row.get("start_index")),
+        "speaker": _optional_str(row.get("speaker")),
+        "misc": copy.deepcopy(misc) if isinstance(misc, dict) else None,
+    }
+
+
+def _optional_int(value: Any) -> int | None:
+    # Arrow/pandas hand back numpy ints or NaN; upstream validates with dacite(check_types=True), which wants int.
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def audio_contents_in_order(messages: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(message index, role, content) of every audio content, in the order upstream emits placeholders."""
+    out = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        items = content if isinstance(content, list) else [content]
+        for item in items:
+            if isinstance(item, dict) and item.get("type") == "audio":
+                out.append((i, message.get("role"), item))
+    return out
+
+
+class SamplePreprocessor:
+    """Canonical row -> record: tokenize text, load + encode audio, prepare Whisper input, estimate length.
+
+    Stateless apart from an in-process LRU of encoded clips (by content hash) and encoder counters, so one instance
+    per process (e.g. per Ray actor) is the intended use; tokenizers load once, in the caller.
+    """
+
+    def __init__(
+        self,
+        text_tokenizer: Any,
+        audio_tokenizer: Any,
+        audio_base_path: str | Path,
+        limits: AudioLimits | None = None,
+        whisper: bool = False,
+        *,
+        encode_audio_in_tokens: bool = True,
+        code_store: CodeStore | None = None,
+        memo_size: int = 256,
+    ) -> None:
+        self.tokenizer = text_tokenizer
+        self.audio_tokenizer = audio_tokenizer
+        self.audio_base_path = Path(audio_base_path)
+        self.settings = PreprocessSettings(
+            limits=limits or AudioLimits(), whisper=bool(whisper), encode_audio_in_tokens=encode_audio_in_tokens
+        )
+        self.code_store = code_store
+        self.sampling_rate = int(audio_tokenizer.sampling_rate)
+        self.num_codebooks = int(audio_tokenizer.num_codebooks)
+        self.audio_in_id = text_tokenizer.convert_tokens_to_ids(AUDIO_IN_TOKEN)
+        self.audio_out_id = text_tokenizer.convert_tokens_to_ids(AUDIO_OUT_TOKEN)
+        self.encoder_stats = EncoderStats()
+        self._memo: OrderedDict[str, EncodedAudio] = OrderedDict()
+        self._memo_size = memo_size
+
+    @property
+    def limits(self) -> AudioLimits:
+        return self.settings.limits
+
+    # --- one row ---
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Preprocess one row; raises ``AudioError`` or ``PreprocessError`` (never returns a partial record)."""
+        sample = row_to_chatml(row)
+        input_ids, label_ids, audio_contents, speaker = self._tokenize(sample)
+        layout = audio_contents_in_order(sample["messages"])
+        is_out = self._check_layout(input_ids, layout, len(audio_contents))
+
+        encoded: list[EncodedAudio] = []
+        waves: list[np.ndarray] = []
+        for (_, _, content), out in zip(layout, is_out, strict=True):
+            url = self._check_content(content)
+            encoded.append(self._encoded(url))
+            if self.settings.whisper and not out:
+                waves.append(load_audio(url, self.audio_base_path, self.settings.whisper_sample_rate, self.limits))
+        return self._record(row, sample, speaker, input_ids, label_ids, encoded, is_out, waves)
+
+    def _tokenize(self, sample: dict[str, Any]) -> tuple[list[int], list[int], list[Any], str | None]:
+        from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
+
+        printed = io.StringIO()  # upstream prints its exception and returns Nones; keep the message as the reason
+        with contextlib.redirect_stdout(printed):
+            input_ids, label_ids, audio_contents, speaker = prepare_chatml_sample(copy.deepcopy(sample), self.tokenizer)
+        if input_ids is None:
+            first = next((line for line in printed.getvalue().splitlines() if line.strip()), "unknown error")
+            raise PreprocessError("tokenize", f"ChatML tokenization failed: {first[:300]}")
+        return input_ids, label_ids, audio_contents, speaker
+
+    def _check_layout(self, input_ids: list[int], layout: list[tuple[int, str, dict]], n_audio: int) -> list[bool]:
+        placeholders = [t for t in input_ids if t in (self.audio_in_id, self.audio_out_id)]
+        if len(placeholders) != n_audio or len(layout) != n_audio:
+            raise PreprocessError(
+                "layout",
+                f"{len(placeholders)} audio placeholder tokens for {n_audio} audio contents "
+                f"(does a text content contain a literal {AUDIO_IN_TOKEN} or {AUDIO_OUT_TOKEN}?)",
+            )
+        is_out = [t == self.audio_out_id for t in placeholders]
+        if True in is_out:
+            first_out = is_out.index(True)
+            for k in range(first_out + 1, n_audio):
+                if not is_out[k]:
+                    raise PreprocessError(
+                        "layout",
+                        f"audio input (role {layout[k][1]!r}, message {layout[k][0]}) follows an audio output "
+                        f"(message {layout[first_out][0]}): Higgs-Audio's collator indexes Whisper waveforms by "
+                        "audio ordinal, so every user/system audio must precede all assistant audio",
+                    )
+        return is_out
+
+    @staticmethod
+    def _check_content(content: dict[str, Any]) -> str:
+        # Slicing and inline audio would need the slice/bytes in the code-store key; refuse rather than guess.
+        if content.get("offset") is not None or content.get("duration") is not None:
+            raise PreprocessError("audio", "audio offset/duration slicing is not supported; cut the clip instead")
+        url = content.get("audio_url")
+        if not url:
+            if content.get("raw_audio"):
+                raise PreprocessError("audio", "inline raw_audio is not supported; reference a file via audio_url")
+            raise AudioError("audio_url is empty")
+        return str(url)
+
+    # --- audio ---
+    def _encoded(self, url: str) -> EncodedAudio:
+        path = resolve_audio_path(url, self.audio_base_path)
+        sha = file_sha256(path)
+        hit = self._memo.get(sha)
+        if hit is not None:
+            self._memo.move_to_end(sha)
+            return hit
+        if self.code_store is None:
+            enc = self._load_and_encode(url)
+        else:
+            enc = self.code_store.get(sha)
+            if enc is None:
+                with self.code_store.lock(sha):  # another actor may be encoding the same file right now
+                    enc = self.code_store.get(sha)
+                    if enc is None:
+                        enc = self._load_and_encode(url)
+                        self.code_store.put(sha, enc)
+        self._memo[sha] = enc
+        if len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return enc
+
+    def _load_and_encode(self, url: str) -> EncodedAudio:
+        import torch
+
+        wave = load_audio(url, self.audio_base_path, self.sampling_rate, self.limits)
+        seconds = len(wave) / self.sampling_rate
+        start = time.process_time()
+        try:
+            with torch.inference_mode():
+                codes = self.audio_tokenizer.encode(wave, self.sampling_rate)
+        except Exception as err:  # a model failure on one clip must not take the whole job down
+            raise PreprocessError("encode", f"audio tokenizer failed on {url}: {type(err).__name__}: {err}") from err
+        cpu = time.process_time() - start
+        self.encoder_stats.add(1, seconds, cpu)
+        _PROCESS_ENCODER_STATS.add(1, seconds, cpu)
+        codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes)
+        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
+            raise PreprocessError("encode", f"audio tokenizer returned codes of shape {codes.shape} for {url}")
+        if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.int16).max):
+            raise PreprocessError("encode", f"audio codes outside the int16 range for {url}")
+        return EncodedAudio(codes.astype(np.int16), float(seconds))
+
+    # --- record ---
+    def _record(
+        self,
+        row: dict[str, Any],
+        sample: dict[str, Any],
+        speaker: str | None,
+        input_ids: list[int],
+        label_ids: list[int],
+        encoded: list[EncodedAudio],
+        is_out: list[bool],
+        waves: list[np.ndarray],
+    ) -> dict[str, Any]:
+        k = self.num_codebooks
+        frames = [e.codes.shape[1] for e in encoded]
+        codes = np.concatenate([e.codes for e in encoded], axis=1) if encoded else np.zeros((k, 0), np.int16)
+        wave_lengths = [len(w) for w in waves]
+        return {
+            "id": str(row.get("id", "")),
+            "row_index": _optional_int(row.get("row_index")) if row.get("row_index") is not None else -1,
+            "speaker": speaker if speaker is not None else sample.get("speaker"),
+            "input_ids": np.asarray(input_ids, np.int32),
+            "label_ids": np.asarray(label_ids, np.int32),
+            "audio_codes": np.ascontiguousarray(codes).reshape(-1),
+            "audio_codes_shape": np.asarray(codes.shape, np.int32),
+            "audio_ids_start": np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64)
+            if frames
+            else np.zeros(0, np.int64),
+            "audio_is_out": np.asarray(is_out, np.bool_),
+            "audio_waveforms": np.concatenate(waves).astype(np.float32) if waves else np.zeros(0, np.float32),
+            "audio_waveforms_start": np.concatenate([[0], np.cumsum(wave_lengths)[:-1]]).astype(np.int64)
+            if waves
+            else np.zeros(0, np.int64),
+            "audio_sample_rates": np.full(len(waves), self.settings.whisper_sample_rate, np.int32),
+            "num_tokens": estimate_num_tokens(
+                len(input_ids),
+                frames,
+                is_out,
+                k,
+                [n / self.settings.whisper_sample_rate for n in wave_lengths],
+                self.settings.encode_audio_in_tokens,
+            ),
+            "audio_seconds": float(sum(e.seconds for e in encoded)),
+        }
+
+    # --- many rows ---
+    def process_batch(self, rows: Iterable[dict[str, Any]]) -> BatchResult:
+        """Preprocess rows, keeping failures (with stage and reason) instead of raising, plus the batch's cost."""
+        before = self.encoder_stats.copy()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        records: list[dict[str, Any]] = []
+        failures: list[RowFailure] = []
+        for row in rows:
+            rid, ridx = str(row.get("id", "")), row.get("row_index")
+            ridx = int(ridx) if ridx is not None else -1
+            try:
+                records.append(self(row))
+            except PreprocessError as err:
+                failures.append(RowFailure(rid, ridx, err.stage, err.reason))
+            except AudioError as err:
+                failures.append(RowFailure(rid, ridx, "audio", str(err)))
+            except Exception as err:  # unexpected: quarantined under its own stage so it stays visible
+                failures.append(RowFailure(rid, ridx, "unexpected", f"{type(err).__name__}: {err}"))
+        stats = {
+            "rows": len(records) + len(failures),
+            "rows_ok": len(records),
+            "rows_failed": len(failures),
+            "encoder_calls": self.encoder_stats.calls - before.calls,
+            "encoded_seconds": self.encoder_stats.seconds - before.seconds,
+            "audio_seconds": float(sum(r["audio_seconds"] for r in records)),
+            "cpu_seconds": time.process_time() - cpu0,
+            "wall_seconds": time.perf_counter() - wall0,
+        }
+        return BatchResult(records, failures, stats)
+
+
+def records_to_table(records: list[dict[str, Any]], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
+    """Records -> Arrow table without per-element Python conversion of the (large) list columns."""
+    columns = []
+    for f in schema:
+        values = [r.get(f.name) for r in records]
+        if pa.types.is_list(f.type):
+            columns.append(_list_array(values, f.type, _LIST_DTYPES.get(f.name)))
+        else:
+            columns.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _list_array(values: list[Any], type_: pa.DataType, dtype: Any) -> pa.Array:
+    parts = [np.asarray(v if v is not None else [], dtype=dtype) for v in values]
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    nulls = np.array([v is None for v in values], dtype=bool)
+    mask = pa.array(nulls, pa.bool_()) if nulls.any() else None
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=type_.value_type), mask=mask)
+
+
+def iter_records(table: pa.Table) -> Iterator[dict[str, Any]]:
+    """Rows of a record table as dicts of numpy arrays (list columns, views into Arrow memory) and scalars."""
+    for batch in table.to_batches():
+        cols: dict[str, list[Any]] = {}
+        for name in batch.schema.names:
+            arr = batch.column(name)
+            if pa.types.is_list(arr.type):
+                # offsets index the whole child array even for a sliced ListArray, so use .values, not .flatten()
+                offsets = arr.offsets.to_numpy()
+                values = arr.values.to_numpy(zero_copy_only=False)
+                cols[name] = [values[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
+            else:
+                cols[name] = arr.to_pylist()
+        for i in range(batch.num_rows):
+            yield {name: col[i] for name, col in cols.items()}
+
+
+def record_to_sample(record: dict[str, Any]):
+    """A fresh ``ChatMLDatasetSample`` (new tensors every call; upstream's collator edits ``label_ids`` in place)."""
+    import torch
+    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
+
+    def t(name: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(np.asarray(record[name]), dtype=dtype)
+
+    k, total = (int(x) for x in np.asarray(record["audio_codes_shape"]))
+    codes = t("audio_codes", torch.long).reshape(k, total)
+    starts = t("audio_ids_start", torch.long)
+    return ChatMLDatasetSample(
+        input_ids=t("input_ids", torch.long),
+        label_ids=t("label_ids", torch.long),
+        audio_ids_concat=codes,
+        audio_ids_start=starts,
+        audio_waveforms_concat=t("audio_waveforms", torch.float32),
+        audio_waveforms_start=t("audio_waveforms_start", torch.long),
+        audio_sample_rate=t("audio_sample_rates", torch.long),
+        audio_speaker_indices=torch.full((len(starts),), -1, dtype=torch.long),  # -1: unknown speaker (upstream)
+    )

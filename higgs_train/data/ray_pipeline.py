@@ -1,0 +1,324 @@
+"""Build the token cache with Ray Data: canonical manifest -> actor pool of ``SamplePreprocessor`` -> Parquet.
+
+Why Ray Data with a fixed actor pool: the audio tokenizer is hundreds of MB and takes seconds to load, so it is
+loaded once per actor (``PreprocessActor.__init__``) and fed a stream of small batches; Ray Data keeps the pool busy
+and bounds memory, and the same code scales from this 2-CPU box to a cluster.
+
+Flow (``build_token_cache``):
+
+1. The driver reads the manifest's key columns, fingerprints the referenced audio and computes the cache key
+   (``token_cache``). A complete entry for the key is a hit: returned without starting any actor.
+2. ``read_parquet`` -> ``repartition(target_num_rows_per_block=batch_size)`` (a one-file manifest is a single block,
+   and Ray hands a whole block to one actor; small blocks spread rows over the pool) -> ``map_batches``
+   (``PreprocessActor``, ``ActorPoolStrategy(size=num_actors)``, fractional ``num_cpus``). Every input row comes
+   back: good rows as records, failed rows with ``error_stage``/``error_reason`` set and null data. Each batch's
+   cost (encoder calls, encoded audio seconds, CPU seconds) rides on its first output row.
+3. The result is materialised once (so the encoder runs once per row), failed rows are split off into
+   ``quarantine.parquet``, good rows are written with ``write_parquet`` into a staging directory, ``stats.json``
+   aggregates the per-batch costs, and ``TokenCache.publish`` renames the staging directory into place.
+
+Resource sizing (the job's total must fit the Ray cluster; on this machine ``ray.init(num_cpus=2)``):
+
+* each actor reserves ``cpus_per_actor`` (default 0.5) and runs torch with ``max(1, floor(cpus_per_actor))``
+  intra-op threads, so N actors never oversubscribe the cores they reserved by more than rounding;
+* read/filter/write tasks reserve ``IO_TASK_CPUS`` (0.25) each;
+* ``num_actors * cpus_per_actor + IO_TASK_CPUS`` must not exceed the cluster's CPUs, checked up front: Ray would
+  otherwise wait forever for an actor it cannot place, which looks like a hang;
+* the cache is built before training starts, so training workers (``cpus_per_train_worker`` each) do not compete
+  with these actors; the pool is released when the build returns. With 2 CPUs the defaults (2 actors x 0.5 + 0.25)
+  leave 0.75 CPU for the driver and Ray's own repartition tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.preprocess import RECORD_SCHEMA, BatchResult, PreprocessSettings, records_to_table
+from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.token_cache import (
+    DATA_DIR,
+    QUARANTINE_FILE,
+    CacheEntry,
+    TokenCache,
+    audio_fingerprints,
+    audio_tokenizer_identity,
+    compute_cache_key,
+    referenced_audio,
+    text_tokenizer_identity,
+)
+
+if TYPE_CHECKING:
+    from higgs_train.models import ResolvedPaths
+
+IO_TASK_CPUS = 0.25
+ERROR_STAGE = "error_stage"
+ERROR_REASON = "error_reason"
+STAT_COLUMNS = ("_encoder_calls", "_encoded_seconds", "_cpu_seconds")
+OUTPUT_SCHEMA = pa.schema(
+    [
+        *RECORD_SCHEMA,
+        pa.field(ERROR_STAGE, pa.string()),
+        pa.field(ERROR_REASON, pa.string()),
+        pa.field("_encoder_calls", pa.int64()),
+        pa.field("_encoded_seconds", pa.float64()),
+        pa.field("_cpu_seconds", pa.float64()),
+    ]
+)
+META_COLUMNS = ["id", "row_index", "audio_seconds", ERROR_STAGE, ERROR_REASON, *STAT_COLUMNS]
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """Outcome of ``build_token_cache``; ``encoder_calls`` counts this call only (0 on a hit)."""
+
+    path: Path
+    key: str
+    stats: dict[str, Any]
+    quarantine_counts: dict[str, int]
+    hit: bool
+    encoder_calls: int
+    entry: CacheEntry
+
+
+def batch_output(result: BatchResult) -> pa.Table:
+    """One Arrow table per batch: good records, then failed rows (id, row_index, error), costs on the first row."""
+    good = records_to_table(result.records)
+    n_good, n_bad = good.num_rows, len(result.failures)
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for f in RECORD_SCHEMA:
+        if f.name == "id":
+            tail = pa.array([x.id for x in result.failures], pa.string())
+        elif f.name == "row_index":
+            tail = pa.array([x.row_index for x in result.failures], pa.int64())
+        else:
+            tail = pa.nulls(n_bad, f.type)
+        columns[f.name] = pa.chunked_array([good.column(f.name).combine_chunks(), tail], f.type)
+    columns[ERROR_STAGE] = pa.array([None] * n_good + [x.stage for x in result.failures], pa.string())
+    columns[ERROR_REASON] = pa.array([None] * n_good + [x.reason for x in result.failures], pa.string())
+    n = n_good + n_bad
+    first = [1.0] + [0.0] * (n - 1) if n else []
+    s = result.stats
+    columns["_encoder_calls"] = pa.array([int(s.get("encoder_calls", 0) * w) for w in first], pa.int64())
+    columns["_encoded_seconds"] = pa.array([s.get("encoded_seconds", 0.0) * w for w in first], pa.float64())
+    columns["_cpu_seconds"] = pa.array([s.get("cpu_seconds", 0.0) * w for w in first], pa.float64())
+    return pa.table(columns, schema=OUTPUT_SCHEMA)
+
+
+class PreprocessActor:
+    """Ray Data callable class: loads the tokenizers once (CPU), then preprocesses batches of manifest rows."""
+
+    def __init__(
+        self,
+        tokenizer_path: str,
+        audio_tokenizer_path: str,
+        audio_base_path: str,
+        settings: dict[str, Any],
+        code_store_dir: str | None,
+        torch_threads: int = 1,
+    ) -> None:
+        import torch
+
+        from higgs_train.data.preprocess import SamplePreprocessor
+        from higgs_train.data.token_cache import AudioCodeStore
+        from higgs_train.models import load_audio_tokenizer, load_text_tokenizer
+
+        torch.set_num_threads(torch_threads)
+        limits = AudioLimits(**settings["limits"])
+        self.preprocessor = SamplePreprocessor(
+            load_text_tokenizer(tokenizer_path),
+            load_audio_tokenizer(audio_tokenizer_path, device="cpu"),
+            audio_base_path,
+            limits,
+            settings["whisper"],
+            encode_audio_in_tokens=settings["encode_audio_in_tokens"],
+            code_store=AudioCodeStore(code_store_dir) if code_store_dir else None,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch_output(self.preprocessor.process_batch(batch.to_pylist()))
+
+
+def _good_rows(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch.column(ERROR_REASON))).select(RECORD_SCHEMA.names)
+
+
+def model_flags(model_path: str) -> tuple[bool, bool]:
+    """(encode_whisper_embed, encode_audio_in_tokens) of a Higgs model config: what the records must contain."""
+    from boson_multimodal.model.higgs_audio import HiggsAudioConfig
+
+    config = HiggsAudioConfig.from_pretrained(model_path)
+    return bool(config.encode_whisper_embed), bool(config.encode_audio_in_tokens)
+
+
+def check_resources(num_actors: int, cpus_per_actor: float) -> None:
+    """Fail fast instead of waiting forever for actors the cluster cannot place."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    need = num_actors * cpus_per_actor + IO_TASK_CPUS
+    if need > total + 1e-9:
+        raise ValueError(
+            f"token-cache build needs {need:g} CPUs ({num_actors} actors x {cpus_per_actor:g} + {IO_TASK_CPUS:g} for "
+            f"read/write tasks) but the Ray cluster has {total:g}; lower dataloader_num_workers or cpus_per_data_actor"
+        )
+
+
+def build_token_cache(
+    manifest_parquet: str | Path,
+    cache_root: str | Path,
+    model_paths: ResolvedPaths,
+    audio_base_path: str | Path,
+    limits: AudioLimits | None = None,
+    num_actors: int = 1,
+    cpus_per_actor: float = 0.5,
+    batch_size: int = 4,
+    *,
+    whisper: bool | None = None,
+    encode_audio_in_tokens: bool | None = None,
+) -> CacheResult:
+    """Preprocess a canonical manifest into the token cache (or find it there); see the module docstring.
+
+    ``model_paths`` is a ``models.ResolvedPaths``. ``whisper``/``encode_audio_in_tokens`` default to the model
+    config's ``encode_whisper_embed``/``encode_audio_in_tokens``. Ray must be initialised by the caller (or is
+    auto-initialised by Ray Data with every local CPU).
+    """
+    from higgs_train.models import load_text_tokenizer
+
+    if num_actors < 1 or cpus_per_actor <= 0 or batch_size < 1:
+        raise ValueError("num_actors and batch_size must be >= 1 and cpus_per_actor > 0")
+    t0 = time.perf_counter()
+    cache = TokenCache(cache_root)
+    cfg_whisper, cfg_audio_in = model_flags(model_paths.model_path)
+    settings = PreprocessSettings(
+        limits=limits or AudioLimits(),
+        whisper=cfg_whisper if whisper is None else whisper,
+        encode_audio_in_tokens=cfg_audio_in if encode_audio_in_tokens is None else encode_audio_in_tokens,
+    )
+    manifest = pq.read_table(manifest_parquet)
+    urls = referenced_audio(manifest.column("messages_json").to_pylist())
+    fingerprints = audio_fingerprints(urls, audio_base_path, cache.fingerprint_memo())
+    audio_identity = audio_tokenizer_identity(model_paths.audio_tokenizer_path)
+    key = compute_cache_key(
+        manifest,
+        fingerprints,
+        text_tokenizer_identity(load_text_tokenizer(model_paths.tokenizer_path)),
+        audio_identity,
+        settings,
+    )
+
+    entry = cache.lookup(key)
+    if entry is not None:
+        cache.record_build({"key": key, "hit": True, "encoder_calls": 0, "encoded_seconds": 0.0})
+        return CacheResult(entry.path, key, entry.stats, entry.stats.get("quarantine_counts", {}), True, 0, entry)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    check_resources(num_actors, cpus_per_actor)
+    code_store = cache.code_store(audio_identity, settings)
+    staging = cache.staging(key)
+    try:
+        processed = (
+            ray.data.read_parquet(str(manifest_parquet), num_cpus=IO_TASK_CPUS)
+            .repartition(target_num_rows_per_block=batch_size)
+            .map_batches(
+                PreprocessActor,
+                fn_constructor_kwargs={
+                    "tokenizer_path": model_paths.tokenizer_path,
+                    "audio_tokenizer_path": model_paths.audio_tokenizer_path,
+                    "audio_base_path": str(audio_base_path),
+                    "settings": {**dataclasses.asdict(settings), "limits": dataclasses.asdict(settings.limits)},
+                    "code_store_dir": str(code_store.root),
+                    "torch_threads": max(1, math.floor(cpus_per_actor)),
+                },
+                compute=ray.data.ActorPoolStrategy(size=num_actors),
+                num_cpus=cpus_per_actor,
+                batch_size=batch_size,
+                batch_format="pyarrow",
+            )
+            .materialize()
+        )
+        meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
+        processed.map_batches(_good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
+            str(staging / DATA_DIR), ray_remote_args={"num_cpus": IO_TASK_CPUS}
+        )
+        quarantine = _quarantine(meta)
+        quarantine.write(staging / QUARANTINE_FILE)
+        stats = _stats(meta, quarantine, time.perf_counter() - t0, num_actors, cpus_per_actor, batch_size)
+        stats.update(key=key, settings=settings.identity(), audio_files=len(urls))
+        entry = cache.publish(key, staging, stats)
+    except BaseException:
+        cache.discard(staging)
+        raise
+    cache.record_build(
+        {
+            "key": key,
+            "hit": False,
+            "encoder_calls": stats["encoder_calls"],
+            "encoded_seconds": stats["encoded_audio_seconds"],
+        }
+    )
+    return CacheResult(entry.path, key, entry.stats, stats["quarantine_counts"], False, stats["encoder_calls"], entry)
+
+
+def _quarantine(meta: pa.Table) -> Quarantine:
+    quarantine = Quarantine()
+    if meta.num_rows == 0:
+        return quarantine
+    bad = meta.filter(pc.is_valid(meta.column(ERROR_REASON))).sort_by("row_index")
+    for row in bad.to_pylist():
+        quarantine.add(row["id"], row["row_index"], row[ERROR_STAGE], row[ERROR_REASON])
+    return quarantine
+
+
+def _stats(
+    meta: pa.Table, quarantine: Quarantine, wall: float, num_actors: int, cpus_per_actor: float, batch_size: int
+) -> dict[str, Any]:
+    def total(name: str) -> float:
+        return float(pc.sum(meta.column(name)).as_py() or 0.0) if meta.num_rows else 0.0
+
+    rows_total = meta.num_rows
+    rows_bad = len(quarantine)
+    cpu = total("_cpu_seconds")
+    encoded = total("_encoded_seconds")
+    return {
+        "rows_total": rows_total,
+        "rows_ok": rows_total - rows_bad,
+        "rows_quarantined": rows_bad,
+        "quarantine_counts": quarantine.counts(),
+        "encoder_calls": int(total("_encoder_calls")),
+        "encoded_audio_seconds": encoded,
+        "audio_seconds": total("audio_seconds"),
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "audio_seconds_per_cpu_second": encoded / cpu if cpu > 0 else None,
+        "rows_per_second": rows_total / wall if wall > 0 else None,
+        "num_actors": num_actors,
+        "cpus_per_actor": cpus_per_actor,
+        "batch_size": batch_size,
+    }
+
+
+def describe(result: CacheResult) -> str:
+    """One line for logs."""
+    return json.dumps(
+        {
+            "key": result.key,
+            "hit": result.hit,
+            "rows_ok": result.stats.get("rows_ok"),
+            "quarantined": result.quarantine_counts,
+            "encoder_calls": result.encoder_calls,
+        }
+    )

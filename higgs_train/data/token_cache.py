@@ -1,0 +1,383 @@
+"""A content-addressed cache of preprocessed records, plus a per-clip store of audio codes.
+
+Why: encoding audio is the dominant CPU cost of a fine-tune and its result depends only on (inputs, tokenizers,
+settings). Keying the cache by exactly those makes a rerun, a second epoch, another trial or another run on the same
+data a read instead of an encode, and makes *any* change to them a different key rather than a stale read.
+
+Layout under ``cache_root``::
+
+    <key>/data/*.parquet        records (preprocess.RECORD_SCHEMA), one row per good manifest row
+    <key>/quarantine.parquet    rows that failed, with stage and reason
+    <key>/stats.json            rows ok/quarantined, encoder calls, audio seconds, CPU seconds, throughput
+    <key>/_SUCCESS              written last; a key directory without it is never read
+    audio_codes/<audio_key>/    one .npz of codes per distinct clip content (AudioCodeStore)
+    fingerprints.json           memo of file sha256 by (path, size, mtime_ns)
+    builds.jsonl                one line per build (hit or miss) with its encoder calls: a ledger across processes
+
+Completeness is atomic: a build writes into ``.staging/<key>-<uuid>/``, writes ``_SUCCESS`` last and renames the
+directory to ``<key>``; a crash leaves only staging debris, and two concurrent builders cannot both publish.
+
+The key hashes:
+
+* the manifest rows (row_index, id, speaker, start_index, messages_json, misc_json, parse_error) in order;
+* the full sha256 of every referenced audio file (missing files hash as "missing" so their later appearance changes
+  the key). Full hashes rather than size/mtime or head/tail samples: a clip edited in place with equal size, or a
+  copy with a fresh mtime, must neither be a stale hit nor a needless miss. The cost (reading each file once) is
+  small next to encoding it and is paid once: ``fingerprints.json`` remembers the hash of an unchanged
+  (path, size, mtime_ns);
+* the text tokenizer's content (vocabulary, added and special tokens; not its path, so a moved copy still hits);
+* the audio tokenizer: sha256 of each small file of a local directory (config, generation markers) and size +
+  mtime_ns of large ones (weights; hashing a 1 GB checkpoint per run is the wrong trade), or the id of a hub model.
+  The HuBERT teacher the tokenizer loads from the HF cache is not hashed; for the embedded stack its size and seed
+  are in the hashed ``higgs_train_generated.json``;
+* the preprocessing settings (limits, Whisper flag and rate, audio-in token flag, ``PREPROCESS_VERSION``).
+
+The code store is keyed only by (audio tokenizer, limits, version) and clip content, so a *changed manifest* (a new
+key) still re-encodes nothing already encoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from higgs_train.data.audio_io import AudioError, resolve_audio_path
+from higgs_train.data.preprocess import (
+    PREPROCESS_VERSION,
+    RECORD_SCHEMA,
+    EncodedAudio,
+    PreprocessSettings,
+    audio_contents_in_order,
+    file_sha256,
+    iter_records,
+)
+
+CACHE_FORMAT = "1"
+SUCCESS_FILE = "_SUCCESS"
+STATS_FILE = "stats.json"
+QUARANTINE_FILE = "quarantine.parquet"
+DATA_DIR = "data"
+KEY_COLUMNS = ("row_index", "id", "speaker", "start_index", "messages_json", "misc_json", "parse_error")
+SMALL_FILE_BYTES = 1 << 20  # audio-tokenizer files up to this size are hashed; larger ones use size + mtime
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+# --- identities -----------------------------------------------------------------------------------------------------
+def text_tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+    """Content identity of a loaded text tokenizer: vocabulary, added tokens and special ids (not its path)."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    added = sorted((str(k), str(v)) for k, v in getattr(tokenizer, "added_tokens_decoder", {}).items())
+    return {
+        "class": type(tokenizer).__name__,
+        "len": len(tokenizer),
+        "vocab_sha256": _sha(vocab),
+        "added_sha256": _sha(added),
+        "special_ids": sorted(int(i) for i in tokenizer.all_special_ids),
+    }
+
+
+def audio_tokenizer_identity(path: str | Path) -> dict[str, Any]:
+    """Identity of an audio tokenizer directory (small files hashed, weights by size + mtime) or hub id."""
+    local = Path(path)
+    if not local.is_dir():
+        return {"hub_id": str(path)}
+    files = {}
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        st = f.stat()
+        rel = str(f.relative_to(local))
+        files[rel] = file_sha256(f) if st.st_size <= SMALL_FILE_BYTES else [st.st_size, st.st_mtime_ns]
+    return {"files": files}
+
+
+# --- fingerprints ---------------------------------------------------------------------------------------------------
+class FingerprintMemo:
+    """sha256 of files, remembered by (real path, size, mtime_ns) in one JSON file so unchanged files are not re-read.
+
+    Concurrent builders may overwrite each other's memo (last writer wins); that only costs a re-hash later.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._data: dict[str, list] = {}
+        if path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                self._data = json.loads(path.read_text())
+        self._dirty = False
+
+    def sha256(self, file: Path) -> str:
+        real = str(file.resolve())
+        st = file.stat()
+        hit = self._data.get(real)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        digest = file_sha256(file)
+        self._data[real] = [st.st_size, st.st_mtime_ns, digest]
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self._dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.path, json.dumps(self._data))
+            self._dirty = False
+
+
+def referenced_audio(messages_json: list[str]) -> list[str]:
+    """Distinct ``audio_url`` values of all rows, in first-seen order (unparseable rows contribute none)."""
+    seen: dict[str, None] = {}
+    for raw in messages_json:
+        try:
+            messages = json.loads(raw) if isinstance(raw, str) else []
+        except json.JSONDecodeError:
+            continue
+        for _, _, content in audio_contents_in_order(messages if isinstance(messages, list) else []):
+            url = content.get("audio_url")
+            if isinstance(url, str) and url:
+                seen.setdefault(url, None)
+    return list(seen)
+
+
+def audio_fingerprints(urls: list[str], audio_base_path: str | Path, memo: FingerprintMemo) -> dict[str, str]:
+    """url -> sha256 of its file, or ``missing: <reason>`` when it does not resolve under the base path."""
+    out = {}
+    for url in urls:
+        try:
+            out[url] = memo.sha256(resolve_audio_path(url, audio_base_path))
+        except AudioError as err:
+            out[url] = f"missing: {err}"
+    memo.save()
+    return out
+
+
+# --- key ------------------------------------------------------------------------------------------------------------
+def manifest_digest(table: pa.Table) -> str:
+    """sha256 over the key columns of every row, in order (absent optional columns count as null)."""
+    digest = hashlib.sha256()
+    cols = {
+        c: (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows) for c in KEY_COLUMNS
+    }
+    for i in range(table.num_rows):
+        digest.update(json.dumps([cols[c][i] for c in KEY_COLUMNS], default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def compute_cache_key(
+    manifest: pa.Table,
+    fingerprints: dict[str, str],
+    text_identity: dict[str, Any],
+    audio_identity: dict[str, Any],
+    settings: PreprocessSettings,
+) -> str:
+    """The token-cache key (24 hex chars of sha256; collisions are not a practical concern at that length)."""
+    return _sha(
+        {
+            "format": CACHE_FORMAT,
+            "manifest": manifest_digest(manifest),
+            "audio": sorted(fingerprints.items()),
+            "text_tokenizer": text_identity,
+            "audio_tokenizer": audio_identity,
+            "settings": settings.identity(),
+        }
+    )[:24]
+
+
+def code_store_key(audio_identity: dict[str, Any], settings: PreprocessSettings) -> str:
+    """Codes depend on the audio tokenizer and on the clip; limits decide whether a clip is accepted at all."""
+    return _sha({"version": PREPROCESS_VERSION, "audio_tokenizer": audio_identity, "limits": settings.limits})[:24]
+
+
+# --- code store -----------------------------------------------------------------------------------------------------
+class AudioCodeStore:
+    """Codes of every clip ever encoded with one (audio tokenizer, limits), by content sha256; safe across processes.
+
+    ``lock(sha)`` is an inter-process file lock, so two actors meeting the same clip encode it once: the second waits
+    and then reads. Each entry is written to a temp file and renamed, so a reader never sees half an entry.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sha: str) -> Path:
+        return self.root / sha[:2] / f"{sha}.npz"
+
+    def get(self, sha256: str) -> EncodedAudio | None:
+        path = self._path(sha256)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return EncodedAudio(data["codes"].astype(np.int16), float(data["seconds"]))
+
+    def put(self, sha256: str, encoded: EncodedAudio) -> None:
+        path = self._path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, codes=encoded.codes, seconds=np.float64(encoded.seconds))
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def lock(self, sha256: str) -> Iterator[None]:
+        from filelock import FileLock
+
+        path = self._path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.with_suffix(".lock"))):
+            yield
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.glob("*/*.npz"))
+
+
+# --- cache entries --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CacheEntry:
+    """One complete cache directory."""
+
+    key: str
+    path: Path
+    stats: dict[str, Any]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / DATA_DIR
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.path / QUARANTINE_FILE
+
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        """All records sorted by ``row_index`` (file order from parallel writers is not deterministic)."""
+        files = sorted(self.data_dir.glob("*.parquet"))
+        schema = RECORD_SCHEMA if columns is None else pa.schema([RECORD_SCHEMA.field(c) for c in columns])
+        if not files:
+            return schema.empty_table()
+        wanted = columns if columns is None or "row_index" in columns else [*columns, "row_index"]
+        table = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files]).sort_by("row_index")
+        return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA) if columns is None else table.select(columns)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Records as dicts of numpy arrays, ready for ``preprocess.record_to_sample``."""
+        return list(iter_records(self.table()))
+
+    def lengths(self) -> np.ndarray:
+        """``num_tokens`` per record, in ``table()`` order (what the batcher plans with)."""
+        return self.table(["num_tokens"]).column("num_tokens").to_numpy()
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.stats.get("rows_ok", self.table(["row_index"]).num_rows))
+
+    def quarantine_table(self) -> pa.Table:
+        return pq.read_table(self.quarantine_path)
+
+
+class CacheIncompleteError(FileNotFoundError):
+    """The key has no complete cache (absent, or a directory without ``_SUCCESS``)."""
+
+
+class TokenCache:
+    """Lookup, staging and atomic publication of cache entries under one root."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / key
+
+    def lookup(self, key: str) -> CacheEntry | None:
+        """The complete entry for ``key``, or None."""
+        path = self.entry_dir(key)
+        if not (path / SUCCESS_FILE).exists():
+            return None
+        stats_path = path / STATS_FILE
+        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        return CacheEntry(key, path, stats)
+
+    def open(self, key: str) -> CacheEntry:
+        """Like ``lookup`` but raises ``CacheIncompleteError`` when there is no complete entry."""
+        entry = self.lookup(key)
+        if entry is None:
+            raise CacheIncompleteError(f"no complete token cache for key {key} under {self.root}")
+        return entry
+
+    def staging(self, key: str) -> Path:
+        """A fresh private directory on the same file system as the entry (so publishing is a rename)."""
+        path = self.root / ".staging" / f"{key}-{uuid.uuid4().hex[:12]}"
+        (path / DATA_DIR).mkdir(parents=True)
+        return path
+
+    def publish(self, key: str, staging: Path, stats: dict[str, Any]) -> CacheEntry:
+        """Write ``stats.json`` and then ``_SUCCESS`` into ``staging`` and rename it to the key's directory.
+
+        The caller has written ``data/`` and ``quarantine.parquet``. If another builder published the key first,
+        its entry wins and this staging directory is discarded (both hold the same content by construction).
+        """
+        (staging / DATA_DIR).mkdir(exist_ok=True)
+        (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        success = {
+            "key": key,
+            "format": CACHE_FORMAT,
+            "files": files,
+            "rows": stats.get("rows_ok"),
+            "time": time.time(),
+        }
+        (staging / SUCCESS_FILE).write_text(json.dumps(success, indent=2) + "\n")
+        final = self.entry_dir(key)
+        if final.exists() and not (final / SUCCESS_FILE).exists():
+            shutil.rmtree(final, ignore_errors=True)  # debris of an older, non-atomic layout
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if self.lookup(key) is None:
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.open(key)
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def code_store(self, audio_identity: dict[str, Any], settings: PreprocessSettings) -> AudioCodeStore:
+        return AudioCodeStore(self.root / "audio_codes" / code_store_key(audio_identity, settings))
+
+    def fingerprint_memo(self) -> FingerprintMemo:
+        return FingerprintMemo(self.root / "fingerprints.json")
+
+    # --- the build ledger: a persistent count of encoder work across processes and runs ---
+    def record_build(self, entry: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": time.time(), **entry}, sort_keys=True) + "\n"
+        with open(self.root / "builds.jsonl", "a") as fh:  # one short O_APPEND write per build
+            fh.write(line)
+
+    def builds(self) -> list[dict[str, Any]]:
+        path = self.root / "builds.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,243 @@
+"""The training job's driver: data -> token cache (Ray Data) -> TorchTrainer (Ray Train) -> artifacts (MLflow).
+
+This is the only module that starts or joins a Ray cluster. Order of work:
+
+1. resolve the run (quick-test shrink, run name, storage, auto-resume), open the MLflow run;
+2. canonicalise the manifests and build (or reuse) the token caches in Ray Data CPU actors, quarantining bad rows;
+3. fit a ``TorchTrainer`` whose workers run ``HiggsAudioTrainer``;
+4. log the final adapter, resolved config, loss curve, data reports; end the MLflow run FINISHED or FAILED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from higgs_train.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+COMPLETED_MARKER = "COMPLETED"
+
+
+@dataclass
+class JobResult:
+    """Where things went and the final metrics."""
+
+    output_dir: Path
+    adapter_dir: Path
+    run_name: str
+    mlflow_run_id: str | None
+    tracking_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    quarantined: int = 0
+    resumed_from: str | None = None
+
+    def summary(self) -> str:
+        keys = ("total_loss", "text_loss", "audio_loss", "val_loss", "val_audio_accuracy")
+        shown = ", ".join(f"{k}={self.metrics[k]:.4f}" for k in keys if k in self.metrics)
+        return (
+            f"run {self.run_name} finished: adapter at {self.adapter_dir}; {shown}; quarantined rows: "
+            f"{self.quarantined}; MLflow run {self.mlflow_run_id} at {self.tracking_uri}"
+        )
+
+
+def storage_root(config: TrainingConfig) -> str:
+    """Ray Train storage: ``storage_path`` (local, NFS, s3://, gs://) or ``<output_dir>/ray_results``."""
+    if config.storage_path:
+        return config.storage_path if "://" in config.storage_path else str(Path(config.storage_path).resolve())
+    return str((Path(config.output_dir) / "ray_results").resolve())
+
+
+def resolve_run(config: TrainingConfig) -> tuple[TrainingConfig, str, str | None]:
+    """Apply --quick_test, pick the run name and the checkpoint to resume from (explicit or the run's latest)."""
+    from higgs_train.training.checkpoint import latest_checkpoint
+
+    if config.quick_test:
+        config = config.apply_quick_test()
+    run_name = config.run_name or Path(config.output_dir).resolve().name
+    storage = storage_root(config)
+    run_dir = Path(storage) / run_name
+    if "://" not in storage and (run_dir / COMPLETED_MARKER).exists() and not config.resume_from:
+        suffix = 2
+        while (Path(storage) / f"{run_name}-{suffix}" / COMPLETED_MARKER).exists():
+            suffix += 1
+        logger.info("run %s already completed; starting %s-%d", run_name, run_name, suffix)
+        run_name = f"{run_name}-{suffix}"
+        run_dir = Path(storage) / run_name
+    resume = config.resume_from or None
+    if resume is None and "://" not in storage:
+        found = latest_checkpoint(run_dir)
+        resume = str(found) if found else None
+        if resume:
+            logger.info("run %s has checkpoints: resuming from %s", run_name, resume)
+    if resume and not (Path(resume) / "trainer_state.json").exists():
+        raise FileNotFoundError(f"--resume_from {resume} is not a higgs-train checkpoint (no trainer_state.json)")
+    return config.replace(run_name=run_name, resume_from=resume or ""), run_name, resume
+
+
+def init_ray(config: TrainingConfig) -> None:
+    """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("HIGGS_TRAIN_HOME", "HF_HOME", "HF_HUB_CACHE", "MLFLOW_TRACKING_URI"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env})
+
+
+def check_cpu_budget(config: TrainingConfig) -> None:
+    """Refuse a configuration that cannot be scheduled on the cluster instead of hanging in the pending state."""
+    import ray
+
+    available = ray.cluster_resources().get("CPU", 0)
+    training = config.num_workers * config.cpus_per_train_worker
+    data = config.dataloader_num_workers * config.cpus_per_data_actor
+    if max(training, data) > available:
+        raise ValueError(
+            f"needs {training:g} CPUs for training workers and {data:g} for data actors but the cluster has "
+            f"{available:g}; lower num_workers/cpus_per_train_worker or dataloader_num_workers/cpus_per_data_actor"
+        )
+
+
+def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, Path]:
+    """Canonicalise both manifests and build/reuse their token caches; returns (train, val, cache root)."""
+    from higgs_train.data.audio_io import AudioLimits
+    from higgs_train.data.manifest import convert_manifest
+    from higgs_train.data.ray_pipeline import build_token_cache, describe
+    from higgs_train.data.sources import resolve_sources
+
+    sources = resolve_sources(config)
+    output = Path(config.output_dir)
+    cache_root = Path(config.cache_dir) if config.cache_dir else output.resolve().parent / "token_cache"
+    limits = AudioLimits(config.min_audio_seconds, config.max_audio_seconds)
+    results = []
+    for split, manifest, base in (
+        ("train", sources.train, sources.train_audio_base),
+        ("val", sources.val, sources.val_audio_base),
+    ):
+        if manifest is None:
+            results.append(None)
+            continue
+        canonical = output / "manifests" / f"{split}.parquet"
+        report = convert_manifest(manifest, canonical)
+        logger.info("%s manifest: %s", split, report.summary())
+        result = build_token_cache(
+            canonical,
+            cache_root,
+            paths,
+            base,
+            limits,
+            num_actors=config.dataloader_num_workers,
+            cpus_per_actor=config.cpus_per_data_actor,
+        )
+        logger.info("%s cache: %s", split, describe(result))
+        results.append(result)
+    return results[0], results[1], cache_root
+
+
+def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[Path]]:
+    """Per-split validation reports and one quarantine file, from what preprocessing accepted and rejected."""
+    from higgs_train.data.quarantine import Quarantine
+
+    quarantine = Quarantine()
+    files: list[Path] = []
+    for split, cache in caches.items():
+        if cache is None:
+            continue
+        table = cache.entry.quarantine_table() if cache.entry.quarantine_path.exists() else None
+        invalid = []
+        if table is not None:
+            for rec in table.to_pylist():
+                quarantine.add(rec["id"], rec["row_index"], f"{split}:{rec['stage']}", rec["reason"])
+                invalid.append({"index": rec["row_index"], "id": rec["id"], "reason": rec["reason"]})
+        valid = cache.entry.num_rows
+        report = {"total": valid + len(invalid), "valid": valid, "invalid": invalid}
+        path = output / ("validation_report.json" if split == "train" else f"{split}_validation_report.json")
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        files.append(path)
+    quarantine_path = quarantine.write(output / "quarantine.parquet")
+    summary = output / "quarantine_summary.json"
+    summary.write_text(
+        json.dumps(
+            {
+                "rows": len(quarantine),
+                "by_stage": quarantine.counts(),
+                "records": [r.__dict__ for r in quarantine.records],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return len(quarantine), [*files, quarantine_path, summary]
+
+
+def run_training_job(config: TrainingConfig) -> JobResult:
+    """Run one training job end to end (see the module docstring)."""
+    from higgs_train.models import resolve_paths
+    from higgs_train.ray_train import build_torch_trainer
+    from higgs_train.tracking import RunTracker, resolve_tracking_uri
+
+    config, run_name, resume = resolve_run(config)
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
+    tracker = RunTracker(tracking_uri)
+    tags = {
+        "model_path": config.model_path,
+        "audio_tokenizer_path": config.audio_tokenizer_path,
+        "run_name": run_name,
+        "resumed_from": resume,
+    }
+    with tracker.start(config.mlflow_experiment, run_name, params=config.to_dict(), tags=tags):
+        paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
+        init_ray(config)
+        check_cpu_budget(config)
+        train_cache, val_cache, cache_root = build_caches(config, paths)
+        quarantined, report_files = write_data_reports(output, {"train": train_cache, "val": val_cache})
+        tracker.set_tags({"train_cache_key": train_cache.key, "val_cache_key": val_cache.key if val_cache else None})
+        tracker.log_metrics(
+            {
+                "data/train_rows": train_cache.entry.num_rows,
+                "data/quarantined_rows": quarantined,
+                "data/encoder_calls": train_cache.encoder_calls + (val_cache.encoder_calls if val_cache else 0),
+            },
+            step=0,
+        )
+        if train_cache.entry.num_rows == 0:
+            raise ValueError(f"no training rows survived preprocessing; see {output / 'quarantine_summary.json'}")
+        config.save(output / "resolved_config.yaml")
+        loop_config = {
+            "config": config.to_dict(),
+            "cache_root": str(cache_root.resolve()),
+            "train_key": train_cache.key,
+            "val_key": val_cache.key if val_cache and val_cache.entry.num_rows else None,
+            "mlflow_run_id": tracker.run_id,
+            "mlflow_tracking_uri": tracking_uri,
+        }
+        result = build_torch_trainer(config, loop_config, run_name, storage_root(config)).fit()
+        if result.error:
+            raise RuntimeError(f"training failed: {result.error}") from result.error
+        metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        adapter_dir = output / "adapter"
+        history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
+        tracker.log_artifact(adapter_dir, "adapter")
+        tracker.log_artifact(output / "resolved_config.yaml")
+        tracker.log_loss_curve(history, output / "loss_curve.png")
+        for path in report_files:
+            tracker.log_artifact(path, "data")
+        if "://" not in storage_root(config):
+            marker = Path(storage_root(config)) / run_name / COMPLETED_MARKER
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(metrics, sort_keys=True))
+    return JobResult(output, adapter_dir, run_name, tracker.run_id, tracking_uri, metrics, quarantined, resume)

@@ -1,0 +1,89 @@
+"""The Ray Train edge: a ``TorchTrainer`` whose per-worker function runs ``HiggsAudioTrainer``.
+
+Data reaches workers through the token cache (Parquet written by the Ray Data preprocessing stage): every worker
+reads the same records and takes its share of a deterministic batch plan, which guarantees equal step counts per
+worker (Ray Data's streaming split gives equal *rows*, not equal token-budget batches, and unequal step counts
+hang DDP). Multi-node jobs therefore need ``cache_dir`` on storage every node sees, like ``storage_path``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from higgs_train.config import TrainingConfig
+from higgs_train.training.context import WorkerContext, as_float_metrics
+
+
+@dataclass
+class RayWorkerContext(WorkerContext):
+    """Rank/device/DDP from Ray Train; reports go through ``ray.train.report`` (rank 0 attaches the checkpoint)."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(as_float_metrics(metrics), checkpoint=checkpoint)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    from higgs_train.data.token_cache import TokenCache
+    from higgs_train.tracking import RunTracker
+    from higgs_train.training.trainer import HiggsAudioTrainer
+
+    config = TrainingConfig.from_dict(loop_config["config"])
+    train_context = ray.train.get_context()
+    rank, world = train_context.get_world_rank(), train_context.get_world_size()
+    tracker = RunTracker.disabled()
+    if rank == 0 and loop_config.get("mlflow_run_id"):
+        tracker = RunTracker(loop_config["mlflow_tracking_uri"]).attach(loop_config["mlflow_run_id"])
+    context = RayWorkerContext(
+        rank=rank,
+        world_size=world,
+        device=ray.train.torch.get_device(),
+        prepare_model=lambda m: ray.train.torch.prepare_model(
+            m, parallel_strategy_kwargs={"find_unused_parameters": True}
+        ),
+        log_metrics=tracker.log_metrics,
+    )
+    cache = TokenCache(loop_config["cache_root"])
+    train_records = cache.open(loop_config["train_key"]).records()
+    val_records = cache.open(loop_config["val_key"]).records() if loop_config.get("val_key") else []
+    if world > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    HiggsAudioTrainer(config, context, train_records, val_records).train()
+
+
+def build_torch_trainer(config: TrainingConfig, loop_config: dict[str, Any], run_name: str, storage_path: str):
+    """The ``TorchTrainer`` for one run: resources from the config, best-k checkpoints by val_loss."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": config.cpus_per_train_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.keep_best_k,
+                checkpoint_score_attribute="val_loss" if loop_config.get("val_key") else "step",
+                checkpoint_score_order="min" if loop_config.get("val_key") else "max",
+            ),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )

@@ -1,0 +1,57 @@
+"""Preprocessed records for a trainer that runs without Ray (tests, notebooks, ``HiggsAudioTrainer(config)``).
+
+The same ``SamplePreprocessor`` the Ray Data actors use runs in-process; failed rows are quarantined under
+``<output_dir>/quarantine.parquet`` with their reasons, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from higgs_train.config import TrainingConfig
+from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.quarantine import Quarantine
+
+logger = logging.getLogger(__name__)
+
+
+def preprocess_manifest_locally(
+    manifest: Path, audio_base: Path, preprocessor: Any, quarantine: Quarantine, stage: str
+) -> list[dict]:
+    """Canonicalise ``manifest`` and preprocess every row; failures go to ``quarantine``."""
+    from higgs_train.data.manifest import read_manifest_rows, to_canonical_table
+
+    rows = to_canonical_table(read_manifest_rows(manifest), str(manifest)).to_pylist()
+    result = preprocessor.process_batch(rows)
+    for failure in result.failures:
+        quarantine.add(failure.id, failure.row_index, f"{stage}:{failure.stage}", failure.reason)
+    logger.info("%s: %d rows preprocessed, %d quarantined", manifest, len(result.records), len(result.failures))
+    return result.records
+
+
+def records_for_config(config: TrainingConfig, paths: Any, model_config: Any) -> tuple[list[dict], list[dict]]:
+    """(train records, val records) for ``config``, preprocessed in this process."""
+    from higgs_train.data.preprocess import SamplePreprocessor
+    from higgs_train.data.sources import resolve_sources
+    from higgs_train.models import load_audio_tokenizer, load_text_tokenizer
+
+    sources = resolve_sources(config)
+    preprocessor = SamplePreprocessor(
+        load_text_tokenizer(paths.tokenizer_path),
+        load_audio_tokenizer(paths.audio_tokenizer_path, device="cpu"),
+        sources.train_audio_base,
+        AudioLimits(config.min_audio_seconds, config.max_audio_seconds),
+        whisper=bool(model_config.encode_whisper_embed),
+        encode_audio_in_tokens=bool(model_config.encode_audio_in_tokens),
+    )
+    quarantine = Quarantine()
+    train = preprocess_manifest_locally(sources.train, sources.train_audio_base, preprocessor, quarantine, "train")
+    val: list[dict] = []
+    if sources.val is not None:
+        preprocessor.audio_base_path = sources.val_audio_base
+        val = preprocess_manifest_locally(sources.val, sources.val_audio_base, preprocessor, quarantine, "val")
+    if len(quarantine):
+        quarantine.write(Path(config.output_dir) / "quarantine.parquet")
+    return train, val

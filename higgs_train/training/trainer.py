@@ -1,0 +1,404 @@
+"""``HiggsAudioTrainer``: the LoRA training loop on ``HiggsAudioModel``, identical alone and inside Ray Train.
+
+Features and their trade-offs:
+
+* **Loss** -- ``higgs_train.loss.compute_higgs_audio_loss``: shifted text CE on ``expanded_labels``, per-codebook
+  audio CE within each audio-out segment, optional voice-consistency term. Sums are normalised by the label counts
+  of the whole optimizer step over all workers (one tiny all-reduce per step), so the gradient does not depend on
+  how a global batch is split into micro-batches or workers.
+* **Precision** -- fp32 on CPU; on CUDA bf16 base weights with fp32 adapters under bf16 autocast.
+* **Gradient accumulation** -- DDP gradient sync only on the last micro-batch of a step.
+* **Activation checkpointing** -- optional, real recomputation of decoder layers (upstream never checkpoints).
+* **Determinism** -- the batch plan is a function of (seed, epoch); dropout RNG is reseeded from
+  (seed, rank, step) at every step, so a resumed run repeats the uninterrupted run's losses.
+* **Checkpoints** -- adapter, optimizer, scheduler, RNG, data position and config; best-k by validation loss.
+* **Figures** -- tokens/s, padding efficiency and the share of step time spent waiting for data are computed by
+  the loop itself and reported with the losses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from higgs_train.config import TrainingConfig
+from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
+from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
+from higgs_train.training.context import LocalContext, WorkerContext
+from higgs_train.training.lora import apply_lora, count_parameters
+from higgs_train.training.schedule import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns: final counters, the last metrics and where the adapter went."""
+
+    state: TrainerState
+    adapter_dir: Path | None
+    metrics: dict[str, float]
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7919 + step) % (2**31 - 1)
+
+
+class HiggsAudioTrainer:
+    """Train LoRA adapters on preprocessed records (see ``higgs_train.data.preprocess`` for their schema).
+
+    ``train_records`` / ``val_records``: lists of preprocessed records. When omitted they are produced from the
+    config's manifests in-process (``higgs_train.training.data_source``), which is the path without Ray.
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        context: WorkerContext | None = None,
+        train_records: list[dict] | None = None,
+        val_records: list[dict] | None = None,
+    ) -> None:
+        self.config = config
+        self.context = context or LocalContext(
+            checkpoint_root=Path(config.output_dir) / "checkpoints", keep_best_k=config.keep_best_k
+        )
+        self.train_records = train_records
+        self.val_records = val_records
+        self.state = TrainerState()
+        self.model: Any = None
+        self._setup_done = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Load model + tokenizers, attach LoRA, build optimizer/scheduler/collator and the data."""
+        if self._setup_done:
+            return
+        from higgs_train.models import load_model, load_whisper_processor, resolve_paths
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.paths = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None)
+        self.device = self.context.device
+        self.use_autocast = self.device.type == "cuda"
+        dtype = torch.bfloat16 if self.use_autocast else torch.float32
+        model = load_model(self.paths.model_path, device=self.device, dtype=dtype)
+        self.model_config = model.config
+        model.config.use_cache = False
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        counts = count_parameters(model)
+        logger.info("trainable %d / %d parameters (%.3f%%)", counts.trainable, counts.total, 100 * counts.fraction)
+        self.parameter_counts = counts
+        if cfg.use_gradient_checkpointing:
+            enable_activation_checkpointing(model)
+        model.train()
+        self.model = self.context.prepare_model(model)
+        self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay)
+        self._setup_data(load_whisper_processor(self.paths.model_path, self.model_config))
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, self.total_steps)
+        if cfg.resume_from:
+            self.load_checkpoint(cfg.resume_from)
+        self._setup_done = True
+
+    def _setup_data(self, whisper_processor: Any) -> None:
+        from higgs_train.data.collate import build_collator
+
+        self.collator = build_collator(self.model_config, whisper_processor)
+        if self.train_records is None:
+            from higgs_train.training.data_source import records_for_config
+
+            self.train_records, self.val_records = records_for_config(self.config, self.paths, self.model_config)
+        if not self.train_records:
+            raise ValueError("no training rows survived preprocessing; see the quarantine report")
+        self.steps_per_epoch = len(self._epoch_steps(0))
+        planned = self.steps_per_epoch * self.config.num_epochs
+        self.total_steps = min(planned, self.config.max_steps) if self.config.max_steps else planned
+
+    # ------------------------------------------------------------------ data plan
+    def _epoch_plan(self, records: list[dict], epoch: int) -> list[list[int]]:
+        """This worker's micro-batches (row indices) for ``epoch``; every worker gets the same count."""
+        from higgs_train.data.batching import plan_epoch
+
+        lengths = [int(r["num_tokens"]) for r in records]
+        plans = plan_epoch(
+            lengths,
+            batch_size=self.config.batch_size,
+            max_tokens_per_batch=self.config.max_tokens_per_batch,
+            seed=self.config.seed,
+            epoch=epoch,
+            num_workers=self.context.world_size,
+        )
+        return plans[self.context.rank]
+
+    def _epoch_steps(self, epoch: int) -> list[list[list[int]]]:
+        """Group this worker's micro-batches into optimizer steps of ``gradient_accumulation_steps``."""
+        plan = self._epoch_plan(self.train_records, epoch)
+        k = self.config.gradient_accumulation_steps
+        return [plan[i : i + k] for i in range(0, len(plan), k)]
+
+    def _collate(self, records: list[dict], rows: list[int]):
+        from higgs_train.data.collate import collate_records
+
+        return collate_records([records[i] for i in rows], self.collator)
+
+    # ------------------------------------------------------------------ forward + loss
+    def _model_inputs(self, batch: Any) -> dict[str, Any]:
+        names = (
+            "input_ids",
+            "attention_mask",
+            "audio_features",
+            "audio_feature_attention_mask",
+            "audio_out_ids",
+            "audio_out_ids_start",
+            "audio_in_ids",
+            "audio_in_ids_start",
+            "label_ids",
+            "label_audio_ids",
+        )
+        out = {}
+        for name in names:
+            value = getattr(batch, name)
+            out[name] = value.to(self.device) if isinstance(value, torch.Tensor) else value
+        if out.get("audio_features") is not None and self.use_autocast:
+            out["audio_features"] = out["audio_features"].to(torch.bfloat16)
+        return out
+
+    def _forward_loss(self, batch: Any, global_counts: Any):
+        from higgs_train.loss import compute_higgs_audio_loss, segment_sample_index_from_input_ids
+
+        cfg = self.config
+        wants_consistency = cfg.consistency_loss_weight > 0
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else nullcontext()
+        with autocast:
+            outputs = self.model(**self._model_inputs(batch), output_audio_hidden_states=wants_consistency)
+        segments = (
+            segment_sample_index_from_input_ids(batch.input_ids, self.model_config.audio_out_token_idx)
+            if wants_consistency
+            else None
+        )
+        return compute_higgs_audio_loss(
+            outputs,
+            _BatchOnDevice(batch, self.device),
+            text_loss_weight=cfg.text_loss_weight,
+            audio_loss_weight=cfg.audio_loss_weight,
+            consistency_loss_weight=cfg.consistency_loss_weight,
+            codebook_weights=cfg.codebook_weights or None,
+            num_label_tokens=global_counts,
+            segment_sample_index=segments.to(self.device) if segments is not None else None,
+        )
+
+    def _global_counts(self, batches: list[Any]):
+        """Label counts of this optimizer step summed over all micro-batches and all workers."""
+        from higgs_train.loss import LabelTokenCounts, count_label_tokens
+
+        token_id = self.model_config.audio_out_token_idx
+        local = LabelTokenCounts(0, 0, 0)
+        for batch in batches:
+            local = local + count_label_tokens(batch, audio_out_token_id=token_id)
+        total = self.context.all_reduce_sum(local.to_tensor(self.device))
+        return LabelTokenCounts.from_tensor(total.cpu())
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> TrainResult:
+        """Run until ``num_epochs`` or ``max_steps``; validate, checkpoint and report on the configured cadence."""
+        from higgs_train.loss import LossBalanceMonitor
+
+        self.setup()
+        cfg = self.config
+        monitor = LossBalanceMonitor(cfg.text_dominance_threshold, cfg.audio_dominance_threshold)
+        last_metrics: dict[str, float] = {}
+        start_epoch = self.state.epoch
+        for epoch in range(start_epoch, cfg.num_epochs):
+            steps = self._epoch_steps(epoch)
+            first = self.state.step_in_epoch if epoch == start_epoch else 0
+            for step_in_epoch in range(first, len(steps)):
+                if self.total_steps and self.state.global_step >= self.total_steps:
+                    break
+                metrics = self._train_step(steps[step_in_epoch])
+                self.state.global_step += 1
+                self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch + 1
+                if step_in_epoch + 1 == len(steps):
+                    self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+                for warning in monitor.update(self._last_step_loss):
+                    logger.warning("step %d: %s", self.state.global_step, warning)
+                last_metrics = self._after_step(metrics)
+            if self.total_steps and self.state.global_step >= self.total_steps:
+                break
+        adapter_dir = self._finish(last_metrics)
+        return TrainResult(self.state, adapter_dir, last_metrics)
+
+    def _train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
+        cfg, ctx = self.config, self.context
+        step_start = time.perf_counter()
+        torch.manual_seed(step_seed(cfg.seed, ctx.rank, self.state.global_step))
+        data_start = time.perf_counter()
+        batches = [self._collate(self.train_records, rows) for rows in micro_batches]
+        data_wait = time.perf_counter() - data_start
+        counts = self._global_counts(batches)
+        sums = torch.zeros(4, dtype=torch.float64)  # text, audio, consistency, total (each a share of the step's)
+        real_tokens = sum(int(self.train_records[i]["num_tokens"]) for rows in micro_batches for i in rows)
+        padded_tokens = 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            no_sync = getattr(self.model, "no_sync", None)
+            with nullcontext() if sync or no_sync is None else no_sync():
+                out = self._forward_loss(batch, counts)
+                # DDP averages gradients over workers; the loss is already normalised by *global* counts, so
+                # scale by world size to turn DDP's mean into the intended sum.
+                (out.total * ctx.world_size).backward()
+            padded_tokens += int(batch.attention_mask.numel())
+            sums += torch.tensor(
+                [float(out.text_loss), float(out.audio_loss), float(out.consistency_loss), float(out.total.detach())],
+                dtype=torch.float64,
+            )
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        reduced = ctx.all_reduce_sum(
+            torch.cat([sums, torch.tensor([real_tokens, padded_tokens, data_wait], dtype=torch.float64)]).to(
+                self.device
+            )
+        ).cpu()
+        elapsed = time.perf_counter() - step_start
+        text, audio, consistency, total = (float(x) for x in reduced[:4])
+        text_w, audio_w = cfg.text_loss_weight * text, cfg.audio_loss_weight * audio
+        self._last_step_loss = replace(
+            out,
+            text_loss=torch.tensor(text),
+            audio_loss=torch.tensor(audio),
+            text_tokens=counts.text,
+            audio_tokens=counts.audio,
+            consistency_samples=counts.consistency_samples or 0,
+        )
+        return {
+            "train/total_loss": total,
+            "train/text_loss": text,
+            "train/audio_loss": audio,
+            "train/consistency_loss": consistency,
+            "train/text_loss_weighted": text_w,
+            "train/audio_loss_weighted": audio_w,
+            "train/text_audio_ratio": text_w / audio_w if audio_w > 0 else float("inf"),
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": grad_norm,
+            "train/tokens_per_second": float(reduced[4]) / elapsed,
+            "train/padding_efficiency": float(reduced[4]) / max(1.0, float(reduced[5])),
+            "train/data_wait_share": float(reduced[6]) / ctx.world_size / elapsed,
+            "train/text_tokens": counts.text,
+            "train/audio_tokens": counts.audio,
+        }
+
+    def _clip(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.config.max_grad_norm > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+    def _after_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        cfg, step = self.config, self.state.global_step
+        metrics = {"step": step, "epoch": self.state.epoch, **metrics}
+        # Canonical names (also used by Tune and MLflow): total_loss, text_loss, audio_loss, ...
+        for name in ("total_loss", "text_loss", "audio_loss", "consistency_loss", "text_audio_ratio"):
+            metrics[name] = metrics[f"train/{name}"]
+        final = bool(self.total_steps) and step >= self.total_steps
+        save = step % cfg.save_every_steps == 0 or final
+        # Every checkpoint carries val_loss, so best-k selection never sees a checkpoint without a score.
+        if self.val_records and (step % cfg.eval_every_steps == 0 or save):
+            metrics.update(self.validate())
+        self.state.metrics = metrics
+        if step % cfg.log_every_steps == 0 or save or final:
+            self.state.history.append(metrics)
+            self.context.log_metrics(metrics, step)
+        if save:
+            self._save_and_report(metrics)
+        elif step % cfg.log_every_steps == 0:
+            self.context.report(metrics, None)
+        return metrics
+
+    def _save_and_report(self, metrics: dict[str, float]) -> None:
+        with tempfile.TemporaryDirectory(prefix="higgs-ckpt-") as tmp:
+            ckpt = None
+            if self.context.rank == 0:
+                ckpt = save_checkpoint(
+                    Path(tmp), self.model, self.optimizer, self.scheduler, self.state, self.config.to_dict()
+                )
+            self.context.report(metrics, ckpt)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss and per-codebook next-code top-1 accuracy over this worker's share, summed globally."""
+        from higgs_train.loss import count_label_tokens
+
+        self.model.eval()
+        plan = self._epoch_plan(self.val_records, epoch=0)
+        codebooks = self.model_config.audio_num_codebooks
+        sums = torch.zeros(3 + 2 * codebooks, dtype=torch.float64)  # weighted total, text tokens, audio tokens, ...
+        for rows in plan:
+            batch = self._collate(self.val_records, rows)
+            counts = count_label_tokens(batch)
+            out = self._forward_loss(batch, None)
+            # Unweighted per-token sums, so val_loss is comparable across loss-weight settings (Tune trials).
+            sums[0] += float(out.text_loss) * counts.text + float(out.audio_loss) * counts.audio
+            sums[1] += counts.text
+            sums[2] += counts.audio
+            sums[3 : 3 + codebooks] += torch.tensor(out.audio_correct, dtype=torch.float64)
+            sums[3 + codebooks :] += torch.tensor(out.audio_counted, dtype=torch.float64)
+        sums = self.context.all_reduce_sum(sums.to(self.device)).cpu()
+        self.model.train()
+        accuracy = (sums[3 : 3 + codebooks] / sums[3 + codebooks :].clamp(min=1)).tolist()
+        metrics = {
+            "val_loss": float(sums[0] / max(1.0, float(sums[1] + sums[2]))),
+            "val_audio_accuracy": float(sum(accuracy) / len(accuracy)),
+        }
+        metrics.update({f"val/audio_accuracy_cb{k}": a for k, a in enumerate(accuracy)})
+        return metrics
+
+    # ------------------------------------------------------------------ end, save, load
+    def _finish(self, metrics: dict[str, float]) -> Path | None:
+        if self.context.rank != 0:
+            return None
+        output = Path(self.config.output_dir)
+        adapter_dir = output / "adapter"
+        save_adapter(self.model, adapter_dir)
+        self.config.save(adapter_dir / "training_config.yaml")
+        (output / "history.json").write_text(json.dumps(self.state.history, indent=1))
+        return adapter_dir
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write a full checkpoint to ``path`` (seed API)."""
+        self.setup()
+        return save_checkpoint(
+            Path(path), self.model, self.optimizer, self.scheduler, self.state, self.config.to_dict()
+        )
+
+    def load_checkpoint(self, path: str | Path) -> TrainerState:
+        """Restore a checkpoint written by ``save_checkpoint`` and continue from its data position (seed API)."""
+        self.state = load_checkpoint(Path(path), self.model, self.optimizer, getattr(self, "scheduler", None))
+        logger.info("resumed from %s at step %d", path, self.state.global_step)
+        return self.state
+
+
+class _BatchOnDevice:
+    """The few batch tensors the loss reads, moved to the training device."""
+
+    def __init__(self, batch: Any, device: torch.device) -> None:
+        self._batch = batch
+        self._device = device
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._batch, name)
+        return value.to(self._device) if isinstance(value, torch.Tensor) else value
+
+
+def is_finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))

@@ -1,0 +1,139 @@
+"""Token cache built by the Ray Data actor pool: quarantine, cache hits, and each audio file encoded exactly once."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from higgs_train.data.batching import plan_epoch
+from higgs_train.data.collate import build_collator, collate_records
+from higgs_train.data.preprocess import process_encoder_stats
+from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.ray_pipeline import build_token_cache, check_resources
+from higgs_train.data.token_cache import TokenCache
+from higgs_train.models import resolve_paths
+from higgs_train.sample_data import create_sample_data
+
+pytestmark = pytest.mark.integration
+
+BUILD = dict(num_actors=2, cpus_per_actor=0.5, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def write_canonical(rows: list[dict], path: Path) -> Path:
+    """A canonical manifest written directly with pyarrow (the columns manifest.convert_manifest produces)."""
+    table = pa.table(
+        {
+            "row_index": pa.array(range(len(rows)), pa.int64()),
+            "id": [r["id"] for r in rows],
+            "speaker": [r.get("speaker") for r in rows],
+            "start_index": pa.array([r.get("start_index") for r in rows], pa.int64()),
+            "messages_json": [json.dumps(r["messages"], sort_keys=True) for r in rows],
+            "misc_json": pa.array([None] * len(rows), pa.string()),
+            "source": ["test"] * len(rows),
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def audio_urls(rows: list[dict]) -> set[str]:
+    return {m["content"]["audio_url"] for r in rows for m in r["messages"] if isinstance(m["content"], dict)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    sample = create_sample_data(root / "data")
+    good = json.loads(sample["train"].read_text())
+    missing = copy.deepcopy(good[0])
+    missing["id"] = "bad_missing_audio"
+    missing["messages"][4]["content"]["audio_url"] = "audio/nobody/missing.wav"
+    late_input = copy.deepcopy(good[1])
+    late_input["id"] = "bad_audio_in_after_out"
+    late_input["messages"].append({"role": "user", "content": dict(good[1]["messages"][2]["content"])})
+    rows = good[:3] + [missing] + good[3:10] + [late_input] + good[10:]
+    manifest = write_canonical(rows, root / "manifest.parquet")
+    return {
+        "root": root,
+        "rows": rows,
+        "good": good,
+        "manifest": manifest,
+        "audio_base": sample["audio_base_path"],
+        "cache_root": root / "cache",
+        "paths": resolve_paths("embedded", "embedded"),
+    }
+
+
+@pytest.fixture(scope="module")
+def first_build(ray_cluster, setup):
+    return build_token_cache(setup["manifest"], setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_good_rows_cached(first_build, setup):
+    assert not first_build.hit
+    quarantine = Quarantine.read(first_build.path / "quarantine.parquet")
+    got = {(r.id, r.stage): r.reason for r in quarantine}
+    assert set(got) == {("bad_missing_audio", "audio"), ("bad_audio_in_after_out", "layout")}
+    assert got[("bad_missing_audio", "audio")] == "audio file not found: audio/nobody/missing.wav"
+    assert "follows an audio output" in got[("bad_audio_in_after_out", "layout")]
+    assert first_build.quarantine_counts == {"audio": 1, "layout": 1}
+
+    table = first_build.entry.table()
+    assert table.column("id").to_pylist() == [r["id"] for r in setup["rows"] if not r["id"].startswith("bad_")]
+    assert first_build.stats["rows_ok"] == len(setup["good"]) and first_build.stats["rows_quarantined"] == 2
+    assert (first_build.path / "_SUCCESS").exists() and (first_build.path / "stats.json").exists()
+    assert first_build.stats["audio_seconds_per_cpu_second"] > 0
+
+
+def test_two_epochs_and_a_second_run_encode_each_audio_file_once(first_build, setup):
+    distinct = len(audio_urls(setup["good"]))
+    assert first_build.encoder_calls == first_build.stats["encoder_calls"] == distinct
+
+    # Two epochs read the cache: batches are planned and collated without touching the encoder.
+    from boson_multimodal.model.higgs_audio import HiggsAudioConfig
+
+    before = process_encoder_stats().calls
+    records = first_build.entry.records()
+    collator = build_collator(HiggsAudioConfig.from_pretrained(setup["paths"].model_path))
+    lengths = first_build.entry.lengths()
+    for epoch in range(2):
+        for worker in plan_epoch(lengths, max_tokens_per_batch=1200, batch_size=4, seed=0, epoch=epoch, num_workers=2):
+            for batch in worker:
+                collate_records([records[i] for i in batch], collator)
+    assert process_encoder_stats().calls == before
+
+    # A second run with the same inputs is a cache hit: no actors, no encoder calls.
+    second = build_token_cache(setup["manifest"], setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+    assert second.hit and second.key == first_build.key and second.encoder_calls == 0
+
+    # A run on an edited manifest (the bad rows removed) is a new key, but every clip comes from the code store.
+    edited = write_canonical(setup["good"], setup["root"] / "manifest_clean.parquet")
+    third = build_token_cache(edited, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+    assert not third.hit and third.key != first_build.key
+    assert third.encoder_calls == 0 and third.stats["rows_ok"] == len(setup["good"])
+
+    # The persistent ledger, written by separate builds, sums to one encode per distinct file.
+    builds = TokenCache(setup["cache_root"]).builds()
+    assert [b["hit"] for b in builds] == [False, True, False]
+    assert sum(b["encoder_calls"] for b in builds) == distinct
+    assert len(list((setup["cache_root"] / "audio_codes").glob("*/*/*.npz"))) == distinct  # one entry per clip
+
+
+def test_oversized_actor_pool_fails_fast(ray_cluster):
+    with pytest.raises(ValueError, match="needs 2.75 CPUs"):
+        check_resources(num_actors=5, cpus_per_actor=0.5)
