@@ -300,6 +300,7 @@ class SamplePreprocessor:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         """Preprocess one row; raises ``AudioError`` or ``PreprocessError`` (never returns a partial record)."""
         sample = row_to_chatml(row)
+        self._check_structure(sample)
         input_ids, label_ids, audio_contents, speaker = self._tokenize(sample)
         layout = audio_contents_in_order(sample["messages"])
         is_out = self._check_layout(input_ids, layout, len(audio_contents))
@@ -312,6 +313,16 @@ class SamplePreprocessor:
             if self.settings.whisper and not out:
                 waves.append(load_audio(url, self.audio_base_path, self.settings.whisper_sample_rate, self.limits))
         return self._record(row, sample, speaker, input_ids, label_ids, encoded, is_out, waves)
+
+    def _check_structure(self, sample: dict[str, Any]) -> None:
+        """The validator's schema, role, layout and text checks, so a job quarantines exactly what
+        ``--validate_data_only`` reports (audio checks happen below, while loading)."""
+        from higgs_train.data.validation import structural_reason, text_reason
+
+        reason, turns = structural_reason(sample)
+        reason = reason or text_reason(turns, self.tokenizer)
+        if reason:
+            raise PreprocessError("validation", reason)
 
     def _tokenize(self, sample: dict[str, Any]) -> tuple[list[int], list[int], list[Any], str | None]:
         from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample

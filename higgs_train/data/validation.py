@@ -57,7 +57,7 @@ NO_TARGET_AUDIO = "no assistant audio turn at or after start_index {start} (noth
 AUDIO_IN_AFTER_OUT = (
     "messages[{i}]: {role} audio after an assistant audio turn (audio-in after audio-out is unsupported)"
 )
-NO_REFERENCE_AUDIO = "cloning sample has no reference assistant audio before start_index {start}"
+NO_REFERENCE_AUDIO = "cloning sample has no reference audio before start_index {start}"
 EMPTY_TEXT = "messages[{i}]: text is empty"
 SPECIAL_TOKEN_TEXT = "messages[{i}]: text contains the control token {token}"
 TEXT_NO_TOKENS = "messages[{i}]: text encodes to no tokens"
@@ -183,7 +183,9 @@ def structural_reason(row: dict[str, Any]) -> tuple[str | None, list[tuple[str, 
         elif seen_out:
             return AUDIO_IN_AFTER_OUT.format(i=i, role=role), []
     is_cloning = speaker is not None or any(i < start for i, _ in audio_at)
-    if is_cloning and not any(i < start and role == "assistant" for i, role in audio_at):
+    # The released checkpoint takes the reference as an assistant audio-out turn; a Whisper model may also take it
+    # as user audio (audio-in). Either way, some audio must precede the trained turn.
+    if is_cloning and not any(i < start for i, _ in audio_at):
         return NO_REFERENCE_AUDIO.format(start=start), []
     return None, turns
 

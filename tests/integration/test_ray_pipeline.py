@@ -88,10 +88,10 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_cached(first_build,
     assert not first_build.hit
     quarantine = Quarantine.read(first_build.path / "quarantine.parquet")
     got = {(r.id, r.stage): r.reason for r in quarantine}
-    assert set(got) == {("bad_missing_audio", "audio"), ("bad_audio_in_after_out", "layout")}
+    assert set(got) == {("bad_missing_audio", "audio"), ("bad_audio_in_after_out", "validation")}
     assert got[("bad_missing_audio", "audio")] == "audio file not found: audio/nobody/missing.wav"
-    assert "follows an audio output" in got[("bad_audio_in_after_out", "layout")]
-    assert first_build.quarantine_counts == {"audio": 1, "layout": 1}
+    assert "audio-in after audio-out" in got[("bad_audio_in_after_out", "validation")]
+    assert first_build.quarantine_counts == {"audio": 1, "validation": 1}
 
     table = first_build.entry.table()
     assert table.column("id").to_pylist() == [r["id"] for r in setup["rows"] if not r["id"].startswith("bad_")]

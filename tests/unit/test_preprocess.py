@@ -133,9 +133,9 @@ def test_audio_in_after_audio_out_is_rejected(pre, data):
     row = copy.deepcopy(data[1][0])
     ref = row["messages"][2]["content"]
     row["messages"].append({"role": "user", "content": dict(ref)})
-    with pytest.raises(PreprocessError, match="follows an audio output") as err:
+    with pytest.raises(PreprocessError, match="audio-in after audio-out") as err:
         pre(row)
-    assert err.value.stage == "layout"
+    assert err.value.stage == "validation"
 
 
 def test_tokenization_and_parse_failures_have_reasons(pre, data):
@@ -149,8 +149,9 @@ def test_tokenization_and_parse_failures_have_reasons(pre, data):
         ]
     )
     stages = [(f.id, f.stage) for f in result.failures]
-    assert stages == [(bad_role["id"], "tokenize"), ("p", "parse"), ("q", "parse")]
-    assert result.failures[0].reason.startswith("ChatML tokenization failed:")
+    # The validator's checks run first, so a job quarantines what --validate_data_only reports.
+    assert stages == [(bad_role["id"], "validation"), ("p", "parse"), ("q", "parse")]
+    assert result.failures[0].reason.startswith("messages[1]: content must be")
     assert result.failures[1].reason == "manifest line 9 is not valid JSON"
 
 
