@@ -245,7 +245,9 @@ class HiggsAudioTrainer:
         counts = self._global_counts(batches)
         sums = torch.zeros(4, dtype=torch.float64)  # text, audio, consistency, total (each a share of the step's)
         real_tokens = sum(int(self.train_records[i]["num_tokens"]) for rows in micro_batches for i in rows)
-        padded_tokens = 0
+        # Processed tokens in merged-sequence units (what num_tokens counts): every row padded to its batch's longest.
+        lengths = [[int(self.train_records[i]["num_tokens"]) for i in rows] for rows in micro_batches]
+        padded_tokens = sum(len(ls) * max(ls) for ls in lengths)
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1
             no_sync = getattr(self.model, "no_sync", None)
@@ -254,7 +256,6 @@ class HiggsAudioTrainer:
                 # DDP averages gradients over workers; the loss is already normalised by *global* counts, so
                 # scale by world size to turn DDP's mean into the intended sum.
                 (out.total * ctx.world_size).backward()
-            padded_tokens += int(batch.attention_mask.numel())
             sums += torch.tensor(
                 [float(out.text_loss), float(out.audio_loss), float(out.consistency_loss), float(out.total.detach())],
                 dtype=torch.float64,
