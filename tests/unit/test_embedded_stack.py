@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from boson_multimodal.data_collator.higgs_audio_collator import HiggsAudioSampleCollator
 from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
+from higgs_train.data.collate import build_collator
 from higgs_train.embedded import build_tiny_stack, ensure_tiny_stack
 from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, load_whisper_processor
 from higgs_train.sample_data import SAMPLE_RATE, SPEAKERS, create_sample_data, synthesize
@@ -100,19 +100,7 @@ def _cloning_batch(
         audio_sample_rate=rates,
         audio_speaker_indices=torch.zeros(0, dtype=torch.long),
     )
-    collator = HiggsAudioSampleCollator(
-        whisper_processor=whisper_processor,
-        audio_in_token_id=cfg.audio_in_token_idx,
-        audio_out_token_id=cfg.audio_out_token_idx,
-        pad_token_id=cfg.pad_token_id,
-        audio_stream_bos_id=cfg.audio_stream_bos_id,
-        audio_stream_eos_id=cfg.audio_stream_eos_id,
-        encode_whisper_embed=cfg.encode_whisper_embed,
-        return_audio_in_tokens=cfg.encode_audio_in_tokens,
-        audio_num_codebooks=cfg.audio_num_codebooks,
-        use_delay_pattern=cfg.use_delay_pattern,
-        round_to=8,
-    )
+    collator = build_collator(cfg, whisper_processor)
     batch = collator([sample])
     return {k: v for k, v in vars(batch).items() if k != "reward"}
 

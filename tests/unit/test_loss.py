@@ -17,6 +17,7 @@ from boson_multimodal.data_collator.higgs_audio_collator import HiggsAudioSample
 from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 from boson_multimodal.model.higgs_audio.utils import build_delay_pattern_mask, merge_input_ids_with_audio_features
 
+from higgs_train.data.collate import build_collator
 from higgs_train.loss import (
     LabelTokenCounts,
     LossBalanceMonitor,
@@ -518,19 +519,7 @@ def test_real_tiny_model_cloning_batch():
             audio_speaker_indices=torch.tensor([]),
         )
 
-    collator = HiggsAudioSampleCollator(
-        whisper_processor=None,
-        audio_in_token_id=cfg.audio_in_token_idx,
-        audio_out_token_id=cfg.audio_out_token_idx,
-        pad_token_id=cfg.pad_token_id,
-        audio_stream_bos_id=cfg.audio_stream_bos_id,
-        audio_stream_eos_id=cfg.audio_stream_eos_id,
-        encode_whisper_embed=cfg.encode_whisper_embed,
-        return_audio_in_tokens=cfg.encode_audio_in_tokens,
-        audio_num_codebooks=cfg.audio_num_codebooks,
-        use_delay_pattern=cfg.use_delay_pattern,
-        round_to=8,
-    )
+    collator = build_collator(cfg)
     batch = collator(
         [sample("the reference words", "a new sentence", 9, 14), sample("hi", "a much longer target text here", 6, 11)]
     )
