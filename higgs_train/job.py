@@ -80,6 +80,22 @@ def resolve_run(config: TrainingConfig) -> tuple[TrainingConfig, str, str | None
     return config.replace(run_name=run_name, resume_from=resume or ""), run_name, resume
 
 
+def _submitted_job_env_vars() -> dict[str, str]:
+    """Env vars of the runtime env this driver was submitted with (``ray job submit``); empty outside a job.
+
+    Ray's job supervisor hands the job's config to the entrypoint as JSON in ``RAY_JOB_CONFIG_JSON_ENV_VAR``.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+    env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
+    return dict(env_vars) if isinstance(env_vars, dict) else {}
+
+
 def init_ray(config: TrainingConfig) -> None:
     """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
     import ray
@@ -91,7 +107,10 @@ def init_ray(config: TrainingConfig) -> None:
         if name in os.environ:
             env[name] = os.environ[name]
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        # Under `ray job submit` the job's runtime env (cluster/runtime_env.yaml) is merged with this one and Ray
+        # refuses any env var set in both; the job's value is already in this process's environment, so drop it.
+        env = {k: v for k, v in env.items() if k not in _submitted_job_env_vars()}
+        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     else:
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env})
 

@@ -8,6 +8,7 @@ hang DDP). Multi-node jobs therefore need ``cache_dir`` on storage every node se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     HiggsAudioTrainer(config, context, train_records, val_records).train()
 
 
-def build_torch_trainer(config: TrainingConfig, loop_config: dict[str, Any], run_name: str, storage_path: str):
-    """The ``TorchTrainer`` for one run: resources from the config, best-k checkpoints by val_loss."""
+def build_torch_trainer(
+    config: TrainingConfig,
+    loop_config: dict[str, Any],
+    run_name: str,
+    storage_path: str,
+    callbacks: list[Any] | None = None,
+    train_loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+):
+    """The ``TorchTrainer`` for one run: resources from the config, best-k checkpoints by val_loss.
+
+    ``callbacks`` go to the ``RunConfig``: a Tune sweep passes its ``TuneReportCallback`` here, since under Train V2
+    a trainer is run inside a Tune function trainable rather than handed to the ``Tuner`` itself. ``train_loop``
+    lets the sweep wrap ``train_loop_per_worker`` (to register the worker group's placement group).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -70,7 +83,7 @@ def build_torch_trainer(config: TrainingConfig, loop_config: dict[str, Any], run
     if config.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -85,5 +98,6 @@ def build_torch_trainer(config: TrainingConfig, loop_config: dict[str, Any], run
                 checkpoint_score_order="min" if loop_config.get("val_key") else "max",
             ),
             failure_config=FailureConfig(max_failures=0),
+            callbacks=callbacks,
         ),
     )

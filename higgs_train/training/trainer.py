@@ -207,20 +207,30 @@ class HiggsAudioTrainer:
         return LabelTokenCounts.from_tensor(total.cpu())
 
     # ------------------------------------------------------------------ training
-    def train(self) -> TrainResult:
-        """Run until ``num_epochs`` or ``max_steps``; validate, checkpoint and report on the configured cadence."""
+    def train(self, stop_after_steps: int | None = None) -> TrainResult:
+        """Run until ``num_epochs`` or ``max_steps``; validate, checkpoint and report on the configured cadence.
+
+        ``stop_after_steps`` ends the loop once ``global_step`` reaches it, the way a preempted run ends: the
+        learning-rate schedule still spans the configured run (so it is not a shorter run), the only checkpoints
+        are those the save cadence wrote, and no final adapter is written (``adapter_dir`` is None). Resuming the
+        same config from its last checkpoint then continues that run, which is how resumption is tested.
+        """
         from higgs_train.loss import LossBalanceMonitor
 
         self.setup()
         cfg = self.config
         monitor = LossBalanceMonitor(cfg.text_dominance_threshold, cfg.audio_dominance_threshold)
         last_metrics: dict[str, float] = {}
+        interrupted = False
         start_epoch = self.state.epoch
         for epoch in range(start_epoch, cfg.num_epochs):
             steps = self._epoch_steps(epoch)
             first = self.state.step_in_epoch if epoch == start_epoch else 0
             for step_in_epoch in range(first, len(steps)):
                 if self.total_steps and self.state.global_step >= self.total_steps:
+                    break
+                if stop_after_steps is not None and self.state.global_step >= stop_after_steps:
+                    interrupted = True
                     break
                 metrics = self._train_step(steps[step_in_epoch])
                 self.state.global_step += 1
@@ -230,8 +240,10 @@ class HiggsAudioTrainer:
                 for warning in monitor.update(self._last_step_loss):
                     logger.warning("step %d: %s", self.state.global_step, warning)
                 last_metrics = self._after_step(metrics)
-            if self.total_steps and self.state.global_step >= self.total_steps:
+            if interrupted or (self.total_steps and self.state.global_step >= self.total_steps):
                 break
+        if interrupted:
+            return TrainResult(self.state, None, last_metrics)
         adapter_dir = self._finish(last_metrics)
         return TrainResult(self.state, adapter_dir, last_metrics)
 
@@ -383,7 +395,13 @@ class HiggsAudioTrainer:
         )
 
     def load_checkpoint(self, path: str | Path) -> TrainerState:
-        """Restore a checkpoint written by ``save_checkpoint`` and continue from its data position (seed API)."""
+        """Restore a checkpoint written by ``save_checkpoint`` and continue from its data position (seed API).
+
+        A fresh trainer is set up first (like ``save_checkpoint`` does): there is no model or optimizer to restore
+        into before that. Inside ``setup`` (``resume_from``) both already exist, so this does not recurse.
+        """
+        if self.model is None:
+            self.setup()
         self.state = load_checkpoint(Path(path), self.model, self.optimizer, getattr(self, "scheduler", None))
         logger.info("resumed from %s at step %d", path, self.state.global_step)
         return self.state

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A single-node Ray head on loopback, for `ray job submit` against http://127.0.0.1:8265 (see docs/ray_jobs.md).
+#
+#   scripts/local_cluster.sh start    # head + dashboard (the job server lives in the dashboard)
+#   scripts/local_cluster.sh status   # `ray status` of this head
+#   scripts/local_cluster.sh stop     # stop this head only
+#
+# Why these choices:
+# * Everything that Ray lets us bind is bound to 127.0.0.1: the job API runs arbitrary code for whoever reaches it.
+# * Authentication is set explicitly. Ray 2.60 leaves RAY_AUTH_MODE unset by default and then `ray start` turns
+#   token auth on only if ~/.ray/auth_token happens to exist (any earlier local `ray.init()` creates it), so the
+#   same command gives an open or a token-protected dashboard depending on the machine's history. We pin
+#   RAY_AUTH_MODE=token (override: RAY_AUTH_MODE=disabled) and make sure the token exists. Clients (`ray job ...`)
+#   must run with the same RAY_AUTH_MODE=token in their environment, or they send no token and get HTTP 401.
+# * Session files go to their own temp dir, which also identifies this head's processes: `stop` kills only
+#   processes whose command line names that dir (and their children), never other Ray clusters on the machine.
+#   (`ray stop --force` would kill every Ray process of every user session on the host, e.g. a colleague's
+#   test run; use it only on a machine that is yours alone.)
+# * --num-cpus=2: one quick-test job needs 0.5 CPU for the data actor and 0.5 for the training worker; the
+#   driver and the job supervisor reserve none.
+#
+# Overrides (environment): HIGGS_RAY_PORT (GCS, 6390), HIGGS_RAY_DASHBOARD_PORT (8265),
+# HIGGS_RAY_NUM_CPUS (2), HIGGS_RAY_TEMP_DIR (/tmp/higgs-ray), RAY_AUTH_MODE (token).
+set -euo pipefail
+
+PORT="${HIGGS_RAY_PORT:-6390}"
+DASHBOARD_PORT="${HIGGS_RAY_DASHBOARD_PORT:-8265}"
+NUM_CPUS="${HIGGS_RAY_NUM_CPUS:-2}"
+# Short on purpose: Ray puts Unix sockets under <temp dir>/session_<timestamp>/sockets (108-byte path limit).
+TEMP_DIR="${HIGGS_RAY_TEMP_DIR:-/tmp/higgs-ray}"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+
+case "$RAY_AUTH_MODE" in
+  token | disabled) ;;
+  *) echo "RAY_AUTH_MODE must be 'token' or 'disabled', got '$RAY_AUTH_MODE'" >&2; exit 2 ;;
+esac
+
+# PIDs of this head's processes: those whose command line names TEMP_DIR, plus all their descendants.
+head_pids() {
+  python - "$TEMP_DIR" <<'PY'
+import sys
+
+import psutil
+
+needle = sys.argv[1].rstrip("/") + "/"
+roots = []
+for proc in psutil.process_iter(["pid", "cmdline"]):
+    if any(needle in arg or arg.endswith("=" + needle[:-1]) for arg in proc.info["cmdline"] or []):
+        roots.append(proc)
+procs = list(roots)
+for proc in roots:
+    try:
+        procs.extend(proc.children(recursive=True))
+    except psutil.Error:
+        pass
+pids = set()
+for proc in procs:
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:  # a zombie is already dead, waiting for init to reap it
+            pids.add(proc.pid)
+    except psutil.Error:
+        pass
+pids.discard(psutil.Process().pid)
+print(" ".join(str(p) for p in sorted(pids)))
+PY
+}
+
+start() {
+  if [[ -n "$(head_pids)" ]]; then
+    echo "a Ray head with temp dir $TEMP_DIR is already running; run '$0 stop' first" >&2
+    exit 1
+  fi
+  if [[ "$RAY_AUTH_MODE" == token ]]; then
+    # Creates ~/.ray/auth_token only when missing; `ray start` itself refuses token mode without a token.
+    ray get-auth-token --generate >/dev/null
+  fi
+  mkdir -p "$TEMP_DIR"
+  ray start --head \
+    --node-ip-address=127.0.0.1 \
+    --port="$PORT" \
+    --dashboard-host=127.0.0.1 \
+    --dashboard-port="$DASHBOARD_PORT" \
+    --include-dashboard=true \
+    --dashboard-agent-listen-port=0 \
+    --num-cpus="$NUM_CPUS" \
+    --num-gpus=0 \
+    --temp-dir="$TEMP_DIR" \
+    --disable-usage-stats
+  # `ray start` returns before the job server answers; wait for it so a following `ray job submit` cannot race.
+  for _ in $(seq 1 60); do
+    if ray job list --address "http://127.0.0.1:$DASHBOARD_PORT" >/dev/null 2>&1; then
+      echo "Ray head up: jobs at http://127.0.0.1:$DASHBOARD_PORT, GCS port $PORT, RAY_AUTH_MODE=$RAY_AUTH_MODE, temp dir $TEMP_DIR"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "the job server at http://127.0.0.1:$DASHBOARD_PORT did not answer within 60 s; see $TEMP_DIR/session_latest/logs/dashboard.log" >&2
+  exit 1
+}
+
+stop() {
+  local pids
+  pids="$(head_pids)"
+  if [[ -z "$pids" ]]; then
+    echo "no Ray head with temp dir $TEMP_DIR is running"
+    return 0
+  fi
+  # shellcheck disable=SC2086  # word splitting of the PID list is intended
+  kill -TERM $pids 2>/dev/null || true
+  # gcs_server and the autoscaler monitor were seen ignoring SIGTERM for over 15 s: give a short grace, then kill.
+  for _ in $(seq 1 5); do
+    pids="$(head_pids)"
+    [[ -z "$pids" ]] && { echo "Ray head stopped"; return 0; }
+    sleep 1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  echo "Ray head stopped (SIGKILL after 5 s for: $pids)"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) ray status --address "127.0.0.1:$PORT" ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

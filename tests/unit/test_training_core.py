@@ -1,0 +1,449 @@
+"""Training core on the embedded tiny stack: where LoRA goes, where gradients go, split invariance, resume,
+checkpoints, bf16, activation checkpointing and chance-level first losses.
+
+Records come from the real ``SamplePreprocessor`` (real ChatML tokenisation and cloning layout of the generated
+sample data) with a stand-in audio codec that returns deterministic pseudo-random codes. Everything tested here is
+about how the loop computes and distributes gradients, which does not depend on what the codes mean, and the real
+codec would use most of this file's time budget. tests/integration/test_training_runs.py trains on real codes
+(overfitting one sample) and splits a batch over real Ray workers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from higgs_train.cli import config_from_args
+from higgs_train.config import DEFAULT_LORA_TARGETS, TrainingConfig
+from higgs_train.data.collate import build_collator, collate_records
+from higgs_train.data.preprocess import SamplePreprocessor
+from higgs_train.loss import compute_higgs_audio_loss, segment_sample_index_from_input_ids
+from higgs_train.models import load_model, load_text_tokenizer, resolve_paths
+from higgs_train.sample_data import create_sample_data
+from higgs_train.training.lora import adapted_module_names, apply_lora
+from higgs_train.training.trainer import HiggsAudioTrainer
+
+ROOT = Path(__file__).resolve().parents[2]
+ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+TEXT_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+AUDIO_MLP = ("audio_mlp.gate_proj", "audio_mlp.up_proj", "audio_mlp.down_proj")
+# Split invariance: max |difference| relative to max |gradient|. fp32 sums in another order differ by ~2e-7 here;
+# normalising each micro-batch by its own label counts instead of the step's differs by ~0.1.
+SPLIT_RTOL = 1e-6
+
+# The tests replace ``optimizer.step`` to capture gradients without applying them; torch warns about exactly that.
+pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+
+
+class StandInCodec:
+    """Just enough of the Higgs audio tokenizer for ``SamplePreprocessor``: 25 frames/s x 8 codebooks of codes
+    that depend only on the waveform (so a clip encodes identically every time)."""
+
+    sampling_rate = 24_000
+    num_codebooks = 8
+
+    def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        frames = max(1, math.ceil(len(wave) * 25 / sample_rate))
+        seed = zlib.crc32(np.asarray(wave, np.float32).tobytes())
+        return np.random.default_rng(seed).integers(0, 1024, size=(self.num_codebooks, frames))
+
+
+def make_records(rows: list[dict], audio_base: Path, whisper: bool = False) -> list[dict]:
+    paths = resolve_paths("embedded", "embedded")
+    preprocessor = SamplePreprocessor(
+        load_text_tokenizer(paths.tokenizer_path), StandInCodec(), audio_base, whisper=whisper
+    )
+    result = preprocessor.process_batch(rows)
+    assert not result.failures, result.failures
+    return result.records
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On a shared 2-CPU runner two intra-op threads spin against each other (a training step measured 50x slower
+    under load); nothing asserted here depends on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sample_rows(tmp_path_factory) -> tuple[list[dict], Path]:
+    paths = create_sample_data(tmp_path_factory.mktemp("data") / "sample_data")
+    return json.loads(Path(paths["train"]).read_text()), Path(paths["audio_base_path"])
+
+
+@pytest.fixture(scope="module")
+def records(sample_rows) -> list[dict]:
+    rows, audio_base = sample_rows
+    return make_records(rows[:8], audio_base)
+
+
+def trainer_for(tmp_path: Path, records: list[dict], val: list[dict] | None = None, **overrides: Any):
+    """A trainer on given records; deterministic by default (no dropout) and without clipping, so gradients
+    can be compared raw."""
+    settings: dict[str, Any] = {
+        "output_dir": str(tmp_path / "run"),
+        "lora_dropout": 0.0,
+        "max_grad_norm": 0.0,
+        "warmup_steps": 0,
+        **overrides,
+    }
+    return HiggsAudioTrainer(TrainingConfig(**settings), train_records=records, val_records=val or [])
+
+
+def randomise_lora_b(model: torch.nn.Module, seed: int = 0) -> None:
+    """peft initialises lora_B to zero, which makes every lora_A gradient exactly zero; give B small random values
+    so that both adapter matrices of every module must receive a gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters(), key=lambda item: item[0].removeprefix("module.")):
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+
+
+def capture_gradients(trainer: HiggsAudioTrainer) -> list[dict[str, torch.Tensor]]:
+    """Make ``optimizer.step`` record the gradients instead of applying them, so several splits of the same batch
+    can be compared on unchanged weights (the trainer zeroes the gradients right after the step)."""
+    captured: list[dict[str, torch.Tensor]] = []
+
+    def step(*_args: Any, **_kwargs: Any) -> None:
+        captured.append(
+            {
+                n.removeprefix("module."): p.grad.detach().clone()
+                for n, p in trainer.model.named_parameters()
+                if p.requires_grad
+            }
+        )
+
+    trainer.optimizer.step = step
+    return captured
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max |a - b| over all adapter tensors, relative to max |a|."""
+    assert a.keys() == b.keys()
+    scale = max(float(t.abs().max()) for t in a.values())
+    assert scale > 0
+    return max(float((a[n] - b[n]).abs().max()) for n in a) / scale
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (not a package) so a test checks the very figures the script prints."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LoRA placement
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_default_targets_adapt_every_decoder_layer_and_nothing_in_the_whisper_tower():
+    model = load_model(resolve_paths("embedded:whisper", "embedded").model_path)
+    tower = [n for n, _ in model.audio_tower.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj"))]
+    assert tower, "the Whisper tower has q/k/v projections a suffix match would also adapt"
+    layers = model.config.text_config.num_hidden_layers
+
+    peft_model = apply_lora(model, 8, 16, 0.0, [DEFAULT_LORA_TARGETS])
+
+    expected = {f"base_model.model.layers.{i}.{m}" for i in range(layers) for m in ATTENTION + TEXT_MLP + AUDIO_MLP}
+    assert set(adapted_module_names(peft_model)) == expected
+    for name, param in peft_model.named_parameters():
+        assert param.requires_grad == ("lora_" in name), name
+
+
+def test_bare_peft_model_runs_the_whisper_trainer_step_with_higgs_kwargs(tmp_path, sample_rows):
+    """The trainer's forward passes every Higgs keyword (audio features for the tower, audio in/out codes, labels)
+    through peft; a CAUSAL_LM task wrapper would inject ``labels=`` etc. that HiggsAudioModel does not take."""
+    from peft import PeftModel
+
+    rows, audio_base = sample_rows
+    row = json.loads(json.dumps(rows[0]))
+    row["messages"][2]["role"] = "user"  # reference as audio-in: the Whisper tower encodes it
+    records = make_records([row], audio_base, whisper=True)
+    assert len(records[0]["audio_waveforms"]) > 0
+    trainer = trainer_for(tmp_path, records, model_path="embedded:whisper", batch_size=1)
+    trainer.setup()
+    assert type(trainer.model) is PeftModel
+    captured = capture_gradients(trainer)
+    metrics = trainer._train_step([[0]])
+
+    assert math.isfinite(metrics["train/total_loss"]) and metrics["train/audio_tokens"] > 0
+    grads = captured[0]
+    assert all(name.startswith("base_model.model.layers.") for name in grads)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert any("lora_B" in n and g.abs().sum() > 0 for n, g in grads.items())
+    assert all(p.grad is None for n, p in trainer.model.named_parameters() if "lora_" not in n)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Gradient flow per loss component
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_each_loss_component_alone_reaches_the_adapters_and_nothing_else(tmp_path, records):
+    trainer = trainer_for(tmp_path, records[:2], batch_size=2)
+    trainer.setup()
+    model = trainer.model
+    randomise_lora_b(model)
+    batch = collate_records(records[:2], trainer.collator)
+    segments = segment_sample_index_from_input_ids(batch.input_ids, model.config.audio_out_token_idx)
+    layers = model.config.text_config.num_hidden_layers
+
+    def gradients(text: float, audio: float, consistency: float) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        outputs = model(**trainer._model_inputs(batch), output_audio_hidden_states=True)
+        loss = compute_higgs_audio_loss(
+            outputs,
+            batch,
+            text_loss_weight=text,
+            audio_loss_weight=audio,
+            consistency_loss_weight=consistency,
+            segment_sample_index=segments,
+        )
+        if consistency:
+            assert loss.consistency_samples == 2  # both samples have a reference and a target: the term is live
+        loss.total.backward()
+        stray = [n for n, p in model.named_parameters() if "lora_" not in n and p.grad is not None]
+        assert not stray, f"non-adapter parameters received gradients: {stray[:3]}"
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    def nonzero(grads: dict[str, torch.Tensor], layer: int, module: str) -> list[bool]:
+        """Whether each of the two adapter matrices of ``module`` in ``layer`` got a non-zero gradient."""
+        prefix = f"base_model.model.layers.{layer}.{module}.lora_"
+        hits = [bool(g.abs().sum() > 0) for n, g in grads.items() if n.startswith(prefix)]
+        assert len(hits) == 2, prefix
+        return hits
+
+    def reached(grads: dict[str, torch.Tensor], layer: int, module: str) -> bool:
+        return all(nonzero(grads, layer, module))
+
+    text = gradients(1.0, 0.0, 0.0)
+    audio = gradients(0.0, 1.0, 0.0)
+    consistency = gradients(0.0, 0.0, 1.0)
+    for layer in range(layers):
+        assert all(reached(text, layer, m) for m in ATTENTION + TEXT_MLP), f"text loss, layer {layer}"
+        assert all(reached(audio, layer, m) for m in ATTENTION + AUDIO_MLP), f"audio loss, layer {layer}"
+        assert all(reached(consistency, layer, m) for m in AUDIO_MLP), f"consistency loss, layer {layer}"
+    # DualFFN routing: audio positions never pass the text MLP and the audio head reads only audio positions, so
+    # the last layer's text MLP cannot influence the audio or consistency terms (terms read off text positions
+    # would give it a gradient).
+    for grads in (audio, consistency):
+        assert not any(any(nonzero(grads, layers - 1, m)) for m in TEXT_MLP)
+
+    # The configured total is exactly the weighted sum of the three components, nothing more.
+    combined = gradients(1.0, 1.0, 0.1)
+    summed = {n: text[n] + audio[n] + 0.1 * consistency[n] for n in text}
+    assert relative_difference(combined, summed) < 1e-5
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Split invariance (1 process; the Ray version is in tests/integration/test_training_runs.py)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_gradient_of_one_global_batch_does_not_depend_on_accumulation_split(tmp_path, records):
+    four = records[:4]
+    trainer = trainer_for(tmp_path, four, batch_size=4)
+    trainer.setup()
+    randomise_lora_b(trainer.model)
+    captured = capture_gradients(trainer)
+
+    trainer._train_step([[0, 1, 2, 3]])  # (a) one micro-batch of 4
+    trainer._train_step([[0, 1], [2, 3]])  # (b) two accumulation micro-steps of 2
+    trainer._train_step([[3, 0], [2, 1]])  # (b') other pairs, other order
+    trainer._train_step([[2], [0, 1, 3]])  # unequal micro-batches, as token-budget batching makes them
+    trainer._train_step([[2], [0], [3], [1]])  # four micro-steps of 1 (no padding at all)
+    whole = captured[0]
+    for split in captured[1:]:
+        assert relative_difference(whole, split) < SPLIT_RTOL
+
+    # The check can fail: averaging per-micro-batch means (each micro-batch normalised by its own label counts
+    # instead of the step's) weights the lone sample 3x and moves the gradient far outside the tolerance.
+    halves = [collate_records([four[i] for i in rows], trainer.collator) for rows in ([2], [0, 1, 3])]
+    trainer.model.zero_grad(set_to_none=True)
+    for batch in halves:
+        (trainer._forward_loss(batch, None).total / 2).backward()
+    naive = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert relative_difference(whole, naive) > 1000 * SPLIT_RTOL
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Chance-level first step (label leaks and normalisation errors show up here)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_first_step_loss_of_the_untrained_model_is_chance_level(tmp_path, records):
+    """An untrained model must score ~log(V) on text and ~log(1026) per audio code. A loss near 0 means the target
+    is visible to the model (a label leak); a multiple of these values means a wrong normaliser (e.g. codebooks
+    summed instead of averaged, or a sum over tokens divided by the wrong count)."""
+    trainer = trainer_for(tmp_path, records[:4], batch_size=2, max_steps=1, num_epochs=1)
+    trainer.train()
+    first = trainer.state.history[0]
+    vocab = trainer.model_config.text_config.vocab_size
+    codes = trainer.model_config.audio_codebook_size + 2  # + stream BOS and EOS
+    assert abs(first["train/text_loss"] - math.log(vocab)) < 0.3
+    assert abs(first["train/audio_loss"] - math.log(codes)) < 0.05
+    assert first["train/text_tokens"] > 0 and first["train/audio_tokens"] > 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resume and checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, records):
+    """7 steps straight vs. a run of the same config stopped after 4 steps (mid-epoch: 3 steps per epoch) and
+    resumed through the command-line config (``--config`` + ``--resume_from``). LoRA dropout stays on, so the
+    dropout masks must be reproduced too; CPU results are bit-identical, asserted to a relative 1e-6."""
+    settings = {
+        "batch_size": 2,
+        "num_epochs": 3,
+        "max_steps": 7,
+        "save_every_steps": 4,
+        "eval_every_steps": 4,
+        "learning_rate": 1e-3,
+        "warmup_steps": 1,
+        "lora_dropout": 0.05,
+        "max_grad_norm": 1.0,
+    }
+    train, val = records[:6], records[6:8]
+    full = trainer_for(tmp_path / "full", train, val, **settings)
+    full.train()
+
+    part = trainer_for(tmp_path / "part", train, val, **settings)
+    stopped = part.train(stop_after_steps=4)
+    assert stopped.adapter_dir is None and part.state.global_step == 4
+    assert (part.state.epoch, part.state.step_in_epoch) == (1, 1)
+    assert not (tmp_path / "part" / "run" / "adapter").exists()
+    checkpoint = tmp_path / "part" / "run" / "checkpoints" / "step_0000004"
+    part.config.save(tmp_path / "part.yaml")
+
+    resumed_config = config_from_args(
+        [
+            "--config",
+            str(tmp_path / "part.yaml"),
+            "--output_dir",
+            str(tmp_path / "resumed"),
+            "--resume_from",
+            str(checkpoint),
+        ]
+    )
+    resumed = HiggsAudioTrainer(resumed_config, train_records=train, val_records=val)
+    resumed.train()
+
+    assert [m["step"] for m in resumed.context.reported] == [5, 6, 7]  # continued, not restarted
+    assert [h["step"] for h in resumed.state.history] == list(range(1, 8))
+    keys = ("train/total_loss", "train/text_loss", "train/audio_loss", "train/learning_rate", "train/grad_norm")
+    for expected, got in zip(full.state.history, resumed.state.history, strict=True):
+        for key in keys:
+            assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), (expected["step"], key)
+        assert ("val_loss" in got) == ("val_loss" in expected)
+        if "val_loss" in got:
+            assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+    # The adapters the two runs end with are the same as well.
+    full_adapter = load_file(str(tmp_path / "full" / "run" / "adapter" / "adapter_model.safetensors"))
+    resumed_adapter = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
+    assert full_adapter.keys() == resumed_adapter.keys()
+    assert relative_difference(full_adapter, resumed_adapter) < 1e-6
+
+
+def test_save_checkpoint_then_load_checkpoint_on_a_fresh_trainer_restores_everything(tmp_path, records):
+    settings = {"batch_size": 2, "learning_rate": 1e-3, "max_steps": 6, "warmup_steps": 1}
+    source = trainer_for(tmp_path / "a", records[:6], **settings)
+    source.train(stop_after_steps=2)
+    source.save_checkpoint(tmp_path / "ckpt")
+
+    fresh = trainer_for(tmp_path / "b", records[:6], **settings)
+    fresh.load_checkpoint(tmp_path / "ckpt")  # no explicit setup(): the seed API sets the trainer up itself
+
+    def adapters(trainer: HiggsAudioTrainer) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in trainer.model.named_parameters() if "lora_" in n}
+
+    assert any(float(p.abs().sum()) > 0 for n, p in adapters(source).items() if "lora_B" in n)  # trained
+    assert all(torch.equal(adapters(source)[n], p) for n, p in adapters(fresh).items())
+    a, b = source.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys() and len(a["state"]) == len(adapters(source))
+    for key, state in a["state"].items():
+        assert set(state) == set(b["state"][key]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(state[k], b["state"][key][k]) for k in state)
+    assert fresh.scheduler.state_dict() == source.scheduler.state_dict()
+    assert (fresh.state.global_step, fresh.state.epoch, fresh.state.step_in_epoch) == (2, 0, 2)  # mid-epoch
+
+    # Both continue identically (Adam moments and the LR schedule included).
+    source.train()
+    fresh.train()
+    assert [h["train/total_loss"] for h in fresh.state.history] == [h["train/total_loss"] for h in source.state.history]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Precision and activation checkpointing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_bf16_weights_run_forward_loss_and_backward_on_cpu(records):
+    """The GPU recipe (bf16 base weights, fp32 adapters, bf16 autocast) on CPU autocast: finite loss close to the
+    fp32 loss, finite fp32 adapter gradients."""
+    path = resolve_paths("embedded", "embedded").model_path
+    batch_records = records[:2]
+
+    def loss_and_model(dtype: torch.dtype):
+        torch.manual_seed(0)
+        model = apply_lora(load_model(path, dtype=dtype), 8, 16, 0.0, [DEFAULT_LORA_TARGETS])
+        randomise_lora_b(model)
+        batch = collate_records(batch_records, build_collator(model.config))
+        inputs = {k: v for k, v in vars(batch).items() if k != "reward"}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            outputs = model(**inputs)
+        loss = compute_higgs_audio_loss(outputs, batch, consistency_loss_weight=0.0)
+        return loss, model
+
+    reference, _ = loss_and_model(torch.float32)
+    loss, model = loss_and_model(torch.bfloat16)
+    assert model.base_model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+    assert torch.isfinite(loss.total) and loss.total.dtype == torch.float32
+    assert float(loss.total.detach()) == pytest.approx(float(reference.total.detach()), abs=0.05)
+    loss.total.backward()
+    grads = [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for _, g in grads)
+    assert all(float(g.abs().sum()) > 0 for n, g in grads if "lora_B" in n)
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_activation_checkpointing_recomputes_layers_and_saves_activation_memory(tmp_path):
+    bench = load_benchmark("activation_memory")
+    model_dir = bench.build_model(tmp_path / "model", layers=8, hidden=256)
+    result = bench.compare(model_dir, batch_size=2, frames=120)
+
+    assert result.calls_without == [1] * 8  # the counter sees every layer once in an ordinary step...
+    assert result.calls_with == [2] * 8  # ...and twice when backward recomputes it
+    assert result.ratio < 0.3, f"saved activations only fell to {result.ratio:.2f} of the plain forward"
+    assert result.loss_with == result.loss_without
+    assert result.max_grad > 0 and result.max_grad_diff <= 1e-6 * result.max_grad
+
+
+def test_config_flag_makes_the_trainer_recompute_every_layer(tmp_path, records):
+    trainer = trainer_for(tmp_path, records[:2], batch_size=2, use_gradient_checkpointing=True)
+    trainer.setup()
+    layers = [m for m in trainer.model.modules() if type(m).__name__ == "HiggsAudioDualFFNDecoderLayer"]
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    trainer._train_step([[0, 1]])
+    assert layers and calls == [2] * len(layers)  # forward, then again in backward
