@@ -72,6 +72,12 @@ class TrainingConfig:
     save_every_steps: int = _f(10, "Checkpoint every N optimizer steps (and at the end).")
     keep_best_k: int = _f(2, "Checkpoints kept, ranked by validation loss.")
     log_every_steps: int = _f(1, "Report training metrics every N optimizer steps.")
+    num_validation_samples: int = _f(
+        0,
+        "At each validation, greedily generate audio for this many validation rows "
+        "and log the WAVs + code agreement to MLflow (0: off).",
+    )
+    validation_sample_max_new_tokens: int = _f(512, "Generation length cap for validation samples.")
     # --- distribution ---
     num_workers: int = _f(1, "Ray Train workers (one per GPU when use_gpu).")
     use_gpu: bool = _f(False, "Train on GPUs (bf16 weights + autocast); CPU uses fp32.")
@@ -113,7 +119,7 @@ class TrainingConfig:
             "log_every_steps",
         ):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("max_steps", "warmup_steps", "max_tokens_per_batch"):
+        for name in ("max_steps", "warmup_steps", "max_tokens_per_batch", "num_validation_samples"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
         for name in (
             "text_loss_weight",

@@ -224,7 +224,9 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         check_cpu_budget(config)
         train_cache, val_cache, cache_root = build_caches(config, paths)
         quarantined, report_files = write_data_reports(output, {"train": train_cache, "val": val_cache})
-        tracker.set_tags({"train_cache_key": train_cache.key, "val_cache_key": val_cache.key if val_cache else None})
+        data_keys = {"train_cache_key": train_cache.key, "val_cache_key": val_cache.key if val_cache else None}
+        tracker.set_tags(data_keys)
+        (output / "data_keys.json").write_text(json.dumps(data_keys, indent=2) + "\n")  # read by export's model card
         tracker.log_metrics(
             {
                 "data/train_rows": train_cache.entry.num_rows,

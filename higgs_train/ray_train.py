@@ -53,6 +53,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             m, parallel_strategy_kwargs={"find_unused_parameters": True}
         ),
         log_metrics=tracker.log_metrics,
+        log_artifact=tracker.log_artifact,
     )
     cache = TokenCache(loop_config["cache_root"])
     train_records = cache.open(loop_config["train_key"]).records()

@@ -25,6 +25,7 @@ class WorkerContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+    log_artifact: Callable[[str, str | None], None] = lambda path, artifact_path: None
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over workers (identity for one process)."""
