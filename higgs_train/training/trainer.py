@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 from contextlib import nullcontext
@@ -447,7 +446,3 @@ class _BatchOnDevice:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._batch, name)
         return value.to(self._device) if isinstance(value, torch.Tensor) else value
-
-
-def is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
