@@ -23,6 +23,26 @@ from higgs_train.training.context import WorkerContext, as_float_metrics
 class RayWorkerContext(WorkerContext):
     """Rank/device/DDP from Ray Train; reports go through ``ray.train.report`` (rank 0 attaches the checkpoint)."""
 
+    @classmethod
+    def current(cls, tracker: Any = None) -> RayWorkerContext:
+        """The context of the Ray Train worker this runs in; ``tracker`` (rank 0's RunTracker) receives logs."""
+        import ray.train
+        import ray.train.torch
+
+        train_context = ray.train.get_context()
+        return cls(
+            rank=train_context.get_world_rank(),
+            world_size=train_context.get_world_size(),
+            device=ray.train.torch.get_device(),
+            # A batch without trained audio-out positions leaves the audio-MLP adapters without a gradient; DDP
+            # must not wait for them.
+            prepare_model=lambda m: ray.train.torch.prepare_model(
+                m, parallel_strategy_kwargs={"find_unused_parameters": True}
+            ),
+            log_metrics=tracker.log_metrics if tracker else lambda metrics, step: None,
+            log_artifact=tracker.log_artifact if tracker else lambda path, artifact_path: None,
+        )
+
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         """Report validation/checkpoint steps to Ray; per-step training metrics go straight to MLflow (rank 0).
 
@@ -42,28 +62,17 @@ class RayWorkerContext(WorkerContext):
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
-    import ray.train.torch
 
     from higgs_train.data.token_cache import TokenCache
     from higgs_train.tracking import RunTracker
     from higgs_train.training.trainer import HiggsAudioTrainer
 
     config = TrainingConfig.from_dict(loop_config["config"])
-    train_context = ray.train.get_context()
-    rank, world = train_context.get_world_rank(), train_context.get_world_size()
     tracker = RunTracker.disabled()
-    if rank == 0 and loop_config.get("mlflow_run_id"):
+    if ray.train.get_context().get_world_rank() == 0 and loop_config.get("mlflow_run_id"):
         tracker = RunTracker(loop_config["mlflow_tracking_uri"]).attach(loop_config["mlflow_run_id"])
-    context = RayWorkerContext(
-        rank=rank,
-        world_size=world,
-        device=ray.train.torch.get_device(),
-        prepare_model=lambda m: ray.train.torch.prepare_model(
-            m, parallel_strategy_kwargs={"find_unused_parameters": True}
-        ),
-        log_metrics=tracker.log_metrics,
-        log_artifact=tracker.log_artifact,
-    )
+    context = RayWorkerContext.current(tracker)
+    world = context.world_size
     cache = TokenCache(loop_config["cache_root"])
     train_records = cache.open(loop_config["train_key"]).records()
     val_records = cache.open(loop_config["val_key"]).records() if loop_config.get("val_key") else []

@@ -116,22 +116,11 @@ def capture_gradients(trainer: HiggsAudioTrainer) -> list[dict[str, torch.Tensor
 
 def split_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: rank r holds samples 2r and 2r + 1 of the global batch of 4."""
-    import ray.train
-    import ray.train.torch
-
     from higgs_train.ray_train import RayWorkerContext
 
     torch.set_num_threads(1)
-    train_context = ray.train.get_context()
-    rank, world = train_context.get_world_rank(), train_context.get_world_size()
-    context = RayWorkerContext(
-        rank=rank,
-        world_size=world,
-        device=ray.train.torch.get_device(),
-        prepare_model=lambda m: ray.train.torch.prepare_model(
-            m, parallel_strategy_kwargs={"find_unused_parameters": True}
-        ),
-    )
+    context = RayWorkerContext.current()
+    rank = context.rank
     trainer = HiggsAudioTrainer(TrainingConfig.from_dict(loop_config["config"]), context, loop_config["records"], [])
     trainer.setup()
     assert type(trainer.model).__name__ == "DistributedDataParallel"
