@@ -151,7 +151,7 @@ def test_each_audio_file_is_encoded_once_over_the_whole_sweep(sweep: SweepResult
 
 
 def test_no_trial_leaves_cpus_reserved(sweep: SweepResult) -> None:
-    # An early-stopped trial's workers die with it, but their placement group would outlive it (see tune.py); the
+    # An early-stopped trial's workers die with it, but their placement group would outlive it (see higgs_train/tune/__init__.py); the
     # sweep releases it, so the cluster is whole again. A leak here is what deadlocks longer sweeps on small clusters.
     assert LEFTOVER["groups"] == []
     assert LEFTOVER["cpus"] == pytest.approx(2.0)

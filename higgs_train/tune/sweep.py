@@ -1,0 +1,178 @@
+"""The sweep driver: caches once, runs the Tuner, collects results into MLflow and best/."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from higgs_train.config import TrainingConfig
+from higgs_train.tune.resources import make_scheduler, plan_resources, planned_steps
+from higgs_train.tune.results import (
+    TrialSummary,
+    close_child_runs,
+    export_best,
+    select_best,
+    summarize_trial,
+    write_trial_table,
+)
+from higgs_train.tune.space import (
+    BEST_DIR,
+    TUNE_METRIC,
+    TUNE_MODE,
+    SweepSettings,
+    load_search_space,
+    make_search_alg,
+    quick_test_points,
+    search_space_path,
+    to_param_space,
+)
+from higgs_train.tune.trial import PlacementGroupRegistry, ReleasePlacementGroups, TrialContext, run_trial
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    """Where the sweep's outputs went."""
+
+    output_dir: Path
+    sweep_name: str
+    mlflow_run_id: str | None
+    tracking_uri: str
+    trials: list[TrialSummary]
+    best: dict[str, Any] | None
+
+    def summary(self) -> str:
+        counts = {s: sum(t.status == s for t in self.trials) for s in ("completed", "early_stopped", "error")}
+        best = (
+            f"best trial {self.best['trial_id']} val_loss={self.best['val_loss']:.4f} "
+            f"(adapter in {self.output_dir / BEST_DIR})"
+            if self.best
+            else "no best trial"
+        )
+        return (
+            f"sweep {self.sweep_name}: {len(self.trials)} trials ({counts['completed']} completed, "
+            f"{counts['early_stopped']} early-stopped, {counts['error']} failed); {best}; table "
+            f"{self.output_dir / 'trials.csv'}; MLflow parent run {self.mlflow_run_id} at {self.tracking_uri}"
+        )
+
+
+def fresh_name(storage: str, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... when a sweep of that name already has a directory in local storage."""
+    if "://" in storage or not (Path(storage) / name).exists():
+        return name
+    suffix = 2
+    while (Path(storage) / f"{name}-{suffix}").exists():
+        suffix += 1
+    return f"{name}-{suffix}"
+
+
+def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
+    """Caches once, then a Tuner of ``run_trial``s, then the trial table, child-run closing and the best adapter."""
+    import ray
+    from ray import tune
+
+    from higgs_train.job import build_caches, check_cpu_budget, init_ray, storage_root, write_data_reports
+    from higgs_train.models import resolve_paths
+    from higgs_train.tracking import RunTracker, resolve_tracking_uri
+
+    settings.validate()
+    spec = load_search_space(settings.search_space)
+    if config.quick_test:
+        config = config.apply_quick_test()
+    output = Path(config.output_dir).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    storage = storage_root(config)
+    sweep_name = fresh_name(storage, config.run_name or output.name)
+    config = config.replace(run_name=sweep_name, resume_from="")
+    tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
+    tracker = RunTracker(tracking_uri)
+    sweep_params = {f"tune/{k}": v for k, v in asdict(settings).items()}
+    tags = {"tune_sweep": sweep_name, "run_kind": "tune_sweep", "model_path": config.model_path}
+    with tracker.start(config.mlflow_experiment, sweep_name, params={**config.to_dict(), **sweep_params}, tags=tags):
+        tracker.log_artifact(search_space_path(settings.search_space))
+        paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
+        init_ray(config)
+        check_cpu_budget(config)
+        resources = plan_resources(config, settings, ray.cluster_resources())
+        logger.info("trial resources: %s", resources)
+        train_cache, val_cache, cache_root = build_caches(config, paths)
+        quarantined, report_files = write_data_reports(output, {"train": train_cache, "val": val_cache})
+        encoder_calls = train_cache.encoder_calls + (val_cache.encoder_calls if val_cache else 0)
+        tracker.set_tags({"train_cache_key": train_cache.key, "val_cache_key": val_cache.key if val_cache else None})
+        tracker.log_metrics(
+            {
+                "data/train_rows": train_cache.entry.num_rows,
+                "data/quarantined_rows": quarantined,
+                "data/encoder_calls": encoder_calls,
+            },
+            step=0,
+        )
+        if train_cache.entry.num_rows == 0:
+            raise ValueError(f"no training rows survived preprocessing; see {output / 'quarantine_summary.json'}")
+        if val_cache is None or val_cache.entry.num_rows == 0:
+            raise ValueError("a sweep ranks trials by val_loss: give --val_data with at least one valid row")
+        total_steps = planned_steps(config, train_cache.entry.lengths())  # the same rule as the trainer's
+        registry = ray.remote(num_cpus=0)(PlacementGroupRegistry).remote()
+        context = TrialContext(
+            base_config=config.to_dict(),
+            cache_root=str(cache_root.resolve()),
+            train_key=train_cache.key,
+            val_key=val_cache.key,
+            trials_root=str(output / "trials"),
+            trainer_storage=f"{storage.rstrip('/')}/{sweep_name}-trials",
+            sweep_name=sweep_name,
+            tracking_uri=tracking_uri,
+            experiment=config.mlflow_experiment,
+            parent_run_id=tracker.run_id,
+            placement_groups=registry,
+        )
+        points = quick_test_points(spec, settings.num_samples) if config.quick_test else []
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, context=context), {"CPU": resources.function_cpus}
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=TUNE_METRIC,
+                mode=TUNE_MODE,
+                search_alg=make_search_alg(settings.search_alg, spec, config.seed, points, resources.max_concurrent),
+                scheduler=make_scheduler(
+                    total_steps, settings.grace_period or config.eval_every_steps, settings.reduction_factor
+                ),
+                num_samples=settings.num_samples,
+                reuse_actors=False,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=sweep_name, storage_path=storage, verbose=1, callbacks=[ReleasePlacementGroups(registry)]
+            ),
+        )
+        grid = tuner.fit()
+        ray.kill(registry)
+        lengths = train_cache.entry.lengths()
+        trials = [summarize_trial(r, config, output / "trials", lengths) for r in grid]
+        close_child_runs(tracking_uri, config.mlflow_experiment, tracker.run_id or "", trials)
+        csv_path, json_path = write_trial_table(trials, output)
+        for path in (csv_path, json_path):
+            tracker.log_artifact(path)
+        for path in report_files:
+            tracker.log_artifact(path, "data")
+        counts = {s: sum(t.status == s for t in trials) for s in ("completed", "early_stopped", "error")}
+        tracker.log_metrics({f"trials/{k}": v for k, v in counts.items()}, step=0)
+        best_trial = select_best(trials)
+        best = None
+        if best_trial is not None:
+            best = export_best(best_trial, output / BEST_DIR)
+            tracker.log_artifact(output / BEST_DIR, BEST_DIR)
+            tracker.log_metrics({"best_val_loss": best_trial.val_loss}, step=best_trial.step or 0)
+            tracker.set_tags({"best_trial_id": best_trial.trial_id, "best_mlflow_run_id": best_trial.mlflow_run_id})
+        if best is None:
+            raise RuntimeError(f"no trial of sweep {sweep_name} reported a val_loss; see {csv_path}")
+    return SweepResult(output, sweep_name, tracker.run_id, tracking_uri, trials, best)

@@ -1,0 +1,162 @@
+"""One trial: a function trainable that creates its MLflow child run and fits one TorchTrainer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from higgs_train.config import TrainingConfig
+from higgs_train.tune.space import TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The trial
+# --------------------------------------------------------------------------------------------------------------------
+class ValidationReportCallback(TuneReportCallback):
+    """Forward to Tune only the reports that carry val_loss (see the module docstring).
+
+    The trainer attaches val_loss to every checkpoint, so no checkpoint is held back by this filter.
+    """
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics and TUNE_METRIC in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+class PlacementGroupRegistry:
+    """Each trial's worker-group placement groups, kept by a zero-CPU actor the driver owns (module docstring)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[Any]] = {}
+
+    def register(self, trial_id: str, group: Any) -> None:
+        self._groups.setdefault(trial_id, []).append(group)
+
+    def pop(self, trial_id: str) -> list[Any]:
+        return self._groups.pop(trial_id, [])
+
+
+def trial_train_loop(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``, after rank 0 has registered the worker group's placement group."""
+    import ray
+    import ray.train
+
+    from higgs_train.ray_train import train_loop_per_worker
+
+    registry = loop_config.get("placement_group_registry")
+    group = ray.util.get_current_placement_group()
+    if registry is not None and group is not None and ray.train.get_context().get_world_rank() == 0:
+        ray.get(registry.register.remote(loop_config["tune_trial_id"], group))
+    train_loop_per_worker(loop_config)
+
+
+class ReleasePlacementGroups(Callback):
+    """Remove the placement groups a finished trial still holds (those of a trial ASHA killed)."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.release(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.release(trial.trial_id)
+
+    def release(self, trial_id: str) -> int:
+        """Remove what ``trial_id`` registered and is not yet removed; returns how many were removed."""
+        import ray
+        from ray.util.placement_group import placement_group_table, remove_placement_group
+
+        removed = 0
+        for group in ray.get(self.registry.pop.remote(trial_id)):
+            try:
+                if placement_group_table(group).get("state") != "REMOVED":
+                    remove_placement_group(group)
+                    removed += 1
+            except Exception as exc:  # already gone, or the GCS is busy: never fail the sweep over cleanup
+                logger.warning(
+                    "could not release placement group of trial %s (%s: %s)", trial_id, type(exc).__name__, exc
+                )
+        if removed:
+            logger.info("released %d placement group(s) left by stopped trial %s", removed, trial_id)
+        return removed
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs besides its drawn params; built once by the driver (no trial builds a cache)."""
+
+    base_config: dict[str, Any]
+    cache_root: str
+    train_key: str
+    val_key: str
+    trials_root: str
+    trainer_storage: str
+    sweep_name: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str | None
+    placement_groups: Any = None
+
+
+def trial_run_name(sweep_name: str, trial_id: str) -> str:
+    return f"{sweep_name}-{trial_id}"
+
+
+def run_trial(params: dict[str, Any], context: TrialContext) -> None:
+    """Tune function trainable: one child MLflow run and one TorchTrainer over the shared token cache."""
+    import ray.tune
+
+    from higgs_train.ray_train import build_torch_trainer
+    from higgs_train.tracking import RunTracker
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    base = TrainingConfig.from_dict(context.base_config)
+    run_name = trial_run_name(context.sweep_name, trial_id)
+    output = Path(context.trials_root) / trial_id
+    config = base.replace(**trial_overrides(base, params), output_dir=str(output), run_name=run_name)
+    output.mkdir(parents=True, exist_ok=True)
+    config.save(output / "resolved_config.yaml")
+    data_keys = {"train_cache_key": context.train_key, "val_cache_key": context.val_key}
+    (output / "data_keys.json").write_text(json.dumps(data_keys, indent=2) + "\n")  # export's model card, as job.py
+    tags = {
+        "tune_trial_id": trial_id,
+        "tune_sweep": context.sweep_name,
+        "tune_params": json.dumps(params, sort_keys=True, default=str),
+        **data_keys,
+    }
+    tracker = RunTracker(context.tracking_uri).start(
+        context.experiment, run_name, params=config.to_dict(), tags=tags, parent_run_id=context.parent_run_id
+    )
+    loop_config = {
+        "config": config.to_dict(),
+        "cache_root": context.cache_root,
+        "train_key": context.train_key,
+        "val_key": context.val_key,
+        "mlflow_run_id": tracker.run_id,
+        "mlflow_tracking_uri": context.tracking_uri,
+        "tune_trial_id": trial_id,
+        "placement_group_registry": context.placement_groups,
+    }
+    with tracker:
+        trainer = build_torch_trainer(
+            config,
+            loop_config,
+            run_name,
+            context.trainer_storage,
+            callbacks=[ValidationReportCallback()],
+            train_loop=trial_train_loop,
+        )
+        result = trainer.fit()
+        metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+        # Written last: its presence says the trial ran to its end (ASHA kills stopped trials before this line).
+        (output / TRIAL_RESULT_FILE).write_text(json.dumps({"metrics": metrics, "checkpoint": checkpoint}, indent=1))
