@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import yaml
 
+from higgs_train.training.checkpoint import AdapterError, load_adapter_weights
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -41,10 +43,6 @@ DATA_KEYS_FILE = "data_keys.json"  # optional: {"train_cache_key": ..., "val_cac
 PEFT_PREFIX = "base_model.model."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 SIDE_FILES = ("preprocessor_config.json",)  # Whisper feature extractor of the Whisper variant
-
-
-class AdapterError(RuntimeError):
-    """An adapter that cannot be applied as it is; the message names the problem and the file."""
 
 
 @dataclass
@@ -203,8 +201,6 @@ def load_adapter(
     """
     from peft import get_peft_model
 
-    from higgs_train.training.checkpoint import load_adapter_weights
-
     source = locate_adapter(adapter_dir)
     config, weights = read_adapter_files(source.adapter_dir)
     wrapped = hasattr(model, "peft_config")
@@ -216,11 +212,7 @@ def load_adapter(
     else:
         config.inference_mode = True
         model = get_peft_model(model, config)
-    _check_keys_and_shapes(model, weights, source.adapter_dir)
-    try:
-        load_adapter_weights(model, source.adapter_dir)
-    except RuntimeError as err:
-        raise AdapterError(str(err)) from err
+    load_adapter_weights(model, source.adapter_dir, state=weights)
     if all(float(w.abs().max()) == 0 for k, w in weights.items() if ".lora_B." in k):
         logger.warning("adapter %s has all-zero lora_B weights: it does not change the model", source.adapter_dir)
     return model
@@ -248,32 +240,6 @@ def _check_same_lora_settings(current: Any, adapter: Any, adapter_dir: Path) -> 
 
 def _normalise_targets(targets: Any) -> Any:
     return sorted(targets) if isinstance(targets, (set, list, tuple)) else targets
-
-
-def _check_keys_and_shapes(model: torch.nn.Module, weights: dict[str, torch.Tensor], adapter_dir: Path) -> None:
-    """Compare adapter tensors with the model's LoRA parameters before loading (clear names, no torch traces)."""
-    expected: dict[str, torch.Size] = {}
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            expected[name.replace(".default.", ".", 1)] = param.shape  # file keys carry no adapter name
-    if not expected:
-        raise AdapterError(f"adapter at {adapter_dir}: its target_modules match no module of the model")
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(
-        f"{k}: adapter {tuple(weights[k].shape)} vs model {tuple(expected[k])}"
-        for k in set(expected) & set(weights)
-        if tuple(weights[k].shape) != tuple(expected[k])
-    )
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]}; another rank or another base model?)")
-    if problems:
-        raise AdapterError(f"adapter at {adapter_dir} does not fit the model: " + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------------------------- merged export

@@ -28,16 +28,14 @@ class ResolvedPaths:
 def resolve_paths(model_path: str, audio_tokenizer_path: str, tokenizer_path: str | None = None) -> ResolvedPaths:
     """Map ``embedded`` to the generated stack (building it if needed); the text tokenizer defaults to the model's."""
     stack = None
-    if EMBEDDED in (model_path, audio_tokenizer_path, tokenizer_path):
+    if {model_path, audio_tokenizer_path, tokenizer_path} & {EMBEDDED, f"{EMBEDDED}:whisper"}:
         from higgs_train.embedded import ensure_tiny_stack
 
         stack = ensure_tiny_stack()
     if model_path == EMBEDDED:
         model_path = str(stack.model_dir)
     elif model_path == f"{EMBEDDED}:whisper":
-        from higgs_train.embedded import ensure_tiny_stack
-
-        model_path = str(ensure_tiny_stack().whisper_model_dir)
+        model_path = str(stack.whisper_model_dir)
     if audio_tokenizer_path == EMBEDDED:
         audio_tokenizer_path = str(stack.audio_tokenizer_dir)
     if tokenizer_path in (None, ""):

@@ -70,25 +70,55 @@ def save_adapter(model: torch.nn.Module, out_dir: Path) -> Path:
     return out_dir
 
 
-def load_adapter_weights(model: torch.nn.Module, adapter_dir: Path) -> None:
-    """Load adapter weights into an already LoRA-wrapped model, refusing any key mismatch."""
+class AdapterError(RuntimeError):
+    """An adapter that cannot be applied as it is; the message names the problem and the file."""
+
+
+def check_adapter_state(model: torch.nn.Module, weights: dict[str, torch.Tensor], adapter_dir: Path) -> None:
+    """Compare adapter tensors with the model's LoRA parameters before loading (clear names, no torch traces)."""
+    expected: dict[str, torch.Size] = {}
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            expected[name.replace(".default.", ".", 1)] = param.shape  # file keys carry no adapter name
+    if not expected:
+        raise AdapterError(f"adapter at {adapter_dir}: its target_modules match no module of the model")
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(
+        f"{k}: adapter {tuple(weights[k].shape)} vs model {tuple(expected[k])}"
+        for k in set(expected) & set(weights)
+        if tuple(weights[k].shape) != tuple(expected[k])
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]}; another rank or another base model?)")
+    if problems:
+        raise AdapterError(f"adapter at {adapter_dir} does not fit the model: " + "; ".join(problems))
+
+
+def load_adapter_weights(
+    model: torch.nn.Module, adapter_dir: Path, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Load adapter weights into an already LoRA-wrapped model, refusing any key or shape mismatch.
+
+    ``state`` is the already-read ``adapter_model.safetensors`` when the caller has it (export reads it to vet the
+    file first), so the file is read once.
+    """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights_file = Path(adapter_dir) / "adapter_model.safetensors"
-    if not weights_file.exists():
-        raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}")
-    state = load_file(str(weights_file))
+    if state is None:
+        weights_file = Path(adapter_dir) / "adapter_model.safetensors"
+        if not weights_file.exists():
+            raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}")
+        state = load_file(str(weights_file))
     peft_model = unwrap(model)
-    result = set_peft_model_state_dict(peft_model, state)
-    expected = {n for n, _ in peft_model.named_parameters() if "lora_" in n}
-    missing = sorted(n for n in getattr(result, "missing_keys", []) if "lora_" in n)
-    unexpected = sorted(getattr(result, "unexpected_keys", []))
-    if missing or unexpected or not expected:
-        raise RuntimeError(
-            f"adapter at {adapter_dir} does not match the model: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)})"
-        )
+    check_adapter_state(peft_model, state, Path(adapter_dir))
+    set_peft_model_state_dict(peft_model, state)
 
 
 def save_checkpoint(
