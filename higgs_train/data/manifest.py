@@ -38,6 +38,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from higgs_train.data.reasons import Reason
+
 CANONICAL_SCHEMA = pa.schema(
     [
         pa.field("row_index", pa.int64(), nullable=False),
@@ -54,12 +56,12 @@ CANONICAL_SCHEMA = pa.schema(
 SAMPLE_KEYS = ("speaker", "start_index", "messages", "misc")
 PARSE_ERROR_KEY = "parse_error"
 
-# Row-level reasons found while reading; validation reports them verbatim (they are its first check).
-NOT_JSON = "manifest line {line} is not valid JSON"
-NOT_OBJECT = "row is not a JSON object"
-MESSAGES_NOT_JSON = "messages or misc are not valid JSON"
-SPEAKER_TYPE = "speaker must be a string or null"
-START_INDEX_TYPE = "start_index must be an integer"
+# Row-level reasons found while reading (catalogued in reasons.py); validation reports them verbatim.
+NOT_JSON = Reason.NOT_JSON
+NOT_OBJECT = Reason.NOT_OBJECT
+MESSAGES_NOT_JSON = Reason.MESSAGES_NOT_JSON
+SPEAKER_TYPE = Reason.SPEAKER_TYPE
+START_INDEX_TYPE = Reason.START_INDEX_TYPE
 
 
 class ManifestError(ValueError):
@@ -111,10 +113,12 @@ def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
         magic = fh.read(4)
     if magic == b"PAR1":
         return _read_parquet(p)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ManifestError(f"manifest is neither Parquet nor UTF-8 text: {p}") from err
+    raw = p.read_bytes()
+    if b"\x00" in raw:  # UTF-16/32 or binary: no line of it would parse
+        raise ManifestError(f"manifest is neither Parquet nor UTF-8 text: {p}")
+    # An invalid byte must cost one row, not the manifest: undecodable bytes become lone surrogates, which the
+    # canonical form then reports as that row's INVALID_UNICODE (or NOT_JSON, if the byte broke the JSON syntax).
+    text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -126,7 +130,7 @@ def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
 
 def _read_jsonl(text: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -157,6 +161,11 @@ def _from_canonical_record(rec: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"id": rec.get("id"), "speaker": rec.get("speaker"), "start_index": rec.get("start_index")}
     if rec.get("parse_error"):
         row[PARSE_ERROR_KEY] = rec["parse_error"]
+    for column in ("messages_json", "misc_json"):
+        if rec.get(column) is not None and not isinstance(rec[column], str):
+            row.setdefault(PARSE_ERROR_KEY, Reason.MESSAGES_JSON_TYPE.format(type=type(rec[column]).__name__))
+            row["messages"] = row["misc"] = None
+            return row
     try:
         row["messages"] = json.loads(rec["messages_json"]) if rec.get("messages_json") is not None else None
         row["misc"] = json.loads(rec["misc_json"]) if rec.get("misc_json") is not None else None
@@ -208,6 +217,10 @@ def _canonical_records(rows: list[dict[str, Any]], source: str) -> tuple[list[di
         except (TypeError, ValueError):  # e.g. bytes from a binary Parquet column
             error = error or MESSAGES_NOT_JSON
             messages_json, misc_json = canonical_json(None), None
+        if not error and not _encodable(messages_json, misc_json, row.get("speaker"), row.get("id")):
+            error = Reason.INVALID_UNICODE  # Arrow (and every later stage) needs valid UTF-8
+        if error and not _encodable(messages_json, misc_json):
+            messages_json, misc_json = canonical_json(None), None
         speaker = row.get("speaker")
         start_index, start_ok = _start_index(row.get("start_index"))
         if not error and speaker is not None and not isinstance(speaker, str):
@@ -222,21 +235,34 @@ def _canonical_records(rows: list[dict[str, Any]], source: str) -> tuple[list[di
             generated += 1
         else:
             sample_id = given if isinstance(given, str) else canonical_json(given)
+            if not _encodable(sample_id):
+                sample_id = stable_id({PARSE_ERROR_KEY: error, "row_index": index})
         records.append(
             {
                 "row_index": index,
                 "id": sample_id,
-                "speaker": speaker if isinstance(speaker, str) else None,
+                "speaker": speaker if isinstance(speaker, str) and _encodable(speaker) else None,
                 "start_index": start_index,
                 "messages_json": messages_json,
                 "misc_json": misc_json,
                 "source": source,
-                "parse_error": error,
+                "parse_error": str(error) if error else None,
             }
         )
     duplicates = _make_ids_unique(records)
     errors = sum(1 for r in records if r["parse_error"])
     return records, ConversionReport(source, "", len(records), errors, generated, duplicates)
+
+
+def _encodable(*values: Any) -> bool:
+    """Whether every string among ``values`` encodes to UTF-8 (a lone surrogate, e.g. ``"\\ud800"``, does not)."""
+    try:
+        for value in values:
+            if isinstance(value, str):
+                value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _start_index(value: Any) -> tuple[int | None, bool]:

@@ -45,9 +45,17 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from higgs_train.data.audio_io import AudioError, AudioLimits, load_audio, resolve_audio_path
+from higgs_train.data.audio_io import (
+    AudioError,
+    AudioLimits,
+    audio_header_seconds,
+    display_name,
+    load_audio,
+    resolve_audio_path,
+)
+from higgs_train.data.reasons import Reason
 
-PREPROCESS_VERSION = "1"  # bump whenever a record's content for the same inputs would change
+PREPROCESS_VERSION = "2"  # bump whenever a record's content for the same inputs would change
 WHISPER_SAMPLE_RATE = 16_000  # Whisper's feature extractor rate; upstream resamples to it anyway
 WHISPER_EMBEDS_PER_SECOND = 25  # 3000 mel frames / 30 s, pooled by 4 in the audio tower (upstream constant)
 IGNORE_INDEX = -100
@@ -164,6 +172,7 @@ class PreprocessSettings:
     whisper: bool = False
     encode_audio_in_tokens: bool = True
     whisper_sample_rate: int = WHISPER_SAMPLE_RATE
+    max_tokens_per_row: int = 0  # 0: no limit (the job passes the model's positions by default)
 
     def identity(self) -> dict[str, Any]:
         return {"version": PREPROCESS_VERSION, **asdict(self)}
@@ -205,32 +214,47 @@ def estimate_num_tokens(
 
 
 def row_to_chatml(row: dict[str, Any]) -> dict[str, Any]:
-    """A fresh ChatML dict from a canonical row (``messages`` or ``messages_json``); upstream mutates its input."""
+    """A fresh ChatML dict from a canonical row (``messages`` or ``messages_json``); upstream mutates its input.
+
+    Values are passed through unchecked (a list ``misc``, a string ``start_index``): the validator's
+    ``structural_reason`` judges them next, so a job rejects exactly what ``--validate_data_only`` rejects.
+    """
     if row.get("parse_error"):  # canonical manifests keep unreadable rows with the reason, for us to quarantine
         raise PreprocessError("parse", str(row["parse_error"]))
-    messages = row.get("messages")
-    if messages is None:
-        raw = row.get("messages_json")
-        if not isinstance(raw, str):
-            raise PreprocessError("parse", "row has neither messages nor messages_json")
-        try:
-            messages = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise PreprocessError("parse", f"messages_json is not valid JSON: {err.msg}") from err
-    if not isinstance(messages, list) or not messages:
-        raise PreprocessError("parse", "messages is missing, empty or not a list")
-    misc = row.get("misc")
-    if misc is None and isinstance(row.get("misc_json"), str) and row["misc_json"]:
-        try:
-            misc = json.loads(row["misc_json"])
-        except json.JSONDecodeError as err:
-            raise PreprocessError("parse", f"misc_json is not valid JSON: {err.msg}") from err
-    return {
-        "messages": copy.deepcopy(messages),
-        "start_index": _optional_int(row.get("start_index")),
-        "speaker": _optional_str(row.get("speaker")),
-        "misc": copy.deepcopy(misc) if isinstance(misc, dict) else None,
-    }
+    fields = {}
+    for name in ("messages", "misc"):
+        value = row.get(name)
+        raw = row.get(f"{name}_json")
+        if value is None and raw is not None:
+            if not isinstance(raw, str):
+                raise PreprocessError("parse", Reason.MESSAGES_JSON_TYPE.format(type=type(raw).__name__))
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise PreprocessError("parse", Reason.MESSAGES_NOT_JSON) from err
+        fields[name] = copy.deepcopy(value)
+    start = row.get("start_index")
+    if isinstance(start, float) and math.isnan(start):
+        start = None
+    elif isinstance(start, np.integer):  # Arrow/pandas hand back numpy ints; dacite(check_types=True) wants int
+        start = int(start)
+    speaker = row.get("speaker")
+    if isinstance(speaker, float) and math.isnan(speaker):
+        speaker = None
+    return {"messages": fields["messages"], "start_index": start, "speaker": speaker, "misc": fields["misc"]}
+
+
+def tokenize_chatml(sample: dict[str, Any], tokenizer: Any) -> tuple[list[int], list[int], list[Any], str | None]:
+    """Upstream ``prepare_chatml_sample`` (on a copy), raising ``PreprocessError`` with its message on failure."""
+    from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
+
+    printed = io.StringIO()  # upstream prints its exception and returns Nones; keep the message as the reason
+    with contextlib.redirect_stdout(printed):
+        input_ids, label_ids, audio_contents, speaker = prepare_chatml_sample(copy.deepcopy(sample), tokenizer)
+    if input_ids is None:
+        first = next((line for line in printed.getvalue().splitlines() if line.strip()), "unknown error")
+        raise PreprocessError("tokenize", Reason.TOKENIZE_FAILED.format(error=first[:300]))
+    return input_ids, label_ids, audio_contents, speaker
 
 
 def _optional_int(value: Any) -> int | None:
@@ -238,12 +262,6 @@ def _optional_int(value: Any) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return int(value)
-
-
-def _optional_str(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value)
 
 
 def audio_contents_in_order(messages: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
@@ -276,12 +294,16 @@ class SamplePreprocessor:
         encode_audio_in_tokens: bool = True,
         code_store: CodeStore | None = None,
         memo_size: int = 256,
+        max_tokens_per_row: int = 0,
     ) -> None:
         self.tokenizer = text_tokenizer
         self.audio_tokenizer = audio_tokenizer
         self.audio_base_path = Path(audio_base_path)
         self.settings = PreprocessSettings(
-            limits=limits or AudioLimits(), whisper=bool(whisper), encode_audio_in_tokens=encode_audio_in_tokens
+            limits=limits or AudioLimits(),
+            whisper=bool(whisper),
+            encode_audio_in_tokens=encode_audio_in_tokens,
+            max_tokens_per_row=int(max_tokens_per_row),
         )
         self.code_store = code_store
         self.sampling_rate = int(audio_tokenizer.sampling_rate)
@@ -298,21 +320,46 @@ class SamplePreprocessor:
 
     # --- one row ---
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Preprocess one row; raises ``AudioError`` or ``PreprocessError`` (never returns a partial record)."""
+        """Preprocess one row; raises ``AudioError`` or ``PreprocessError`` (never returns a partial record).
+
+        Checks run in the validator's order (structure, text, audio, length) with the validator's functions and
+        reasons; tokenizer-only checks (placeholders, encoder failures, the exact length) come where they can.
+        """
+        from higgs_train.data.row_length import RowLengthLimit, chatml_sample
+
         sample = row_to_chatml(row)
         self._check_structure(sample)
-        input_ids, label_ids, audio_contents, speaker = self._tokenize(sample)
+        sample = chatml_sample(sample)
         layout = audio_contents_in_order(sample["messages"])
-        is_out = self._check_layout(input_ids, layout, len(audio_contents))
-
         encoded: list[EncodedAudio] = []
+        header_seconds: list[float] = []
         waves: list[np.ndarray] = []
-        for (_, _, content), out in zip(layout, is_out, strict=True):
-            url = self._check_content(content)
-            encoded.append(self._encoded(url))
-            if self.settings.whisper and not out:
-                waves.append(load_audio(url, self.audio_base_path, self.settings.whisper_sample_rate, self.limits))
-        return self._record(row, sample, speaker, input_ids, label_ids, encoded, is_out, waves)
+        for msg_index, role, content in layout:
+            try:
+                url = self._check_content(content)
+                encoded.append(self._encoded(url))
+                header_seconds.append(audio_header_seconds(resolve_audio_path(url, self.audio_base_path)))
+                if self.settings.whisper and role != "assistant":
+                    waves.append(load_audio(url, self.audio_base_path, self.settings.whisper_sample_rate, self.limits))
+            except AudioError as err:
+                raise AudioError(Reason.AUDIO_PROBLEM.format(i=msg_index, error=err)) from err
+        input_ids, label_ids, audio_contents, speaker = tokenize_chatml(sample, self.tokenizer)
+        is_out = self._check_layout(input_ids, layout, len(audio_contents))
+        limit = RowLengthLimit(
+            self.settings.max_tokens_per_row,
+            self.num_codebooks,
+            float(self.audio_tokenizer.tps),
+            self.settings.encode_audio_in_tokens,
+            self.settings.whisper,
+        )
+        too_long = limit.reason(limit.estimate(len(input_ids), header_seconds, is_out))
+        if too_long:
+            raise PreprocessError("length", too_long)
+        record = self._record(row, sample, speaker, input_ids, label_ids, encoded, is_out, waves)
+        too_long = limit.reason(int(record["num_tokens"]))  # the exact length; differs from the estimate by frames
+        if too_long:
+            raise PreprocessError("length", too_long)
+        return record
 
     def _check_structure(self, sample: dict[str, Any]) -> None:
         """The validator's schema, role, layout and text checks, so a job quarantines exactly what
@@ -324,54 +371,42 @@ class SamplePreprocessor:
         if reason:
             raise PreprocessError("validation", reason)
 
-    def _tokenize(self, sample: dict[str, Any]) -> tuple[list[int], list[int], list[Any], str | None]:
-        from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
-
-        printed = io.StringIO()  # upstream prints its exception and returns Nones; keep the message as the reason
-        with contextlib.redirect_stdout(printed):
-            input_ids, label_ids, audio_contents, speaker = prepare_chatml_sample(copy.deepcopy(sample), self.tokenizer)
-        if input_ids is None:
-            first = next((line for line in printed.getvalue().splitlines() if line.strip()), "unknown error")
-            raise PreprocessError("tokenize", f"ChatML tokenization failed: {first[:300]}")
-        return input_ids, label_ids, audio_contents, speaker
-
     def _check_layout(self, input_ids: list[int], layout: list[tuple[int, str, dict]], n_audio: int) -> list[bool]:
         placeholders = [t for t in input_ids if t in (self.audio_in_id, self.audio_out_id)]
         if len(placeholders) != n_audio or len(layout) != n_audio:
             raise PreprocessError(
-                "layout",
-                f"{len(placeholders)} audio placeholder tokens for {n_audio} audio contents "
-                f"(does a text content contain a literal {AUDIO_IN_TOKEN} or {AUDIO_OUT_TOKEN}?)",
+                "layout", Reason.PLACEHOLDER_MISMATCH.format(placeholders=len(placeholders), contents=n_audio)
             )
         is_out = [t == self.audio_out_id for t in placeholders]
         if True in is_out:
             first_out = is_out.index(True)
             for k in range(first_out + 1, n_audio):
-                if not is_out[k]:
-                    raise PreprocessError(
-                        "layout",
-                        f"audio input (role {layout[k][1]!r}, message {layout[k][0]}) follows an audio output "
-                        f"(message {layout[first_out][0]}): Higgs-Audio's collator indexes Whisper waveforms by "
-                        "audio ordinal, so every user/system audio must precede all assistant audio",
-                    )
+                if not is_out[k]:  # the validator's structural check catches this first; kept as a guard
+                    raise PreprocessError("layout", Reason.AUDIO_IN_AFTER_OUT.format(i=layout[k][0], role=layout[k][1]))
         return is_out
 
     @staticmethod
     def _check_content(content: dict[str, Any]) -> str:
         # Slicing and inline audio would need the slice/bytes in the code-store key; refuse rather than guess.
         if content.get("offset") is not None or content.get("duration") is not None:
-            raise PreprocessError("audio", "audio offset/duration slicing is not supported; cut the clip instead")
+            raise PreprocessError("audio", Reason.AUDIO_SLICING_UNSUPPORTED)
         url = content.get("audio_url")
         if not url:
             if content.get("raw_audio"):
-                raise PreprocessError("audio", "inline raw_audio is not supported; reference a file via audio_url")
-            raise AudioError("audio_url is empty")
+                raise PreprocessError("audio", Reason.RAW_AUDIO_UNSUPPORTED)
+            raise AudioError(Reason.AUDIO_URL_EMPTY)
         return str(url)
 
     # --- audio ---
     def _encoded(self, url: str) -> EncodedAudio:
         path = resolve_audio_path(url, self.audio_base_path)
-        sha = file_sha256(path)
+        try:
+            sha = file_sha256(path)
+        except OSError as err:  # e.g. permission denied: this row's problem, worded as the validator words it
+            name = display_name(path, self.audio_base_path)
+            raise AudioError(
+                Reason.AUDIO_UNREADABLE.format(error=err.strerror or type(err).__name__, name=name)
+            ) from err
         hit = self._memo.get(sha)
         if hit is not None:
             self._memo.move_to_end(sha)
@@ -401,15 +436,16 @@ class SamplePreprocessor:
             with torch.inference_mode():
                 codes = self.audio_tokenizer.encode(wave, self.sampling_rate)
         except Exception as err:  # a model failure on one clip must not take the whole job down
-            raise PreprocessError("encode", f"audio tokenizer failed on {url}: {type(err).__name__}: {err}") from err
+            error = f"{type(err).__name__}: {err}"
+            raise PreprocessError("encode", Reason.ENCODE_FAILED.format(url=url, error=error)) from err
         cpu = time.process_time() - start
         self.encoder_stats.add(1, seconds, cpu)
         _PROCESS_ENCODER_STATS.add(1, seconds, cpu)
         codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes)
         if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
-            raise PreprocessError("encode", f"audio tokenizer returned codes of shape {codes.shape} for {url}")
+            raise PreprocessError("encode", Reason.ENCODE_BAD_SHAPE.format(shape=codes.shape, url=url))
         if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.int16).max):
-            raise PreprocessError("encode", f"audio codes outside the int16 range for {url}")
+            raise PreprocessError("encode", Reason.ENCODE_OUT_OF_RANGE.format(url=url))
         return EncodedAudio(codes.astype(np.int16), float(seconds))
 
     # --- record ---

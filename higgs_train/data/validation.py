@@ -17,23 +17,30 @@ preprocessing, and the *first* failure of each row becomes its reason. Check ord
    before start_index, and then it needs an assistant audio turn before start_index (the reference voice the
    model is conditioned on). Unlabelled samples without context audio are plain TTS and need no reference;
 7. text: each text part non-empty after strip, free of Higgs control tokens (``<|AUDIO|>`` typed into text would
-   be taken as an audio placeholder and shift every audio after it), and encoding to at least one token;
-8. audio files: confined to the audio root, present, decodable, finite, not silent, duration within limits.
-   Any sample rate and channel count is accepted (preprocessing resamples and downmixes). Each distinct file is
-   decoded once per run.
+   be taken as an audio placeholder and shift every audio after it), free of control characters other than tab and
+   line breaks, and encoding to at least one token;
+8. audio files: confined to the audio root, readable, decodable, not truncated, duration within limits (read from
+   the header, before decoding), finite, of sane amplitude, not silent. Any sample rate and channel count is
+   accepted (preprocessing resamples and downmixes). Each distinct file is decoded once per run;
+9. length (when a ``RowLengthLimit`` is given): the merged text + audio length, estimated from the header
+   durations exactly as preprocessing estimates it, within ``max_tokens_per_row``.
+
+Every reason comes from ``reasons.Reason``; preprocessing runs these same functions in the same order, so a job
+quarantines each row with the reason ``--validate_data_only`` gives it.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
 
-from higgs_train.data.audio_io import AudioError, AudioLimits, check_waveform, decode_audio, resolve_audio_path, to_mono
+from higgs_train.data.audio_io import AudioError, AudioLimits, display_name, read_checked, resolve_audio_path
 from higgs_train.data.manifest import (
     PARSE_ERROR_KEY,
     SAMPLE_KEYS,
@@ -43,25 +50,26 @@ from higgs_train.data.manifest import (
     stable_id,
 )
 from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.reasons import Reason
+from higgs_train.data.row_length import RowLengthLimit, chatml_token_count
 
-# Reason templates; ``{i}`` is the message index. Tests and users match on this text, so change it deliberately.
-MESSAGES_NOT_LIST = "messages must be a non-empty list"
-MESSAGE_NOT_OBJECT = "messages[{i}] must be an object with role and content"
-MESSAGE_UNKNOWN_KEY = "messages[{i}] has unsupported key {key!r}"
-BAD_CONTENT = "messages[{i}]: content must be a string, a text part, an audio part or a list of those"
-BAD_ROLE = "messages[{i}]: role must be system, user or assistant (got {role!r})"
-SYSTEM_NOT_FIRST = "messages[{i}]: a system turn is only allowed at index 0"
-START_INDEX_RANGE = "start_index {start} is out of range for {n} messages"
-MISC_TYPE = "misc must be an object or null"
-NO_TARGET_AUDIO = "no assistant audio turn at or after start_index {start} (nothing to train)"
-AUDIO_IN_AFTER_OUT = (
-    "messages[{i}]: {role} audio after an assistant audio turn (audio-in after audio-out is unsupported)"
-)
-NO_REFERENCE_AUDIO = "cloning sample has no reference audio before start_index {start}"
-EMPTY_TEXT = "messages[{i}]: text is empty"
-SPECIAL_TOKEN_TEXT = "messages[{i}]: text contains the control token {token}"
-TEXT_NO_TOKENS = "messages[{i}]: text encodes to no tokens"
-AUDIO_PROBLEM = "messages[{i}]: {error}"  # error = str(AudioError) from higgs_train.data.audio_io
+# Reason templates, from the one catalogue (reasons.py) that preprocessing uses too; ``{i}`` is the message index.
+MESSAGES_NOT_LIST = Reason.MESSAGES_NOT_LIST
+MESSAGE_NOT_OBJECT = Reason.MESSAGE_NOT_OBJECT
+MESSAGE_UNKNOWN_KEY = Reason.MESSAGE_UNKNOWN_KEY
+BAD_CONTENT = Reason.BAD_CONTENT
+BAD_ROLE = Reason.BAD_ROLE
+SYSTEM_NOT_FIRST = Reason.SYSTEM_NOT_FIRST
+START_INDEX_RANGE = Reason.START_INDEX_RANGE
+MISC_TYPE = Reason.MISC_TYPE
+NO_TARGET_AUDIO = Reason.NO_TARGET_AUDIO
+AUDIO_IN_AFTER_OUT = Reason.AUDIO_IN_AFTER_OUT
+NO_REFERENCE_AUDIO = Reason.NO_REFERENCE_AUDIO
+EMPTY_TEXT = Reason.EMPTY_TEXT
+SPECIAL_TOKEN_TEXT = Reason.SPECIAL_TOKEN_TEXT
+CONTROL_CHARACTER_TEXT = Reason.CONTROL_CHARACTER_TEXT
+TEXT_NO_TOKENS = Reason.TEXT_NO_TOKENS
+AUDIO_PROBLEM = Reason.AUDIO_PROBLEM  # error = str(AudioError) from higgs_train.data.audio_io
 
 ROLES = ("system", "user", "assistant")
 AUDIO_PART_KEYS = frozenset({"type", "audio_url", "raw_audio", "offset", "duration", "row_id"})
@@ -80,6 +88,9 @@ CONTROL_TOKENS = (
     "<|eom_id|>",
     "<|recipient|>",
 )
+# Text may carry tabs and line breaks; every other control character (C0, DEL, C1) is a paste or encoding accident
+# that the tokenizer maps to odd byte tokens the model was never trained to read aloud.
+ALLOWED_CONTROL_CHARACTERS = frozenset("\t\n\r")
 REPORT_FILE = "validation_report.json"
 VAL_REPORT_FILE = "val_validation_report.json"
 QUARANTINE_FILE = "quarantine.parquet"
@@ -190,8 +201,15 @@ def structural_reason(row: dict[str, Any]) -> tuple[str | None, list[tuple[str, 
     return None, turns
 
 
+def _control_character(text: str) -> tuple[int, str] | None:
+    for pos, char in enumerate(text):
+        if unicodedata.category(char) == "Cc" and char not in ALLOWED_CONTROL_CHARACTERS:
+            return pos, char
+    return None
+
+
 def text_reason(turns: list[tuple[str, list[Part]]], tokenizer: TextEncoder) -> str | None:
-    """First empty, control-token-carrying or unencodable text part."""
+    """First empty, control-token- or control-character-carrying, or unencodable text part."""
     for i, (_, parts) in enumerate(turns):
         for kind, text in parts:
             if kind != "text":
@@ -201,6 +219,9 @@ def text_reason(turns: list[tuple[str, list[Part]]], tokenizer: TextEncoder) -> 
             token = next((t for t in CONTROL_TOKENS if t in text), None)
             if token is not None:
                 return SPECIAL_TOKEN_TEXT.format(i=i, token=token)
+            control = _control_character(text)
+            if control is not None:
+                return CONTROL_CHARACTER_TEXT.format(i=i, char=f"U+{ord(control[1]):04X}", pos=control[0])
             if len(tokenizer.encode(text, add_special_tokens=False)) == 0:
                 return TEXT_NO_TOKENS.format(i=i)
     return None
@@ -210,31 +231,39 @@ def text_reason(turns: list[tuple[str, list[Part]]], tokenizer: TextEncoder) -> 
 
 
 class AudioChecker:
-    """Checks audio references, decoding each distinct real file once (the cache key is the resolved path)."""
+    """Checks audio references, decoding each distinct real file once (the cache key is the resolved path).
+
+    Remembers each file's reason (or None) and its duration from the header, which the length check uses.
+    """
 
     def __init__(self, base_path: str | Path, limits: AudioLimits) -> None:
         self.base = Path(base_path).resolve()
         self.limits = limits
-        self._decoded: dict[Path, str | None] = {}
+        self._decoded: dict[Path, tuple[str | None, float]] = {}
 
     def reason(self, audio_url: str) -> str | None:
+        return self._check(audio_url)[0]
+
+    def seconds(self, audio_url: str) -> float:
+        """Header duration of a file that passed ``reason`` (0.0 for one that did not)."""
+        return self._check(audio_url)[1]
+
+    def _check(self, audio_url: str) -> tuple[str | None, float]:
         try:
             path = resolve_audio_path(audio_url, self.base)
         except AudioError as err:
-            return str(err)
+            return str(err), 0.0
         if path not in self._decoded:
             self._decoded[path] = self._check_file(path)
         return self._decoded[path]
 
-    def _check_file(self, path: Path) -> str | None:
+    def _check_file(self, path: Path) -> tuple[str | None, float]:
         # Named by its path under the root, so the reason is the same whichever spelling referenced it first.
-        name = path.relative_to(self.base).as_posix()
         try:
-            data, sr = decode_audio(path)
-            check_waveform(to_mono(data), sr, self.limits, name)
+            data, sr = read_checked(path, self.limits, display_name(path, self.base))
         except AudioError as err:
-            return str(err)
-        return None
+            return str(err), 0.0
+        return None, len(data) / sr
 
     @property
     def files_decoded(self) -> int:
@@ -249,6 +278,23 @@ def audio_reason(turns: list[tuple[str, list[Part]]], checker: AudioChecker) -> 
                 if error is not None:
                     return AUDIO_PROBLEM.format(i=i, error=error)
     return None
+
+
+def length_reason(
+    row: dict[str, Any],
+    turns: list[tuple[str, list[Part]]],
+    tokenizer: Any,
+    checker: AudioChecker,
+    limit: RowLengthLimit,
+) -> str | None:
+    """``ROW_TOO_LONG`` when the row's estimated merged length exceeds the limit (or why it cannot be tokenized)."""
+    tokens, error = chatml_token_count(row, tokenizer)
+    if error is not None:
+        return error
+    audio = [
+        (role == "assistant", checker.seconds(url)) for role, parts in turns for kind, url in parts if kind == "audio"
+    ]
+    return limit.reason(limit.estimate(tokens, [s for _, s in audio], [out for out, _ in audio]))
 
 
 # ----------------------------------------------------------------------------------------------------- driver
@@ -272,11 +318,14 @@ def validate_rows(
     quarantine: Quarantine | None = None,
     checker: AudioChecker | None = None,
     progress: bool = True,
+    length_limit: RowLengthLimit | None = None,
 ) -> ValidationReport:
     """Validate every row; rejected rows get one reason each and, if given, a ``quarantine`` record.
 
     ``index`` is the row's ``row_index`` (its position in the source manifest) when present, else its position
-    in ``rows``. Pass a shared ``checker`` to decode files referenced by several manifests only once.
+    in ``rows``. Pass a shared ``checker`` to decode files referenced by several manifests only once. With a
+    ``length_limit``, rows whose estimated merged length exceeds it are rejected too (the last check, as in
+    preprocessing).
     """
     checker = checker or AudioChecker(audio_base_path, limits or AudioLimits())
     report = ValidationReport(total=len(rows), valid=0)
@@ -286,6 +335,8 @@ def validate_rows(
         reason, turns = structural_reason(row)
         if reason is None:
             reason = text_reason(turns, tokenizer) or audio_reason(turns, checker)
+        if reason is None and length_limit is not None and length_limit.max_tokens:
+            reason = length_reason(row, turns, tokenizer, checker, length_limit)
         if reason is None:
             report.valid += 1
             report.valid_rows.append(row)
@@ -324,6 +375,7 @@ def run_validate_data_only(
     output_dir: str | Path,
     tokenizer_path: str,
     limits: AudioLimits | None = None,
+    length_limit: RowLengthLimit | None = None,
 ) -> int:
     """Validate the train (and optional val) manifest, write reports, return 0 if every row is valid else 1.
 
@@ -331,6 +383,7 @@ def run_validate_data_only(
     ``quarantine.parquet`` (both, stages ``validation:train`` / ``validation:val``) under ``output_dir``.
     Relative audio paths resolve under ``audio_base_path``, or each manifest's own folder when it is empty.
     An empty train manifest fails too: there would be nothing to train on. ``tokenizer_path`` may be "embedded".
+    ``length_limit`` (``row_length.resolve_row_length_limit``) adds the job's ``max_tokens_per_row`` check.
     """
     from higgs_train.models import EMBEDDED, load_text_tokenizer, resolve_paths
 
@@ -348,7 +401,14 @@ def run_validate_data_only(
         checker = checkers.setdefault(base, AudioChecker(base, limits))
         rows = load_manifest(manifest)
         report = validate_rows(
-            rows, tokenizer, base, limits, stage=f"validation:{split}", quarantine=quarantine, checker=checker
+            rows,
+            tokenizer,
+            base,
+            limits,
+            stage=f"validation:{split}",
+            quarantine=quarantine,
+            checker=checker,
+            length_limit=length_limit,
         )
         write_report(report, output_dir, filename)
         print_summary(report, f"{split} ({manifest})")

@@ -207,5 +207,5 @@ def test_voice_cloning_dataset_returns_samples_and_names_bad_rows(stack, data, t
     assert len(dataset) == 2
     sample = dataset[0]
     assert isinstance(sample, ChatMLDatasetSample) and sample.audio_ids_concat.shape[0] == 8
-    with pytest.raises(AudioError, match=rf"row 1 \(id '{rows[1]['id']}'\): audio file not found"):
+    with pytest.raises(AudioError, match=rf"row 1 \(id '{rows[1]['id']}'\): messages\[4\]: audio file not found"):
         dataset[1]
