@@ -77,18 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if config.validate_data_only:
         from higgs_train.data.audio_io import AudioLimits
+        from higgs_train.data.row_length import resolve_row_length_limit
         from higgs_train.data.sources import resolve_sources
         from higgs_train.data.validation import run_validate_data_only
+        from higgs_train.models import resolve_paths
 
         sources = resolve_sources(config)
-        tokenizer = config.tokenizer_path or config.model_path
+        paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
         return run_validate_data_only(
             str(sources.train),
             str(sources.val) if sources.val else None,
             config.audio_base_path or None,
             config.output_dir,
-            tokenizer,
+            paths.tokenizer_path,
             AudioLimits(config.min_audio_seconds, config.max_audio_seconds),
+            resolve_row_length_limit(paths.model_path, paths.audio_tokenizer_path, config.max_tokens_per_row),
         )
     from higgs_train.job import run_training_job
 

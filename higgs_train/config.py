@@ -37,6 +37,9 @@ class TrainingConfig:
     min_audio_seconds: float = _f(0.5, "Shortest accepted audio clip, seconds.")
     max_audio_seconds: float = _f(30.0, "Longest accepted audio clip, seconds.")
     cache_dir: str = _f("", "Token cache root (default: <output_dir>/../token_cache, shared by runs and trials).")
+    max_tokens_per_row: int = _f(
+        0, "Quarantine rows whose merged text + audio length exceeds this (0: the model's max_position_embeddings)."
+    )
     # --- model ---
     model_path: str = _f("embedded", "HiggsAudioModel dir or hub id; 'embedded' = the generated tiny stack.")
     audio_tokenizer_path: str = _f("embedded", "Higgs audio tokenizer dir or hub id; 'embedded' = tiny stack.")
@@ -119,7 +122,13 @@ class TrainingConfig:
             "log_every_steps",
         ):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("max_steps", "warmup_steps", "max_tokens_per_batch", "num_validation_samples"):
+        for name in (
+            "max_steps",
+            "warmup_steps",
+            "max_tokens_per_batch",
+            "num_validation_samples",
+            "max_tokens_per_row",
+        ):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
         for name in (
             "text_loss_weight",

@@ -159,6 +159,7 @@ def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, P
             limits,
             num_actors=config.dataloader_num_workers,
             cpus_per_actor=config.cpus_per_data_actor,
+            max_tokens_per_row=config.max_tokens_per_row,
         )
         logger.info("%s cache: %s", split, describe(result))
         results.append(result)

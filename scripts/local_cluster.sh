@@ -3,6 +3,7 @@
 #
 #   scripts/local_cluster.sh start    # head + dashboard (the job server lives in the dashboard)
 #   scripts/local_cluster.sh status   # `ray status` of this head
+#   scripts/local_cluster.sh token    # only make sure the auth token exists, mode 0600; print its path
 #   scripts/local_cluster.sh stop     # stop this head only
 #
 # Why these choices:
@@ -12,6 +13,9 @@
 #   same command gives an open or a token-protected dashboard depending on the machine's history. We pin
 #   RAY_AUTH_MODE=token (override: RAY_AUTH_MODE=disabled) and make sure the token exists. Clients (`ray job ...`)
 #   must run with the same RAY_AUTH_MODE=token in their environment, or they send no token and get HTTP 401.
+# * The token is a password to run code on this machine: it is created under umask 077 and forced to 0600 (its
+#   folder 0700) even when it already existed. Ray itself writes ~/.ray/auth_token with the process umask (0644
+#   by default), readable by every local user. RAY_AUTH_TOKEN_PATH, when set, names the file instead.
 # * Session files go to their own temp dir, which also identifies this head's processes: `stop` kills only
 #   processes whose command line names that dir (and their children), never other Ray clusters on the machine.
 #   (`ray stop --force` would kill every Ray process of every user session on the host, e.g. a colleague's
@@ -65,14 +69,37 @@ print(" ".join(str(p) for p in sorted(pids)))
 PY
 }
 
+# The token file Ray reads: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (RAY_AUTH_TOKEN in the env needs none).
+token_path() {
+  echo "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+}
+
+ensure_token() {
+  [[ -n "${RAY_AUTH_TOKEN:-}" ]] && return 0
+  local path
+  path="$(token_path)"
+  if [[ ! -s "$path" ]]; then
+    (
+      umask 077
+      mkdir -p "$(dirname "$path")"
+      if [[ -z "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+        ray get-auth-token --generate >/dev/null  # creates ~/.ray/auth_token only when missing
+      else
+        python -c 'import secrets, sys; open(sys.argv[1], "w").write(secrets.token_hex(32))' "$path"
+      fi
+    )
+  fi
+  chmod 700 "$(dirname "$path")"
+  chmod 600 "$path"
+}
+
 start() {
   if [[ -n "$(head_pids)" ]]; then
     echo "a Ray head with temp dir $TEMP_DIR is already running; run '$0 stop' first" >&2
     exit 1
   fi
   if [[ "$RAY_AUTH_MODE" == token ]]; then
-    # Creates ~/.ray/auth_token only when missing; `ray start` itself refuses token mode without a token.
-    ray get-auth-token --generate >/dev/null
+    ensure_token  # `ray start` itself refuses token mode without a token
   fi
   mkdir -p "$TEMP_DIR"
   ray start --head \
@@ -122,5 +149,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) ray status --address "127.0.0.1:$PORT" ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  token) ensure_token; token_path ;;
+  *) echo "usage: $0 start|stop|status|token" >&2; exit 2 ;;
 esac

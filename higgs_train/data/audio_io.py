@@ -26,6 +26,20 @@ class AudioError(ValueError):
     """A problem with one audio reference; ``str(err)`` is the reason recorded for the row."""
 
 
+class AudioUnavailable(AudioError):
+    """The file could not be reached *now* (absent, not a file, outside the root, unreadable): file-system state.
+
+    Unlike a bad waveform, this can change without the manifest changing (a restored file, a remounted volume), so
+    the token cache must key such a failure by the state it saw (``token_cache``), never keep it as a fact about the
+    row. ``state`` is the inner reason (the same text the cache key's fingerprint records); ``url`` the reference.
+    """
+
+    def __init__(self, message: str, url: str | None = None, state: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.state = state if state is not None else message
+
+
 @dataclass(frozen=True)
 class AudioLimits:
     """Acceptance bounds for clips (duration in seconds; RMS below ``silence_rms`` counts as silent)."""
@@ -51,14 +65,14 @@ def resolve_audio_path(audio_url: str, base_path: str | Path) -> Path:
     joined = candidate if candidate.is_absolute() else base / candidate
     lexical = Path(os.path.normpath(joined))
     if not _is_within(lexical, base):
-        raise AudioError(Reason.AUDIO_ESCAPES_ROOT.format(url=audio_url))
+        raise AudioUnavailable(Reason.AUDIO_ESCAPES_ROOT.format(url=audio_url), audio_url)
     if not lexical.exists():
-        raise AudioError(Reason.AUDIO_NOT_FOUND.format(url=audio_url))
+        raise AudioUnavailable(Reason.AUDIO_NOT_FOUND.format(url=audio_url), audio_url)
     real = lexical.resolve()
     if not _is_within(real, base):
-        raise AudioError(Reason.AUDIO_SYMLINK_ESCAPES.format(url=audio_url))
+        raise AudioUnavailable(Reason.AUDIO_SYMLINK_ESCAPES.format(url=audio_url), audio_url)
     if not real.is_file():
-        raise AudioError(Reason.AUDIO_NOT_A_FILE.format(url=audio_url))
+        raise AudioUnavailable(Reason.AUDIO_NOT_A_FILE.format(url=audio_url), audio_url)
     return real
 
 
@@ -108,6 +122,10 @@ def _wav_truncation(path: Path) -> tuple[int, int] | None:
             fh.seek(size + size % 2, os.SEEK_CUR)
 
 
+def unreadable_reason(err: OSError, name: str) -> str:
+    return Reason.AUDIO_UNREADABLE.format(error=err.strerror or type(err).__name__, name=name)
+
+
 def read_checked(path: Path, limits: AudioLimits, name: str) -> tuple[np.ndarray, int]:
     """Header checks, then decode: float32 ``(frames, channels)`` and the native rate, or ``AudioError``.
 
@@ -119,7 +137,7 @@ def read_checked(path: Path, limits: AudioLimits, name: str) -> tuple[np.ndarray
         with open(path, "rb") as fh:
             fh.read(1)
     except OSError as err:  # permission denied, I/O error: one row's problem, never the job's
-        raise AudioError(Reason.AUDIO_UNREADABLE.format(error=err.strerror or type(err).__name__, name=name)) from err
+        raise AudioUnavailable(unreadable_reason(err, name)) from err
     try:
         info = sf.info(str(path))
         truncated = _wav_truncation(path)

@@ -34,6 +34,7 @@ class VoiceCloningDataset(Dataset):
         whisper: bool = False,
         encode_audio_in_tokens: bool = True,
         code_store: Any = None,
+        max_tokens_per_row: int = 0,
     ) -> None:
         from higgs_train.data.manifest import load_manifest
 
@@ -47,6 +48,7 @@ class VoiceCloningDataset(Dataset):
             whisper,
             encode_audio_in_tokens=encode_audio_in_tokens,
             code_store=code_store,
+            max_tokens_per_row=max_tokens_per_row,
         )
 
     def __len__(self) -> int:

@@ -48,10 +48,12 @@ import pyarrow as pa
 from higgs_train.data.audio_io import (
     AudioError,
     AudioLimits,
+    AudioUnavailable,
     audio_header_seconds,
     display_name,
     load_audio,
     resolve_audio_path,
+    unreadable_reason,
 )
 from higgs_train.data.reasons import Reason
 
@@ -110,6 +112,9 @@ class RowFailure:
     row_index: int
     stage: str
     reason: str
+    # (audio_url, state) of files that were unavailable (file-system state, see audio_io.AudioUnavailable): the
+    # token cache keys the entry by this state so a restored file is preprocessed again on the next run.
+    unavailable: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -341,6 +346,9 @@ class SamplePreprocessor:
                 header_seconds.append(audio_header_seconds(resolve_audio_path(url, self.audio_base_path)))
                 if self.settings.whisper and role != "assistant":
                     waves.append(load_audio(url, self.audio_base_path, self.settings.whisper_sample_rate, self.limits))
+            except AudioUnavailable as err:
+                message = Reason.AUDIO_PROBLEM.format(i=msg_index, error=err)
+                raise AudioUnavailable(message, err.url or content.get("audio_url"), err.state) from err
             except AudioError as err:
                 raise AudioError(Reason.AUDIO_PROBLEM.format(i=msg_index, error=err)) from err
         input_ids, label_ids, audio_contents, speaker = tokenize_chatml(sample, self.tokenizer)
@@ -403,10 +411,7 @@ class SamplePreprocessor:
         try:
             sha = file_sha256(path)
         except OSError as err:  # e.g. permission denied: this row's problem, worded as the validator words it
-            name = display_name(path, self.audio_base_path)
-            raise AudioError(
-                Reason.AUDIO_UNREADABLE.format(error=err.strerror or type(err).__name__, name=name)
-            ) from err
+            raise AudioUnavailable(unreadable_reason(err, display_name(path, self.audio_base_path)), url) from err
         hit = self._memo.get(sha)
         if hit is not None:
             self._memo.move_to_end(sha)
@@ -506,6 +511,9 @@ class SamplePreprocessor:
                 records.append(self(row))
             except PreprocessError as err:
                 failures.append(RowFailure(rid, ridx, err.stage, err.reason))
+            except AudioUnavailable as err:
+                unavailable = ((err.url, err.state),) if err.url else ()
+                failures.append(RowFailure(rid, ridx, "audio", str(err), unavailable))
             except AudioError as err:
                 failures.append(RowFailure(rid, ridx, "audio", str(err)))
             except Exception as err:  # unexpected: quarantined under its own stage so it stays visible

@@ -54,6 +54,7 @@ from higgs_train.data.token_cache import (
     audio_fingerprints,
     audio_tokenizer_identity,
     compute_cache_key,
+    fingerprints_as_seen,
     referenced_audio,
     text_tokenizer_identity,
 )
@@ -64,18 +65,20 @@ if TYPE_CHECKING:
 IO_TASK_CPUS = 0.25
 ERROR_STAGE = "error_stage"
 ERROR_REASON = "error_reason"
+UNAVAILABLE = "_unavailable_audio"  # JSON {url: state} of files a failed row could not reach (file-system state)
 STAT_COLUMNS = ("_encoder_calls", "_encoded_seconds", "_cpu_seconds")
 OUTPUT_SCHEMA = pa.schema(
     [
         *RECORD_SCHEMA,
         pa.field(ERROR_STAGE, pa.string()),
         pa.field(ERROR_REASON, pa.string()),
+        pa.field(UNAVAILABLE, pa.string()),
         pa.field("_encoder_calls", pa.int64()),
         pa.field("_encoded_seconds", pa.float64()),
         pa.field("_cpu_seconds", pa.float64()),
     ]
 )
-META_COLUMNS = ["id", "row_index", "audio_seconds", ERROR_STAGE, ERROR_REASON, *STAT_COLUMNS]
+META_COLUMNS = ["id", "row_index", "audio_seconds", ERROR_STAGE, ERROR_REASON, UNAVAILABLE, *STAT_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ def batch_output(result: BatchResult) -> pa.Table:
         columns[f.name] = pa.chunked_array([good.column(f.name).combine_chunks(), tail], f.type)
     columns[ERROR_STAGE] = pa.array([None] * n_good + [x.stage for x in result.failures], pa.string())
     columns[ERROR_REASON] = pa.array([None] * n_good + [x.reason for x in result.failures], pa.string())
+    unavailable = [json.dumps(dict(x.unavailable)) if x.unavailable else None for x in result.failures]
+    columns[UNAVAILABLE] = pa.array([None] * n_good + unavailable, pa.string())
     n = n_good + n_bad
     first = [1.0] + [0.0] * (n - 1) if n else []
     s = result.stats
@@ -143,6 +148,7 @@ class PreprocessActor:
             settings["whisper"],
             encode_audio_in_tokens=settings["encode_audio_in_tokens"],
             code_store=AudioCodeStore(code_store_dir) if code_store_dir else None,
+            max_tokens_per_row=settings.get("max_tokens_per_row", 0),
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -159,6 +165,13 @@ def model_flags(model_path: str) -> tuple[bool, bool]:
 
     config = HiggsAudioConfig.from_pretrained(model_path)
     return bool(config.encode_whisper_embed), bool(config.encode_audio_in_tokens)
+
+
+def model_max_positions(model_path: str) -> int:
+    """The text model's ``max_position_embeddings``: the default ``max_tokens_per_row``."""
+    from boson_multimodal.model.higgs_audio import HiggsAudioConfig
+
+    return int(HiggsAudioConfig.from_pretrained(model_path).text_config.max_position_embeddings)
 
 
 def check_resources(num_actors: int, cpus_per_actor: float) -> None:
@@ -186,11 +199,13 @@ def build_token_cache(
     *,
     whisper: bool | None = None,
     encode_audio_in_tokens: bool | None = None,
+    max_tokens_per_row: int = 0,
 ) -> CacheResult:
     """Preprocess a canonical manifest into the token cache (or find it there); see the module docstring.
 
     ``model_paths`` is a ``models.ResolvedPaths``. ``whisper``/``encode_audio_in_tokens`` default to the model
-    config's ``encode_whisper_embed``/``encode_audio_in_tokens``. Ray must be initialised by the caller (or is
+    config's ``encode_whisper_embed``/``encode_audio_in_tokens``; ``max_tokens_per_row`` 0 means the model's
+    ``max_position_embeddings`` (longer rows are quarantined, stage ``length``). Ray must be initialised by the caller (or is
     auto-initialised by Ray Data with every local CPU).
     """
     from higgs_train.models import load_text_tokenizer
@@ -204,18 +219,14 @@ def build_token_cache(
         limits=limits or AudioLimits(),
         whisper=cfg_whisper if whisper is None else whisper,
         encode_audio_in_tokens=cfg_audio_in if encode_audio_in_tokens is None else encode_audio_in_tokens,
+        max_tokens_per_row=max_tokens_per_row or model_max_positions(model_paths.model_path),
     )
     manifest = pq.read_table(manifest_parquet)
     urls = referenced_audio(manifest.column("messages_json").to_pylist())
     fingerprints = audio_fingerprints(urls, audio_base_path, cache.fingerprint_memo())
     audio_identity = audio_tokenizer_identity(model_paths.audio_tokenizer_path)
-    key = compute_cache_key(
-        manifest,
-        fingerprints,
-        text_tokenizer_identity(load_text_tokenizer(model_paths.tokenizer_path)),
-        audio_identity,
-        settings,
-    )
+    text_identity = text_tokenizer_identity(load_text_tokenizer(model_paths.tokenizer_path))
+    key = compute_cache_key(manifest, fingerprints, text_identity, audio_identity, settings)
 
     entry = cache.lookup(key)
     if entry is not None:
@@ -256,6 +267,9 @@ def build_token_cache(
         )
         quarantine = _quarantine(meta)
         quarantine.write(staging / QUARANTINE_FILE)
+        seen = fingerprints_as_seen(fingerprints, _unavailable(meta))
+        if seen != fingerprints:  # a file vanished mid-build: key the entry by what the build saw (token_cache)
+            key = compute_cache_key(manifest, seen, text_identity, audio_identity, settings)
         stats = _stats(meta, quarantine, time.perf_counter() - t0, num_actors, cpus_per_actor, batch_size)
         stats.update(key=key, settings=settings.identity(), audio_files=len(urls))
         entry = cache.publish(key, staging, stats)
@@ -281,6 +295,16 @@ def _quarantine(meta: pa.Table) -> Quarantine:
     for row in bad.to_pylist():
         quarantine.add(row["id"], row["row_index"], row[ERROR_STAGE], row[ERROR_REASON])
     return quarantine
+
+
+def _unavailable(meta: pa.Table) -> dict[str, str]:
+    """url -> state of every file some failed row could not reach."""
+    out: dict[str, str] = {}
+    if meta.num_rows:
+        for raw in meta.column(UNAVAILABLE).to_pylist():
+            if raw:
+                out.update(json.loads(raw))
+    return out
 
 
 def _stats(

@@ -20,8 +20,10 @@ directory to ``<key>``; a crash leaves only staging debris, and two concurrent b
 The key hashes:
 
 * the manifest rows (row_index, id, speaker, start_index, messages_json, misc_json, parse_error) in order;
-* the full sha256 of every referenced audio file (missing files hash as "missing" so their later appearance changes
-  the key). Full hashes rather than size/mtime or head/tail samples: a clip edited in place with equal size, or a
+* the full sha256 of every referenced audio file (missing or unreadable files hash as "missing: <reason>" so their
+  later appearance changes the key). A file that vanishes *during* the build is keyed as the build saw it
+  (``fingerprints_as_seen``): a failure that depends on file-system state is never kept under a key that claims the
+  file was there. Full hashes rather than size/mtime or head/tail samples: a clip edited in place with equal size, or a
   copy with a fresh mtime, must neither be a stale hit nor a needless miss. The cost (reading each file once) is
   small next to encoding it and is paid once: ``fingerprints.json`` remembers the hash of an unchanged
   (path, size, mtime_ns);
@@ -55,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from higgs_train.data.audio_io import AudioError, resolve_audio_path
+from higgs_train.data.audio_io import AudioError, display_name, resolve_audio_path, unreadable_reason
 from higgs_train.data.preprocess import (
     PREPROCESS_VERSION,
     RECORD_SCHEMA,
@@ -161,16 +163,36 @@ def referenced_audio(messages_json: list[str]) -> list[str]:
     return list(seen)
 
 
+def unavailable_fingerprint(state: str) -> str:
+    """The fingerprint of a file that could not be reached, by the reason (``AudioUnavailable.state``)."""
+    return f"missing: {state}"
+
+
 def audio_fingerprints(urls: list[str], audio_base_path: str | Path, memo: FingerprintMemo) -> dict[str, str]:
-    """url -> sha256 of its file, or ``missing: <reason>`` when it does not resolve under the base path."""
+    """url -> sha256 of its file, or ``missing: <reason>`` when it does not resolve or cannot be read."""
     out = {}
     for url in urls:
         try:
-            out[url] = memo.sha256(resolve_audio_path(url, audio_base_path))
+            path = resolve_audio_path(url, audio_base_path)
+            out[url] = memo.sha256(path)
         except AudioError as err:
-            out[url] = f"missing: {err}"
+            out[url] = unavailable_fingerprint(str(err))
+        except OSError as err:  # unreadable (permission denied, I/O error): that row's problem, not the driver's
+            out[url] = unavailable_fingerprint(unreadable_reason(err, display_name(path, audio_base_path)))
     memo.save()
     return out
+
+
+def fingerprints_as_seen(fingerprints: dict[str, str], unavailable: dict[str, str]) -> dict[str, str]:
+    """Key-time fingerprints corrected by what preprocessing found unavailable (url -> state).
+
+    A file that was there when the key was computed but missing or unreadable when an actor reached it makes the
+    build's quarantine a statement about that moment's file system. Publishing it under the key-time fingerprints
+    would keep the failure after the file is back (the next run computes the same key and hits). Keyed by the
+    state the build saw instead, a later run with the file present misses and preprocesses the row again, and a
+    run while it is still missing hits.
+    """
+    return {**fingerprints, **{url: unavailable_fingerprint(state) for url, state in unavailable.items()}}
 
 
 # --- key ------------------------------------------------------------------------------------------------------------

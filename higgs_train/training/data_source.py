@@ -45,6 +45,7 @@ def records_for_config(config: TrainingConfig, paths: Any, model_config: Any) ->
         AudioLimits(config.min_audio_seconds, config.max_audio_seconds),
         whisper=bool(model_config.encode_whisper_embed),
         encode_audio_in_tokens=bool(model_config.encode_audio_in_tokens),
+        max_tokens_per_row=config.max_tokens_per_row or int(model_config.text_config.max_position_embeddings),
     )
     quarantine = Quarantine()
     train = preprocess_manifest_locally(sources.train, sources.train_audio_base, preprocessor, quarantine, "train")

@@ -227,3 +227,69 @@ def test_gpu_training_config_fits_the_clusters() -> None:
     cluster = _rayjob_docs()["RayJob"]["spec"]["rayClusterSpec"]
     assert cfg.num_workers <= sum(g["replicas"] for g in cluster["workerGroupSpecs"])
     assert Path(cfg.output_dir).is_absolute()  # must outlive the job's temporary working_dir
+
+
+# --- authentication: the job API runs arbitrary code, so no shipped config exposes it without a token -------------
+def _ray_start_commands(cfg: dict[str, Any]) -> list[str]:
+    commands = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    return [c for c in commands if "ray start" in c]
+
+
+def test_gpu_cluster_runs_ray_with_token_auth() -> None:
+    cfg = _load("gpu-cluster.yaml")
+    assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]  # drivers and workers of jobs too
+    starts = _ray_start_commands(cfg)
+    assert len(starts) == 2
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts)
+    # The token reaches every node at Ray's default path, from the file `ray job submit` reads locally.
+    assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("chmod 600 /home/ray/.ray/auth_token" in c for c in cfg["setup_commands"])
+    assert "RAY_AUTH_MODE=disabled" not in (CLUSTER / "gpu-cluster.yaml").read_text()
+
+
+def test_rayjob_cluster_uses_token_auth() -> None:
+    cluster = _rayjob_docs()["RayJob"]["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", "token") == "token"  # nothing switches the operator's setting off
+
+
+def test_docs_say_how_the_token_reaches_ray_job_submit() -> None:
+    for doc in (CLUSTER / "README.md", ROOT / "docs" / "ray_jobs.md"):
+        text = doc.read_text()
+        assert "RAY_AUTH_MODE=token" in text and "auth_token" in text and "0600" in text, doc
+
+
+def _run_token_command(env: dict[str, str]) -> Path:
+    import os
+    import subprocess
+
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "local_cluster.sh"), "token"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def test_local_cluster_token_is_private(tmp_path: Path) -> None:
+    """`local_cluster.sh` creates the token 0600 in a 0700 folder, and tightens one Ray wrote 0644 before."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = _run_token_command({"HOME": str(home), "RAY_AUTH_MODE": "token"})
+    assert path == home / ".ray" / "auth_token" and path.stat().st_size > 0
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    token = path.read_text()
+    path.chmod(0o644)  # as `ray.init()` / `ray get-auth-token --generate` leave it under the default umask
+    assert _run_token_command({"HOME": str(home), "RAY_AUTH_MODE": "token"}) == path
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == token  # same token, now private
+
+    custom = tmp_path / "secrets" / "ray_token"
+    assert _run_token_command({"HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(custom)}) == custom
+    assert custom.stat().st_mode & 0o777 == 0o600 and len(custom.read_text()) == 64
