@@ -114,7 +114,7 @@ def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
     if magic == b"PAR1":
         return _read_parquet(p)
     raw = p.read_bytes()
-    if b"\x00" in raw:  # UTF-16/32 or binary: no line of it would parse
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]:  # UTF-16/32 or binary: no line would parse
         raise ManifestError(f"manifest is neither Parquet nor UTF-8 text: {p}")
     # An invalid byte must cost one row, not the manifest: undecodable bytes become lone surrogates, which the
     # canonical form then reports as that row's INVALID_UNICODE (or NOT_JSON, if the byte broke the JSON syntax).

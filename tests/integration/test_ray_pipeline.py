@@ -89,7 +89,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_cached(first_build,
     quarantine = Quarantine.read(first_build.path / "quarantine.parquet")
     got = {(r.id, r.stage): r.reason for r in quarantine}
     assert set(got) == {("bad_missing_audio", "audio"), ("bad_audio_in_after_out", "validation")}
-    assert got[("bad_missing_audio", "audio")] == "audio file not found: audio/nobody/missing.wav"
+    assert got[("bad_missing_audio", "audio")] == "messages[4]: audio file not found: audio/nobody/missing.wav"
     assert "audio-in after audio-out" in got[("bad_audio_in_after_out", "validation")]
     assert first_build.quarantine_counts == {"audio": 1, "validation": 1}
 

@@ -319,3 +319,14 @@ def test_an_unreadable_audio_file_quarantines_its_row(planted, tmp_path: Path) -
     state = "audio file cannot be read (Permission denied): bad/locked.wav"
     assert got["unavailable"] == {"locked": {"bad/locked.wav": state}}
     assert got["fingerprint"] == f"missing: {state}"
+
+
+def test_a_nul_byte_in_one_line_costs_that_line_only(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"id": "a", "messages": []}\n{"id": "b\x00", "messages": []}\n{"id": "c", "messages": []}\n')
+    rows = m.load_manifest(path)
+    assert [r.get("parse_error") for r in rows] == [None, Reason.NOT_JSON.format(line=2), None]
+    utf16 = tmp_path / "u.jsonl"
+    utf16.write_bytes('{"id": "a"}\n'.encode("utf-16"))
+    with pytest.raises(m.ManifestError, match="neither Parquet nor UTF-8"):
+        m.read_manifest_rows(utf16)
