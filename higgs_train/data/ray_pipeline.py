@@ -15,7 +15,10 @@ Flow (``build_token_cache``):
    cost (encoder calls, encoded audio seconds, CPU seconds) rides on its first output row.
 3. The result is materialised once (so the encoder runs once per row), failed rows are split off into
    ``quarantine.parquet``, good rows are written with ``write_parquet`` into a staging directory, ``stats.json``
-   aggregates the per-batch costs, and ``TokenCache.publish`` renames the staging directory into place.
+   aggregates the per-batch costs, and ``TokenCache.publish`` renames the staging directory into place. If a row
+   failed because an audio file was unavailable (missing, unreadable) although the key fingerprinted it as present,
+   the entry is published under the key of the file state the build saw (``token_cache.fingerprints_as_seen``), so
+   the next run with the file back misses and trains that row.
 
 Resource sizing (the job's total must fit the Ray cluster; on this machine ``ray.init(num_cpus=2)``):
 
@@ -205,8 +208,8 @@ def build_token_cache(
 
     ``model_paths`` is a ``models.ResolvedPaths``. ``whisper``/``encode_audio_in_tokens`` default to the model
     config's ``encode_whisper_embed``/``encode_audio_in_tokens``; ``max_tokens_per_row`` 0 means the model's
-    ``max_position_embeddings`` (longer rows are quarantined, stage ``length``). Ray must be initialised by the caller (or is
-    auto-initialised by Ray Data with every local CPU).
+    ``max_position_embeddings`` (longer rows are quarantined, stage ``length``). Ray must be initialised by the
+    caller (or is auto-initialised by Ray Data with every local CPU).
     """
     from higgs_train.models import load_text_tokenizer
 
