@@ -41,6 +41,7 @@ class RayWorkerContext(WorkerContext):
             ),
             log_metrics=tracker.log_metrics if tracker else lambda metrics, step: None,
             log_artifact=tracker.log_artifact if tracker else lambda path, artifact_path: None,
+            last_logged_step=(lambda: tracker.last_logged_step("total_loss")) if tracker else lambda: 0,
         )
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -78,7 +79,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_records = cache.open(loop_config["val_key"]).records() if loop_config.get("val_key") else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    HiggsAudioTrainer(config, context, train_records, val_records).train()
+    trainer = HiggsAudioTrainer(config.replace(resume_from=""), context, train_records, val_records)
+    trainer.setup()
+    restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from)
+    trainer.train()
+
+
+def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:
+    """Continue from where this run stands: Ray's latest reported checkpoint, else the driver's choice.
+
+    ``reported`` (``ray.train.get_checkpoint()``) is set when Ray restarted the worker group after a failure, or
+    when a rerun finds the run's snapshot in storage; it is the newest state of the run, so it wins. It is verified
+    like any other: if it does not verify, the driver's ``resume_from`` (the newest verified checkpoint when the
+    run started, or the user's ``--resume_from``) is used instead.
+    """
+    import logging
+
+    from higgs_train.training.checkpoint import CheckpointError
+
+    if reported is not None:
+        try:
+            with reported.as_directory() as local:
+                trainer.load_checkpoint(local)
+            return
+        except CheckpointError as err:
+            logging.getLogger(__name__).warning("not restoring Ray's latest checkpoint %s: %s", reported.path, err)
+    if resume_from:
+        trainer.load_checkpoint(resume_from)
 
 
 def build_torch_trainer(
@@ -116,7 +143,7 @@ def build_torch_trainer(
                 checkpoint_score_attribute="val_loss" if loop_config.get("val_key") else "step",
                 checkpoint_score_order="min" if loop_config.get("val_key") else "max",
             ),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=config.max_failures),
             callbacks=callbacks,
         ),
     )
