@@ -61,7 +61,12 @@ def resolve_run(config: TrainingConfig) -> tuple[TrainingConfig, str, str | None
     """
     from higgs_train.config import check_run_name
     from higgs_train.training.checkpoint import verify_checkpoint
-    from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint, has_marker
+    from higgs_train.training.checkpoint_store import (
+        filesystem_and_path,
+        find_resume_checkpoint,
+        has_marker,
+        remove_debris,
+    )
 
     if config.quick_test:
         config = config.apply_quick_test()
@@ -75,6 +80,7 @@ def resolve_run(config: TrainingConfig) -> tuple[TrainingConfig, str, str | None
         run_name = f"{run_name}-{suffix}"
     resume = config.resume_from or None
     if resume is None:
+        remove_debris(storage, run_name)  # partial uploads left by a crash (Ray never registered them)
         found = find_resume_checkpoint(storage, run_name)
         resume = found.location if found else None
         if resume:

@@ -8,6 +8,7 @@ hang DDP). Multi-node jobs therefore need ``cache_dir`` on storage every node se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,26 +87,45 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:
-    """Continue from where this run stands: Ray's latest reported checkpoint, else the driver's choice.
+    """Continue from where this run stands: the newer of Ray's latest reported checkpoint and the driver's choice.
 
-    ``reported`` (``ray.train.get_checkpoint()``) is set when Ray restarted the worker group after a failure, or
-    when a rerun finds the run's snapshot in storage; it is the newest state of the run, so it wins. It is verified
-    like any other: if it does not verify, the driver's ``resume_from`` (the newest verified checkpoint when the
-    run started, or the user's ``--resume_from``) is used instead.
+    ``reported`` (``ray.train.get_checkpoint()``) is set when Ray restarted the worker group after a failure (then
+    it is the newest state of this run), or when a rerun finds the run's snapshot in storage. ``resume_from`` is
+    the driver's choice: the user's ``--resume_from``, or the newest checkpoint of the run in storage that
+    verifies, which on a rerun can be newer than Ray's snapshot (a crash after the upload, before Ray registered
+    it). Both are verified before anything is loaded; one that does not verify is skipped with a warning. The
+    step restored from is logged as ``train/restored_from_step``, so every restart shows in MLflow.
     """
+    import json
     import logging
 
-    from higgs_train.training.checkpoint import CheckpointError
+    from higgs_train.training.checkpoint import STATE_FILE, CheckpointError
 
-    if reported is not None:
-        try:
-            with reported.as_directory() as local:
-                trainer.load_checkpoint(local)
+    log = logging.getLogger(__name__)
+    with contextlib.ExitStack() as stack:
+        candidates: list[tuple[int, str]] = []
+        if reported is not None:
+            local = stack.enter_context(reported.as_directory())
+            try:
+                candidates.append((json.loads((Path(local) / STATE_FILE).read_text())["global_step"], local))
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("not restoring Ray's latest checkpoint %s: %s", reported.path, err)
+        if resume_from:
+            from higgs_train.training.checkpoint_store import filesystem_and_path
+
+            fs, path = filesystem_and_path(resume_from)
+            with fs.open_input_stream(f"{path}/{STATE_FILE}") as stream:
+                candidates.append((json.loads(stream.read())["global_step"], resume_from))
+        for step, location in sorted(candidates, key=lambda c: c[0], reverse=True):
+            try:
+                state = trainer.load_checkpoint(location)
+            except CheckpointError as err:
+                log.warning("not restoring %s (step %d): %s", location, step, err)
+                continue
+            trainer.context.log_metrics({"train/restored_from_step": state.global_step}, state.global_step)
             return
-        except CheckpointError as err:
-            logging.getLogger(__name__).warning("not restoring Ray's latest checkpoint %s: %s", reported.path, err)
-    if resume_from:
-        trainer.load_checkpoint(resume_from)
+        if candidates:  # starting over would silently throw the run's progress away
+            raise CheckpointError(f"no checkpoint to resume from verifies (tried {[c[1] for c in candidates]})")
 
 
 def build_torch_trainer(

@@ -25,6 +25,7 @@ from higgs_train.training.checkpoint import STATE_FILE, CheckpointError, verify_
 logger = logging.getLogger(__name__)
 
 RAY_CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's default checkpoint folder name: checkpoint_<timestamp>
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of the run's registered checkpoints
 
 
 def is_uri(path: str) -> bool:
@@ -86,6 +87,57 @@ def find_resume_checkpoint(storage: str, run_name: str) -> StoredCheckpoint | No
             continue
         return candidate
     return None
+
+
+def registered_checkpoints(storage: str, run_name: str) -> dict[str, int]:
+    """Ray Train's snapshot of the run: {checkpoint folder name: step} of the checkpoints Ray keeps track of."""
+    fs, root = filesystem_and_path(join(storage, run_name))
+    try:
+        with fs.open_input_stream(f"{root}/{RAY_SNAPSHOT_FILE}") as stream:
+            snapshot = json.loads(stream.read().decode("utf-8"))
+        return {
+            r["checkpoint_dir_name"]: int((r.get("metrics") or {}).get("step", 0))
+            for r in snapshot.get("checkpoint_results", [])
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def remove_debris(storage: str, run_name: str) -> list[str]:
+    """Delete the run's checkpoint folders that Ray never registered and that are useless; returns them.
+
+    Ray registers a checkpoint only after its upload finished, and its retention (``keep_best_k``) only deletes
+    registered ones, so a crash leaves unregistered folders behind for good: uploads cut short (they do not verify)
+    and complete uploads the crash kept Ray from registering. The first kind is removed, and so is the second once
+    Ray holds a newer checkpoint of the run (until then it is the run's newest state and is resumed from). Folders
+    planted there are removed like partial ones. A registered folder is left to Ray, and an unreadable one alone.
+    """
+    registered = registered_checkpoints(storage, run_name)
+    newest_registered = max(registered.values(), default=-1)
+    removed = []
+    fs, root = filesystem_and_path(join(storage, run_name))
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
+        name = info.base_name
+        if info.type != pafs.FileType.Directory or not name.startswith(RAY_CHECKPOINT_PREFIX) or name in registered:
+            continue
+        location = join(storage, run_name, name)
+        try:
+            verify_checkpoint(info.path, fs)
+            with fs.open_input_stream(f"{info.path}/{STATE_FILE}") as stream:
+                step = int(json.loads(stream.read().decode("utf-8"))["global_step"])
+            if step > newest_registered:
+                continue
+            reason = f"step {step}, superseded by the run's newer checkpoints"
+        except CheckpointError as err:
+            reason = str(err)
+        except OSError:
+            continue
+        logger.warning("removing %s, a checkpoint folder Ray never registered: %s", location, reason)
+        fs.delete_dir(info.path)
+        removed.append(location)
+    return removed
 
 
 @contextmanager
