@@ -7,6 +7,7 @@ dataclass defaults (a unit test keeps them in sync). Precedence: dataclass defau
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,23 @@ DEFAULT_LORA_TARGETS = (
     # tower's q_proj/k_proj/v_proj/fc* (which share suffixes) are never matched.
     r"^(?:base_model\.model\.)?layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|(?:mlp|audio_mlp)\.(?:gate|up|down)_proj)$"
 )
+
+
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str) -> str:
+    """Return ``name`` if it is a safe run name, else raise ``ValueError``.
+
+    A run name becomes a folder under the storage root and an MLflow run name: letters, digits, ``.``, ``_``, ``-``,
+    starting with a letter or digit, at most 128 characters, so it can never be ``..`` or hold a path separator.
+    """
+    if not isinstance(name, str) or not RUN_NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"run name {name!r} is invalid: expected 1-128 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit, without '..' (it names a folder under the storage path)"
+        )
+    return name
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -87,6 +105,7 @@ class TrainingConfig:
     dataloader_num_workers: int = _f(1, "Ray Data preprocessing actors (audio tokenizer instances).")
     cpus_per_data_actor: float = _f(0.5, "CPUs reserved per preprocessing actor (fractions allowed).")
     cpus_per_train_worker: float = _f(0.5, "CPUs reserved per training worker (fractions allowed).")
+    max_failures: int = _f(3, "Worker failures Ray Train survives by restarting from the latest checkpoint.")
     storage_path: str = _f("", "Ray Train storage for checkpoints (local dir, s3://, gs://, NFS); default output_dir.")
     # --- run ---
     output_dir: str = _f("outputs/default", "Where the final adapter, reports and the MLflow store go.")
@@ -128,6 +147,7 @@ class TrainingConfig:
             "max_tokens_per_batch",
             "num_validation_samples",
             "max_tokens_per_row",
+            "max_failures",
         ):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
         for name in (
@@ -150,6 +170,11 @@ class TrainingConfig:
             "max_audio_seconds",
             "0 < min_audio_seconds < max_audio_seconds",
         )
+        if self.run_name:
+            try:
+                check_run_name(self.run_name)
+            except ValueError:
+                need(False, "run_name", "letters, digits, '.', '_' or '-' (no path separators, no '..')")
         need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
         need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
         need(bool(self.lora_target_modules), "lora_target_modules", "at least one module name or regex")

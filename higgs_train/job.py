@@ -54,29 +54,42 @@ def storage_root(config: TrainingConfig) -> str:
 
 
 def resolve_run(config: TrainingConfig) -> tuple[TrainingConfig, str, str | None]:
-    """Apply --quick_test, pick the run name and the checkpoint to resume from (explicit or the run's latest)."""
-    from higgs_train.training.checkpoint import latest_checkpoint
+    """Apply --quick_test, pick the run name and the checkpoint to resume from (explicit or the run's latest).
+
+    Auto-resume looks only at the run's own Ray Train checkpoint folders on its storage (local, ``file://``,
+    ``s3://``, ...) and takes the newest that verifies against its manifest (``training.checkpoint_store``).
+    """
+    from higgs_train.config import check_run_name
+    from higgs_train.training.checkpoint import verify_checkpoint
+    from higgs_train.training.checkpoint_store import (
+        filesystem_and_path,
+        find_resume_checkpoint,
+        has_marker,
+        remove_debris,
+    )
 
     if config.quick_test:
         config = config.apply_quick_test()
-    run_name = config.run_name or Path(config.output_dir).resolve().name
+    run_name = check_run_name(config.run_name or Path(config.output_dir).resolve().name)
     storage = storage_root(config)
-    run_dir = Path(storage) / run_name
-    if "://" not in storage and (run_dir / COMPLETED_MARKER).exists() and not config.resume_from:
+    if has_marker(storage, run_name, COMPLETED_MARKER) and not config.resume_from:
         suffix = 2
-        while (Path(storage) / f"{run_name}-{suffix}" / COMPLETED_MARKER).exists():
+        while has_marker(storage, f"{run_name}-{suffix}", COMPLETED_MARKER):
             suffix += 1
         logger.info("run %s already completed; starting %s-%d", run_name, run_name, suffix)
         run_name = f"{run_name}-{suffix}"
-        run_dir = Path(storage) / run_name
     resume = config.resume_from or None
-    if resume is None and "://" not in storage:
-        found = latest_checkpoint(run_dir)
-        resume = str(found) if found else None
+    if resume is None:
+        remove_debris(storage, run_name)  # partial uploads left by a crash (Ray never registered them)
+        found = find_resume_checkpoint(storage, run_name)
+        resume = found.location if found else None
         if resume:
-            logger.info("run %s has checkpoints: resuming from %s", run_name, resume)
-    if resume and not (Path(resume) / "trainer_state.json").exists():
-        raise FileNotFoundError(f"--resume_from {resume} is not a higgs-train checkpoint (no trainer_state.json)")
+            logger.info("run %s has checkpoints: resuming from %s (step %d)", run_name, resume, found.global_step)
+    elif "://" not in resume:
+        resume = str(Path(resume).resolve())  # workers may run in another working directory
+    if resume:  # refuse a bad --resume_from before any work, where it lies
+        filesystem, path = filesystem_and_path(resume)
+        verify_checkpoint(path, filesystem)
     return config.replace(run_name=run_name, resume_from=resume or ""), run_name, resume
 
 
@@ -207,6 +220,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     from higgs_train.models import resolve_paths
     from higgs_train.ray_train import build_torch_trainer
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
+    from higgs_train.training.checkpoint_store import write_marker
 
     config, run_name, resume = resolve_run(config)
     output = Path(config.output_dir)
@@ -258,8 +272,5 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         tracker.log_loss_curve(history, output / "loss_curve.png")
         for path in report_files:
             tracker.log_artifact(path, "data")
-        if "://" not in storage_root(config):
-            marker = Path(storage_root(config)) / run_name / COMPLETED_MARKER
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(metrics, sort_keys=True))
+        write_marker(storage_root(config), run_name, COMPLETED_MARKER, json.dumps(metrics, sort_keys=True))
     return JobResult(output, adapter_dir, run_name, tracker.run_id, tracking_uri, metrics, quarantined, resume)

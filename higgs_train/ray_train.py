@@ -8,6 +8,7 @@ hang DDP). Multi-node jobs therefore need ``cache_dir`` on storage every node se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class RayWorkerContext(WorkerContext):
             ),
             log_metrics=tracker.log_metrics if tracker else lambda metrics, step: None,
             log_artifact=tracker.log_artifact if tracker else lambda path, artifact_path: None,
+            last_logged_step=(lambda: tracker.last_logged_step("total_loss")) if tracker else lambda: 0,
         )
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -78,7 +80,52 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_records = cache.open(loop_config["val_key"]).records() if loop_config.get("val_key") else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    HiggsAudioTrainer(config, context, train_records, val_records).train()
+    trainer = HiggsAudioTrainer(config.replace(resume_from=""), context, train_records, val_records)
+    trainer.setup()
+    restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from)
+    trainer.train()
+
+
+def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:
+    """Continue from where this run stands: the newer of Ray's latest reported checkpoint and the driver's choice.
+
+    ``reported`` (``ray.train.get_checkpoint()``) is set when Ray restarted the worker group after a failure (then
+    it is the newest state of this run), or when a rerun finds the run's snapshot in storage. ``resume_from`` is
+    the driver's choice: the user's ``--resume_from``, or the newest checkpoint of the run in storage that
+    verifies, which on a rerun can be newer than Ray's snapshot (a crash after the upload, before Ray registered
+    it). Both are verified before anything is loaded; one that does not verify is skipped with a warning. The
+    step restored from is logged as ``train/restored_from_step``, so every restart shows in MLflow.
+    """
+    import json
+    import logging
+
+    from higgs_train.training.checkpoint import STATE_FILE, CheckpointError
+
+    log = logging.getLogger(__name__)
+    with contextlib.ExitStack() as stack:
+        candidates: list[tuple[int, str]] = []
+        if reported is not None:
+            local = stack.enter_context(reported.as_directory())
+            try:
+                candidates.append((json.loads((Path(local) / STATE_FILE).read_text())["global_step"], local))
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("not restoring Ray's latest checkpoint %s: %s", reported.path, err)
+        if resume_from:
+            from higgs_train.training.checkpoint_store import filesystem_and_path
+
+            fs, path = filesystem_and_path(resume_from)
+            with fs.open_input_stream(f"{path}/{STATE_FILE}") as stream:
+                candidates.append((json.loads(stream.read())["global_step"], resume_from))
+        for step, location in sorted(candidates, key=lambda c: c[0], reverse=True):
+            try:
+                state = trainer.load_checkpoint(location)
+            except CheckpointError as err:
+                log.warning("not restoring %s (step %d): %s", location, step, err)
+                continue
+            trainer.context.log_metrics({"train/restored_from_step": state.global_step}, state.global_step)
+            return
+        if candidates:  # starting over would silently throw the run's progress away
+            raise CheckpointError(f"no checkpoint to resume from verifies (tried {[c[1] for c in candidates]})")
 
 
 def build_torch_trainer(
@@ -116,7 +163,7 @@ def build_torch_trainer(
                 checkpoint_score_attribute="val_loss" if loop_config.get("val_key") else "step",
                 checkpoint_score_order="min" if loop_config.get("val_key") else "max",
             ),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=config.max_failures),
             callbacks=callbacks,
         ),
     )

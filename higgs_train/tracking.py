@@ -431,6 +431,17 @@ class RunTracker:
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             self._guard("log_metrics", lambda c=chunk: self._client.log_batch(self.run_id, metrics=c))
 
+    def last_logged_step(self, key: str) -> int:
+        """The highest step at which ``key`` was logged in this run (0: none yet, or tracking is off).
+
+        A training worker that Ray restarted from a checkpoint asks this, so that the steps it repeats (with the
+        same values: resume is exact) are not logged twice.
+        """
+        if not self.active:
+            return 0
+        history = self._guard("get_metric_history", lambda: self._client.get_metric_history(self.run_id, key))
+        return max((int(m.step) for m in history or []), default=0)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file, or a directory's contents, under ``artifact_path``."""
         p = Path(path)

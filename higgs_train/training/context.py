@@ -26,6 +26,8 @@ class WorkerContext:
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     log_artifact: Callable[[str, str | None], None] = lambda path, artifact_path: None
+    # The highest step whose metrics already reached the tracker (after a restart: possibly past the checkpoint).
+    last_logged_step: Callable[[], int] = lambda: 0
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over workers (identity for one process)."""

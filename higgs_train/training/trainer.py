@@ -75,6 +75,7 @@ class HiggsAudioTrainer:
         self.state = TrainerState()
         self.model: Any = None
         self._setup_done = False
+        self._logged_through = 0  # metrics of steps up to here are in the tracker already
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -217,6 +218,7 @@ class HiggsAudioTrainer:
         from higgs_train.loss import LossBalanceMonitor
 
         self.setup()
+        self._catch_up_logging()
         cfg = self.config
         monitor = LossBalanceMonitor(cfg.text_dominance_threshold, cfg.audio_dominance_threshold)
         last_metrics: dict[str, float] = {}
@@ -245,6 +247,19 @@ class HiggsAudioTrainer:
             return TrainResult(self.state, None, last_metrics)
         adapter_dir = self._finish(last_metrics)
         return TrainResult(self.state, adapter_dir, last_metrics)
+
+    def _catch_up_logging(self) -> None:
+        """Make the tracker hold every step of the (restored) history exactly once.
+
+        After a restart from a checkpoint the tracker may already hold steps past it (logged before the failure;
+        they are repeated now with identical values, so they are not logged again), or miss steps before it (a
+        rerun's new MLflow run, or a failure between a checkpoint and its log); those are logged from the history.
+        """
+        logged = self.context.last_logged_step()
+        for entry in self.state.history:
+            if entry["step"] > logged:
+                self.context.log_metrics(entry, int(entry["step"]))
+        self._logged_through = max([logged, *(int(h["step"]) for h in self.state.history)])
 
     def _train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
         cfg, ctx = self.config, self.context
@@ -329,7 +344,8 @@ class HiggsAudioTrainer:
         self.state.metrics = metrics
         if step % cfg.log_every_steps == 0 or save or final:
             self.state.history.append(metrics)
-            self.context.log_metrics(metrics, step)
+            if step > self._logged_through:  # a step repeated after a restart is logged already, same values
+                self.context.log_metrics(metrics, step)
         if save:
             self._save_and_report(metrics)
         elif step % cfg.log_every_steps == 0:
@@ -429,9 +445,12 @@ class HiggsAudioTrainer:
         A fresh trainer is set up first (like ``save_checkpoint`` does): there is no model or optimizer to restore
         into before that. Inside ``setup`` (``resume_from``) both already exist, so this does not recurse.
         """
+        from higgs_train.training.checkpoint_store import open_checkpoint
+
         if self.model is None:
             self.setup()
-        self.state = load_checkpoint(Path(path), self.model, self.optimizer, getattr(self, "scheduler", None))
+        with open_checkpoint(str(path)) as local:  # verified; downloaded first when ``path`` is a URI
+            self.state = load_checkpoint(local, self.model, self.optimizer, getattr(self, "scheduler", None))
         logger.info("resumed from %s at step %d", path, self.state.global_step)
         return self.state
 

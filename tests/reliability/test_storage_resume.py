@@ -1,0 +1,195 @@
+"""Resuming from checkpoints on remote storage: ``s3://`` against a real S3 API on loopback (moto's server), and
+``file://``.
+
+The fast tests put real checkpoints (with a partial one and a planted pickle one beside them) on S3 and resume from
+there without Ray; the integration tests run the whole job twice on the same storage: the first job loses its
+training worker (SIGKILL, ``max_failures=0``) after a checkpoint and fails, the rerun of the same run name resumes
+from the newest verified checkpoint in storage and ends with every step exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import ray
+import torch
+from ckpt_fixtures import NEWER, OLDER, make_records, plant_pickle_checkpoint, trained_checkpoints, trainer_for
+from mlflow import MlflowClient
+from ray_faults import WorkerKiller
+
+from higgs_train.config import TrainingConfig
+from higgs_train.job import resolve_run, run_training_job
+from higgs_train.sample_data import create_sample_data
+from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint, run_checkpoints
+
+BUCKET = "higgs-ckpt"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 with one bucket; AWS_* variables point pyarrow, boto3 and Ray workers at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield f"s3://{BUCKET}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return make_records(tmp_path_factory.mktemp("records"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, records):
+    return trained_checkpoints(tmp_path_factory.mktemp("trained"), records)
+
+
+def upload(local: Path, uri: str) -> None:
+    fs, path = filesystem_and_path(uri)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def test_resume_from_s3_takes_the_newest_verified_checkpoint(tmp_path, s3, checkpoints, records, caplog):
+    storage = f"{s3}/resume-unit"
+    upload(checkpoints[2], f"{storage}/voice/{OLDER}")
+    partial = shutil.copytree(checkpoints[4] / "adapter", tmp_path / "partial" / "adapter")  # an upload cut short
+    shutil.copy(checkpoints[4] / "trainer_state.json", partial.parent)
+    upload(partial.parent, f"{storage}/voice/{NEWER}")
+    marker = tmp_path / "PWNED"
+    upload(plant_pickle_checkpoint(tmp_path / "planted", marker), f"{storage}/voice/checkpoint_2099-01-01_00-00-00.0")
+
+    assert [c.global_step for c in run_checkpoints(storage, "voice")] == [9999, 4, 2]
+    found = find_resume_checkpoint(storage, "voice")
+    assert found is not None and (found.location, found.global_step) == (f"{storage}/voice/{OLDER}", 2)
+    config, run_name, resume = resolve_run(
+        TrainingConfig(output_dir=str(tmp_path / "out" / "voice"), storage_path=storage)
+    )
+    assert resume == found.location
+    state = trainer_for(tmp_path / "t", records).load_checkpoint(resume)  # downloaded, verified, loaded
+    assert (state.global_step, [h["step"] for h in state.history]) == (2, [1, 2])
+    assert not marker.exists()
+
+
+def test_resume_from_file_uri_storage(tmp_path, checkpoints, records):
+    """``file://`` storage goes through the same pyarrow path as ``s3://`` (Ray accepts both)."""
+    storage = f"file://{tmp_path / 'ray_results'}"
+    upload(checkpoints[2], f"{storage}/voice/{OLDER}")
+    upload(checkpoints[4], f"{storage}/voice/{NEWER}")
+    (tmp_path / "ray_results" / "voice" / NEWER / "optimizer.safetensors").unlink()  # partial
+    _, _, resume = resolve_run(TrainingConfig(output_dir=str(tmp_path / "out" / "voice"), storage_path=storage))
+    assert resume == f"{storage}/voice/{OLDER}"
+    assert trainer_for(tmp_path / "t", records).load_checkpoint(resume).global_step == 2
+
+
+def test_a_completed_run_on_s3_is_not_resumed(tmp_path, s3, checkpoints):
+    storage = f"{s3}/completed"
+    upload(checkpoints[4], f"{storage}/voice/{NEWER}")
+    fs, path = filesystem_and_path(f"{storage}/voice/COMPLETED")
+    with fs.open_output_stream(path) as out:
+        out.write(b"{}")
+    _, run_name, resume = resolve_run(TrainingConfig(output_dir=str(tmp_path / "voice"), storage_path=storage))
+    assert (run_name, resume) == ("voice-2", None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Whole jobs: fail after a checkpoint, rerun, resume
+# --------------------------------------------------------------------------------------------------------------------
+
+MAX_STEPS = 6
+SAVE_EVERY = 2
+
+
+def logged_steps_of(tracking_uri: str, run_id: str) -> list[int]:
+    return sorted(int(m.step) for m in MlflowClient(tracking_uri).get_metric_history(run_id, "total_loss"))
+
+
+@pytest.mark.integration
+def test_a_rerun_on_s3_resumes_from_the_runs_checkpoints(tmp_path, s3):
+    data = create_sample_data(tmp_path / "data", utterances_per_speaker=4)
+    storage = f"{s3}/jobs"
+    out = tmp_path / "out" / "voice"
+    config = TrainingConfig(
+        train_data=str(data["train"]),
+        val_data=str(data["val"]),
+        output_dir=str(out),
+        storage_path=storage,
+        batch_size=2,
+        num_epochs=3,
+        max_steps=MAX_STEPS,
+        save_every_steps=SAVE_EVERY,
+        eval_every_steps=SAVE_EVERY,
+        warmup_steps=1,
+    )
+    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
+    killer = WorkerKiller(tracking_uri, storage, "voice").start()
+    try:
+        with pytest.raises(RuntimeError, match="training failed"):
+            run_training_job(config.replace(max_failures=0))
+    finally:
+        ray.shutdown()
+        killer.join()
+    assert killer.killed
+    saved = [c.global_step for c in run_checkpoints(storage, "voice")]
+    assert saved and max(saved) < MAX_STEPS
+
+    # Beside the real checkpoints, a planted pickle one at a higher step: the rerun must neither pick nor run it.
+    marker = tmp_path / "PWNED"
+    upload(plant_pickle_checkpoint(tmp_path / "planted", marker), f"{storage}/voice/checkpoint_2099-01-01_0.0")
+    try:
+        result = run_training_job(config)
+    finally:
+        ray.shutdown()
+
+    newest = find_resume_checkpoint(storage, "voice")
+    assert result.run_name == "voice" and result.resumed_from is not None
+    assert result.resumed_from.startswith(f"{storage}/voice/checkpoint_")
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, MAX_STEPS + 1))
+    assert logged_steps_of(tracking_uri, result.mlflow_run_id) == list(range(1, MAX_STEPS + 1))
+    assert newest is not None and newest.global_step == MAX_STEPS
+    assert not marker.exists()
+    restored = sorted(
+        int(m.step)
+        for m in MlflowClient(tracking_uri).get_metric_history(result.mlflow_run_id, "train/restored_from_step")
+    )
+    assert len(restored) == 1 and killer.registered_step_at_kill <= restored[0] < MAX_STEPS
