@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from higgs_train.config import TrainingConfig
+from higgs_train.console import ProgressLine
 from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
@@ -218,6 +219,8 @@ class HiggsAudioTrainer:
 
         self.setup()
         cfg = self.config
+        self._progress = ProgressLine(self.total_steps)
+        self._progress.start(self.state.global_step)
         monitor = LossBalanceMonitor(cfg.text_dominance_threshold, cfg.audio_dominance_threshold)
         last_metrics: dict[str, float] = {}
         interrupted = False
@@ -330,6 +333,10 @@ class HiggsAudioTrainer:
         if step % cfg.log_every_steps == 0 or save or final:
             self.state.history.append(metrics)
             self.context.log_metrics(metrics, step)
+            if self.context.rank == 0:  # printed, not logged: Ray forwards worker stdout at any log level
+                print(self._progress.line(step, metrics), flush=True)
+                if final:
+                    print(self._progress.summary(step, metrics), flush=True)
         if save:
             self._save_and_report(metrics)
         elif step % cfg.log_every_steps == 0:

@@ -1,0 +1,103 @@
+"""What a user reads on the console: one progress line per logged step, a final summary, and Ray kept quiet.
+
+Ray's own output (Ray Data's progress dumps every few seconds, execution plans, Train controller internals) made up
+about half of the default job's console while the job itself printed no training progress at all. By default the
+drivers therefore keep Ray's Python loggers at WARNING, in the driver and (through ``ray.LoggingConfig``) in every
+worker, and turn Ray Data's progress reporting off; ``--verbose`` restores all of it.
+
+The progress line is printed (not logged) by the rank-0 training worker: Ray forwards a worker's stdout to the
+driver whatever the workers' log level is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
+
+
+def ray_log_level(verbose: bool) -> int:
+    return logging.INFO if verbose else logging.WARNING
+
+
+def ray_logging_config(verbose: bool) -> Any:
+    """``ray.LoggingConfig`` for ``ray.init``: the workers' Python log level."""
+    import ray
+
+    return ray.LoggingConfig(encoding="TEXT", log_level=logging.getLevelName(ray_log_level(verbose)))
+
+
+def quiet_ray_logs(verbose: bool) -> None:
+    """Driver side: Ray's loggers at WARNING and no Ray Data progress dumps, unless ``verbose``."""
+    level = ray_log_level(verbose)
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    try:
+        from ray.data import DataContext
+    except ImportError:  # pragma: no cover - ray[data] is a dependency
+        return
+    for name in RAY_LOGGERS:  # importing ray.data (re)configures its loggers
+        logging.getLogger(name).setLevel(level)
+    context = DataContext.get_current()
+    context.enable_progress_bars = verbose
+    if hasattr(context, "enable_operator_progress_bars"):
+        context.enable_operator_progress_bars = verbose
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ProgressLine:
+    """Formats ``step 3/30 | loss 7.123 (text 2.101, audio 6.940) | val 7.001 acc 0.012 | 7512 tok/s | ETA 1m05s``.
+
+    The ETA extrapolates the mean time per step since this process's first step (a resumed run starts counting
+    at its resume step, so the model-loading time of the first step is spread over the run)."""
+
+    def __init__(self, total_steps: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total_steps = total_steps
+        self.clock = clock
+        self.started: float | None = None
+        self.first_step: int | None = None
+
+    def start(self, step: int) -> None:
+        """Call before the first step this process runs (``step`` = steps already done)."""
+        self.started, self.first_step = self.clock(), step
+
+    def line(self, step: int, metrics: Mapping[str, float]) -> str:
+        if self.started is None:
+            self.start(step - 1)
+        done = step - (self.first_step or 0)
+        elapsed = self.clock() - (self.started or self.clock())
+        eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
+        parts = [f"step {step}/{self.total_steps}"]
+        loss = metrics.get("train/total_loss")
+        if loss is not None:
+            parts.append(
+                f"loss {loss:.4f} (text {metrics.get('train/text_loss', float('nan')):.4f}, "
+                f"audio {metrics.get('train/audio_loss', float('nan')):.4f})"
+            )
+        if "val_loss" in metrics:
+            parts.append(f"val_loss {metrics['val_loss']:.4f} acc {metrics.get('val_audio_accuracy', 0.0):.3f}")
+        if "train/tokens_per_second" in metrics:
+            parts.append(f"{metrics['train/tokens_per_second']:.0f} tok/s")
+        parts.append(f"ETA {_duration(eta) if step < self.total_steps else '0s'}")
+        return " | ".join(parts)
+
+    def summary(self, step: int, metrics: Mapping[str, float]) -> str:
+        elapsed = self.clock() - (self.started or self.clock())
+        shown = [
+            f"{k} {metrics[k]:.4f}" for k in ("train/total_loss", "val_loss", "val_audio_accuracy") if k in metrics
+        ]
+        return f"training done: {step} steps in {_duration(elapsed)}; " + ", ".join(shown)
