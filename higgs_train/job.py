@@ -100,12 +100,20 @@ def init_ray(config: TrainingConfig) -> None:
     """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
     import ray
 
-    from higgs_train.console import quiet_ray_logs, ray_log_level, ray_logging_config
+    from higgs_train.console import (
+        filter_forwarded_worker_logs,
+        quiet_ray_logs,
+        ray_log_level,
+        ray_logging_config,
+    )
 
     quiet_ray_logs(config.verbose)
     if ray.is_initialized():
         return
     quiet = {"logging_level": ray_log_level(config.verbose), "logging_config": ray_logging_config(config.verbose)}
+    # ray.init applies ``logging_config`` to this process's root logger too; the driver's own INFO lines stay.
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, list(root.handlers)
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
     for name in ("HIGGS_TRAIN_HOME", "HF_HOME", "HF_HUB_CACHE", "MLFLOW_TRACKING_URI"):
         if name in os.environ:
@@ -117,7 +125,11 @@ def init_ray(config: TrainingConfig) -> None:
         ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True, **quiet)
     else:
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env}, **quiet)
+    for handler in [h for h in root.handlers if h not in root_handlers]:
+        root.removeHandler(handler)
+    root.setLevel(root_level)
     quiet_ray_logs(config.verbose)  # ray.init configures the "ray" logger again
+    filter_forwarded_worker_logs(config.verbose)
 
 
 class ClusterResourcesError(ValueError):

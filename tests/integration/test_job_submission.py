@@ -174,9 +174,14 @@ def test_quick_test_job_succeeds(cluster: dict[str, str], tmp_path: Path) -> Non
         assert name in run["params"], name
     assert run["params"]["lora_r"] == "16" and run["params"]["quick_test"] == "True"
     assert run["params"]["output_dir"] == str(output)
-    for name in ("total_loss", "text_loss", "audio_loss", "val_loss", "train/total_loss", "data/train_rows"):
+    for name in ("train/total_loss", "train/text_loss", "train/audio_loss", "val_loss", "data/train_rows"):
         assert name in run["metrics"], (name, sorted(run["metrics"]))
-    assert run["metrics"]["step"] == 4
+    # Each metric once under one name; step and epoch are the x-axis, not metrics (issue 10 item 10).
+    assert not {"total_loss", "text_loss", "audio_loss", "step", "epoch"} & set(run["metrics"]), sorted(run["metrics"])
+    from mlflow import MlflowClient
+
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run["run_id"], "train/total_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]
     artifacts = artifact_paths(uri, run["run_id"])
     expected = {
         "adapter/adapter_config.json",
