@@ -92,6 +92,20 @@ def config_from_args(argv: list[str] | None = None) -> TrainingConfig:
     return TrainingConfig.from_dict(data)
 
 
+def _print_missing_audio_hint(output_dir: str, audio_root: Any) -> None:
+    import json
+    from pathlib import Path
+
+    from higgs_train.data.preflight import missing_audio_hint
+
+    report = Path(output_dir) / "validation_report.json"
+    if report.is_file():
+        reasons = [item["reason"] for item in json.loads(report.read_text()).get("invalid", [])]
+        hint = missing_audio_hint(reasons, audio_root)
+        if hint:
+            print(f"hint: {hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from higgs_train.data.preflight import DataSetupError, preflight
     from higgs_train.paths import resolve_user_paths
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sources = resolve_sources(config)
         tokenizer = config.tokenizer_path or config.model_path
-        return run_validate_data_only(
+        code = run_validate_data_only(
             str(sources.train),
             str(sources.val) if sources.val else None,
             config.audio_base_path or None,
@@ -129,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer,
             AudioLimits(config.min_audio_seconds, config.max_audio_seconds),
         )
+        _print_missing_audio_hint(config.output_dir, sources.train_audio_base)
+        return code
     from higgs_train.job import ClusterResourcesError, JobOutputsMissing, run_training_job
 
     try:

@@ -246,6 +246,18 @@ def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[
     return len(quarantine), [*files, quarantine_path, summary]
 
 
+def _warn_missing_audio(output: Path, config: TrainingConfig) -> None:
+    """Rows quarantined for missing audio usually mean a wrong audio root: say which root was used."""
+    from higgs_train.data.preflight import missing_audio_hint
+    from higgs_train.data.sources import resolve_sources
+
+    summary = output / "quarantine_summary.json"
+    records = json.loads(summary.read_text()).get("records", []) if summary.is_file() else []
+    hint = missing_audio_hint([str(r.get("reason", "")) for r in records], resolve_sources(config).train_audio_base)
+    if hint:
+        logger.warning(hint)
+
+
 def _plot_untracked(history: list[dict[str, Any]], output: Path) -> Path | None:
     """The loss curve when tracking is off (the tracker only plots what it logs)."""
     from higgs_train.tracking import plot_loss_curve
@@ -294,6 +306,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         check_cpu_budget(config)
         train_cache, val_cache, cache_root = build_caches(config, paths)
         quarantined, report_files = write_data_reports(output, {"train": train_cache, "val": val_cache})
+        _warn_missing_audio(output, config)
         data_keys = {"train_cache_key": train_cache.key, "val_cache_key": val_cache.key if val_cache else None}
         tracker.set_tags(data_keys)
         (output / "data_keys.json").write_text(json.dumps(data_keys, indent=2) + "\n")  # read by export's model card

@@ -153,3 +153,14 @@ def preflight(config: Any) -> None:
         check_manifest_format(flag, path)
         root = Path(config.audio_base_path).expanduser().resolve() if given_root else path.parent
         check_audio_root(ManifestCheck(flag, path, root, given_root))
+
+
+def missing_audio_hint(reasons: list[str], audio_root: Path | str) -> str | None:
+    """One line for reports where rows failed with "audio file not found": which root was searched, and the flag."""
+    missing = sum(1 for r in reasons if "audio file not found" in r)
+    if not missing:
+        return None
+    return (
+        f"{missing} row(s) name audio files that do not exist under the audio root {audio_root}; "
+        "--audio_base_path sets the folder that relative audio paths are resolved under"
+    )

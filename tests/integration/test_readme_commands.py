@@ -106,7 +106,13 @@ def test_readme_commands_are_found():
 def checkout(tmp_path_factory) -> Path:
     """A fresh copy of the repository (tracked and untracked source files, no outputs): the user's checkout."""
     dst = tmp_path_factory.mktemp("readme") / "higgs-train"
-    ignore = shutil.ignore_patterns(".git", "outputs", "exports", "data", "__pycache__", "*.egg-info", ".*cache")
+    top_level = {".git", "outputs", "exports", "data", "samples"}  # what the commands write, and the git store
+    anywhere = shutil.ignore_patterns("__pycache__", "*.egg-info", ".*cache")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(anywhere(folder, names))
+        return skipped | (top_level & set(names) if Path(folder) == ROOT else set())
+
     shutil.copytree(ROOT, dst, ignore=ignore)
     return dst
 

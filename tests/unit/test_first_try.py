@@ -224,3 +224,14 @@ def test_progress_line_shows_step_losses_throughput_and_eta():
     )
     now[0] += 40.0
     assert progress.summary(30, metrics).startswith("training done: 30 steps in 1m00s; train/total_loss 7.5000")
+
+
+def test_rows_with_missing_audio_get_a_hint_naming_the_root(in_tmp, capsys):
+    assert main(["--create_sample_data", "data/train.json"]) == 0
+    Path("data/audio/spk_low/utt_01.wav").unlink()  # one file gone: those rows fail, the others are fine
+    capsys.readouterr()
+    assert main(["--validate_data_only", "--train_data", "data/train.json"]) == 1
+    out = capsys.readouterr().out
+    assert "audio file not found: audio/spk_low/utt_01.wav" in out
+    assert f"hint: 2 row(s) name audio files that do not exist under the audio root {in_tmp / 'data'}" in out
+    assert "--audio_base_path" in out
