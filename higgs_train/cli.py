@@ -28,9 +28,11 @@ class FlagParser(argparse.ArgumentParser):
 
     def suggestion(self, message: str) -> str:
         """' (did you mean --x?)' for each unknown ``--flag`` in an argparse message."""
+        if not message.startswith("unrecognized arguments"):
+            return ""
         flags = self.known_flags()
         hints = []
-        for word in message.replace(",", " ").split():
+        for word in message.removeprefix("unrecognized arguments:").split():
             name = word.split("=", 1)[0]
             if name.startswith("--") and name not in flags:
                 close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
