@@ -5,8 +5,8 @@ about half of the default job's console while the job itself printed no training
 drivers therefore keep Ray's Python loggers at WARNING, in the driver and (through ``ray.LoggingConfig``) in every
 worker, and turn Ray Data's progress reporting off; ``--verbose`` restores all of it.
 
-The progress line is printed (not logged) by the rank-0 training worker: Ray forwards a worker's stdout to the
-driver whatever the workers' log level is.
+The progress line is printed (not logged) by the rank-0 training worker (``emit``): Ray forwards a worker's stdout
+to the driver whatever the workers' log level is.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -96,6 +97,12 @@ def quiet_ray_logs(verbose: bool) -> None:
     detectors = getattr(context, "issue_detectors_config", None)
     if not verbose and detectors is not None and hasattr(detectors, "detectors"):
         detectors.detectors = []  # "uses 1.5GiB per worker" advice, repeated every 30 s, on a smoke-test job
+
+
+def emit(line: str) -> None:
+    """Print one console line. To the process's real stdout: inside a Ray Train worker ``print`` is patched to also
+    log through Train's logger, which would show every line twice; a worker's fd 1 is forwarded to the driver."""
+    print(line, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 def _duration(seconds: float) -> str:

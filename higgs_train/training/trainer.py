@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from higgs_train.config import TrainingConfig
-from higgs_train.console import ProgressLine
+from higgs_train.console import ProgressLine, emit
 from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
@@ -334,9 +334,9 @@ class HiggsAudioTrainer:
             self.state.history.append(metrics)
             self.context.log_metrics(metrics, step)
             if self.context.rank == 0:  # printed, not logged: Ray forwards worker stdout at any log level
-                print(self._progress.line(step, metrics), flush=True)
+                emit(self._progress.line(step, metrics))
                 if final:
-                    print(self._progress.summary(step, metrics), flush=True)
+                    emit(self._progress.summary(step, metrics))
         if save:
             self._save_and_report(metrics)
         elif step % cfg.log_every_steps == 0:
