@@ -48,7 +48,19 @@ NOISE_PATTERNS = (
     re.compile(r"Failed to query Ray Train Controller actor state"),
     re.compile(r"has constructor arguments in the object store and max_restarts > 0"),
     re.compile(r"\[Gloo\] Rank \d+ is connected to"),
+    re.compile(r"Reporting training result \d+: TrainingReport\("),
 )
+# Actors whose every forwarded line is Ray-internal: the cleaner logs only its own State API failures (a warning
+# per second, or a traceback when several Ray instances share a host).
+NOISY_ACTORS = ("PlacementGroupCleaner",)
+
+
+def forwarded_lines(data: dict[str, Any]) -> list[str]:
+    """The lines of one batch of forwarded worker output worth showing (see ``NOISE_PATTERNS``, ``NOISY_ACTORS``)."""
+    actor = str(data.get("actor_name") or "")
+    if any(name in actor for name in NOISY_ACTORS):
+        return []
+    return [line for line in data.get("lines", []) if not any(p.search(line) for p in NOISE_PATTERNS)]
 
 
 def filter_forwarded_worker_logs(verbose: bool) -> bool:
@@ -66,7 +78,7 @@ def filter_forwarded_worker_logs(verbose: bool) -> bool:
         printer = ray_worker.print_to_stdstream
 
         def forward(data: dict[str, Any]) -> None:
-            lines = [line for line in data.get("lines", []) if not any(p.search(line) for p in NOISE_PATTERNS)]
+            lines = forwarded_lines(data)
             if lines:
                 printer({**data, "lines": lines}, ignore_prefix=ignore_prefix)
 

@@ -235,3 +235,20 @@ def test_rows_with_missing_audio_get_a_hint_naming_the_root(in_tmp, capsys):
     assert "audio file not found: audio/spk_low/utt_01.wav" in out
     assert f"hint: 2 row(s) name audio files that do not exist under the audio root {in_tmp / 'data'}" in out
     assert "--audio_base_path" in out
+
+
+def test_ray_internal_lines_are_not_forwarded_to_the_console():
+    from higgs_train.console import forwarded_lines
+
+    cleaner = {"actor_name": "PlacementGroupCleaner", "lines": ["Exception in thread PlacementGroupCleanerMonitor:"]}
+    assert forwarded_lines(cleaner) == []
+    worker = {
+        "actor_name": "RayTrainWorker",
+        "lines": [
+            "step 3/30 | loss 7.1 (text 2.0, audio 6.9) | 900 tok/s | ETA 40s",
+            "Reporting training result 1: TrainingReport(checkpoint=None, metrics={})",
+            "[Gloo] Rank 0 is connected to 0 peer ranks. Expected number of connected peer ranks is : 0",
+            "WARNING step 3: text loss dominates",
+        ],
+    }
+    assert forwarded_lines(worker) == [worker["lines"][0], worker["lines"][3]]
