@@ -200,10 +200,10 @@ def test_job_with_missing_manifest_fails(cluster: dict[str, str], tmp_path: Path
     job_id = submit(cluster, "--train_data", "/nonexistent/train.json", "--output_dir", str(output))
     status, logs = wait_for(cluster, job_id, timeout_s=150)
     assert status == "FAILED", logs[-8000:]
-    assert "FileNotFoundError: manifest not found: /nonexistent/train.json" in logs, logs[-8000:]
-
-    run = only_run(f"sqlite:///{output}/mlflow.db")
-    assert run["status"] == "FAILED"
+    assert "--train_data /nonexistent/train.json: the manifest" in logs and "does not exist" in logs, logs[-8000:]
+    assert "Traceback" not in logs
+    # Caught before any MLflow run was opened (issue 10 item 8): nothing half-made is left behind.
+    assert not (output / "mlflow.db").exists()
     assert "manifest not found: /nonexistent/train.json" in run["tags"]["error"]
     assert run["params"]["train_data"] == "/nonexistent/train.json"
 
