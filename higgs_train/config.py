@@ -6,11 +6,12 @@ dataclass defaults (a unit test keeps them in sync). Precedence: dataclass defau
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -116,8 +117,11 @@ class TrainingConfig:
     create_sample_data: str = _f("", "Write the sample voice-cloning data set to this folder and exit.")
     mlflow_tracking_uri: str = _f("", "MLflow tracking URI (default: sqlite under output_dir; MLFLOW_TRACKING_URI).")
     mlflow_experiment: str = _f("higgs-train", "MLflow experiment name.")
+    verbose: bool = _f(False, "Show Ray's own INFO logs and Ray Data progress bars (default: warnings only).")
 
     def __post_init__(self) -> None:
+        for name, value in coerce_fields({f.name: getattr(self, f.name) for f in fields(self)}).items():
+            setattr(self, name, value)
         self.validate()
 
     def validate(self) -> None:
@@ -191,10 +195,17 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
-        unknown = sorted(set(data) - set(cls.field_names()))
+        """Build from a mapping (a config file, flags, a worker's copy): unknown keys are refused with the closest
+        valid name, and every value is coerced to its field's declared type (YAML 1.1 reads ``1e-4`` as a string)."""
+        names = cls.field_names()
+        unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ValueError(f"unknown TrainingConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"unknown TrainingConfig field(s): {', '.join(hints)}")
+        return cls(**data)  # __post_init__ coerces every value to its declared type
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingConfig:
@@ -222,12 +233,68 @@ class TrainingConfig:
         )
 
 
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """``value`` as ``kind`` (int, float, bool, str, list[str], list[float]); ``ValueError`` naming the field."""
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"TrainingConfig.{name}={value!r} is invalid: expected {expected}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise bad("true or false")
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad("an integer") from None
+        if not number.is_integer():
+            raise bad("an integer")
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    if kind is str:
+        if value is None:
+            return ""
+        if isinstance(value, (list, dict)):
+            raise bad("a string")
+        return str(value)
+    if kind in (list[str], list[float]):
+        item = kind.__args__[0]
+        items = value if isinstance(value, (list, tuple)) else ([] if value in (None, "") else [value])
+        return [_coerce(name, item, v) for v in items]
+    raise TypeError(f"no coercion for TrainingConfig.{name}: {kind}")  # pragma: no cover - wire new types here
+
+
+def coerce_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Each value converted to its ``TrainingConfig`` field's declared type (see ``_coerce``)."""
+    hints = get_type_hints(TrainingConfig)
+    return {key: _coerce(key, hints[key], value) for key, value in data.items()}
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"config file {path} cannot be parsed: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of field names to values")
     return data

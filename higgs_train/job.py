@@ -113,8 +113,20 @@ def init_ray(config: TrainingConfig) -> None:
     """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
     import ray
 
+    from higgs_train.console import (
+        filter_forwarded_worker_logs,
+        quiet_ray_logs,
+        ray_log_level,
+        ray_logging_config,
+    )
+
+    quiet_ray_logs(config.verbose)
     if ray.is_initialized():
         return
+    quiet = {"logging_level": ray_log_level(config.verbose), "logging_config": ray_logging_config(config.verbose)}
+    # ray.init applies ``logging_config`` to this process's root logger too; the driver's own INFO lines stay.
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, list(root.handlers)
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
     for name in ("HIGGS_TRAIN_HOME", "HF_HOME", "HF_HUB_CACHE", "MLFLOW_TRACKING_URI"):
         if name in os.environ:
@@ -123,20 +135,53 @@ def init_ray(config: TrainingConfig) -> None:
         # Under `ray job submit` the job's runtime env (cluster/runtime_env.yaml) is merged with this one and Ray
         # refuses any env var set in both; the job's value is already in this process's environment, so drop it.
         env = {k: v for k, v in env.items() if k not in _submitted_job_env_vars()}
-        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True, **quiet)
     else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env})
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env}, **quiet)
+    for handler in [h for h in root.handlers if h not in root_handlers]:
+        root.removeHandler(handler)
+    root.setLevel(root_level)
+    quiet_ray_logs(config.verbose)  # ray.init configures the "ray" logger again
+    filter_forwarded_worker_logs(config.verbose)
+
+
+class ClusterResourcesError(ValueError):
+    """The cluster lacks what the job asks for (GPUs, CPUs); raised in seconds, before any work, never a hang."""
+
+
+class JobOutputsMissing(RuntimeError):
+    """Training returned but an output the job promises (adapter, history, loss curve) is not where it should be."""
+
+
+def check_gpus(config: TrainingConfig, cluster: dict[str, float], per_unit: str = "training worker") -> None:
+    """``--use_gpu`` needs one GPU per training worker; Ray would otherwise wait forever for a GPU node."""
+    if not config.use_gpu:
+        return
+    gpus = float(cluster.get("GPU", 0.0))
+    needed = float(config.num_workers)
+    if gpus + 1e-9 >= needed:
+        return
+    have = "no GPUs" if gpus == 0 else f"only {gpus:g} GPU(s)"
+    shown = ", ".join(f"{k} {v:g}" for k, v in sorted(cluster.items()) if k in ("CPU", "GPU", "memory") or "GPU" in k)
+    raise ClusterResourcesError(
+        f"--use_gpu with --num_workers {config.num_workers} needs {needed:g} GPU(s) (one per {per_unit}) but the Ray "
+        f"cluster has {have} ({shown or 'no resources reported'}). Drop --use_gpu to train on CPUs, lower "
+        "--num_workers, or run on a cluster with GPU nodes (`ray start --head --num-gpus N`, or submit with "
+        "`ray job submit` to a GPU cluster, see cluster/README.md)."
+    )
 
 
 def check_cpu_budget(config: TrainingConfig) -> None:
     """Refuse a configuration that cannot be scheduled on the cluster instead of hanging in the pending state."""
     import ray
 
-    available = ray.cluster_resources().get("CPU", 0)
+    cluster = ray.cluster_resources()
+    check_gpus(config, cluster)
+    available = cluster.get("CPU", 0)
     training = config.num_workers * config.cpus_per_train_worker
     data = config.dataloader_num_workers * config.cpus_per_data_actor
     if max(training, data) > available:
-        raise ValueError(
+        raise ClusterResourcesError(
             f"needs {training:g} CPUs for training workers and {data:g} for data actors but the cluster has "
             f"{available:g}; lower num_workers/cpus_per_train_worker or dataloader_num_workers/cpus_per_data_actor"
         )
@@ -215,14 +260,48 @@ def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[
     return len(quarantine), [*files, quarantine_path, summary]
 
 
+def _warn_missing_audio(output: Path, config: TrainingConfig) -> None:
+    """Rows quarantined for missing audio usually mean a wrong audio root: say which root was used."""
+    from higgs_train.data.preflight import missing_audio_hint
+    from higgs_train.data.sources import resolve_sources
+
+    summary = output / "quarantine_summary.json"
+    records = json.loads(summary.read_text()).get("records", []) if summary.is_file() else []
+    hint = missing_audio_hint([str(r.get("reason", "")) for r in records], resolve_sources(config).train_audio_base)
+    if hint:
+        logger.warning(hint)
+
+
+def _plot_untracked(history: list[dict[str, Any]], output: Path) -> Path | None:
+    """The loss curve when tracking is off (the tracker only plots what it logs)."""
+    from higgs_train.tracking import plot_loss_curve
+
+    return plot_loss_curve(history, output / "loss_curve.png", title="loss curve")
+
+
+def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> None:
+    """A job never reports success when what it promises is not there (the MLflow run then ends FAILED)."""
+    expected = [adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors", history]
+    missing = [str(p) for p in expected if not p.is_file()]
+    if loss_curve is None or not Path(loss_curve).is_file():
+        missing.append(str(history.parent / "loss_curve.png"))
+    if missing:
+        raise JobOutputsMissing(
+            "training finished but these outputs are missing: " + ", ".join(missing) + " (a worker may have written "
+            "them relative to its own working directory, or on another node: give --output_dir on storage every "
+            "node sees)"
+        )
+
+
 def run_training_job(config: TrainingConfig) -> JobResult:
     """Run one training job end to end (see the module docstring)."""
     from higgs_train.models import resolve_paths
+    from higgs_train.paths import resolve_user_paths
     from higgs_train.ray_train import build_torch_trainer
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
     from higgs_train.training.checkpoint_store import write_marker
 
-    config, run_name, resume = resolve_run(config)
+    config, run_name, resume = resolve_run(resolve_user_paths(config))  # absolute before anything runs on Ray
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
@@ -233,12 +312,16 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         "run_name": run_name,
         "resumed_from": resume,
     }
-    with tracker.start(config.mlflow_experiment, run_name, params=config.to_dict(), tags=tags):
+    start = tracker.start_or_continue(
+        config.mlflow_experiment, run_name, params=config.to_dict(), tags=tags, resuming=bool(resume)
+    )
+    with start:
         paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
         init_ray(config)
         check_cpu_budget(config)
         train_cache, val_cache, cache_root = build_caches(config, paths)
         quarantined, report_files = write_data_reports(output, {"train": train_cache, "val": val_cache})
+        _warn_missing_audio(output, config)
         data_keys = {"train_cache_key": train_cache.key, "val_cache_key": val_cache.key if val_cache else None}
         tracker.set_tags(data_keys)
         (output / "data_keys.json").write_text(json.dumps(data_keys, indent=2) + "\n")  # read by export's model card
@@ -267,9 +350,10 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         adapter_dir = output / "adapter"
         history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
+        curve = tracker.log_loss_curve(history, output / "loss_curve.png") or _plot_untracked(history, output)
+        check_outputs(adapter_dir, output / "history.json", curve)
         tracker.log_artifact(adapter_dir, "adapter")
         tracker.log_artifact(output / "resolved_config.yaml")
-        tracker.log_loss_curve(history, output / "loss_curve.png")
         for path in report_files:
             tracker.log_artifact(path, "data")
         write_marker(storage_root(config), run_name, COMPLETED_MARKER, json.dumps(metrics, sort_keys=True))

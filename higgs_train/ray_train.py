@@ -145,6 +145,8 @@ def build_torch_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from higgs_train.console import train_logging_config
+
     resources = {"CPU": config.cpus_per_train_worker}
     if config.use_gpu:
         resources["GPU"] = 1
@@ -156,6 +158,7 @@ def build_torch_trainer(
             num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
+            logging_config=train_logging_config(config.verbose),
             name=run_name,
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(

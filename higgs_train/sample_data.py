@@ -137,6 +137,9 @@ def cloning_sample(
     }
 
 
+MANIFEST_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
 def create_sample_data(out_dir: str | Path, utterances_per_speaker: int = 6, seed: int = 0) -> dict[str, Path]:
     """Write ``audio/<speaker>/*.wav``, ``train.json`` and ``val.json`` under ``out_dir``.
 
@@ -144,9 +147,60 @@ def create_sample_data(out_dir: str | Path, utterances_per_speaker: int = 6, see
     utterance of every speaker is the validation target; the rest are training targets. Each target's reference
     is the speaker's next utterance (cyclically), so references are never the target itself.
     """
+    out = Path(out_dir)
+    train, val = _write_sample_audio(out, utterances_per_speaker, seed)
+    (out / "train.json").write_text(json.dumps(train, indent=2) + "\n")
+    (out / "val.json").write_text(json.dumps(val, indent=2) + "\n")
+    return {"train": out / "train.json", "val": out / "val.json", "audio_base_path": out}
+
+
+def create_sample_manifest(manifest: str | Path, utterances_per_speaker: int = 6, seed: int = 0) -> dict[str, Path]:
+    """Write the sample data set as the manifest file ``manifest`` (.json list, .jsonl or .parquet), audio beside it.
+
+    ``--create_sample_data data/sample.json`` followed by ``--train_data data/sample.json`` must just work: the
+    training rows go to ``manifest`` itself, the validation rows next to it (``sample_val_manifest``), and the
+    audio to ``audio/`` in the same folder (the default audio root of both manifests).
+    """
+    path = Path(manifest)
+    if path.suffix not in MANIFEST_SUFFIXES:
+        raise ValueError(f"a sample manifest must end in one of {', '.join(MANIFEST_SUFFIXES)}: {path}")
+    train, val = _write_sample_audio(path.parent, utterances_per_speaker, seed)
+    val_path = sample_val_manifest(path)
+    for rows, target in ((train, path), (val, val_path)):
+        _write_rows(rows, target)
+    return {"train": path, "val": val_path, "audio_base_path": path.parent}
+
+
+def sample_val_manifest(manifest: Path) -> Path:
+    """``data/train.jsonl`` -> ``data/val.jsonl`` (the README's pair); any other name -> ``<stem>_val<suffix>``."""
+    stem = "val" if manifest.stem == "train" else f"{manifest.stem}_val"
+    return manifest.with_name(stem + manifest.suffix)
+
+
+def create_sample_data_at(target: str | Path, seed: int = 0) -> dict[str, Path]:
+    """``--create_sample_data``: a path ending in .json/.jsonl/.parquet is the manifest to write; else a folder."""
+    if Path(target).suffix in MANIFEST_SUFFIXES:
+        return create_sample_manifest(target, seed=seed)
+    return create_sample_data(target, seed=seed)
+
+
+def _write_rows(rows: list[dict], target: Path) -> None:
+    if target.suffix == ".jsonl":
+        target.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif target.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        from higgs_train.data.manifest import to_canonical_table
+
+        pq.write_table(to_canonical_table(rows, str(target)), target)
+    else:
+        target.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _write_sample_audio(out: Path, utterances_per_speaker: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Write every speaker's WAVs under ``out/audio`` and return the (train, val) rows that use them."""
     import soundfile as sf
 
-    out = Path(out_dir)
     rng = np.random.default_rng(seed)
     train: list[dict] = []
     val: list[dict] = []
@@ -165,6 +219,4 @@ def create_sample_data(out_dir: str | Path, utterances_per_speaker: int = 6, see
                 f"{speaker.name}_{j:02d}", speaker.name, texts[ref], rel_paths[ref], text, rel_paths[j]
             )
             (val if j == len(texts) - 1 else train).append(sample)
-    (out / "train.json").write_text(json.dumps(train, indent=2) + "\n")
-    (out / "val.json").write_text(json.dumps(val, indent=2) + "\n")
-    return {"train": out / "train.json", "val": out / "val.json", "audio_base_path": out}
+    return train, val

@@ -54,6 +54,16 @@ LOSS_CURVE_SERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("val", ("val_loss", "val/loss", "val/total_loss", "eval/loss")),
 )
 _STEP_KEYS = ("step", "global_step", "training_iteration")
+# Counters that are the x-axis of every metric, not metrics of their own.
+NOT_METRICS = frozenset({"step", "epoch", "global_step", "training_iteration"})
+# The MLflow UI opens an experiment with this tag in its model-training ("Machine learning") view rather than
+# asking, or guessing GenAI from the absence of runs (MLflow 3.x; the UI itself writes these values).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Tags that let the next start of a run name tell a run whose driver died (left RUNNING) from a live one.
+DRIVER_HOST_TAG = "driver_host"
+DRIVER_PID_TAG = "driver_pid"
+RUN_NAME_TAG = "run_name"
 
 
 class TrackingError(RuntimeError):
@@ -164,6 +174,52 @@ def _as_float(value: Any) -> float | None:
 def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def metrics_to_log(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Each metric once under one name: step/epoch counters dropped (they are the step), and a bare alias dropped
+    when the same value is also given under its ``train/`` name (the loop keeps short aliases for Tune)."""
+    out = {}
+    for key, value in metrics.items():
+        if key in NOT_METRICS:
+            continue
+        grouped = f"train/{key}"
+        if "/" not in key and grouped in metrics and metrics[grouped] == value:
+            continue
+        out[key] = value
+    return out
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def driver_tags() -> dict[str, str]:
+    """Who owns a run while it is RUNNING: this host and process."""
+    import socket
+
+    return {DRIVER_HOST_TAG: socket.gethostname(), DRIVER_PID_TAG: str(os.getpid())}
+
+
+def driver_is_gone(tags: Mapping[str, str]) -> bool:
+    """True when a RUNNING run's driver is known dead (same host, process gone) or unknown (no owner tags, e.g.
+    written by an older version). A run owned by another host is left alone: its driver may still be alive."""
+    import socket
+
+    host, pid = tags.get(DRIVER_HOST_TAG), tags.get(DRIVER_PID_TAG)
+    if host is None or pid is None or not pid.isdigit():
+        return True
+    if host != socket.gethostname():
+        return False
+    return int(pid) != os.getpid() and not _process_alive(int(pid))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -355,6 +411,73 @@ class RunTracker:
             self.log_params(params)
         return self
 
+    def start_or_continue(
+        self,
+        experiment: str,
+        run_name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        resuming: bool = False,
+    ) -> RunTracker:
+        """``start`` for a job's run name, after cleaning up what earlier drivers of that name left behind.
+
+        Runs of this name still RUNNING whose driver is gone (killed: no ``__exit__`` ever ran) are closed as
+        KILLED. When the job resumes from a checkpoint, the newest unfinished run of the name (KILLED, FAILED, or
+        just closed) is continued instead of starting a second run, so one training run is one MLflow run; its
+        params are left as they were (MLflow params are immutable) and ``resumed_from`` is added as a tag.
+        """
+        if not self.enabled:
+            return self
+        from mlflow import MlflowClient
+
+        tags = {RUN_NAME_TAG: run_name, **(tags or {}), **driver_tags()}
+        try:
+            self._prepare_store()
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            experiment_id = self._get_or_create_experiment(client, experiment)
+            earlier = self._runs_named(client, experiment_id, run_name)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            raise TrackingError(
+                f"MLflow tracking store {self.tracking_uri!r} is unusable ({type(exc).__name__}: {exc})"
+            ) from exc
+        closed: set[str] = set()
+        for run in earlier:
+            if run.info.status == "RUNNING" and driver_is_gone(run.data.tags):
+                logger.warning(
+                    "MLflow run %s (%s) was left RUNNING by a killed driver: closing it as KILLED",
+                    run.info.run_id,
+                    run_name,
+                )
+                client.set_tag(run.info.run_id, "closed_by", "next start of the run name: its driver was gone")
+                client.set_terminated(run.info.run_id, status="KILLED")
+                closed.add(run.info.run_id)
+        if resuming:
+            unfinished = [r for r in earlier if r.info.status in ("KILLED", "FAILED") or r.info.run_id in closed]
+            if unfinished:
+                run = unfinished[-1]
+                client.update_run(run.info.run_id, status="RUNNING")
+                self._client = client
+                self.experiment_id = experiment_id
+                self.run_id = run.info.run_id
+                self.set_tags({**tags, "resumed": "true"})
+                logger.info("MLflow run %s (%s) continues at %s", self.run_id, run_name, self.tracking_uri)
+                return self
+        return self.start(experiment, run_name, params=params, tags=tags)
+
+    @staticmethod
+    def _runs_named(client: Any, experiment_id: str, run_name: str) -> list[Any]:
+        """Top-level runs of ``experiment_id`` tagged with ``run_name``, oldest first."""
+        quoted = run_name.replace("'", "\\'")
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.{RUN_NAME_TAG} = '{quoted}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+        )
+        return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
     def attach(self, run_id: str) -> RunTracker:
         """Log into an existing run (the driver creates the run; the rank-0 training worker attaches to it).
 
@@ -424,7 +547,7 @@ class RunTracker:
 
         now = int(time.time() * 1000)
         items = []
-        for key, value in metrics.items():
+        for key, value in metrics_to_log(metrics).items():
             number = _as_float(value)
             if number is not None:
                 items.append(Metric(clean_key(key), number, now, int(step)))
@@ -521,7 +644,9 @@ class RunTracker:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return client.create_experiment(name, artifact_location=self.artifact_location)
+                return client.create_experiment(
+                    name, artifact_location=self.artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                )
             except MlflowException:
                 exp = client.get_experiment_by_name(name)  # another process created it first
                 if exp is None:
@@ -529,6 +654,8 @@ class RunTracker:
         if exp.lifecycle_stage == "deleted":
             logger.warning("MLflow experiment %r was deleted; restoring it", name)
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind chosen by the user in the UI is kept
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     @staticmethod

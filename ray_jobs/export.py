@@ -16,7 +16,9 @@ import higgs_train  # noqa: F401  (first: puts Hugging Face offline before trans
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ray_jobs/export.py", description=__doc__.split("\n")[0])
+    from higgs_train.cli import FlagParser
+
+    parser = FlagParser(prog="ray_jobs/export.py", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="Checkpoint, final adapter or training output dir.")
     parser.add_argument("--output", required=True, help="Export directory (adapter/ and, with --merge, merged/).")
     parser.add_argument("--merge", action="store_true", help="Also write a merged HiggsAudioModel directory.")
@@ -35,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     from higgs_train.export import AdapterError, export
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from higgs_train.paths import absolute_model_ref, absolute_path
+
     args = build_parser().parse_args(argv)
+    args.checkpoint, args.output = absolute_path(args.checkpoint), absolute_path(args.output)
+    args.base_model = absolute_model_ref(args.base_model)
     try:
         result = export(args.checkpoint, args.output, args.merge, args.base_model, args.allow_base_mismatch)
     except (AdapterError, FileNotFoundError) as err:

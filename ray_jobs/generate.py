@@ -23,10 +23,11 @@ import higgs_train  # noqa: F401  (first: puts Hugging Face offline before trans
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from higgs_train.cli import FlagParser
     from higgs_train.generation import SamplingSettings
 
     d = SamplingSettings()
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="ray_jobs/generate.py",
         description="Zero-shot voice cloning with Higgs-Audio v2 (+ a higgs-train adapter).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -84,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("batch mode takes --manifest and --output_dir only (no --ref_audio/--ref_text/--text)")
     elif not all(single):
         parser.error("give --ref_audio, --ref_text, --text and --output, or --manifest and --output_dir")
+    from higgs_train.paths import absolute_model_ref, absolute_path
+
+    for name in ("model_path", "adapter", "audio_tokenizer_path", "tokenizer_path"):
+        setattr(args, name, absolute_model_ref(getattr(args, name)))
+    for name in ("manifest", "output", "output_dir", "audio_base_path"):
+        setattr(args, name, absolute_path(getattr(args, name)) if getattr(args, name) else getattr(args, name))
     settings = SamplingSettings(
         temperature=args.temperature,
         top_k=args.top_k,

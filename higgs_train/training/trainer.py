@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from higgs_train.config import TrainingConfig
+from higgs_train.console import ProgressLine, emit
 from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
@@ -220,6 +221,8 @@ class HiggsAudioTrainer:
         self.setup()
         self._catch_up_logging()
         cfg = self.config
+        self._progress = ProgressLine(self.total_steps)
+        self._progress.start(self.state.global_step)
         monitor = LossBalanceMonitor(cfg.text_dominance_threshold, cfg.audio_dominance_threshold)
         last_metrics: dict[str, float] = {}
         interrupted = False
@@ -346,6 +349,10 @@ class HiggsAudioTrainer:
             self.state.history.append(metrics)
             if step > self._logged_through:  # a step repeated after a restart is logged already, same values
                 self.context.log_metrics(metrics, step)
+            if self.context.rank == 0:  # printed, not logged: Ray forwards worker stdout at any log level
+                emit(self._progress.line(step, metrics))
+                if final:
+                    emit(self._progress.summary(step, metrics))
         if save:
             self._save_and_report(metrics)
         elif step % cfg.log_every_steps == 0:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from higgs_train.config import TrainingConfig, read_config_file
-from higgs_train.tune.space import SEARCH_ALGS, SweepSettings, load_search_space
+from higgs_train.tune.space import SEARCH_ALGS, SweepSettings, load_search_space, search_space_path
 from higgs_train.tune.sweep import run_sweep
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,26 @@ def args_from_argv(argv: list[str] | None = None) -> tuple[TrainingConfig, Sweep
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dataclasses import replace
+
+    from higgs_train.data.preflight import DataSetupError, preflight
+    from higgs_train.job import ClusterResourcesError
+    from higgs_train.paths import resolve_user_paths
+
     try:
-        config, settings = args_from_argv(argv)
+        given, settings = args_from_argv(argv)
+        settings = replace(settings, search_space=str(search_space_path(settings.search_space).resolve()))
         settings.validate()
         load_search_space(settings.search_space)
-    except (ValueError, FileNotFoundError) as err:
+        preflight(given)
+    except (ValueError, FileNotFoundError) as err:  # DataSetupError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = run_sweep(config, settings)
+    config = resolve_user_paths(given)  # trials run in Ray's cwd: absolute paths only
+    try:
+        result = run_sweep(config, settings)
+    except (ClusterResourcesError, DataSetupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(result.summary())
     return 0

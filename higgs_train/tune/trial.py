@@ -111,6 +111,31 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
     return f"{sweep_name}-{trial_id}"
 
 
+def _short_number(value: float) -> str:
+    """2e-4 for 0.0002, 0.1 for 0.1, 1 for 1.0: short enough for a run name, exact enough to tell trials apart."""
+    if value != 0 and not 1e-2 <= abs(value) < 1e3:
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.3g}"
+
+
+def readable_trial_name(config: TrainingConfig, params: dict[str, Any], trial_id: str) -> str:
+    """The MLflow name of a trial's run, from what it tries: ``r16-a32-lr2e-4-audio1.5-<trial>``.
+
+    Rank, alpha and learning rate always; the loss weights only when the sweep draws them. The end of the trial
+    id keeps names unique when two trials draw the same values (grid repeats)."""
+    parts = [f"r{config.lora_r}", f"a{config.lora_alpha}", f"lr{_short_number(config.learning_rate)}"]
+    for name, label in (
+        ("text_loss_weight", "text"),
+        ("audio_loss_weight", "audio"),
+        ("consistency_loss_weight", "cons"),
+    ):
+        if name in params:
+            parts.append(f"{label}{_short_number(float(getattr(config, name)))}")
+    parts.append(trial_id.rsplit("_", 1)[-1][-5:])
+    return "-".join(parts)
+
+
 def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     """Tune function trainable: one child MLflow run and one TorchTrainer over the shared token cache."""
     import ray.tune
@@ -134,7 +159,11 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         **data_keys,
     }
     tracker = RunTracker(context.tracking_uri).start(
-        context.experiment, run_name, params=config.to_dict(), tags=tags, parent_run_id=context.parent_run_id
+        context.experiment,
+        readable_trial_name(config, params, trial_id),
+        params=config.to_dict(),
+        tags=tags,
+        parent_run_id=context.parent_run_id,
     )
     loop_config = {
         "config": config.to_dict(),
