@@ -6,7 +6,9 @@ Features and their trade-offs:
   audio CE within each audio-out segment, optional voice-consistency term. Sums are normalised by the label counts
   of the whole optimizer step over all workers (one tiny all-reduce per step), so the gradient does not depend on
   how a global batch is split into micro-batches or workers.
-* **Precision** -- fp32 on CPU; on CUDA bf16 base weights with fp32 adapters under bf16 autocast.
+* **Precision** -- ``precision``: bf16 base weights on CUDA, fp32 on CPU by default (bf16 selectable, the GPU's
+  exact dtype path); adapters fp32 (or ``adapter_dtype=bf16``); loss in fp32; upstream code never runs under
+  autocast (``higgs_train.training.precision`` says why, and the trainer refuses to).
 * **Gradient accumulation** -- DDP gradient sync only on the last micro-batch of a step.
 * **Activation checkpointing** -- optional, real recomputation of decoder layers (upstream never checkpoints).
 * **Determinism** -- the batch plan is a function of (seed, epoch); dropout RNG is reseeded from
@@ -34,6 +36,7 @@ from higgs_train.training.activation_checkpointing import enable_activation_chec
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
 from higgs_train.training.lora import apply_lora, count_parameters
+from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
 from higgs_train.training.schedule import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ class HiggsAudioTrainer:
 
     ``train_records`` / ``val_records``: lists of preprocessed records. When omitted they are produced from the
     config's manifests in-process (``higgs_train.training.data_source``), which is the path without Ray.
+    ``model``: an already built ``HiggsAudioModel`` to train instead of loading ``config.model_path`` (the GPU
+    benchmark builds random full-size weights on the device); it is cast to the configured precision.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class HiggsAudioTrainer:
         context: WorkerContext | None = None,
         train_records: list[dict] | None = None,
         val_records: list[dict] | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
         self.config = config
         self.context = context or LocalContext(
@@ -74,6 +80,7 @@ class HiggsAudioTrainer:
         self.val_records = val_records
         self.state = TrainerState()
         self.model: Any = None
+        self._given_model = model
         self._setup_done = False
 
     # ------------------------------------------------------------------ setup
@@ -85,14 +92,18 @@ class HiggsAudioTrainer:
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.paths = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None)
         self.device = self.context.device
-        self.use_autocast = self.device.type == "cuda"
-        dtype = torch.bfloat16 if self.use_autocast else torch.float32
-        model = load_model(self.paths.model_path, device=self.device, dtype=dtype)
+        self.weight_dtype = weight_dtype(cfg.precision, self.device)
+        if self._given_model is None:
+            self.paths = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None)
+            model = load_model(self.paths.model_path, device=self.device, dtype=self.weight_dtype)
+        else:
+            self.paths = None
+            model = self._given_model.to(device=self.device, dtype=self.weight_dtype)
         self.model_config = model.config
         model.config.use_cache = False
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        cast_adapters(model, cfg.adapter_dtype)
         counts = count_parameters(model)
         logger.info("trainable %d / %d parameters (%.3f%%)", counts.trainable, counts.total, 100 * counts.fraction)
         self.parameter_counts = counts
@@ -101,7 +112,7 @@ class HiggsAudioTrainer:
         model.train()
         self.model = self.context.prepare_model(model)
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay)
-        self._setup_data(load_whisper_processor(self.paths.model_path, self.model_config))
+        self._setup_data(load_whisper_processor(self.paths.model_path if self.paths else "", self.model_config))
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, self.total_steps)
         if cfg.resume_from:
             self.load_checkpoint(cfg.resume_from)
@@ -166,8 +177,8 @@ class HiggsAudioTrainer:
         for name in names:
             value = getattr(batch, name)
             out[name] = value.to(self.device) if isinstance(value, torch.Tensor) else value
-        if out.get("audio_features") is not None and self.use_autocast:
-            out["audio_features"] = out["audio_features"].to(torch.bfloat16)
+        if out.get("audio_features") is not None:
+            out["audio_features"] = out["audio_features"].to(self.weight_dtype)
         return out
 
     def _forward_loss(self, batch: Any, global_counts: Any):
@@ -175,9 +186,8 @@ class HiggsAudioTrainer:
 
         cfg = self.config
         wants_consistency = cfg.consistency_loss_weight > 0
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else nullcontext()
-        with autocast:
-            outputs = self.model(**self._model_inputs(batch), output_audio_hidden_states=wants_consistency)
+        assert_no_autocast()
+        outputs = self.model(**self._model_inputs(batch), output_audio_hidden_states=wants_consistency)
         segments = (
             segment_sample_index_from_input_ids(batch.input_ids, self.model_config.audio_out_token_idx)
             if wants_consistency
