@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from higgs_train.config import TrainingConfig
-from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
+from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
 from higgs_train.training.lora import apply_lora, count_parameters
@@ -40,6 +40,9 @@ from higgs_train.training.precision import assert_no_autocast, cast_adapters, we
 from higgs_train.training.schedule import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
+# Profiler label of the host-side data work of a step (collation, label counts): benchmarks/gpu_step.py --profile
+# counts syncs and op launches of the device work outside it.
+HOST_DATA_REGION = "higgs_train.host_data"
 
 
 @dataclass
@@ -109,6 +112,8 @@ class HiggsAudioTrainer:
         self.parameter_counts = counts
         if cfg.use_gradient_checkpointing:
             enable_activation_checkpointing(model)
+        if cfg.compile_layers:
+            compile_decoder_layers(model)
         model.train()
         self.model = self.context.prepare_model(model)
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay)
@@ -261,9 +266,11 @@ class HiggsAudioTrainer:
         step_start = time.perf_counter()
         torch.manual_seed(step_seed(cfg.seed, ctx.rank, self.state.global_step))
         data_start = time.perf_counter()
-        batches = [self._collate(self.train_records, rows) for rows in micro_batches]
+        with torch.profiler.record_function(HOST_DATA_REGION):
+            batches = [self._collate(self.train_records, rows) for rows in micro_batches]
         data_wait = time.perf_counter() - data_start
-        counts = self._global_counts(batches)
+        with torch.profiler.record_function(HOST_DATA_REGION):
+            counts = self._global_counts(batches)
         sums = torch.zeros(4, dtype=torch.float64)  # text, audio, consistency, total (each a share of the step's)
         real_tokens = sum(int(self.train_records[i]["num_tokens"]) for rows in micro_batches for i in rows)
         # Processed tokens in merged-sequence units (what num_tokens counts): every row padded to its batch's longest.
