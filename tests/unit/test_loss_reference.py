@@ -171,3 +171,31 @@ def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss
     assert max(float((got_grads[n] - expected_grads[n]).abs().max()) for n in expected_grads) <= RTOL * scale
     # The override is gone after the block: the model computes vocabulary logits again.
     assert model(**inputs).logits.shape[-1] == model.config.text_config.vocab_size
+
+
+def test_audio_and_consistency_terms_never_read_a_device_value():
+    """Model outputs on the meta device (which has no values: any ``.item()``/``nonzero``/boolean index on them
+    raises) with the label tensors on the host, as the trainer passes them: the audio and consistency terms and the
+    total are computed without waiting for the device."""
+    batch = _collate(SPECS, seed=5)
+    base = _fake_outputs(batch)
+    meta = SimpleNamespace(
+        logits=None,
+        expanded_labels=None,
+        audio_logits=base.audio_logits.detach().to("meta").requires_grad_(),
+        audio_hidden_states=base.audio_hidden_states.detach().to("meta").requires_grad_(),
+    )
+    out = compute_higgs_audio_loss(
+        meta,
+        batch,
+        text_loss_weight=0.0,
+        consistency_loss_weight=0.1,
+        codebook_weights=[2.0, 1, 1, 1, 1, 1, 1, 1],
+        num_label_tokens={"text": 0, "audio": 500, "consistency_samples": 3},
+        segment_sample_index=segment_sample_index_from_input_ids(batch.input_ids, 50),
+        host_metrics=False,
+    )
+    assert out.total.device.type == "meta"
+    assert out.audio_tokens > 0 and out.consistency_samples == 2
+    out.total.backward()
+    assert meta.audio_logits.grad is not None and meta.audio_logits.grad.device.type == "meta"
