@@ -102,7 +102,12 @@ class TrainingConfig:
     validation_sample_max_new_tokens: int = _f(512, "Generation length cap for validation samples.")
     # --- distribution ---
     num_workers: int = _f(1, "Ray Train workers (one per GPU when use_gpu).")
-    use_gpu: bool = _f(False, "Train on GPUs (bf16 weights + autocast); CPU uses fp32.")
+    use_gpu: bool = _f(False, "Train on GPUs (bf16 base weights, no autocast); CPU uses fp32.")
+    precision: str = _f(
+        "auto", "Base-weight dtype: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32. Upstream never runs under autocast."
+    )
+    adapter_dtype: str = _f("fp32", "LoRA adapter (and optimizer state) dtype: fp32 (peft casts inputs) or bf16.")
+    compile_layers: bool = _f(False, "torch.compile every decoder layer (speed on GPU; the first steps compile).")
     dataloader_num_workers: int = _f(1, "Ray Data preprocessing actors (audio tokenizer instances).")
     cpus_per_data_actor: float = _f(0.5, "CPUs reserved per preprocessing actor (fractions allowed).")
     cpus_per_train_worker: float = _f(0.5, "CPUs reserved per training worker (fractions allowed).")
@@ -168,6 +173,8 @@ class TrainingConfig:
             "text_loss_weight + audio_loss_weight > 0",
         )
         need(0 <= self.lora_dropout < 1, "lora_dropout", "a number in [0, 1)")
+        need(self.precision in ("auto", "bf16", "fp32"), "precision", "one of auto, bf16, fp32")
+        need(self.adapter_dtype in ("bf16", "fp32"), "adapter_dtype", "one of bf16, fp32")
         need(self.learning_rate > 0, "learning_rate", "a number > 0")
         need(
             0 < self.min_audio_seconds < self.max_audio_seconds,

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +101,7 @@ class LossOutput:
     text_tokens: int
     audio_tokens: int
     consistency_samples: int
-    audio_correct: list[int]  # per codebook: top-1 prediction equals the next code
+    audio_correct: list[int]  # per codebook: top-1 prediction equals the next code (empty with host_metrics=False)
     audio_counted: list[int]  # per codebook: label entries scored
     text_audio_ratio: float  # (w_text * text_loss) / (w_audio * audio_loss); inf / nan when the audio side is 0
     text_token_loss: float
@@ -246,12 +246,12 @@ def _normalised_codebook_weights(
 ) -> torch.Tensor:
     if codebook_weights is None or len(codebook_weights) == 0:
         return torch.ones(num_codebooks, device=device)
-    weights = torch.as_tensor(codebook_weights, dtype=torch.float32, device=device).flatten()
+    weights = torch.as_tensor(codebook_weights, dtype=torch.float32).cpu().flatten()  # checked on the host
     if weights.numel() != num_codebooks:
         raise ValueError(f"codebook_weights has {weights.numel()} entries, the model has {num_codebooks} codebooks")
     if bool((weights < 0).any()) or float(weights.sum()) <= 0:
         raise ValueError(f"codebook_weights must be non-negative with a positive sum, got {weights.tolist()}")
-    return weights * (num_codebooks / weights.sum())
+    return (weights * (num_codebooks / weights.sum())).to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -259,36 +259,42 @@ def _normalised_codebook_weights(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _text_ce_sum(logits: torch.Tensor, expanded_labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum of CE(logits[:, t], labels[:, t + 1]); only valid positions are gathered, so a 128k vocabulary costs
-    memory for the few label tokens, not for the whole sequence."""
+def _text_ce_sum(
+    logits: torch.Tensor, expanded_labels: torch.Tensor, text_head: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, int]:
+    """Sum of CE(logits[:, t], labels[:, t + 1]) over the labelled positions.
+
+    With ``text_head``, ``logits`` are the final hidden states (B, S, H) and the head is applied to the labelled
+    positions only: a 128k-way head costs FLOPs and memory for the few text labels, not for every position. One
+    ``nonzero`` finds the positions (the only host sync here).
+    """
     targets = expanded_labels[:, 1:].to(logits.device)
-    valid = targets != IGNORE_INDEX
-    count = int(valid.sum())
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    count = rows.numel()
     if count == 0:
         return logits.sum() * 0.0, 0
-    selected = logits[:, :-1][valid].float()
-    return F.cross_entropy(selected, targets[valid], reduction="sum"), count
+    selected = logits[rows, cols]
+    if text_head is not None:
+        selected = text_head(selected)
+    return F.cross_entropy(selected.float(), targets[rows, cols], reduction="sum"), count
 
 
 def _audio_ce_sums(
     audio_logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-codebook CE sums, label counts and top-1 correct counts for (N, K, C) logits and (N, K) targets."""
-    num_codebooks = audio_logits.shape[1]
-    targets = targets.to(audio_logits.device)
-    valid = targets != IGNORE_INDEX
-    codebook = valid.nonzero(as_tuple=True)[1]
-    selected = audio_logits[valid].float()
-    sums = torch.zeros(num_codebooks, dtype=torch.float32, device=audio_logits.device)
-    if selected.shape[0] > 0:
-        ce = F.cross_entropy(selected, targets[valid], reduction="none")
-        sums = sums.index_add(0, codebook, ce)
-        correct = torch.bincount(codebook[selected.argmax(-1) == targets[valid]], minlength=num_codebooks)
-    else:
-        sums = sums + audio_logits.sum() * 0.0  # keep the graph connected for an all-context batch
-        correct = torch.zeros(num_codebooks, dtype=torch.long, device=audio_logits.device)
-    counts = torch.bincount(codebook, minlength=num_codebooks)
+    """Per-codebook CE sums, label counts and top-1 correct counts for (N, K, C) logits and (N, K) targets.
+
+    No host sync: CE runs over every (row, codebook) entry with ``ignore_index`` (ignored entries give 0 and no
+    gradient) instead of gathering the labelled entries, whose number the host would have to wait for. The counts
+    are computed where ``targets`` live (the host, in the trainer); sums and correct counts on the logits' device.
+    """
+    counts = (targets != IGNORE_INDEX).sum(0)
+    targets = targets.to(audio_logits.device, non_blocking=True)
+    ce = F.cross_entropy(
+        audio_logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    sums = ce.view(targets.shape).sum(0)
+    correct = ((audio_logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)).sum(0)
     return sums, counts, correct
 
 
@@ -307,13 +313,18 @@ def _consistency_sum(
     """
     device = audio_hidden_states.device
     hidden = audio_hidden_states.float()
-    starts = audio_out_ids_start.to(device).long()
-    trained = trained.to(device)
-    segment_sample_index = segment_sample_index.to(device).long()
+    # Segment bookkeeping stays where the batch's label tensors are (the host, in the trainer): index tensors are
+    # built there and moved, so the device never has to report a size back.
+    starts = audio_out_ids_start.long()
+    host = starts.device
+    trained = trained.to(host)
+    segment_sample_index = segment_sample_index.to(host).long()
     lengths = _segment_lengths(starts, hidden.shape[0])
-    segment_of_row = torch.repeat_interleave(torch.arange(len(starts), device=device), lengths)
+    segment_of_row = torch.repeat_interleave(torch.arange(len(starts), device=host), lengths)
     seg_mean = torch.zeros(len(starts), hidden.shape[1], device=device, dtype=hidden.dtype)
-    seg_mean = seg_mean.index_add(0, segment_of_row, hidden) / lengths.clamp(min=1).unsqueeze(1).to(hidden.dtype)
+    seg_mean = seg_mean.index_add(0, segment_of_row.to(device, non_blocking=True), hidden) / lengths.clamp(
+        min=1
+    ).unsqueeze(1).to(device, hidden.dtype, non_blocking=True)
 
     eligible = _consistency_eligible(segment_sample_index, trained)
     count = int(eligible.sum())
@@ -321,14 +332,19 @@ def _consistency_sum(
         return hidden.sum() * 0.0, 0
     size = eligible.shape[0]
 
-    def pooled(mask: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(size, hidden.shape[1], device=device, dtype=hidden.dtype)
-        total = total.index_add(0, segment_sample_index[mask], seg_mean[mask])
-        n = torch.bincount(segment_sample_index[mask], minlength=size).clamp(min=1)
-        return total / n.unsqueeze(1).to(hidden.dtype)
+    def on_device(index: torch.Tensor) -> torch.Tensor:
+        return index.to(device, non_blocking=True)
 
-    reference = pooled(~trained)[eligible]
-    target = pooled(trained)[eligible]
+    def pooled(mask: torch.Tensor) -> torch.Tensor:
+        samples = segment_sample_index[mask]
+        total = torch.zeros(size, hidden.shape[1], device=device, dtype=hidden.dtype)
+        total = total.index_add(0, on_device(samples), seg_mean.index_select(0, on_device(mask.nonzero()[:, 0])))
+        n = torch.bincount(samples, minlength=size).clamp(min=1)
+        return total / on_device(n).unsqueeze(1).to(hidden.dtype)
+
+    rows = on_device(eligible.nonzero()[:, 0])
+    reference = pooled(~trained).index_select(0, rows)
+    target = pooled(trained).index_select(0, rows)
     return (1.0 - F.cosine_similarity(reference, target, dim=-1)).sum(), count
 
 
@@ -354,6 +370,8 @@ def compute_higgs_audio_loss(
     codebook_weights: Sequence[float] | torch.Tensor | None = None,
     num_label_tokens: LabelTokenCounts | Mapping[str, int] | None = None,
     segment_sample_index: torch.Tensor | None = None,
+    text_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    host_metrics: bool = True,
 ) -> LossOutput:
     """Weighted text + audio + consistency loss of one (micro-)batch; see the module docstring for the formula.
 
@@ -364,6 +382,13 @@ def compute_higgs_audio_loss(
     ``segment_sample_index``: sample of each audio-out segment (``segment_sample_index_from_input_ids``); None =
     derived from ``outputs.audio_out_mask``. A component with weight 0 contributes nothing to ``total`` (text/audio
     are still computed without grad for logging; consistency is skipped entirely).
+
+    ``text_head``: the model's text head when ``outputs.logits`` holds the final hidden states instead of logits
+    (``higgs_train.training.text_head``); it is applied to the labelled positions only. ``host_metrics=False``
+    skips the per-batch figures that need device values on the host (``text_audio_ratio``, ``*_token_loss`` are
+    nan, ``audio_correct`` is empty), so a training step never waits for the device here except for the one
+    ``nonzero`` of the text labels; keep the label tensors of ``batch`` on the host so their bookkeeping stays
+    there too.
     """
     counts = _as_counts(num_label_tokens)
     logits = getattr(outputs, "logits", None)
@@ -380,7 +405,7 @@ def compute_higgs_audio_loss(
         text_sum, text_tokens = zero, 0
     else:
         with torch.set_grad_enabled(torch.is_grad_enabled() and text_loss_weight > 0):
-            text_sum, text_tokens = _text_ce_sum(logits, expanded_labels)
+            text_sum, text_tokens = _text_ce_sum(logits, expanded_labels, text_head)
     text_loss = text_sum / _denominator(text_tokens, counts.text if counts else None, "text")
     if text_loss_weight > 0:
         pieces.append(text_loss_weight * text_loss)
@@ -401,8 +426,8 @@ def compute_higgs_audio_loss(
         weights = _normalised_codebook_weights(codebook_weights, num_codebooks, cb_sums.device)
         audio_sum = (weights * cb_sums).sum()
         audio_tokens = int(cb_counts.sum())
-        per_codebook = (cb_sums / cb_counts.clamp(min=1)).detach()
-        audio_correct, audio_counted = cb_correct.tolist(), cb_counts.tolist()
+        per_codebook = (cb_sums / cb_counts.clamp(min=1).to(cb_sums.device, non_blocking=True)).detach()
+        audio_correct, audio_counted = (cb_correct.tolist() if host_metrics else []), cb_counts.tolist()
     else:
         if audio_loss_weight > 0 and not has_audio:
             raise ValueError(
@@ -446,9 +471,13 @@ def compute_higgs_audio_loss(
             pieces.append(consistency_loss_weight * consistency_loss)
 
     total = torch.stack(pieces).sum() if pieces else zero
-    weighted_text = text_loss_weight * float(text_loss.detach())
-    weighted_audio = audio_loss_weight * float(audio_loss.detach())
-    ratio = _safe_ratio(weighted_text, weighted_audio)
+    ratio, text_token_loss, audio_token_loss = math.nan, math.nan, math.nan
+    if host_metrics:
+        weighted_text = text_loss_weight * float(text_loss.detach())
+        weighted_audio = audio_loss_weight * float(audio_loss.detach())
+        ratio = _safe_ratio(weighted_text, weighted_audio)
+        text_token_loss = float(text_sum.detach()) / max(text_tokens, 1)
+        audio_token_loss = float(audio_sum.detach()) / max(audio_tokens, 1)
     return LossOutput(
         total=total,
         text_loss=text_loss.detach(),
@@ -461,8 +490,8 @@ def compute_higgs_audio_loss(
         audio_correct=audio_correct,
         audio_counted=audio_counted,
         text_audio_ratio=ratio,
-        text_token_loss=float(text_sum.detach()) / max(text_tokens, 1),
-        audio_token_loss=float(audio_sum.detach()) / max(audio_tokens, 1),
+        text_token_loss=text_token_loss,
+        audio_token_loss=audio_token_loss,
         text_loss_weight=float(text_loss_weight),
         audio_loss_weight=float(audio_loss_weight),
         consistency_loss_weight=float(consistency_loss_weight),

@@ -43,6 +43,27 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
     return len(layers)
 
 
+def disable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Undo ``enable_activation_checkpointing`` (the layers' class forwards are used again)."""
+    for layer in _decoder_layers(model):
+        if getattr(layer, "_higgs_train_checkpointed", False):
+            del layer.forward
+            layer._higgs_train_checkpointed = False
+
+
+def compile_decoder_layers(model: torch.nn.Module) -> int:
+    """``torch.compile`` every decoder layer in place (``nn.Module.compile``); returns the count.
+
+    Compiling layer by layer keeps upstream's Python-level merge of audio and text embeddings (data-dependent shapes)
+    out of the graph, and composes with the checkpointed forward above: the compiled call runs the layer's
+    (checkpointing) forward.
+    """
+    layers = _decoder_layers(model)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 @contextmanager
 def saved_activation_bytes(exclude: Iterable[torch.Tensor] = ()) -> Iterator[list[int]]:
     """Count the bytes autograd saves for backward inside the block: an exact activation-memory measure on CPU.

@@ -6,7 +6,9 @@ Features and their trade-offs:
   audio CE within each audio-out segment, optional voice-consistency term. Sums are normalised by the label counts
   of the whole optimizer step over all workers (one tiny all-reduce per step), so the gradient does not depend on
   how a global batch is split into micro-batches or workers.
-* **Precision** -- fp32 on CPU; on CUDA bf16 base weights with fp32 adapters under bf16 autocast.
+* **Precision** -- ``precision``: bf16 base weights on CUDA, fp32 on CPU by default (bf16 selectable, the GPU's
+  exact dtype path); adapters fp32 (or ``adapter_dtype=bf16``); loss in fp32; upstream code never runs under
+  autocast (``higgs_train.training.precision`` says why, and the trainer refuses to).
 * **Gradient accumulation** -- DDP gradient sync only on the last micro-batch of a step.
 * **Activation checkpointing** -- optional, real recomputation of decoder layers (upstream never checkpoints).
 * **Determinism** -- the batch plan is a function of (seed, epoch); dropout RNG is reseeded from
@@ -31,13 +33,17 @@ import torch
 
 from higgs_train.config import TrainingConfig
 from higgs_train.console import ProgressLine, emit
-from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
+from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
 from higgs_train.training.lora import apply_lora, count_parameters
+from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
 from higgs_train.training.schedule import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
+# Profiler label of the host-side data work of a step (collation, label counts): benchmarks/gpu_step.py --profile
+# counts syncs and op launches of the device work outside it.
+HOST_DATA_REGION = "higgs_train.host_data"
 
 
 @dataclass
@@ -58,6 +64,8 @@ class HiggsAudioTrainer:
 
     ``train_records`` / ``val_records``: lists of preprocessed records. When omitted they are produced from the
     config's manifests in-process (``higgs_train.training.data_source``), which is the path without Ray.
+    ``model``: an already built ``HiggsAudioModel`` to train instead of loading ``config.model_path`` (the GPU
+    benchmark builds random full-size weights on the device); it is cast to the configured precision.
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class HiggsAudioTrainer:
         context: WorkerContext | None = None,
         train_records: list[dict] | None = None,
         val_records: list[dict] | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
         self.config = config
         self.context = context or LocalContext(
@@ -75,6 +84,7 @@ class HiggsAudioTrainer:
         self.val_records = val_records
         self.state = TrainerState()
         self.model: Any = None
+        self._given_model = model
         self._setup_done = False
         self._logged_through = 0  # metrics of steps up to here are in the tracker already
 
@@ -87,23 +97,29 @@ class HiggsAudioTrainer:
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.paths = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None)
         self.device = self.context.device
-        self.use_autocast = self.device.type == "cuda"
-        dtype = torch.bfloat16 if self.use_autocast else torch.float32
-        model = load_model(self.paths.model_path, device=self.device, dtype=dtype)
+        self.weight_dtype = weight_dtype(cfg.precision, self.device)
+        if self._given_model is None:
+            self.paths = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None)
+            model = load_model(self.paths.model_path, device=self.device, dtype=self.weight_dtype)
+        else:
+            self.paths = None
+            model = self._given_model.to(device=self.device, dtype=self.weight_dtype)
         self.model_config = model.config
         model.config.use_cache = False
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        cast_adapters(model, cfg.adapter_dtype)
         counts = count_parameters(model)
         logger.info("trainable %d / %d parameters (%.3f%%)", counts.trainable, counts.total, 100 * counts.fraction)
         self.parameter_counts = counts
         if cfg.use_gradient_checkpointing:
             enable_activation_checkpointing(model)
+        if cfg.compile_layers:
+            compile_decoder_layers(model)
         model.train()
         self.model = self.context.prepare_model(model)
         self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay)
-        self._setup_data(load_whisper_processor(self.paths.model_path, self.model_config))
+        self._setup_data(load_whisper_processor(self.paths.model_path if self.paths else "", self.model_config))
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, self.total_steps)
         if cfg.resume_from:
             self.load_checkpoint(cfg.resume_from)
@@ -151,6 +167,13 @@ class HiggsAudioTrainer:
         return collate_records([records[i] for i in rows], self.collator)
 
     # ------------------------------------------------------------------ forward + loss
+    def _to_device(self, value: torch.Tensor) -> torch.Tensor:
+        """Host-to-device copy that does not wait for the device: from pinned memory, asynchronously (a blocking
+        copy synchronises the stream, i.e. waits for all queued work)."""
+        if self.device.type != "cuda":
+            return value.to(self.device)
+        return value.pin_memory().to(self.device, non_blocking=True)
+
     def _model_inputs(self, batch: Any) -> dict[str, Any]:
         names = (
             "input_ids",
@@ -167,19 +190,23 @@ class HiggsAudioTrainer:
         out = {}
         for name in names:
             value = getattr(batch, name)
-            out[name] = value.to(self.device) if isinstance(value, torch.Tensor) else value
-        if out.get("audio_features") is not None and self.use_autocast:
-            out["audio_features"] = out["audio_features"].to(torch.bfloat16)
+            out[name] = self._to_device(value) if isinstance(value, torch.Tensor) else value
+        if out.get("audio_features") is not None:
+            out["audio_features"] = out["audio_features"].to(self.weight_dtype)
         return out
 
-    def _forward_loss(self, batch: Any, global_counts: Any):
+    def _forward_loss(self, batch: Any, global_counts: Any, host_metrics: bool = True):
+        """Forward + loss of one micro-batch. The text head runs only at labelled positions (``text_head``); the
+        batch's label tensors stay on the host, where the loss does its bookkeeping without device syncs."""
         from higgs_train.loss import compute_higgs_audio_loss, segment_sample_index_from_input_ids
+        from higgs_train.training.text_head import hidden_states_as_text_logits
 
         cfg = self.config
         wants_consistency = cfg.consistency_loss_weight > 0
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_autocast else nullcontext()
-        with autocast:
-            outputs = self.model(**self._model_inputs(batch), output_audio_hidden_states=wants_consistency)
+        assert_no_autocast()
+        inputs = self._model_inputs(batch)
+        with hidden_states_as_text_logits(self.model) as text_head:
+            outputs = self.model(**inputs, output_audio_hidden_states=wants_consistency)
         segments = (
             segment_sample_index_from_input_ids(batch.input_ids, self.model_config.audio_out_token_idx)
             if wants_consistency
@@ -187,13 +214,15 @@ class HiggsAudioTrainer:
         )
         return compute_higgs_audio_loss(
             outputs,
-            _BatchOnDevice(batch, self.device),
+            batch,
             text_loss_weight=cfg.text_loss_weight,
             audio_loss_weight=cfg.audio_loss_weight,
             consistency_loss_weight=cfg.consistency_loss_weight,
             codebook_weights=cfg.codebook_weights or None,
             num_label_tokens=global_counts,
-            segment_sample_index=segments.to(self.device) if segments is not None else None,
+            segment_sample_index=segments,
+            text_head=text_head,
+            host_metrics=host_metrics,
         )
 
     def _global_counts(self, batches: list[Any]):
@@ -204,6 +233,8 @@ class HiggsAudioTrainer:
         local = LabelTokenCounts(0, 0, 0)
         for batch in batches:
             local = local + count_label_tokens(batch, audio_out_token_id=token_id)
+        if self.context.world_size == 1:
+            return local  # counted on the host from the collated batch: nothing to wait for
         total = self.context.all_reduce_sum(local.to_tensor(self.device))
         return LabelTokenCounts.from_tensor(total.cpu())
 
@@ -241,8 +272,9 @@ class HiggsAudioTrainer:
                 self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch + 1
                 if step_in_epoch + 1 == len(steps):
                     self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
-                for warning in monitor.update(self._last_step_loss):
-                    logger.warning("step %d: %s", self.state.global_step, warning)
+                if self._last_step_loss is not None:  # None at steps whose figures stay on the device
+                    for warning in monitor.update(self._last_step_loss):
+                        logger.warning("step %d: %s", self.state.global_step, warning)
                 last_metrics = self._after_step(metrics)
             if interrupted or (self.total_steps and self.state.global_step >= self.total_steps):
                 break
@@ -264,15 +296,27 @@ class HiggsAudioTrainer:
                 self.context.log_metrics(entry, int(entry["step"]))
         self._logged_through = max([logged, *(int(h["step"]) for h in self.state.history)])
 
+    def _reports_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (1-based) logs, checkpoints or ends the run: only then do its figures go to
+        the host (each conversion waits for the device to finish the queued work)."""
+        cfg = self.config
+        final = bool(self.total_steps) and step >= self.total_steps
+        return step % cfg.log_every_steps == 0 or step % cfg.save_every_steps == 0 or final
+
     def _train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
+        """One optimizer step. The losses are summed on the device and read back (one sync) only at reported steps
+        (``_reports_step``); at the others the loss entries are 0-d device tensors and nothing waits for the device.
+        Tokens/s and the data-wait share cover the steps since the last reported one."""
         cfg, ctx = self.config, self.context
         step_start = time.perf_counter()
         torch.manual_seed(step_seed(cfg.seed, ctx.rank, self.state.global_step))
         data_start = time.perf_counter()
-        batches = [self._collate(self.train_records, rows) for rows in micro_batches]
+        with torch.profiler.record_function(HOST_DATA_REGION):
+            batches = [self._collate(self.train_records, rows) for rows in micro_batches]
         data_wait = time.perf_counter() - data_start
-        counts = self._global_counts(batches)
-        sums = torch.zeros(4, dtype=torch.float64)  # text, audio, consistency, total (each a share of the step's)
+        with torch.profiler.record_function(HOST_DATA_REGION):
+            counts = self._global_counts(batches)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # text, audio, consistency, total (step shares)
         real_tokens = sum(int(self.train_records[i]["num_tokens"]) for rows in micro_batches for i in rows)
         # Processed tokens in merged-sequence units (what num_tokens counts): every row padded to its batch's longest.
         lengths = [[int(self.train_records[i]["num_tokens"]) for i in rows] for rows in micro_batches]
@@ -281,24 +325,33 @@ class HiggsAudioTrainer:
             sync = i == len(batches) - 1
             no_sync = getattr(self.model, "no_sync", None)
             with nullcontext() if sync or no_sync is None else no_sync():
-                out = self._forward_loss(batch, counts)
+                out = self._forward_loss(batch, counts, host_metrics=False)
                 # DDP averages gradients over workers; the loss is already normalised by *global* counts, so
                 # scale by world size to turn DDP's mean into the intended sum.
                 (out.total * ctx.world_size).backward()
-            sums += torch.tensor(
-                [float(out.text_loss), float(out.audio_loss), float(out.consistency_loss), float(out.total.detach())],
-                dtype=torch.float64,
-            )
+            sums += torch.stack([out.text_loss, out.audio_loss, out.consistency_loss, out.total.detach()]).double()
         grad_norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        reduced = ctx.all_reduce_sum(
-            torch.cat([sums, torch.tensor([real_tokens, padded_tokens, data_wait], dtype=torch.float64)]).to(
-                self.device
-            )
-        ).cpu()
-        elapsed = time.perf_counter() - step_start
+        window = getattr(self, "_figures_window", None) or [step_start, 0.0, 0.0, 0.0]
+        window[1:] = [window[1] + real_tokens, window[2] + padded_tokens, window[3] + data_wait]
+        self._figures_window = window
+        if not self._reports_step(self.state.global_step + 1):
+            self._last_step_loss = None
+            text_w, audio_w = cfg.text_loss_weight * sums[0], cfg.audio_loss_weight * sums[1]
+            return {
+                "train/total_loss": sums[3],
+                "train/text_loss": sums[0],
+                "train/audio_loss": sums[1],
+                "train/consistency_loss": sums[2],
+                "train/text_audio_ratio": text_w / audio_w,
+                "train/learning_rate": self.scheduler.get_last_lr()[0],
+            }
+        self._figures_window = None
+        figures = torch.tensor(window[1:], dtype=torch.float64).to(self.device)
+        reduced = ctx.all_reduce_sum(torch.cat([sums, grad_norm.reshape(1).double(), figures])).cpu()
+        elapsed = time.perf_counter() - window[0]
         text, audio, consistency, total = (float(x) for x in reduced[:4])
         text_w, audio_w = cfg.text_loss_weight * text, cfg.audio_loss_weight * audio
         self._last_step_loss = replace(
@@ -308,6 +361,8 @@ class HiggsAudioTrainer:
             text_tokens=counts.text,
             audio_tokens=counts.audio,
             consistency_samples=counts.consistency_samples or 0,
+            text_token_loss=text,  # per-token means of the step (normalised by the step's global counts)
+            audio_token_loss=audio,
         )
         return {
             "train/total_loss": total,
@@ -318,20 +373,21 @@ class HiggsAudioTrainer:
             "train/audio_loss_weighted": audio_w,
             "train/text_audio_ratio": text_w / audio_w if audio_w > 0 else float("inf"),
             "train/learning_rate": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": grad_norm,
-            "train/tokens_per_second": float(reduced[4]) / elapsed,
-            "train/padding_efficiency": float(reduced[4]) / max(1.0, float(reduced[5])),
-            "train/data_wait_share": float(reduced[6]) / ctx.world_size / elapsed,
+            "train/grad_norm": float(reduced[4]) / ctx.world_size,  # every worker holds the same reduced gradients
+            "train/tokens_per_second": float(reduced[5]) / elapsed,
+            "train/padding_efficiency": float(reduced[5]) / max(1.0, float(reduced[6])),
+            "train/data_wait_share": float(reduced[7]) / ctx.world_size / elapsed,
             "train/text_tokens": counts.text,
             "train/audio_tokens": counts.audio,
         }
 
-    def _clip(self) -> float:
+    def _clip(self) -> torch.Tensor:
+        """Clip (when ``max_grad_norm`` > 0) and return the total gradient norm as a device tensor (no sync)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.config.max_grad_norm > 0:
-            return float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+            return torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm).detach()
         norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
 
     def _after_step(self, metrics: dict[str, float]) -> dict[str, float]:
         cfg, step = self.config, self.state.global_step
@@ -460,15 +516,3 @@ class HiggsAudioTrainer:
             self.state = load_checkpoint(local, self.model, self.optimizer, getattr(self, "scheduler", None))
         logger.info("resumed from %s at step %d", path, self.state.global_step)
         return self.state
-
-
-class _BatchOnDevice:
-    """The few batch tensors the loss reads, moved to the training device."""
-
-    def __init__(self, batch: Any, device: torch.device) -> None:
-        self._batch = batch
-        self._device = device
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._batch, name)
-        return value.to(self._device) if isinstance(value, torch.Tensor) else value

@@ -398,8 +398,8 @@ def test_save_checkpoint_then_load_checkpoint_on_a_fresh_trainer_restores_everyt
 
 
 def test_bf16_weights_run_forward_loss_and_backward_on_cpu(records):
-    """The GPU recipe (bf16 base weights, fp32 adapters, bf16 autocast) on CPU autocast: finite loss close to the
-    fp32 loss, finite fp32 adapter gradients."""
+    """The GPU recipe (bf16 base weights, fp32 adapters, no autocast) on CPU: finite loss close to the fp32 loss,
+    finite fp32 adapter gradients."""
     path = resolve_paths("embedded", "embedded").model_path
     batch_records = records[:2]
 
@@ -409,8 +409,7 @@ def test_bf16_weights_run_forward_loss_and_backward_on_cpu(records):
         randomise_lora_b(model)
         batch = collate_records(batch_records, build_collator(model.config))
         inputs = {k: v for k, v in vars(batch).items() if k != "reward"}
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            outputs = model(**inputs)
+        outputs = model(**inputs)
         loss = compute_higgs_audio_loss(outputs, batch, consistency_loss_weight=0.0)
         return loss, model
 
@@ -424,6 +423,76 @@ def test_bf16_weights_run_forward_loss_and_backward_on_cpu(records):
     assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for _, g in grads)
     assert all(float(g.abs().sum()) > 0 for n, g in grads if "lora_B" in n)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def upstream_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The HiggsAudioModel, each of its decoder layers and its output projector: upstream code the step runs."""
+    names = ("HiggsAudioModel", "HiggsAudioDualFFNDecoderLayer", "LlamaDecoderLayer", "HiggsAudioDecoderProjector")
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def test_trainer_step_on_bf16_weights_runs_every_upstream_module_without_autocast(tmp_path, records):
+    """The dtype path the GPU takes (``precision=bf16``: bf16 base weights, fp32 adapters, no autocast), through the
+    trainer's own step on CPU: every upstream module runs with autocast off for every device type, and the step
+    gives finite losses and finite fp32 gradients on the adapters."""
+    from higgs_train.training.precision import enabled_autocast_device_types
+
+    trainer = trainer_for(tmp_path, records[:2], batch_size=2, precision="bf16", consistency_loss_weight=0.1)
+    trainer.setup()
+    randomise_lora_b(trainer.model)
+    seen: list[tuple[str, list[str]]] = []
+    modules = upstream_modules(trainer.model)
+    handles = [
+        m.register_forward_pre_hook(
+            lambda mod, _args: seen.append((type(mod).__name__, enabled_autocast_device_types()))
+        )
+        for m in modules
+    ]
+    grads = capture_gradients(trainer)
+    try:
+        metrics = trainer._train_step([[0, 1]])
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    assert {name for name, _ in seen} >= {
+        "HiggsAudioModel",
+        "HiggsAudioDualFFNDecoderLayer",
+        "HiggsAudioDecoderProjector",
+    }
+    assert all(enabled == [] for _, enabled in seen), [s for s in seen if s[1]]
+    base = [p for n, p in trainer.model.named_parameters() if "lora_" not in n and p.is_floating_point()]
+    assert base and all(p.dtype == torch.bfloat16 for p in base)
+    for name in ("train/total_loss", "train/text_loss", "train/audio_loss", "train/consistency_loss"):
+        assert math.isfinite(float(metrics[name])), name
+    assert float(metrics["train/audio_loss"]) > 0 and float(metrics["train/text_loss"]) > 0
+    (step_grads,) = grads
+    assert step_grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in step_grads.values())
+    assert all(float(g.abs().sum()) > 0 for n, g in step_grads.items() if "lora_B" in n)
+
+
+def test_trainer_refuses_to_run_upstream_code_under_autocast(tmp_path, records):
+    trainer = trainer_for(tmp_path, records[:2], batch_size=2, precision="bf16")
+    trainer.setup()
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.raises(RuntimeError, match="must not run under torch.autocast"),
+    ):
+        trainer._train_step([[0, 1]])
+
+
+def test_precision_and_adapter_dtype_settings(tmp_path, records):
+    auto = trainer_for(tmp_path / "auto", records[:2], batch_size=2)
+    auto.setup()
+    assert auto.weight_dtype == torch.float32  # CPU default
+    bf16 = trainer_for(tmp_path / "bf16", records[:2], batch_size=2, precision="bf16", adapter_dtype="bf16")
+    bf16.setup()
+    adapters = [p for n, p in bf16.model.named_parameters() if p.requires_grad]
+    assert adapters and all(p.dtype == torch.bfloat16 for p in adapters)
+    metrics = bf16._train_step([[0, 1]])
+    assert math.isfinite(float(metrics["train/total_loss"]))
+    with pytest.raises(ValueError, match="precision"):
+        TrainingConfig(precision="fp16")
 
 
 def test_activation_checkpointing_recomputes_layers_and_saves_activation_memory(tmp_path):
