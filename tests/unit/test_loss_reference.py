@@ -130,16 +130,32 @@ def _load_activation_memory_benchmark():
     return module
 
 
-def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss():
-    """The tiny model with LoRA: the reference loss on upstream's full logits and the optimised loss on the hidden
-    states the head override returns give the same values and the same adapter gradients."""
-    from higgs_train.models import resolve_paths
+HEAD_TARGETS = (
+    r"^(?:base_model\.model\.)?(?:layers\.\d+\.self_attn\.q_proj|audio_decoder_proj\.(?:audio|text)_lm_head)$"
+)
+
+
+@pytest.mark.parametrize("targets", ["default", "with_heads"])
+def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss(targets):
+    """The tiny model with LoRA (also on the text head itself): the reference loss on upstream's full logits and the
+    optimised loss on the hidden states the head override returns give the same values and adapter gradients."""
+    from higgs_train.config import DEFAULT_LORA_TARGETS
+    from higgs_train.models import load_model, resolve_paths
+    from higgs_train.training.lora import apply_lora
     from higgs_train.training.text_head import hidden_states_as_text_logits
 
     bench = _load_activation_memory_benchmark()
+    torch.manual_seed(0)
     model_dir = resolve_paths("embedded", "embedded").model_path
-    torch.set_num_threads(1)
-    model = bench.lora_model(Path(model_dir), checkpointing=False)
+    model = apply_lora(
+        load_model(model_dir), 8, 16, 0.0, [DEFAULT_LORA_TARGETS if targets == "default" else HEAD_TARGETS]
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    model.train()
     batch = bench.synthetic_batch(model.config, batch=2, frames=30)
     inputs = {k: v for k, v in vars(batch).items() if k != "reward"}
     out_id = model.config.audio_out_token_idx
@@ -169,6 +185,8 @@ def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss
     scale = max(float(g.abs().max()) for g in expected_grads.values())
     assert scale > 0
     assert max(float((got_grads[n] - expected_grads[n]).abs().max()) for n in expected_grads) <= RTOL * scale
+    if targets == "with_heads":
+        assert any("text_lm_head.lora_B" in n and float(g.abs().sum()) > 0 for n, g in got_grads.items())
     # The override is gone after the block: the model computes vocabulary logits again.
     assert model(**inputs).logits.shape[-1] == model.config.text_config.vocab_size
 
