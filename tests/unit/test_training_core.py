@@ -51,6 +51,7 @@ class StandInCodec:
 
     sampling_rate = 24_000
     num_codebooks = 8
+    tps = 25  # frames per second, as the real tokenizer reports it
 
     def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         frames = max(1, math.ceil(len(wave) * 25 / sample_rate))
