@@ -173,3 +173,25 @@ def test_report_writes_table_json_and_plot(tmp_path) -> None:
     table = paths["table_md"].read_text()
     assert "| base | 1 | 0.500" in table and "| tuned | 1 | 0.800" in table
     assert paths["plot"].stat().st_size > 1000
+
+
+def test_a_local_xvector_checkpoint_dir_plugs_in_as_the_speaker_model(tmp_path) -> None:
+    """The ``--sim_model DIR`` path, through a tiny random WavLM x-vector saved in the on-disk format."""
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    from higgs_train.evaluation.speaker import load_speaker_encoder
+
+    config = WavLMConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+        tdnn_dim=(8, 8), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1), xvector_output_dim=6, num_buckets=8,
+    )  # fmt: skip
+    WavLMForXVector(config).save_pretrained(tmp_path / "sv")
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(tmp_path / "sv")
+    sim = SpeakerSimilarity(load_speaker_encoder(str(tmp_path / "sv")))
+    voice = synthesize(SPEAKERS[0], SENTENCES[0], seed=0)
+    other = synthesize(SPEAKERS[3], SENTENCES[1], seed=0)
+    assert sim.similarity(voice, SAMPLE_RATE, voice, SAMPLE_RATE) == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= sim.similarity(voice, SAMPLE_RATE, other, SAMPLE_RATE) < 1.0
+    with pytest.raises(FileNotFoundError, match="sim_model"):
+        load_speaker_encoder(str(tmp_path / "missing"))
