@@ -130,7 +130,16 @@ def _generate_and_score(
     from higgs_train.config import TrainingConfig
     from higgs_train.job import init_ray
 
-    init_ray(TrainingConfig())
+    for attempt in range(3):  # a local head on a saturated machine can miss Ray's fixed 30 s registration window
+        try:
+            init_ray(TrainingConfig())
+            break
+        except Exception as exc:
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            logger.warning("Ray did not start (%s); retrying", exc)
+            ray.shutdown()
+            time.sleep(5)
     need = {"CPU": cpus_per_actor, **({"GPU": 1.0} if use_gpu else {})}
     have = ray.cluster_resources()
     short = [k for k, v in need.items() if have.get(k, 0) < v]
