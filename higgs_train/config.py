@@ -73,7 +73,11 @@ class TrainingConfig:
     # --- loss ---
     text_loss_weight: float = _f(1.0, "Weight of the text next-token loss.")
     audio_loss_weight: float = _f(1.0, "Weight of the audio next-code loss (mean over codebooks).")
-    consistency_loss_weight: float = _f(0.1, "Weight of the voice-consistency term (0 skips its computation).")
+    consistency_loss_weight: float = _f(
+        0.0,
+        "Weight of the hidden-state consistency term (0 skips it). Off by default: it is not a voice measure "
+        "(any shared direction satisfies it, across speakers too); watch eval/sim (--eval_rows) instead.",
+    )
     codebook_weights: list[float] = _f([], "Per-codebook audio loss weights (default: equal).")
     text_dominance_threshold: float = _f(10.0, "Warn when weighted text loss / audio loss exceeds this.")
     audio_dominance_threshold: float = _f(10.0, "Warn when weighted audio loss / text loss exceeds this.")
@@ -100,6 +104,16 @@ class TrainingConfig:
         "and log the WAVs + code agreement to MLflow (0: off).",
     )
     validation_sample_max_new_tokens: int = _f(512, "Generation length cap for validation samples.")
+    eval_rows: int = _f(
+        0,
+        "At each validation, generate this many validation rows on rank 0 and score them with the voice metrics "
+        "(SIM, WER/CER, DNSMOS, signal checks; logged as eval/*) (0: off).",
+    )
+    eval_sim_model: str = _f("", "Speaker model for eval_rows: local transformers x-vector dir; empty: resemblyzer.")
+    eval_asr_model: str = _f("", "ASR for eval_rows: local Whisper dir; empty: pocketsphinx (rough, English only).")
+    checkpoint_metric: str = _f(
+        "val_loss", "Ranks the kept checkpoints: val_loss, sim (eval/sim_rank, max) or wer (eval/wer_rank, min)."
+    )
     # --- distribution ---
     num_workers: int = _f(1, "Ray Train workers (one per GPU when use_gpu).")
     use_gpu: bool = _f(False, "Train on GPUs (bf16 base weights, no autocast); CPU uses fp32.")
@@ -157,6 +171,7 @@ class TrainingConfig:
             "num_validation_samples",
             "max_tokens_per_row",
             "max_failures",
+            "eval_rows",
         ):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
         for name in (
@@ -188,6 +203,12 @@ class TrainingConfig:
                 need(False, "run_name", "letters, digits, '.', '_' or '-' (no path separators, no '..')")
         need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
         need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
+        need(self.checkpoint_metric in ("val_loss", "sim", "wer"), "checkpoint_metric", "val_loss, sim or wer")
+        need(
+            self.checkpoint_metric == "val_loss" or self.eval_rows > 0,
+            "checkpoint_metric",
+            "val_loss unless eval_rows > 0 (sim and wer come from the voice evaluation)",
+        )
         need(bool(self.lora_target_modules), "lora_target_modules", "at least one module name or regex")
         need(
             not self.codebook_weights or all(w >= 0 for w in self.codebook_weights),

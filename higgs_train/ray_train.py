@@ -146,7 +146,11 @@ def build_torch_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from higgs_train.console import train_logging_config
+    from higgs_train.evaluation.training import checkpoint_score
 
+    score_key, score_mode = (
+        checkpoint_score(config.checkpoint_metric) if loop_config.get("val_key") else ("step", "max")
+    )
     resources = {"CPU": config.cpus_per_train_worker}
     if config.use_gpu:
         resources["GPU"] = 1
@@ -163,8 +167,8 @@ def build_torch_trainer(
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_best_k,
-                checkpoint_score_attribute="val_loss" if loop_config.get("val_key") else "step",
-                checkpoint_score_order="min" if loop_config.get("val_key") else "max",
+                checkpoint_score_attribute=score_key,
+                checkpoint_score_order=score_mode,
             ),
             failure_config=FailureConfig(max_failures=config.max_failures),
             callbacks=callbacks,

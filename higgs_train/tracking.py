@@ -579,6 +579,10 @@ class RunTracker:
             name += ".json"
         self._guard("log_dict", lambda: self._client.log_dict(self.run_id, data, name))
 
+    def log_table(self, table: Mapping[str, list[Any]], name: str) -> None:
+        """Store column-wise ``table`` as an MLflow table artifact ``name`` (a ``.json`` path; the UI renders it)."""
+        self._guard("log_table", lambda: self._client.log_table(self.run_id, dict(table), name))
+
     def log_text(self, text: str, name: str) -> None:
         """Store ``text`` as the artifact ``name`` (a path inside the run's artifacts, e.g. 'reports/data.txt')."""
         self._guard("log_text", lambda: self._client.log_text(self.run_id, text, name))

@@ -49,6 +49,7 @@ class LocalContext(WorkerContext):
     checkpoint_root: Path = Path("outputs/checkpoints")
     keep_best_k: int = 2
     reported: list[dict[str, float]] = field(default_factory=list)
+    checkpoint_metric: str = "val_loss"  # --checkpoint_metric: val_loss, sim or wer
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         self.reported.append(dict(metrics))
@@ -63,10 +64,14 @@ class LocalContext(WorkerContext):
         self._prune()
 
     def _prune(self) -> None:
+        from higgs_train.evaluation.training import checkpoint_score
+
+        key, mode = checkpoint_score(self.checkpoint_metric)
+        sign = 1.0 if mode == "min" else -1.0
         entries: list[tuple[float, int, Path]] = []
         for path in self.checkpoint_root.glob("step_*"):
             metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-            entries.append((metrics.get("val_loss", float("inf")), int(path.name.split("_")[1]), path))
+            entries.append((sign * metrics.get(key, sign * float("inf")), int(path.name.split("_")[1]), path))
         if not entries:
             return
         latest = max(entries, key=lambda e: e[1])[2]

@@ -78,7 +78,9 @@ class HiggsAudioTrainer:
     ) -> None:
         self.config = config
         self.context = context or LocalContext(
-            checkpoint_root=Path(config.output_dir) / "checkpoints", keep_best_k=config.keep_best_k
+            checkpoint_root=Path(config.output_dir) / "checkpoints",
+            keep_best_k=config.keep_best_k,
+            checkpoint_metric=config.checkpoint_metric,
         )
         self.train_records = train_records
         self.val_records = val_records
@@ -454,7 +456,23 @@ class HiggsAudioTrainer:
         metrics.update({f"val/audio_accuracy_cb{k}": a for k, a in enumerate(accuracy)})
         if self.config.num_validation_samples and self.context.rank == 0:
             metrics.update(self._validation_samples())
+        if self.config.eval_rows and self.context.rank == 0:
+            metrics.update(self._voice_eval())
         return metrics
+
+    def _voice_eval(self) -> dict[str, float]:
+        """SIM / WER / quality of a few generated validation rows (``--eval_rows``); see evaluation.training."""
+        from higgs_train.evaluation.training import TrainingVoiceEval
+
+        if not hasattr(self, "_voice_evaluator"):
+            self._voice_evaluator = TrainingVoiceEval(self.config, self.paths, self.model_config, self.device)
+        return self._voice_evaluator(
+            self.model,
+            self.val_records[: self.config.eval_rows],
+            self.state.global_step,
+            self.config.output_dir,
+            log_artifact=self.context.log_artifact,
+        )
 
     def _validation_samples(self) -> dict[str, float]:
         """Listenable evidence: greedy generations for the first validation rows, logged as WAV artifacts."""

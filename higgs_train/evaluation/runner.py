@@ -1,0 +1,217 @@
+"""Generate with one model and score the result: the unit of work of ``ray_jobs/evaluate.py`` and of evaluation
+during training.
+
+Generation is the project's (``higgs_train.generation``): the same prompt layout, tokenization, collator and
+decoding as ``ray_jobs/generate.py``. Each manifest row is cloned from its own reference turn and target text; the
+clip is scored against that reference (SIM), the target text (WER/CER) and the target recording's length.
+A row whose generation fails is kept with a ``generation_error`` flag and the reason: one bad row never ends an
+evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from higgs_train.evaluation.metrics import Clip
+from higgs_train.evaluation.suite import EvalSettings, RowScore, VoiceEvaluator
+
+logger = logging.getLogger(__name__)
+
+FRAMES_PER_SECOND = 25  # Higgs audio tokenizer frame rate; one generation step per frame
+AUTO_LENGTH_FACTOR = 2.0  # auto cap: twice the expected length (longer is flagged too_long anyway)
+AUTO_LENGTH_MARGIN = 32  # + delay-pattern tail and the closing text tokens
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to evaluate: a base (or merged) model, plus an optional adapter; ``label`` names it in reports."""
+
+    label: str
+    model_path: str = "embedded"
+    adapter: str | None = None
+    audio_tokenizer_path: str = "embedded"
+    tokenizer_path: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """A manifest row reduced to what evaluation needs: the prompt context, the target text and audio."""
+
+    row_id: str
+    speaker: str | None
+    text: str
+    context: dict[str, Any]
+    reference_url: str | None
+    target_url: str | None
+
+
+@dataclass
+class ScoredClip:
+    """A row's score plus the generated waveform (returned to the driver, which writes WAVs and logs them)."""
+
+    score: RowScore
+    waveform: np.ndarray
+    sample_rate: int
+
+
+def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
+    """The first ``max_rows`` (0: all) readable rows of a training-format manifest."""
+    from higgs_train.data.manifest import load_manifest
+    from higgs_train.generation import _target_audio_url, context_of
+
+    rows = []
+    for row in load_manifest(Path(manifest)):
+        if row.get("parse_error"):
+            logger.warning("manifest row %s skipped: %s", row.get("row_index"), row["parse_error"])
+            continue
+        context = context_of(row)
+        rows.append(
+            EvalRow(
+                row_id=context["id"],
+                speaker=row.get("speaker"),
+                text=_text_of(context["messages"][-1].get("content")),
+                context=context,
+                reference_url=_first_audio_url(context["messages"]),
+                target_url=_target_audio_url(row),
+            )
+        )
+        if max_rows and len(rows) >= max_rows:
+            break
+    return rows
+
+
+def auto_max_new_tokens(expected_seconds: float | None, cap: int) -> int:
+    """Generation steps for a clip expected to last ``expected_seconds`` (``cap`` when unknown or smaller)."""
+    if not expected_seconds:
+        return cap
+    return min(cap, int(expected_seconds * FRAMES_PER_SECOND * AUTO_LENGTH_FACTOR) + AUTO_LENGTH_MARGIN)
+
+
+def restrict_text_vocab_to_tokenizer(model: Any, tokenizer: Any) -> None:
+    """Never sample text ids the tokenizer does not have.
+
+    A model may pad its text vocabulary beyond the tokenizer (the embedded tiny model does); upstream ``generate``
+    raises "Next generated token ... greater than the tokenizer's vocabulary size" as soon as one is drawn. We
+    suppress those ids through the model's ``generation_config.suppress_tokens`` (a standard transformers logits
+    processor upstream applies to text logits); with a matching tokenizer (the released model) this is a no-op.
+    """
+    from higgs_train.generation import _generation_model
+
+    inner = _generation_model(model)
+    config = getattr(inner.config, "text_config", inner.config)
+    vocab, known = int(getattr(config, "vocab_size", 0)), len(tokenizer)
+    if vocab > known:
+        inner.generation_config.suppress_tokens = list(range(known, vocab))
+
+
+class ModelEvaluator:
+    """Loads one model (and the metrics) once, then generates and scores rows. Runs as a Ray actor or in-process."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        settings: EvalSettings,
+        sampling: Any,  # higgs_train.generation.SamplingSettings
+        audio_base_path: str | Path,
+        device: str = "cpu",
+    ) -> None:
+        from higgs_train.generation import load_generation_stack
+
+        self.spec = spec
+        self.sampling = sampling
+        self.audio_base_path = Path(audio_base_path).resolve()
+        self.stack = load_generation_stack(
+            spec.model_path,
+            spec.audio_tokenizer_path,
+            adapter=spec.adapter,
+            tokenizer_path=spec.tokenizer_path,
+            device=device,
+        )
+        restrict_text_vocab_to_tokenizer(self.stack.model, self.stack.tokenizer)
+        self.evaluator = VoiceEvaluator(replace(settings, device=device))
+
+    def run(self, rows: list[EvalRow]) -> list[ScoredClip]:
+        return [self.run_row(row) for row in rows]
+
+    def run_row(self, row: EvalRow) -> ScoredClip:
+        from higgs_train.generation import build_prompt, synthesize
+
+        rate = int(self.stack.audio_tokenizer.sampling_rate)
+        reference = self._load(row.reference_url, rate)
+        target = self._load(row.target_url, rate)
+        expected = len(target) / rate if target is not None else None
+        try:
+            prompt = build_prompt(
+                row.context,
+                self.stack.tokenizer,
+                self.stack.audio_tokenizer,
+                self.audio_base_path,
+                whisper=bool(self.stack.model_config.encode_whisper_embed),
+            )
+            steps = auto_max_new_tokens(expected, self.sampling.max_new_tokens)
+            result = synthesize(self.stack, prompt, replace(self.sampling, max_new_tokens=steps))
+        except Exception as exc:  # one row's failure is a finding, not the end of the evaluation
+            logger.warning("%s / %s: generation failed: %s", self.spec.label, row.row_id, exc)
+            score = RowScore(self.spec.label, row.row_id, row.text, {}, ["generation_error"], speaker=row.speaker)
+            score.error = f"{type(exc).__name__}: {exc}"[:500]
+            return ScoredClip(score, np.zeros(0, dtype=np.float32), rate)
+        clip = Clip(
+            clip_id=row.row_id,
+            waveform=result.waveform,
+            sample_rate=result.sampling_rate,
+            text=row.text,
+            reference=reference,
+            reference_rate=rate,
+            target=target,
+            target_rate=rate,
+            finished=result.finished,
+            codes=result.codes,
+        )
+        score = self.evaluator.score(clip, model=self.spec.label, speaker=row.speaker)
+        return ScoredClip(score, result.waveform, result.sampling_rate)
+
+    def _load(self, url: str | None, rate: int) -> np.ndarray | None:
+        from higgs_train.data.audio_io import AudioError, load_audio
+
+        if not url:
+            return None
+        try:
+            return load_audio(url, self.audio_base_path, rate)
+        except (AudioError, OSError) as exc:
+            logger.info("audio %s not usable for scoring: %s", url, exc)
+            return None
+
+
+def _text_of(content: Any) -> str:
+    items = content if isinstance(content, list) else [content]
+    parts = []
+    for item in items:
+        if isinstance(item, str):
+            parts.append(item)
+        elif isinstance(item, dict) and item.get("type") == "text":
+            parts.append(str(item.get("text", "")))
+    return " ".join(parts).strip()
+
+
+def _first_audio_url(messages: list[dict[str, Any]]) -> str | None:
+    for message in messages:
+        content = message.get("content")
+        for item in content if isinstance(content, list) else [content]:
+            if isinstance(item, dict) and item.get("type") == "audio" and item.get("audio_url"):
+                return str(item["audio_url"])
+    return None
+
+
+_USER_TURN = re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S)
+
+
+def last_user_text(decoded_prompt: str) -> str:
+    """The last user turn's text in a decoded ChatML prompt (the target text of a training record)."""
+    turns = _USER_TURN.findall(decoded_prompt)
+    return turns[-1].strip() if turns else ""
