@@ -80,10 +80,21 @@ class FileResult:
     cached: bool = False
     input_seconds: float = 0.0
 
+    def to_json(self) -> str:
+        """The form results take to the cache and across Ray (Arrow cannot hold the nested dataclasses)."""
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> FileResult:
+        body = json.loads(text)
+        clips = tuple(Clip(**c) for c in body.pop("clips"))
+        rejections = tuple(Rejection(**r) for r in body.pop("rejections"))
+        return cls(clips=clips, rejections=rejections, **body)
+
 
 def cache_key(item: SourceItem, audio: bytes, settings: AudioSettings) -> str:
     digest = hashlib.sha256(audio)
-    meta = {"speaker": item.speaker, "lines": item.text_lines, "settings": settings.identity()}
+    meta = {"key": item.key, "speaker": item.speaker, "lines": item.text_lines, "settings": settings.identity()}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -130,19 +141,16 @@ class ClipProcessor:
         path = self._cache_file(key)
         if not path.is_file():
             return None
-        stored = json.loads(path.read_text())
-        clips = tuple(Clip(**c) for c in stored["clips"])
-        if not all((self.out / c.audio_url).is_file() for c in clips):
+        result = FileResult.from_json(path.read_text())
+        if not all((self.out / c.audio_url).is_file() for c in result.clips):
             return None
-        rejections = tuple(Rejection(**r) for r in stored["rejections"])
-        return FileResult(stored["key"], stored["speaker"], clips, rejections, True, stored["input_seconds"])
+        return dataclasses.replace(result, cached=True)
 
     def _store(self, key: str, result: FileResult) -> None:
         path = self._cache_file(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = dataclasses.asdict(dataclasses.replace(result, cached=False))
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body, ensure_ascii=False))
+        tmp.write_text(dataclasses.replace(result, cached=False).to_json())
         tmp.replace(path)
 
     # ------------------------------------------------------------------------------------------ processing

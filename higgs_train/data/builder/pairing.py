@@ -9,8 +9,8 @@ Rules (each has a test):
   room for the target) come first;
 * ``val_speakers`` holds whole speakers out: their clips are validation targets with references among their own
   clips, and none of their clips appears anywhere in train (zero-shot cloning is measured on them). Otherwise
-  ``val_fraction`` of each speaker's clips become validation targets (by clip); train samples then take
-  references only among train clips.
+  ``val_fraction`` of each speaker's clips become validation targets (by clip; ignored when ``val_speakers`` is
+  given); train samples then take references only among train clips.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def pair_clips(clips: list[Clip], options: PairingOptions) -> Pairing:
         if speaker in val_speakers:
             val.extend(Pair(t, r, "val") for t in group for r in choose_references(t, group, k, options.seed))
             continue
-        val_targets = _val_clips(group, options)
+        val_targets = [] if val_speakers else _val_clips(group, options)
         train_clips = [c for c in group if c not in val_targets]
         for target in group:
             if target in val_targets:

@@ -3,7 +3,8 @@
 ``ray.data.from_items`` -> ``map_batches(ClipActor)`` on ``ActorPoolStrategy(size=num_actors)`` with fractional
 ``num_cpus``, so decode, resample, VAD and loudness run in parallel on a cluster and still fit a 2-CPU machine
 (2 actors x 0.5 CPU by default). Ray Data draws its progress bar. Items and results cross the process boundary
-as the typed ``SourceItem`` / ``FileResult`` objects in an object column.
+as typed objects: ``SourceItem`` in an object column, ``FileResult`` as its JSON form (``FileResult.to_json``),
+which Arrow stores natively where it would have to pickle the nested dataclasses.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from higgs_train.data.builder.audio import AudioSettings, ClipProcessor, FileRes
 from higgs_train.data.builder.sources import SourceItem
 
 ITEM = "item"
-RESULT = "result"
+RESULT = "result_json"
 
 
 class ClipActor:
@@ -27,10 +28,7 @@ class ClipActor:
         self.processor = ClipProcessor(settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = np.empty(len(batch[ITEM]), dtype=object)
-        for i, item in enumerate(batch[ITEM]):
-            results[i] = self.processor(item)
-        return {RESULT: results}
+        return {RESULT: np.array([self.processor(item).to_json() for item in batch[ITEM]], dtype=object)}
 
 
 def process_with_ray(
@@ -52,7 +50,7 @@ def process_with_ray(
         batch_size=1,
         batch_format="numpy",
     )
-    by_key = {r.key: r for r in (row[RESULT] for row in processed.take_all())}
+    by_key = {r.key: r for r in (FileResult.from_json(row[RESULT]) for row in processed.take_all())}
     return [by_key[item.key] for item in items]
 
 
