@@ -71,7 +71,7 @@ def wav_bytes(wave: np.ndarray, rate: int = RATE) -> bytes:
     return buffer.getvalue()
 
 
-def write_hf_dataset(root: Path, count: int = 4) -> tuple[Path, Path]:
+def write_hf_dataset(root: Path, count: int = 4, name: str = "hf_disk") -> tuple[Path, Path]:
     """A ``datasets`` dataset with an Audio column (``save_to_disk`` folder) and the same rows as Parquet.
 
     Columns are named as many hub datasets name them (``audio``, ``sentence``, ``client_id``), so the test must
@@ -87,9 +87,9 @@ def write_hf_dataset(root: Path, count: int = 4) -> tuple[Path, Path]:
             "client_id": [s for s, _, _ in rows],
         }
     ).cast_column("audio", Audio())
-    disk = root / "hf_disk"
+    disk = root / name
     dataset.save_to_disk(str(disk))
-    parquet = root / "hf_parquet" / "train-00000.parquet"
+    parquet = root / f"{name}_parquet" / "train-00000.parquet"
     parquet.parent.mkdir(parents=True)
     dataset.to_parquet(str(parquet))
     return disk, parquet.parent

@@ -355,3 +355,9 @@ def test_by_clip_split_keeps_train_references_in_train():
     assert val_targets
     for pair in pairing.train:
         assert pair.target.audio_url not in val_targets and pair.reference.audio_url not in val_targets
+
+
+def test_small_corpus_still_gets_one_validation_target():
+    pairing = pair_clips(clips_of({"a": [4.0, 5.0, 6.0], "b": [4.0, 5.0, 6.0]}), PairingOptions(val_fraction=0.1))
+    assert len({p.target.key for p in pairing.val}) == 1
+    assert not pair_clips(clips_of({"a": [4.0, 5.0]}), PairingOptions(val_fraction=0.1)).val  # none to spare

@@ -102,6 +102,7 @@ def pair_clips(clips: list[Clip], options: PairingOptions) -> Pairing:
     pairable = {s: g for s, g in by_speaker.items() if len(g) >= 2}
     val_speakers = _val_speakers(sorted(pairable), options)
     k = options.references_per_target
+    val_clips = set() if val_speakers else _val_clips(pairable, options)
     train: list[Pair] = []
     val: list[Pair] = []
     for speaker in sorted(pairable):
@@ -109,7 +110,7 @@ def pair_clips(clips: list[Clip], options: PairingOptions) -> Pairing:
         if speaker in val_speakers:
             val.extend(Pair(t, r, "val") for t in group for r in choose_references(t, group, k, options.seed))
             continue
-        val_targets = [] if val_speakers else _val_clips(group, options)
+        val_targets = [c for c in group if c.audio_url in val_clips]
         train_clips = [c for c in group if c not in val_targets]
         for target in group:
             if target in val_targets:
@@ -134,7 +135,18 @@ def _val_speakers(speakers: list[str], options: PairingOptions) -> list[str]:
     return list(chosen)
 
 
-def _val_clips(group: list[Clip], options: PairingOptions) -> list[Clip]:
-    """``val_fraction`` of a speaker's clips (rounded), keeping at least two for training references."""
-    count = min(round(len(group) * options.val_fraction), max(0, len(group) - 2))
-    return sorted(group, key=lambda c: _rank(options.seed, "val", c.audio_url))[:count]
+def _val_clips(pairable: dict[str, list[Clip]], options: PairingOptions) -> set[str]:
+    """Audio of the by-clip validation targets: ``val_fraction`` of each speaker's clips (rounded), keeping at
+    least two per speaker for training references; at least one clip overall when ``val_fraction > 0`` and some
+    speaker can spare one, so a small corpus still gets a validation set."""
+    chosen: set[str] = set()
+    spare: list[Clip] = []
+    for group in pairable.values():
+        ranked = sorted(group, key=lambda c: _rank(options.seed, "val", c.audio_url))
+        count = min(round(len(group) * options.val_fraction), max(0, len(group) - 2))
+        chosen.update(c.audio_url for c in ranked[:count])
+        if len(group) > 2:
+            spare.append(ranked[0])
+    if not chosen and options.val_fraction > 0 and spare:
+        chosen.add(min(spare, key=lambda c: _rank(options.seed, "val", c.audio_url)).audio_url)
+    return chosen
