@@ -36,6 +36,7 @@ CLIPPED = "clipped"
 NON_FINITE = "non-finite samples"
 UNLABELLED = "unlabelled segment"
 UNSEGMENTABLE = "no pause to cut at"
+PROCESSING_FAILED = "processing failed"
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,10 @@ class ClipProcessor:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        result = self._process(item, data, key)
+        try:
+            result = self._process(item, data, key)
+        except Exception as err:  # one bad file must never stop a 100 h build: report it and go on
+            return self._rejected(item, PROCESSING_FAILED, f"{type(err).__name__}: {err}")
         self._store(key, result)
         return result
 
