@@ -279,13 +279,14 @@ def test_bad_sources_are_reported_with_a_reason(tmp_path):
 
 
 def test_cli_help_lists_every_source_kind():
+    import os
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    out = subprocess.run(
-        [sys.executable, "ray_jobs/prepare_data.py", "build", "--help"], cwd=repo, capture_output=True, text=True
-    )
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "ray_jobs/prepare_data.py", "build", "--help"]
+    out = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     assert out.returncode == 0
     for kind in ("hf_disk", "parquet", "manifest", "ljspeech", "list", "folders"):
         assert f"``{kind}``" in out.stdout

@@ -3,18 +3,21 @@
 ``ray.data.from_items`` -> ``map_batches(ClipActor)`` on ``ActorPoolStrategy(size=num_actors)`` with fractional
 ``num_cpus``, so decode, resample, VAD and loudness run in parallel on a cluster and still fit a 2-CPU machine
 (2 actors x 0.5 CPU by default). Ray Data draws its progress bar. Items and results cross the process boundary
-as typed objects: ``SourceItem`` in an object column, ``FileResult`` as its JSON form (``FileResult.to_json``),
-which Arrow stores natively where it would have to pickle the nested dataclasses.
+as typed objects rebuilt at each end: a ``SourceItem`` as its fields (strings, bytes, a list of strings: Arrow
+columns), a ``FileResult`` as its JSON form (``FileResult.to_json``); Arrow holds both natively, where it would
+have to fall back to pickling the dataclasses.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pyarrow as pa
 
 from higgs_train.data.builder.audio import AudioSettings, ClipProcessor, FileResult
 from higgs_train.data.builder.sources import SourceItem
 
-ITEM = "item"
 RESULT = "result_json"
 
 
@@ -27,8 +30,9 @@ class ClipActor:
         torch.set_num_threads(torch_threads)
         self.processor = ClipProcessor(settings)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {RESULT: np.array([self.processor(item).to_json() for item in batch[ITEM]], dtype=object)}
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        items = [SourceItem(**{**row, "text_lines": tuple(row["text_lines"])}) for row in batch.to_pylist()]
+        return {RESULT: np.array([self.processor(item).to_json() for item in items], dtype=object)}
 
 
 def process_with_ray(
@@ -39,16 +43,26 @@ def process_with_ray(
 
     if not items:
         return []
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()
+    if started_here:
         ray.init(include_dashboard=False)
-    dataset = ray.data.from_items([{ITEM: item} for item in items], override_num_blocks=min(len(items), 200))
+    try:
+        return _run(ray, items, settings, num_actors, cpus_per_actor)
+    finally:
+        if started_here:
+            ray.shutdown()  # release the actors (and their VAD / ASR models) before pairing and reporting
+
+
+def _run(ray, items: list[SourceItem], settings: AudioSettings, num_actors: int, cpus_per_actor: float):
+    rows = [dataclasses.asdict(item) for item in items]
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(items), 200))
     processed = dataset.map_batches(
         ClipActor,
         fn_constructor_kwargs={"settings": settings, "torch_threads": max(1, int(cpus_per_actor))},
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cpus_per_actor,
         batch_size=1,
-        batch_format="numpy",
+        batch_format="pyarrow",
     )
     by_key = {r.key: r for r in (FileResult.from_json(row[RESULT]) for row in processed.take_all())}
     return [by_key[item.key] for item in items]
