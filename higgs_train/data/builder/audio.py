@@ -6,8 +6,9 @@ silence -> cut long recordings at pauses (``--segment``) -> check length -> loud
 write ``DIR/audio/<speaker>/<name>.wav``.
 
 Reruns skip finished files: the result of an item is stored under ``DIR/.build_cache/<key>.json``, where the key is
-the sha256 of the audio bytes, the transcript, the speaker and the settings; a later run with the same key reuses it
-(when its WAVs still exist) without decoding anything.
+the sha256 of the audio bytes, the item's name, transcript, speaker and the settings; a later run with the same key
+reuses it (when its WAVs still exist) without decoding anything: the driver looks results up before it starts any
+actor (``cached_result``), and only changed or new files go to the actors.
 """
 
 from __future__ import annotations
@@ -130,6 +131,13 @@ class ClipProcessor:
             return self._rejected(item, PROCESSING_FAILED, f"{type(err).__name__}: {err}")
         self._store(key, result)
         return result
+
+    def cached_result(self, item: SourceItem) -> FileResult | None:
+        """The stored result of an unchanged item, without decoding (the driver skips such items before Ray)."""
+        try:
+            return self._cached(cache_key(item, item.read_audio_bytes(), self.settings))
+        except OSError:
+            return None
 
     def _rejected(self, item: SourceItem, reason: str, detail: str, seconds: float = 0.0) -> FileResult:
         return FileResult(

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from higgs_train.data.builder.audio import AudioSettings, Clip
+from higgs_train.data.builder.audio import AudioSettings, Clip, ClipProcessor
 from higgs_train.data.builder.pairing import PairingOptions, pair_clips
 from higgs_train.data.builder.report import build_report, write_report
 from higgs_train.data.builder.sources import Rejection, SourceOptions, list_source
@@ -64,14 +64,22 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         raise ValueError("AudioSettings.output_dir must be the build's output folder")
 
     listing = list_source(options.input, options.source, options.source_kind)
-    if options.use_ray:
+    # Unchanged files of an earlier run come from the content-hash cache here, so a rerun starts no actor for them.
+    cache = ClipProcessor(audio_settings)
+    done = {item.key: result for item in listing.items if (result := cache.cached_result(item)) is not None}
+    todo = [item for item in listing.items if item.key not in done]
+    if todo and options.use_ray:
         from higgs_train.data.builder.ray_stage import process_with_ray
 
-        results = process_with_ray(listing.items, audio_settings, options.num_actors, options.cpus_per_actor)
-    else:
+        fresh = process_with_ray(todo, audio_settings, options.num_actors, options.cpus_per_actor)
+    elif todo:
         from higgs_train.data.builder.ray_stage import process_locally
 
-        results = process_locally(listing.items, audio_settings)
+        fresh = process_locally(todo, audio_settings)
+    else:
+        fresh = []
+    done.update((result.key, result) for result in fresh)
+    results = [done[item.key] for item in listing.items]
 
     clips: list[Clip] = [c for r in results for c in r.clips]
     rejections: list[Rejection] = [*listing.rejections, *(x for r in results for x in r.rejections)]
