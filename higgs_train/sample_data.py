@@ -12,6 +12,8 @@ Each sample is the cloning layout upstream inference uses::
     2 assistant : reference audio   (another utterance of the same speaker)
     3 user      : target text
     4 assistant : target audio      <- start_index = 4: the only trained turn
+
+The layout and the system prompt live in ``higgs_train.data.chatml`` (re-exported here for existing callers).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
+from higgs_train.data.chatml import cloning_sample
+
+__all__ = ["SYSTEM_PROMPT", "cloning_sample", "create_sample_data", "synthesize", "SPEAKERS", "SENTENCES"]
+
 SAMPLE_RATE = 24000
-SYSTEM_PROMPT = (
-    "Generate audio following instruction.\n\n<|scene_desc_start|>\nAudio is recorded from a quiet room.\n"
-    "<|scene_desc_end|>"
-)
 
 SENTENCES: list[str] = [
     "The sun rose slowly over the quiet hills.",
@@ -117,24 +120,6 @@ def synthesize(speaker: Speaker, text: str, seed: int, sample_rate: int = SAMPLE
     out[:fade] *= np.linspace(0, 1, fade)
     out[-fade:] *= np.linspace(1, 0, fade)
     return (0.5 * out / (np.abs(out).max() + 1e-9)).astype(np.float32)
-
-
-def cloning_sample(
-    sample_id: str, speaker: str, ref_text: str, ref_audio: str, target_text: str, target_audio: str
-) -> dict:
-    """One ChatML voice-cloning sample in the documented manifest format."""
-    return {
-        "id": sample_id,
-        "speaker": speaker,
-        "start_index": 4,
-        "messages": [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": ref_text},
-            {"role": "assistant", "content": {"type": "audio", "audio_url": ref_audio}},
-            {"role": "user", "content": target_text},
-            {"role": "assistant", "content": {"type": "audio", "audio_url": target_audio}},
-        ],
-    }
 
 
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".parquet")

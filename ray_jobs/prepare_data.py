@@ -1,6 +1,10 @@
-"""Data preparation commands. ``convert``: any manifest form (JSON list, JSONL, Parquet) -> canonical Parquet.
+"""Data preparation commands.
 
-Thin by design: parsing and counting live in ``higgs_train.data.manifest`` so the trainer and tests share them.
+``convert``: any manifest form (JSON list, JSONL, Parquet) -> canonical Parquet.
+``build``: recordings (speaker folders, LJSpeech metadata.csv, audio|text lists, a Hugging Face dataset, a
+manifest) -> ``train.jsonl`` / ``val.jsonl`` voice-cloning pairs and a data report (``build --help``).
+
+Thin by design: parsing lives in ``higgs_train.data.manifest`` and ``higgs_train.data.builder``.
 """
 
 from __future__ import annotations
@@ -8,23 +12,49 @@ from __future__ import annotations
 import argparse
 import sys
 
+import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
 from higgs_train.data.manifest import ManifestError, convert_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
+    from higgs_train.data.builder.cli import add_build_arguments
+
     parser = argparse.ArgumentParser(prog="prepare_data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="write the canonical Parquet manifest")
     convert.add_argument("--input", required=True, help="source manifest (.json list, .jsonl or .parquet)")
     convert.add_argument("--output", required=True, help="canonical Parquet to write")
+    build = commands.add_parser("build", help="build voice-cloning manifests from recordings")
+    add_build_arguments(build)
     args = parser.parse_args(argv)
 
+    if args.command == "build":
+        return build_command(args)
     try:
         report = convert_manifest(args.input, args.output)
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.summary())
+    return 0
+
+
+def build_command(args: argparse.Namespace) -> int:
+    """Exit 0 when a training manifest with at least one sample was written, 1 when none, 2 on bad input."""
+    from higgs_train.data.builder.build import build_dataset
+    from higgs_train.data.builder.cli import options_from_args
+    from higgs_train.data.builder.sources import SourceError
+
+    try:
+        result = build_dataset(options_from_args(args))
+    except (SourceError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(result.describe())
+    print(f"report: {result.report} and {result.plot}")
+    if result.train_samples == 0:
+        print("error: no training sample could be built; see the report's rejected list", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,71 @@
+"""README "Bring your own data", run verbatim: three builds on Ray Data actors, validation, a training job.
+
+The sources the commands name (``recordings/``, ``LJSpeech/metadata.csv``, ``hf_dataset/``) are generated from the
+synthetic speakers in a temporary folder that stands in for the repository root (``ray_jobs`` linked in), so the
+README's relative paths resolve exactly as they do for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builder_sources import read_jsonl, write_hf_dataset, write_ljspeech, write_speaker_folders
+
+from higgs_train.sample_data import SPEAKERS
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Bring your own data") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "the Bring your own data section has no bash block"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_bring_your_own_data_commands(tmp_path):
+    commands = readme_commands()
+    assert [c.split()[:3] for c in commands[:3]] == [["python", "ray_jobs/prepare_data.py", "build"]] * 3
+    (tmp_path / "ray_jobs").symlink_to(REPO / "ray_jobs")
+    write_speaker_folders(tmp_path / "recordings", count=5)
+    write_ljspeech(tmp_path / "LJSpeech", count=1, with_speaker=False)
+    write_hf_dataset(tmp_path, count=3, name="hf_dataset")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+
+    for command in commands:
+        argv = shlex.split(command)
+        argv[0] = sys.executable
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+    speakers = {s.name for s in SPEAKERS}
+    folder = tmp_path / "data" / "my-voices"
+    train, val = read_jsonl(folder / "train.jsonl"), read_jsonl(folder / "val.jsonl")
+    assert {r["speaker"] for r in train} == speakers and val
+    report = json.loads((folder / "data_report.json").read_text())
+    assert report["rejected"] == [] and report["clips_in_manifests"] == 20
+    assert (folder / "data_report.png").stat().st_size > 0
+
+    lj = read_jsonl(tmp_path / "data" / "lj" / "train.jsonl")
+    assert {r["speaker"] for r in lj} == {"lj"}
+
+    hf = tmp_path / "data" / "hf"
+    hf_train, hf_val = read_jsonl(hf / "train.jsonl"), read_jsonl(hf / "val.jsonl")
+    held_out = {r["speaker"] for r in hf_val}
+    assert len(held_out) == 2 and not held_out & {r["speaker"] for r in hf_train}
+
+    validation = json.loads((tmp_path / "outputs" / "my-voices" / "validation_report.json").read_text())
+    assert validation["valid"] == validation["total"] == len(train)
+    adapter = next((tmp_path / "outputs").rglob("adapter_model.safetensors"), None)
+    assert adapter is not None, "the --quick_test job wrote no adapter"

@@ -1,0 +1,364 @@
+"""The dataset builder (``prepare_data.py build``) on every source kind, in-process (no Ray; the Ray run and a
+training job on a built result are in tests/integration/test_data_builder_job.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from builder_sources import (
+    RATE,
+    VAD_SPEAKERS,
+    read_jsonl,
+    write_hf_dataset,
+    write_list,
+    write_ljspeech,
+    write_long_recording,
+    write_speaker_folders,
+)
+
+from higgs_train.data.builder.audio import AudioSettings, Clip
+from higgs_train.data.builder.build import BuildOptions, BuildResult, build_dataset
+from higgs_train.data.builder.pairing import PairingOptions, choose_references, pair_clips
+from higgs_train.data.builder.sources import SourceOptions, detect_source_kind
+from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
+from higgs_train.data.validation import run_validate_data_only
+from higgs_train.sample_data import SPEAKERS, create_sample_data, synthesize
+
+SPEAKER_NAMES = {s.name for s in SPEAKERS}
+
+
+def build(src: Path, out: Path, **kwargs) -> BuildResult:
+    audio = kwargs.pop("audio", {})
+    return build_dataset(
+        BuildOptions(
+            input=str(src),
+            output=str(out),
+            audio=AudioSettings(output_dir=str(out.resolve()), **audio),
+            use_ray=False,
+            pairing=kwargs.pop("pairing", PairingOptions(val_fraction=0.25)),
+            **kwargs,
+        )
+    )
+
+
+def assert_valid_for_training(result: BuildResult, tmp_path: Path) -> None:
+    """What ``train.py --validate_data_only`` runs on the two manifests (default audio root: their folder)."""
+    assert run_validate_data_only(result.train, result.val, None, tmp_path / "validation", "embedded") == 0
+    report = json.loads((tmp_path / "validation" / "validation_report.json").read_text())
+    assert report["valid"] == report["total"] == result.train_samples > 0
+
+
+def assert_cloning_pairs(rows: list[dict]) -> None:
+    for row in rows:
+        messages = row["messages"]
+        ref, target = messages[2]["content"]["audio_url"], messages[4]["content"]["audio_url"]
+        assert ref != target
+        assert ref.split("/")[1] == target.split("/")[1] == row["speaker"]  # audio/<speaker>/...
+        assert row["start_index"] == 4 and messages[0]["content"] == DEFAULT_SYSTEM_PROMPT
+
+
+def test_speaker_folders_with_txt_and_lab(tmp_path):
+    src = write_speaker_folders(tmp_path / "src", count=4, speakers=SPEAKERS[:2])
+    write_speaker_folders(tmp_path / "src", count=4, speakers=SPEAKERS[2:], transcript_ext=".lab")
+    assert detect_source_kind(src) == "folders"
+    result = build(src, tmp_path / "out")
+
+    train, val = read_jsonl(result.train), read_jsonl(result.val)
+    assert {r["speaker"] for r in train} == SPEAKER_NAMES
+    assert len(train) + len(val) == 16 and len(val) == 4  # round(4 * 0.25) per speaker
+    assert_cloning_pairs(train + val)
+    clip = tmp_path / "out" / train[0]["messages"][4]["content"]["audio_url"]
+    info = sf.info(str(clip))
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    # The transcript travels with its own audio file.
+    source_text = (src / "spk_low" / "utt_00.txt").read_text().strip()
+    assert any(r["messages"][3]["content"] == source_text and "utt_00" in r["id"] for r in train + val)
+    assert_valid_for_training(result, tmp_path)
+    report = json.loads(result.report.read_text())
+    assert report["rejected"] == [] and report["clips_in_manifests"] == 16
+    assert result.plot.stat().st_size > 0
+
+
+def test_ljspeech_metadata_with_and_without_speaker_column(tmp_path):
+    csv = write_ljspeech(tmp_path / "lj", count=3)
+    assert detect_source_kind(csv) == detect_source_kind(csv.parent) == "ljspeech"
+    result = build(csv.parent, tmp_path / "out")
+    rows = read_jsonl(result.train) + read_jsonl(result.val)
+    assert {r["speaker"] for r in rows} == SPEAKER_NAMES and len(rows) == 12
+    assert_cloning_pairs(rows)
+    assert_valid_for_training(result, tmp_path)
+
+    single = write_ljspeech(tmp_path / "lj1", count=3, with_speaker=False)
+    result = build(single, tmp_path / "out1", source=SourceOptions(speaker="narrator"))
+    assert {r["speaker"] for r in read_jsonl(result.train)} == {"narrator"}
+
+
+def test_audio_text_lists(tmp_path):
+    with_speaker = write_list(tmp_path / "a", count=3)
+    assert detect_source_kind(with_speaker) == "list"
+    result = build(with_speaker, tmp_path / "out")
+    rows = read_jsonl(result.train) + read_jsonl(result.val)
+    assert {r["speaker"] for r in rows} == SPEAKER_NAMES
+    assert_cloning_pairs(rows)
+    assert_valid_for_training(result, tmp_path)
+
+    plain = write_list(tmp_path / "b", count=4, with_speaker=False)
+    result = build(plain, tmp_path / "out_b", source=SourceOptions(speaker="me"))
+    assert {r["speaker"] for r in read_jsonl(result.train)} == {"me"}
+
+
+def test_hf_dataset_on_disk_and_its_parquet(tmp_path):
+    disk, parquet_dir = write_hf_dataset(tmp_path, count=3)
+    columns = SourceOptions(audio_column="audio", text_column="sentence", speaker_column="client_id")
+    assert detect_source_kind(disk) == "hf_disk" and detect_source_kind(parquet_dir) == "parquet"
+    built = {}
+    for name, src in (("disk", disk), ("parquet", parquet_dir)):
+        result = build(src, tmp_path / name, source=columns)
+        rows = read_jsonl(result.train) + read_jsonl(result.val)
+        assert {r["speaker"] for r in rows} == SPEAKER_NAMES and len(rows) == 12
+        assert_cloning_pairs(rows)
+        built[name] = sorted((r["speaker"], r["messages"][3]["content"]) for r in rows)
+    assert built["disk"] == built["parquet"]
+    assert_valid_for_training(result, tmp_path)
+
+
+def test_hf_dataset_missing_column_is_a_clear_error(tmp_path):
+    disk, _ = write_hf_dataset(tmp_path, count=1)
+    with pytest.raises(ValueError, match="no column 'text'"):
+        build(disk, tmp_path / "out")
+
+
+def test_existing_manifest_is_repaired(tmp_path):
+    paths = create_sample_data(tmp_path / "sample", utterances_per_speaker=4)
+    assert detect_source_kind(paths["train"]) == "manifest"
+    result = build(paths["train"], tmp_path / "out", pairing=PairingOptions(val_speakers=("spk_child",), seed=3))
+    train, val = read_jsonl(result.train), read_jsonl(result.val)
+    assert {r["speaker"] for r in val} == {"spk_child"} and "spk_child" not in {r["speaker"] for r in train}
+    assert_cloning_pairs(train + val)
+    # Every clip of the sample manifest keeps its own transcript.
+    original = json.loads(paths["train"].read_text())
+    by_text = {m["messages"][3]["content"] for m in original} | {m["messages"][1]["content"] for m in original}
+    assert {r["messages"][3]["content"] for r in train + val} <= by_text
+    assert_valid_for_training(result, tmp_path)
+
+
+def test_system_prompt_override(tmp_path):
+    src = write_speaker_folders(tmp_path / "src", count=2, speakers=SPEAKERS[:1])
+    result = build(src, tmp_path / "out", pairing=PairingOptions(system_prompt="Speak warmly.", val_fraction=0))
+    assert {r["messages"][0]["content"] for r in read_jsonl(result.train)} == {"Speak warmly."}
+
+
+def test_rerun_skips_finished_files_and_writes_the_same_manifests(tmp_path):
+    src = write_speaker_folders(tmp_path / "src", count=3, speakers=SPEAKERS[:2])
+    first = build(src, tmp_path / "out")
+    manifests = (first.train.read_text(), first.val.read_text())
+    second = build(src, tmp_path / "out")
+    assert first.summary["files_reused_from_cache"] == 0
+    assert second.summary["files_reused_from_cache"] == 6
+    assert (second.train.read_text(), second.val.read_text()) == manifests
+    # A changed file is processed again; the others still come from the cache.
+    wave = synthesize(SPEAKERS[0], "A brand new sentence for this clip.", seed=5)
+    sf.write(src / "spk_low" / "utt_00.wav", wave, RATE, subtype="PCM_16")
+    third = build(src, tmp_path / "out")
+    assert third.summary["files_reused_from_cache"] == 5
+
+
+def test_loudness_normalisation(tmp_path):
+    import pyloudnorm
+
+    src = write_speaker_folders(tmp_path / "src", count=2, speakers=SPEAKERS[:2])
+    result = build(src, tmp_path / "out", audio={"loudness_lufs": -23.0})
+    meter = pyloudnorm.Meter(24000)
+    for row in read_jsonl(result.train):
+        wave, _ = sf.read(tmp_path / "out" / row["messages"][4]["content"]["audio_url"])
+        assert meter.integrated_loudness(wave) == pytest.approx(-23.0, abs=0.5)
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+
+
+def test_long_recording_is_cut_at_pauses_and_split_transcript_follows(tmp_path):
+    src, texts = write_long_recording(tmp_path / "long", sentences=10)
+    not_segmented = build(src, tmp_path / "plain")
+    assert {r["reason"] for r in not_segmented.summary["rejected"]} == {"too long"}
+    assert "use --segment" in not_segmented.summary["rejected"][0]["detail"]
+
+    result = build(src, tmp_path / "out", audio={"segment": True})
+    rows = read_jsonl(result.train) + read_jsonl(result.val)
+    assert result.summary["rejected"] == []
+    assert result.summary["clips_written"] == 10 * len(VAD_SPEAKERS)
+    for row in rows:
+        url = row["messages"][4]["content"]["audio_url"]
+        index = int(Path(url).stem.rsplit("_", 1)[1])
+        assert row["messages"][3]["content"] == texts[index]
+        # Segment i is sentence i: its length matches that sentence's synthesis (plus the kept margins).
+        speaker = next(s for s in VAD_SPEAKERS if s.name == row["speaker"])
+        expected = len(synthesize(speaker, texts[index], seed=index)) / RATE
+        seconds = sf.info(str(tmp_path / "out" / url)).duration
+        assert 2.0 <= seconds <= 15.0 and abs(seconds - expected) < 0.6
+    assert_cloning_pairs(rows)
+    assert_valid_for_training(result, tmp_path)
+
+
+def test_segments_without_a_split_transcript_are_kept_unlabelled_and_reported(tmp_path):
+    src, _ = write_long_recording(tmp_path / "long", sentences=8)
+    for speaker in VAD_SPEAKERS:
+        (src / speaker.name / "session.txt").write_text("One block of text for the whole session.\n")
+    result = build(src, tmp_path / "out", audio={"segment": True, "max_seconds": 10.0})
+    reasons = [r["reason"] for r in result.summary["rejected"]]
+    assert reasons.count("transcript not split") == 2
+    unlabelled = [r for r in result.summary["rejected"] if r["reason"] == "unlabelled segment"]
+    assert len(unlabelled) == result.summary["clips_written"] >= 8
+    assert result.train_samples == result.val_samples == 0  # no text is ever made up
+    assert all((tmp_path / "out" / r["detail"].split(" written to ")[1].split(";")[0]).is_file() for r in unlabelled)
+
+
+def test_asr_model_transcribes_segments(tmp_path):
+    from higgs_train.data.builder.asr import Transcriber
+    from higgs_train.embedded.asr import build_tiny_whisper_asr
+
+    asr_dir = build_tiny_whisper_asr(tmp_path / "whisper")
+    src, _ = write_long_recording(tmp_path / "long", sentences=6)
+    for speaker in VAD_SPEAKERS:
+        (src / speaker.name / "session.txt").unlink()
+    # No transcript at all: a folder source needs one per file, so list the recordings in an audio|speaker|text
+    # file whose text is a placeholder the segmenter cannot split (one line for many segments).
+    listing = src / "list.txt"
+    listing.write_text("".join(f"{s.name}/session.wav|{s.name}|session\n" for s in VAD_SPEAKERS))
+    result = build(listing, tmp_path / "out", audio={"segment": True, "max_seconds": 10.0, "asr_model": str(asr_dir)})
+    rows = read_jsonl(result.train) + read_jsonl(result.val)
+    assert rows
+    transcriber = Transcriber(str(asr_dir))
+    for row in rows[:3]:
+        wave, rate = sf.read(tmp_path / "out" / row["messages"][4]["content"]["audio_url"], dtype="float32")
+        assert row["messages"][3]["content"] == transcriber(wave, rate)
+
+
+# ------------------------------------------------------------------------------------------------- bad sources
+
+
+def test_bad_sources_are_reported_with_a_reason(tmp_path):
+    src = write_speaker_folders(tmp_path / "src", count=3, speakers=SPEAKERS[:2])
+    (src / "spk_low" / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wav file")
+    (src / "spk_low" / "broken.txt").write_text("A file that does not decode.")
+    sf.write(src / "spk_low" / "empty.wav", synthesize(SPEAKERS[0], "Empty transcript.", 1), RATE)
+    (src / "spk_low" / "empty.txt").write_text("  \n")
+    sf.write(src / "spk_low" / "latin1.wav", synthesize(SPEAKERS[0], "Caf\u00e9 au lait.", 1), RATE)
+    (src / "spk_low" / "latin1.txt").write_bytes("Caf\u00e9 au lait.".encode("latin-1"))
+    sf.write(src / "spk_low" / "nolabel.wav", synthesize(SPEAKERS[0], "No transcript.", 1), RATE)
+    long_wave = np.tile(synthesize(SPEAKERS[0], SPEAKERS[0].name + " reads for ten minutes.", 2), 200)[: 600 * RATE]
+    sf.write(src / "spk_low" / "lecture.wav", long_wave, RATE, subtype="PCM_16")
+    (src / "spk_low" / "lecture.txt").write_text("A ten minute lecture.")
+    sf.write(src / "spk_low" / "quiet.wav", np.zeros(2 * RATE, np.float32), RATE)
+    (src / "spk_low" / "quiet.txt").write_text("Silence.")
+    (src / "loner").mkdir()
+    sf.write(src / "loner" / "only.wav", synthesize(SPEAKERS[2], "I am alone here.", 0), RATE)
+    (src / "loner" / "only.txt").write_text("I am alone here.")
+
+    result = build(src, tmp_path / "out")
+    report = json.loads(result.report.read_text())
+    reasons = {Path(r["item"]).name: r["reason"] for r in report["rejected"]}
+    assert reasons == {
+        "broken.wav": "unreadable",
+        "empty.wav": "empty transcript",
+        "latin1.wav": "transcript is not UTF-8",
+        "nolabel.wav": "no transcript",
+        "lecture.wav": "too long",
+        "quiet.wav": "silent",
+        "only.wav": "speaker has one clip",
+    }
+    # Nothing dropped silently: every input file is in a manifest or in the report.
+    assert report["input_items"] == 6 + 7
+    assert report["clips_in_manifests"] + len(report["rejected"]) == report["input_items"]
+    assert "loner" not in {r["speaker"] for r in read_jsonl(result.train) + read_jsonl(result.val)}
+    assert_valid_for_training(result, tmp_path)
+
+
+def test_cli_help_lists_every_source_kind():
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "ray_jobs/prepare_data.py", "build", "--help"]
+    out = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 0
+    for kind in ("hf_disk", "parquet", "manifest", "ljspeech", "list", "folders"):
+        assert f"``{kind}``" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------------------- pairing
+
+
+def clips_of(speakers: dict[str, list[float]]) -> list[Clip]:
+    return [
+        Clip(f"{s}/c{i}", s, f"audio/{s}/c{i}.wav", f"text {s} {i}", seconds, "transcript")
+        for s, lengths in speakers.items()
+        for i, seconds in enumerate(lengths)
+    ]
+
+
+CORPUS = {"a": [4.0, 5.0, 1.0, 12.0, 6.0], "b": [3.0, 3.5, 8.0], "c": [2.0, 9.0, 4.0, 4.0], "d": [5.0]}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_pairs_same_speaker_never_self_deterministic(k):
+    clips = clips_of(CORPUS)
+    options = PairingOptions(references_per_target=k, seed=7, val_fraction=0.25)
+    pairing = pair_clips(clips, options)
+    pairs = pairing.train + pairing.val
+    assert pairs
+    for pair in pairs:
+        assert pair.reference.speaker == pair.target.speaker
+        assert pair.reference.audio_url != pair.target.audio_url
+    again = pair_clips(list(reversed(clips)), options)
+    assert [(p.target, p.reference) for p in again.train + again.val] == [(p.target, p.reference) for p in pairs]
+    # k references per target, distinct
+    targets = {p.target.key for p in pairs}
+    for key in targets:
+        refs = [p.reference.key for p in pairs if p.target.key == key]
+        assert len(refs) == len(set(refs)) <= k
+    # the one-clip speaker is reported, not paired with another voice
+    assert [(r.speaker, r.reason) for r in pairing.rejections] == [("d", "speaker has one clip")]
+    assert "d" not in {p.target.speaker for p in pairs}
+
+
+def test_references_prefer_3_to_10_seconds_and_depend_on_seed():
+    clips = clips_of({"a": [1.0, 12.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]})
+    target = clips[0]
+    chosen = {choose_references(target, clips, 1, seed)[0].key for seed in range(20)}
+    assert chosen <= {c.key for c in clips if 3 <= c.seconds <= 10}
+    assert len(chosen) > 1  # the seed moves the choice
+    # When nothing is in range, out-of-range clips are still used (never another speaker).
+    assert choose_references(clips_of({"x": [1.0, 12.0]})[0], clips_of({"x": [1.0, 12.0]}), 1, 0)[0].seconds == 12.0
+
+
+def test_held_out_speakers_never_in_training():
+    clips = clips_of(CORPUS)
+    pairing = pair_clips(clips, PairingOptions(val_speakers=("b", "c"), val_fraction=0.5))
+    train_audio = {p.target.audio_url for p in pairing.train} | {p.reference.audio_url for p in pairing.train}
+    assert {p.target.speaker for p in pairing.val} == {"b", "c"}
+    assert not any(url.split("/")[1] in ("b", "c") for url in train_audio)
+    counted = pair_clips(clips, PairingOptions(val_speakers=("1",), seed=2))
+    assert len(counted.val_speakers) == 1 and counted.val_speakers[0] not in {p.target.speaker for p in counted.train}
+    with pytest.raises(ValueError, match="unknown|without two"):
+        pair_clips(clips, PairingOptions(val_speakers=("d",)))
+
+
+def test_by_clip_split_keeps_train_references_in_train():
+    pairing = pair_clips(clips_of(CORPUS), PairingOptions(val_fraction=0.4, seed=1))
+    val_targets = {p.target.audio_url for p in pairing.val}
+    assert val_targets
+    for pair in pairing.train:
+        assert pair.target.audio_url not in val_targets and pair.reference.audio_url not in val_targets
+
+
+def test_small_corpus_still_gets_one_validation_target():
+    pairing = pair_clips(clips_of({"a": [4.0, 5.0, 6.0], "b": [4.0, 5.0, 6.0]}), PairingOptions(val_fraction=0.1))
+    assert len({p.target.key for p in pairing.val}) == 1
+    assert not pair_clips(clips_of({"a": [4.0, 5.0]}), PairingOptions(val_fraction=0.1)).val  # none to spare
