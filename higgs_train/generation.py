@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 
 GENERATION_PREFIX = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 AUDIO_OUT_BOS = "<|audio_out_bos|>"
-STOP_STRINGS = ("<|end_of_text|>", "<|eot_id|>")  # upstream serve engine's defaults
+# Upstream serve engine's stop strings plus the end of the audio turn: the prompt asks for one audio turn, so the
+# first ``<|audio_eos|>`` (which upstream forces once the delayed stream has ended) ends generation. Otherwise a
+# model that has not learnt to close its turn would spend up to max_new_tokens steps on text nobody uses.
+STOP_STRINGS = ("<|end_of_text|>", "<|eot_id|>", "<|audio_eos|>")
 AUDIO_IN_ROLES = ("user", "system")
 
 
@@ -75,7 +78,7 @@ class GenerationResult:
     waveform: np.ndarray | None
     sampling_rate: int
     finished: bool  # the audio stream ended with EOS (False: max_new_tokens cut it)
-    text: str  # text generated after the audio (normally "<|audio_eos|><|eot_id|>")
+    text: str  # generated text tokens (normally just "<|audio_eos|>", where generation stops)
     code_agreement: float | None = None  # share of target code positions reproduced exactly
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -275,6 +278,40 @@ def generation_inputs(prompt: GenerationPrompt, collator: Any, device: torch.dev
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
+class TextTokenMask:
+    """Logits processor: the text head never emits an id that sampling must not pick.
+
+    Two kinds of ids get ``-inf``:
+
+    * ids beyond the tokenizer: checkpoints pad the text embedding and LM head (the tiny model rounds its
+      vocabulary up to a multiple of 64) and padding ids have no token. Upstream ``_sample`` raises "Next generated
+      token ... greater than the tokenizer's vocabulary size" when one is picked (an untrained head often does);
+    * the audio placeholders ``<|AUDIO|>`` / ``<|AUDIO_OUT|>``: only the model inserts them (in audio mode, with
+      codes). One sampled as text has no codes behind it, and upstream's embedding merge then fails on the next
+      step ("index 0 is out of bounds").
+
+    ``HiggsAudioModel.generate`` hands one ``logits_processor`` list to both heads: text scores come with
+    ``input_ids``, audio scores (``(num_codebooks, codebook_size + 2)``) with ``input_ids=None`` and are left
+    alone. Transformers runs custom processors before temperature / top-k / top-p, so the warpers only ever see
+    tokens that may be generated.
+    """
+
+    def __init__(self, vocab_size: int, placeholder_ids: Sequence[int] = ()) -> None:
+        self.vocab_size = int(vocab_size)
+        self.placeholder_ids = sorted({int(i) for i in placeholder_ids})
+
+    @classmethod
+    def for_stack(cls, tokenizer: Any, model_config: Any) -> TextTokenMask:
+        return cls(len(tokenizer), (model_config.audio_in_token_idx, model_config.audio_out_token_idx))
+
+    def __call__(self, input_ids: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids is None:
+            return scores
+        banned = torch.arange(scores.shape[-1], device=scores.device) >= self.vocab_size
+        banned[[i for i in self.placeholder_ids if i < scores.shape[-1]]] = True
+        return scores.masked_fill(banned, float("-inf"))
+
+
 def sampling_kwargs(settings: SamplingSettings) -> dict[str, Any]:
     """``generate`` arguments for ``settings``; greedy passes no sampling knobs (transformers warns on them)."""
     if settings.greedy:
@@ -318,6 +355,8 @@ def generate_codes(
     stack: GenerationStack, prompt: GenerationPrompt, settings: SamplingSettings
 ) -> tuple[np.ndarray, bool, str]:
     """Run upstream ``generate`` on one prompt; returns (codes, finished, generated text)."""
+    from transformers import LogitsProcessorList
+
     model = _generation_model(stack.model)
     was_training = model.training
     model.eval()
@@ -329,6 +368,7 @@ def generate_codes(
             use_cache=True,
             stop_strings=list(STOP_STRINGS),
             tokenizer=stack.tokenizer,
+            logits_processor=LogitsProcessorList([TextTokenMask.for_stack(stack.tokenizer, stack.model_config)]),
             seed=settings.seed,
             **sampling_kwargs(settings),
         )
@@ -479,6 +519,22 @@ def _safe_name(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- training hook
+@dataclass
+class ValidationSamples:
+    """What one round of validation samples gave: the WAVs written and the rows that failed (id, error)."""
+
+    written: list[tuple[Path, float | None]] = field(default_factory=list)  # (wav path, code agreement)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """``val/sample_failures`` always (so a failing round shows in MLflow), the mean agreement when known."""
+        out = {"val/sample_failures": float(len(self.failed))}
+        agreements = [a for _, a in self.written if a is not None]
+        if agreements:
+            out["val/sample_code_agreement"] = sum(agreements) / len(agreements)
+        return out
+
+
 def generate_validation_samples(
     model: Any,
     tokenizer: Any,
@@ -489,13 +545,16 @@ def generate_validation_samples(
     settings: SamplingSettings | None = None,
     whisper_processor: Any = None,
     log_artifact: Any = None,
-) -> list[tuple[Path, float | None]]:
-    """Greedy samples for a few validation records during training: ``[(wav path, code agreement)]``.
+) -> ValidationSamples:
+    """Greedy samples for a few validation records during training.
 
     ``model`` is the training model (PeftModel, possibly DDP-wrapped); it is put in eval mode for the call and
     restored. Code agreement compares generated codes with the record's target codes position by position, a
     stricter signal than teacher-forced accuracy because errors compound. ``log_artifact(path)`` (e.g.
     ``mlflow.log_artifact``) is called for each WAV when given.
+
+    Samples are evidence for a human, not part of training: a row whose generation fails is logged as a warning
+    and listed in ``failed``, and the other rows still run.
     """
     settings = settings or SamplingSettings(temperature=0.0, max_new_tokens=512)
     stack = GenerationStack(
@@ -507,13 +566,19 @@ def generate_validation_samples(
         whisper_processor=whisper_processor,
     )
     bos = int(model_config.audio_out_bos_token_id)
-    out: list[tuple[Path, float | None]] = []
+    out = ValidationSamples()
     for record in records:
-        result = synthesize(stack, prompt_from_record(record, bos), settings)
-        path = write_wav(
-            Path(output_dir) / f"{_safe_name(result.sample_id)}.wav", result.waveform, result.sampling_rate
-        )
-        if log_artifact is not None:
-            log_artifact(str(path))
-        out.append((path, result.code_agreement))
+        sample_id = str(record.get("id", "record"))
+        try:
+            result = synthesize(stack, prompt_from_record(record, bos), settings)
+            path = write_wav(
+                Path(output_dir) / f"{_safe_name(result.sample_id)}.wav", result.waveform, result.sampling_rate
+            )
+            if log_artifact is not None:
+                log_artifact(str(path))
+        except Exception as err:  # noqa: BLE001 -- any failure here must not end the training job
+            logger.warning("validation sample %s failed: %s: %s", sample_id, type(err).__name__, err, exc_info=True)
+            out.failed.append((sample_id, f"{type(err).__name__}: {err}"))
+            continue
+        out.written.append((path, result.code_agreement))
     return out

@@ -121,7 +121,7 @@ def test_overfit_one_sample_then_reproduce_it(tmp_path):
     m = row["messages"]
     args = (audio_root / m[2]["content"]["audio_url"], m[1]["content"], m[3]["content"])
     adapted = synthesize(stack, prompt_for_texts(stack, *args), GREEDY)
-    assert adapted.finished and adapted.text.endswith("<|eot_id|>"), adapted.text
+    assert adapted.finished and adapted.text.endswith("<|audio_eos|>"), adapted.text  # generation stops there
     assert adapted.codes.shape == target.shape and np.array_equal(adapted.codes, target)
 
     # 2. merged export through the same code

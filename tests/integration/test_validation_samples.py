@@ -18,8 +18,7 @@ def test_validation_samples_are_generated_and_logged(tmp_path):
         max_steps=1,
         eval_every_steps=1,
         save_every_steps=1,
-        num_validation_samples=2,
-        validation_sample_max_new_tokens=24,
+        num_validation_samples=2,  # validation_sample_max_new_tokens at its default, as a user runs it
         lora_dropout=0.0,
     )
     logged: list[tuple[str, str | None]] = []
@@ -38,6 +37,29 @@ def test_validation_samples_are_generated_and_logged(tmp_path):
     assert {a for _, a in logged} == {"samples/step_0000001"}
     agreement = result.metrics["val/sample_code_agreement"]
     assert 0.0 <= agreement <= 1.0
+    assert result.metrics["val/sample_failures"] == 0
+
+
+def test_a_failing_validation_sample_is_a_warning_not_a_failed_job(tmp_path, monkeypatch, caplog):
+    import higgs_train.generation
+
+    def broken_synthesize(*args, **kwargs):
+        raise RuntimeError("injected generation failure")
+
+    monkeypatch.setattr(higgs_train.generation, "synthesize", broken_synthesize)
+    config = TrainingConfig(
+        output_dir=str(tmp_path / "run"), max_steps=2, eval_every_steps=1, save_every_steps=1, num_validation_samples=2
+    )
+    logged: list[dict] = []
+    context = LocalContext(
+        checkpoint_root=tmp_path / "run" / "checkpoints", log_metrics=lambda metrics, step: logged.append(metrics)
+    )
+    result = HiggsAudioTrainer(config, context).train()
+
+    assert result.state.global_step == 2 and (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert [m["val/sample_failures"] for m in logged if "val_loss" in m] == [2.0, 2.0]  # what MLflow receives
+    assert "val/sample_code_agreement" not in result.metrics
+    assert "injected generation failure" in caplog.text
 
 
 def test_validation_samples_are_off_by_default(tmp_path):

@@ -29,6 +29,7 @@ from higgs_train.export import (
 from higgs_train.generation import (
     AUDIO_OUT_BOS,
     GENERATION_PREFIX,
+    TextTokenMask,
     build_prompt,
     code_agreement,
     codes_from_delayed,
@@ -283,11 +284,27 @@ def test_validation_samples_write_wavs_and_restore_training_mode(adapter, record
         model,
         *tokenizers,
         model.get_base_model().config,
-        [record],
+        [record, {**record, "id": "broken", "audio_is_out": []}],  # the second row cannot be a prompt
         tmp_path / "samples",
         SamplingSettings(temperature=0.0, max_new_tokens=12),
     )
+    assert model.training
     model.eval()
-    ((path, agreement),) = samples
+    ((path, agreement),) = samples.written
     audio, rate = sf.read(path)
     assert rate == 24000 and len(audio) > 0 and 0.0 <= agreement < 1.0
+    ((failed_id, error),) = samples.failed
+    assert failed_id == "broken" and "does not end in an assistant audio turn" in error
+    assert samples.metrics() == {"val/sample_failures": 1.0, "val/sample_code_agreement": agreement}
+
+
+def test_text_token_mask_bans_padding_ids_and_audio_placeholders_from_text_only():
+    vocab, width = 10, 16  # the model's text head is padded beyond the tokenizer
+    mask = TextTokenMask(vocab, placeholder_ids=(8, 9))
+    scores = torch.zeros(1, width)
+    scores[0, 12] = scores[0, 9] = 100.0  # an untrained head favouring a padding id and a placeholder
+    masked = mask(torch.tensor([[1, 2]]), scores)
+    assert torch.isinf(masked[0, 8:]).all() and torch.isfinite(masked[0, :8]).all()
+    assert int(masked.argmax()) < 8
+    audio = torch.randn(8, 1026)  # upstream passes audio scores with input_ids=None: untouched
+    assert mask(None, audio) is audio

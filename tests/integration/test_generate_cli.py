@@ -1,0 +1,111 @@
+"""``ray_jobs/generate.py`` run the way a user runs it: a subprocess from the repository root, relative paths,
+default decoding flags, on the sample data; single prompt and batch, base + adapter and merged export, sampling
+(the default) and greedy (``--temperature 0``).
+
+Why the defaults matter: an untrained or barely trained text head (the tiny model's, padded to a multiple of 64
+ids) used to pick ids the tokenizer does not have, or an audio placeholder, and upstream ``generate`` crashed
+("Next generated token ... greater than the tokenizer's vocabulary size") -- but only with the default token
+budget, long enough to reach text generation after the audio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from higgs_train.config import TrainingConfig
+from higgs_train.models import load_model, resolve_paths
+from higgs_train.sample_data import create_sample_data
+from higgs_train.training.checkpoint import save_adapter
+from higgs_train.training.lora import apply_lora
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> str:
+    """Run a ray_jobs script from the repository root; fail with its output when it fails."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-6000:]}"
+    )
+    return proc.stdout
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository root (the user's working directory)."""
+    return os.path.relpath(path, REPO)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Sample data, an adapter with the default LoRA settings (random, non-zero B) and its merged export."""
+    root = tmp_path_factory.mktemp("generate_cli")
+    data = create_sample_data(root / "sample_data")
+    config = TrainingConfig(output_dir=str(root / "run"))
+    model = load_model(resolve_paths("embedded", "embedded").model_path)
+    model = apply_lora(model, config.lora_r, config.lora_alpha, 0.0, config.lora_target_modules)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    adapter = root / "run" / "adapter"
+    save_adapter(model, adapter)
+    config.save(adapter / "training_config.yaml")
+    _run("ray_jobs/export.py", "--checkpoint", _rel(adapter), "--output", _rel(root / "export"), "--merge")
+    return {"root": root, "data": data, "adapter": adapter, "merged": root / "export" / "merged"}
+
+
+def _model_args(workspace, kind: str) -> list[str]:
+    if kind == "adapter":
+        return ["--model_path", "embedded", "--adapter", _rel(workspace["adapter"])]
+    return ["--model_path", _rel(workspace["merged"])]
+
+
+@pytest.mark.parametrize(("kind", "decoding"), [("adapter", []), ("merged", ["--temperature", "0"])])
+def test_single_prompt_at_default_flags(workspace, kind, decoding):
+    row = json.loads(Path(workspace["data"]["val"]).read_text())[0]
+    messages = row["messages"]
+    out = workspace["root"] / f"single_{kind}.wav"
+    printed = _run(
+        "ray_jobs/generate.py",
+        *_model_args(workspace, kind),
+        "--ref_audio",
+        _rel(workspace["data"]["audio_base_path"] / messages[2]["content"]["audio_url"]),
+        "--ref_text",
+        messages[1]["content"],
+        "--text",
+        messages[3]["content"],
+        "--output",
+        _rel(out),
+        *decoding,
+    )
+    info = sf.info(str(out))
+    assert info.samplerate == 24000 and info.frames > 0
+    assert _rel(out) in printed
+
+
+@pytest.mark.parametrize(("kind", "decoding"), [("merged", []), ("adapter", ["--temperature", "0"])])
+def test_batch_at_default_flags(workspace, kind, decoding):
+    out_dir = workspace["root"] / f"batch_{kind}"
+    manifest = workspace["data"]["val"]
+    _run("ray_jobs/generate.py", *_model_args(workspace, kind), "--manifest", _rel(manifest), *decoding,
+         "--output_dir", _rel(out_dir))  # fmt: skip
+    rows = json.loads(Path(manifest).read_text())
+    summary = json.loads((out_dir / "results.json").read_text())
+    assert [s["id"] for s in summary] == [r["id"] for r in rows]
+    for entry in summary:
+        assert sf.info(str(REPO / entry["wav"])).frames > 0
+        assert entry["frames"] > 0 and 0.0 <= entry["code_agreement"] <= 1.0
