@@ -93,23 +93,6 @@ def auto_max_new_tokens(expected_seconds: float | None, cap: int) -> int:
     return min(cap, int(expected_seconds * FRAMES_PER_SECOND * AUTO_LENGTH_FACTOR) + AUTO_LENGTH_MARGIN)
 
 
-def restrict_text_vocab_to_tokenizer(model: Any, tokenizer: Any) -> None:
-    """Never sample text ids the tokenizer does not have.
-
-    A model may pad its text vocabulary beyond the tokenizer (the embedded tiny model does); upstream ``generate``
-    raises "Next generated token ... greater than the tokenizer's vocabulary size" as soon as one is drawn. We
-    suppress those ids through the model's ``generation_config.suppress_tokens`` (a standard transformers logits
-    processor upstream applies to text logits); with a matching tokenizer (the released model) this is a no-op.
-    """
-    from higgs_train.generation import _generation_model
-
-    inner = _generation_model(model)
-    config = getattr(inner.config, "text_config", inner.config)
-    vocab, known = int(getattr(config, "vocab_size", 0)), len(tokenizer)
-    if vocab > known:
-        inner.generation_config.suppress_tokens = list(range(known, vocab))
-
-
 class ModelEvaluator:
     """Loads one model (and the metrics) once, then generates and scores rows. Runs as a Ray actor or in-process."""
 
@@ -133,7 +116,6 @@ class ModelEvaluator:
             tokenizer_path=spec.tokenizer_path,
             device=device,
         )
-        restrict_text_vocab_to_tokenizer(self.stack.model, self.stack.tokenizer)
         self.evaluator = VoiceEvaluator(replace(settings, device=device))
 
     def run(self, rows: list[EvalRow]) -> list[ScoredClip]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from higgs_train.evaluation.metrics import Clip
-from higgs_train.evaluation.runner import auto_max_new_tokens, last_user_text, restrict_text_vocab_to_tokenizer
+from higgs_train.evaluation.runner import auto_max_new_tokens, last_user_text
 from higgs_train.evaluation.suite import EvalSettings, RowScore, VoiceEvaluator, summarize
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,6 @@ class TrainingVoiceEval:
             self.model_config,
             whisper,
         )
-        restrict_text_vocab_to_tokenizer(model, tokenizer)
         cap = int(self.config.validation_sample_max_new_tokens)
         base = SamplingSettings(seed=self.config.seed)
         rate = int(audio_tokenizer.sampling_rate)
