@@ -43,8 +43,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -67,6 +69,8 @@ from higgs_train.data.preprocess import (
     file_sha256,
     iter_records,
 )
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "1"
 SUCCESS_FILE = "_SUCCESS"
@@ -319,6 +323,22 @@ class CacheEntry:
         return pq.read_table(self.quarantine_path)
 
 
+STAGING_OWNER_FILE = "_builder.json"
+STAGING_MAX_AGE_SECONDS = 7 * 24 * 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class CacheIncompleteError(FileNotFoundError):
     """The key has no complete cache (absent, or a directory without ``_SUCCESS``)."""
 
@@ -349,10 +369,45 @@ class TokenCache:
         return entry
 
     def staging(self, key: str) -> Path:
-        """A fresh private directory on the same file system as the entry (so publishing is a rename)."""
+        """A fresh private directory on the same file system as the entry (so publishing is a rename).
+
+        It records its builder (host, pid); debris of builders that died is removed first (``sweep_staging``).
+        """
+        self.sweep_staging()
         path = self.root / ".staging" / f"{key}-{uuid.uuid4().hex[:12]}"
         (path / DATA_DIR).mkdir(parents=True)
+        (path / STAGING_OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         return path
+
+    def sweep_staging(self, max_age_seconds: float = STAGING_MAX_AGE_SECONDS) -> list[Path]:
+        """Remove staging directories left by crashed builds; returns what was removed.
+
+        A directory goes when its builder ran on this host and is no longer alive, or when it is older than
+        ``max_age_seconds`` (a builder on another host sharing the cache root, or one without an owner record).
+        A live builder's directory, here or on another host within that age, is never touched: two jobs (or a
+        sweep and a job) may build caches under one root at the same time.
+        """
+        removed: list[Path] = []
+        root = self.root / ".staging"
+        if not root.is_dir():
+            return removed
+        host, now = socket.gethostname(), time.time()
+        for path in root.iterdir():
+            try:
+                owner = json.loads((path / STAGING_OWNER_FILE).read_text())
+            except (OSError, ValueError):
+                owner = {}
+            try:
+                age = now - path.stat().st_mtime
+            except OSError:
+                continue
+            dead_here = owner.get("host") == host and not _pid_alive(int(owner.get("pid", -1)))
+            if dead_here or age > max_age_seconds:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        if removed:
+            logger.info("removed %d staging folder(s) of crashed token-cache builds under %s", len(removed), root)
+        return removed
 
     def publish(self, key: str, staging: Path, stats: dict[str, Any]) -> CacheEntry:
         """Write ``stats.json`` and then ``_SUCCESS`` into ``staging`` and rename it to the key's directory.
@@ -361,6 +416,7 @@ class TokenCache:
         its entry wins and this staging directory is discarded (both hold the same content by construction).
         """
         (staging / DATA_DIR).mkdir(exist_ok=True)
+        (staging / STAGING_OWNER_FILE).unlink(missing_ok=True)
         (staging / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         success = {
