@@ -94,7 +94,7 @@ def test_single_prompt_at_default_flags(workspace, kind, decoding):
     )
     info = sf.info(str(out))
     assert info.samplerate == 24000 and info.frames > 0
-    assert _rel(out) in printed
+    assert str(out) in printed  # the driver reports the absolute path it wrote
 
 
 @pytest.mark.parametrize(("kind", "decoding"), [("merged", []), ("adapter", ["--temperature", "0"])])
