@@ -11,13 +11,12 @@ import importlib.util
 import json
 import math
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from stand_ins import StandInCodec
 
 from higgs_train.config import TrainingConfig
 from higgs_train.data.preprocess import SamplePreprocessor
@@ -73,19 +72,6 @@ def test_overfitting_one_sample_reaches_high_next_code_accuracy(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Split invariance across Ray Train workers
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class StandInCodec:
-    """Deterministic pseudo-random codes per waveform (25 frames/s, 8 codebooks): gradients' split invariance
-    does not depend on what the codes mean, and the real codec would cost most of the time budget."""
-
-    sampling_rate = 24_000
-    num_codebooks = 8
-
-    def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        frames = max(1, math.ceil(len(wave) * 25 / sample_rate))
-        seed = zlib.crc32(np.asarray(wave, np.float32).tobytes())
-        return np.random.default_rng(seed).integers(0, 1024, size=(self.num_codebooks, frames))
 
 
 def randomise_lora_b(model: torch.nn.Module, seed: int = 0) -> None:

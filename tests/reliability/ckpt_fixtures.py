@@ -6,14 +6,12 @@ is a stand-in returning deterministic codes (what a checkpoint holds does not de
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import shutil
-import zlib
 from pathlib import Path
 
-import numpy as np
+from stand_ins import StandInCodec
 
 from higgs_train.config import TrainingConfig
 from higgs_train.data.preprocess import SamplePreprocessor
@@ -24,16 +22,6 @@ from higgs_train.training.trainer import HiggsAudioTrainer
 # Ray Train's folder names for a run's checkpoints: checkpoint_<timestamp>
 OLDER = "checkpoint_2026-01-01_00-00-01.000001"
 NEWER = "checkpoint_2026-01-01_00-00-02.000002"
-
-
-class StandInCodec:
-    sampling_rate = 24_000
-    num_codebooks = 8
-
-    def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        frames = max(1, math.ceil(len(wave) * 25 / sample_rate))
-        seed = zlib.crc32(np.asarray(wave, np.float32).tobytes())
-        return np.random.default_rng(seed).integers(0, 1024, size=(self.num_codebooks, frames))
 
 
 def make_records(root: Path, count: int = 6) -> list[dict]:

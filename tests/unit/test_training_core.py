@@ -14,14 +14,13 @@ import importlib.util
 import json
 import math
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from stand_ins import StandInCodec
 
 from higgs_train.cli import config_from_args
 from higgs_train.config import DEFAULT_LORA_TARGETS, TrainingConfig
@@ -43,20 +42,6 @@ SPLIT_RTOL = 1e-6
 
 # The tests replace ``optimizer.step`` to capture gradients without applying them; torch warns about exactly that.
 pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
-
-
-class StandInCodec:
-    """Just enough of the Higgs audio tokenizer for ``SamplePreprocessor``: 25 frames/s x 8 codebooks of codes
-    that depend only on the waveform (so a clip encodes identically every time)."""
-
-    sampling_rate = 24_000
-    num_codebooks = 8
-    tps = 25  # frames per second, as the real tokenizer reports it
-
-    def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        frames = max(1, math.ceil(len(wave) * 25 / sample_rate))
-        seed = zlib.crc32(np.asarray(wave, np.float32).tobytes())
-        return np.random.default_rng(seed).integers(0, 1024, size=(self.num_codebooks, frames))
 
 
 def make_records(rows: list[dict], audio_base: Path, whisper: bool = False) -> list[dict]:
