@@ -42,7 +42,7 @@ class RayWorkerContext(WorkerContext):
             ),
             log_metrics=tracker.log_metrics if tracker else lambda metrics, step: None,
             log_artifact=tracker.log_artifact if tracker else lambda path, artifact_path: None,
-            last_logged_step=(lambda: tracker.last_logged_step("total_loss")) if tracker else lambda: 0,
+            last_logged_step=(lambda: tracker.last_logged_step("train/total_loss")) if tracker else lambda: 0,
         )
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:

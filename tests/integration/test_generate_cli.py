@@ -93,7 +93,10 @@ def test_single_prompt_at_default_flags(workspace, kind, decoding):
         *decoding,
     )
     info = sf.info(str(out))
-    assert info.samplerate == 24000 and info.frames > 0
+    # Greedy decoding of a random adapter may end the audio stream within the delay pattern's first frames (no
+    # audio after un-delaying; seen once in a full-suite run). What must hold at every default: no crash, a valid
+    # 24 kHz WAV where the user asked. Sampling (the default) must produce sound.
+    assert info.samplerate == 24000 and (info.frames > 0 or bool(decoding))
     assert str(out) in printed  # the driver reports the absolute path it wrote
 
 
@@ -107,5 +110,6 @@ def test_batch_at_default_flags(workspace, kind, decoding):
     summary = json.loads((out_dir / "results.json").read_text())
     assert [s["id"] for s in summary] == [r["id"] for r in rows]
     for entry in summary:
-        assert sf.info(str(REPO / entry["wav"])).frames > 0
+        info = sf.info(str(REPO / entry["wav"]))
+        assert info.samplerate == 24000 and (info.frames > 0 or bool(decoding))  # see the single-prompt test
         assert entry["frames"] > 0 and 0.0 <= entry["code_agreement"] <= 1.0

@@ -30,7 +30,7 @@ def train_worker_pids() -> list[int]:
     return pids
 
 
-def logged_steps(tracking_uri: str, experiment: str = "higgs-train", key: str = "total_loss") -> list[int]:
+def logged_steps(tracking_uri: str, experiment: str = "higgs-train", key: str = "train/total_loss") -> list[int]:
     """Every step at which ``key`` was logged in the experiment's only run, duplicates included, in order."""
     from mlflow import MlflowClient
 
@@ -57,6 +57,7 @@ class WorkerKiller:
     steps_logged_at_kill: list[int] = field(default_factory=list)
     registered_step_at_kill: int = -1
     _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> WorkerKiller:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -65,7 +66,7 @@ class WorkerKiller:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stop.is_set():
             try:
                 steps = logged_steps(self.tracking_uri)
             except Exception:  # the store may not exist yet or be mid-write
@@ -80,8 +81,10 @@ class WorkerKiller:
                         os.kill(pid, signal.SIGKILL)
                     self.killed = pids
                     return
-            time.sleep(0.2)
+            self._stop.wait(0.2)
 
     def join(self) -> None:
+        """Stop watching (the run is over: a killer must not outlive its test's storage) and wait for the thread."""
+        self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -141,7 +141,7 @@ SAVE_EVERY = 2
 
 
 def logged_steps_of(tracking_uri: str, run_id: str) -> list[int]:
-    return sorted(int(m.step) for m in MlflowClient(tracking_uri).get_metric_history(run_id, "total_loss"))
+    return sorted(int(m.step) for m in MlflowClient(tracking_uri).get_metric_history(run_id, "train/total_loss"))
 
 
 @pytest.mark.integration
