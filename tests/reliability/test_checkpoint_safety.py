@@ -19,11 +19,9 @@ import torch
 from ckpt_fixtures import (
     NEWER,
     OLDER,
-    make_records,
     pickle_payload,
     place,
     plant_pickle_checkpoint,
-    trained_checkpoints,
     trainer_for,
 )
 
@@ -38,24 +36,6 @@ from higgs_train.training.checkpoint import (
     verify_checkpoint,
 )
 from higgs_train.training.checkpoint_store import find_resume_checkpoint
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    return make_records(tmp_path_factory.mktemp("records"))
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, records):
-    return trained_checkpoints(tmp_path_factory.mktemp("trained"), records)
 
 
 def job_config(tmp_path, storage, **overrides) -> TrainingConfig:

@@ -19,8 +19,7 @@ import pyarrow.fs as pafs
 import pytest
 import ray
 import ray.train
-import torch
-from ckpt_fixtures import NEWER, OLDER, make_records, plant_pickle_checkpoint, trained_checkpoints, trainer_for
+from ckpt_fixtures import NEWER, OLDER, plant_pickle_checkpoint, trainer_for
 from mlflow import MlflowClient
 from ray_faults import WorkerKiller
 
@@ -65,24 +64,6 @@ def s3():
             else:
                 os.environ[key] = value
         server.stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    return make_records(tmp_path_factory.mktemp("records"))
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, records):
-    return trained_checkpoints(tmp_path_factory.mktemp("trained"), records)
 
 
 def upload(local: Path, uri: str) -> None:
