@@ -500,16 +500,32 @@ def _target_audio_url(row: dict[str, Any]) -> str | None:
     return None
 
 
+NO_AUDIO = (
+    "no audio: the model ended the audio stream before its first complete frame (the delay pattern needs "
+    "{codebooks} steps per frame); sample instead of greedy decoding (--temperature > 0), raise "
+    "--max_new_tokens, or check the adapter"
+)
+
+
+def no_audio_reason(stack: GenerationStack, result: GenerationResult) -> str | None:
+    """Why ``result`` holds no audio, or None when it has frames. A 0-frame clip is a failure, never an empty WAV."""
+    if result.codes.shape[1] > 0:
+        return None
+    return NO_AUDIO.format(codebooks=int(stack.model_config.audio_num_codebooks))
+
+
 def generate_to_files(
     stack: GenerationStack, prompts: Sequence[GenerationPrompt], output_dir: str | Path, settings: SamplingSettings
-) -> list[tuple[Path, GenerationResult]]:
-    """Generate every prompt and write ``<output_dir>/<sample id>.wav``."""
-    out = []
+) -> list[tuple[Path | None, GenerationResult]]:
+    """Generate every prompt and write ``<output_dir>/<sample id>.wav``; a clip without audio gets no file (None)."""
+    out: list[tuple[Path | None, GenerationResult]] = []
     for prompt in prompts:
         result = synthesize(stack, prompt, settings)
-        path = write_wav(
-            Path(output_dir) / f"{_safe_name(prompt.sample_id)}.wav", result.waveform, result.sampling_rate
-        )
+        path = None
+        if no_audio_reason(stack, result) is None:
+            path = write_wav(
+                Path(output_dir) / f"{_safe_name(prompt.sample_id)}.wav", result.waveform, result.sampling_rate
+            )
         out.append((path, result))
     return out
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         SamplingSettings,
         generate_to_files,
         load_generation_stack,
+        no_audio_reason,
         prompt_for_texts,
         prompts_for_manifest,
         synthesize,
@@ -114,20 +116,31 @@ def main(argv: list[str] | None = None) -> int:
         summary = [
             {
                 "id": r.sample_id,
-                "wav": str(path),
+                "wav": str(path) if path else None,
                 "frames": int(r.codes.shape[1]),
                 "finished": r.finished,
                 "code_agreement": r.code_agreement,
+                "error": no_audio_reason(stack, r),
             }
             for path, r in written
         ]
         out = f"{args.output_dir}/results.json"
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         with open(out, "w") as fh:
             json.dump(summary, fh, indent=2)
-        print(f"{len(written)} files in {args.output_dir} (summary: {out})")
-        return 0
+        failed = [entry for entry in summary if entry["error"]]
+        print(f"{len(written) - len(failed)} files in {args.output_dir} (summary: {out})")
+        for entry in failed:
+            print(f"error: {entry['id']}: {entry['error']}", file=sys.stderr)
+        if failed:
+            print(f"error: {len(failed)} of {len(summary)} prompts produced no audio", file=sys.stderr)
+        return 1 if failed else 0
     prompt = prompt_for_texts(stack, args.ref_audio, args.ref_text, args.text, args.audio_base_path, args.system_prompt)
     result = synthesize(stack, prompt, settings)
+    reason = no_audio_reason(stack, result)
+    if reason:
+        print(f"error: {reason}; nothing written to {args.output}", file=sys.stderr)
+        return 1
     write_wav(args.output, result.waveform, result.sampling_rate)
     seconds = len(result.waveform) / result.sampling_rate
     print(f"{args.output}: {seconds:.2f}s, {result.codes.shape[1]} frames, finished={result.finished}")
