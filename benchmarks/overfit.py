@@ -7,7 +7,7 @@ builds a one-sample manifest from the generated sample data, trains ``HiggsAudio
 preprocessing with the embedded audio tokenizer, i.e. real codes) and prints the initial and final audio loss and
 accuracy, measured in eval mode on that sample.
 
-    python benchmarks/overfit.py [--steps 60] [--learning_rate 5e-3] [--lora_r 32] [--no_heads] [--out DIR]
+    python benchmarks/overfit.py [--steps 60] [--learning_rate 5e-3] [--lora_r 32] [--out DIR]
 """
 
 from __future__ import annotations
@@ -21,15 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-# The default targets plus the text and audio output heads. Why the heads: the tiny model's frozen, randomly
-# initialised heads have rows of norm ~0.16 and read an RMS-normalised 64-dim hidden state (norm 8), which caps
-# every logit at ~1.3 whatever the decoder layers learn, so with the decoder-only default targets the audio loss
-# cannot fall below ~5.6 nats on this model (a released checkpoint's trained heads have no such cap).
-HEAD_TARGETS = (
-    r"^(?:base_model\.model\.)?(?:layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|(?:mlp|audio_mlp)\.(?:gate|up|down)_proj)"
-    r"|audio_decoder_proj\.(?:audio|text)_lm_head)$"
-)
 
 
 @dataclass(frozen=True)
@@ -60,9 +51,9 @@ def one_sample_manifest(out_dir: Path) -> tuple[Path, Path]:
     return manifest, Path(paths["audio_base_path"])
 
 
-def overfit_config(out_dir: Path, steps: int, learning_rate: float, lora_r: int, heads: bool = True) -> Any:
+def overfit_config(out_dir: Path, steps: int, learning_rate: float, lora_r: int) -> Any:
     """Settings for memorising one sample: no regularisation (dropout, weight decay), audio + text loss only."""
-    from higgs_train.config import DEFAULT_LORA_TARGETS, TrainingConfig
+    from higgs_train.config import TrainingConfig
 
     manifest, audio_base = one_sample_manifest(out_dir)
     return TrainingConfig(
@@ -78,7 +69,6 @@ def overfit_config(out_dir: Path, steps: int, learning_rate: float, lora_r: int,
         lora_r=lora_r,
         lora_alpha=lora_r,
         lora_dropout=0.0,
-        lora_target_modules=[HEAD_TARGETS if heads else DEFAULT_LORA_TARGETS],
         consistency_loss_weight=0.0,
         save_every_steps=steps,
         eval_every_steps=steps,
@@ -101,13 +91,11 @@ def evaluate(trainer: Any) -> tuple[float, float]:
     return float(out.audio_loss), sum(accuracy) / len(accuracy)
 
 
-def run_overfit(
-    out_dir: Path, steps: int = 60, learning_rate: float = 5e-3, lora_r: int = 32, heads: bool = True
-) -> OverfitResult:
+def run_overfit(out_dir: Path, steps: int = 60, learning_rate: float = 5e-3, lora_r: int = 32) -> OverfitResult:
     """Train on one sample for ``steps`` optimizer steps and measure before/after."""
     from higgs_train.training.trainer import HiggsAudioTrainer
 
-    trainer = HiggsAudioTrainer(overfit_config(Path(out_dir), steps, learning_rate, lora_r, heads))
+    trainer = HiggsAudioTrainer(overfit_config(Path(out_dir), steps, learning_rate, lora_r))
     trainer.setup()
     if len(trainer.train_records) != 1:
         raise RuntimeError(f"expected one preprocessed sample, got {len(trainer.train_records)}")
@@ -125,11 +113,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--learning_rate", type=float, default=5e-3)
     parser.add_argument("--lora_r", type=int, default=32)
-    parser.add_argument("--no_heads", action="store_true", help="default LoRA targets only (decoder layers)")
     parser.add_argument("--out", default="", help="work directory (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="higgs-overfit-") as tmp:
-        result = run_overfit(Path(args.out or tmp), args.steps, args.learning_rate, args.lora_r, not args.no_heads)
+        result = run_overfit(Path(args.out or tmp), args.steps, args.learning_rate, args.lora_r)
     every = max(1, result.steps // 10)
     for step in range(0, result.steps, every):
         print(f"step {step + 1:4d}  train audio loss {result.audio_loss_history[step]:.4f}")

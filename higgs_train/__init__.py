@@ -6,4 +6,9 @@ import os as _os
 # network for over a minute before using the local cache. Set HF_HUB_OFFLINE=0 explicitly to allow downloads.
 _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+# The text tokenizer is used in the driver before Ray forks workers; its Rust thread pool then prints a multi-line
+# fork warning once per worker process into the user's console. Tokenising in parallel buys nothing here.
+_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 __version__ = "0.1.0"

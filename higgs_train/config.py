@@ -84,7 +84,10 @@ class TrainingConfig:
     # --- optimisation ---
     batch_size: int = _f(2, "Samples per micro-batch (upper bound when max_tokens_per_batch is set).")
     max_tokens_per_batch: int = _f(0, "Token budget per micro-batch incl. padding (0: fixed batch_size).")
-    learning_rate: float = _f(2e-4, "Peak AdamW learning rate.")
+    learning_rate: float = _f(
+        0.0,
+        "Peak AdamW learning rate (0: the model's recommended rate: 2e-4 for released checkpoints, 2e-3 for the embedded tiny model).",
+    )
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     num_epochs: int = _f(3, "Passes over the training data.")
     max_steps: int = _f(0, "Stop after this many optimizer steps (0: run num_epochs).")
@@ -190,7 +193,7 @@ class TrainingConfig:
         need(0 <= self.lora_dropout < 1, "lora_dropout", "a number in [0, 1)")
         need(self.precision in ("auto", "bf16", "fp32"), "precision", "one of auto, bf16, fp32")
         need(self.adapter_dtype in ("bf16", "fp32"), "adapter_dtype", "one of bf16, fp32")
-        need(self.learning_rate > 0, "learning_rate", "a number > 0")
+        need(self.learning_rate >= 0, "learning_rate", "a number > 0 (or 0 for the model's recommended rate)")
         need(
             0 < self.min_audio_seconds < self.max_audio_seconds,
             "max_audio_seconds",

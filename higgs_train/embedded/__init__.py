@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-STACK_VERSION = "tiny-v1"
+STACK_VERSION = "tiny-v2"
 
 
 @dataclass(frozen=True)

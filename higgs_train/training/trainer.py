@@ -95,7 +95,7 @@ class HiggsAudioTrainer:
         """Load model + tokenizers, attach LoRA, build optimizer/scheduler/collator and the data."""
         if self._setup_done:
             return
-        from higgs_train.models import load_model, load_whisper_processor, resolve_paths
+        from higgs_train.models import load_model, load_whisper_processor, recommended_learning_rate, resolve_paths
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -120,7 +120,12 @@ class HiggsAudioTrainer:
             compile_decoder_layers(model)
         model.train()
         self.model = self.context.prepare_model(model)
-        self.optimizer = build_optimizer(self.model, cfg.learning_rate, cfg.weight_decay)
+        self.learning_rate = cfg.learning_rate or recommended_learning_rate(self.paths.model_path if self.paths else "")
+        if not cfg.learning_rate:
+            logger.info(
+                "learning rate: %g (the model's recommended rate; --learning_rate sets another)", self.learning_rate
+            )
+        self.optimizer = build_optimizer(self.model, self.learning_rate, cfg.weight_decay)
         self._setup_data(load_whisper_processor(self.paths.model_path if self.paths else "", self.model_config))
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, self.total_steps)
         if cfg.resume_from:
