@@ -115,7 +115,7 @@ def lora_model(model_dir: Path, checkpointing: bool, seed: int = 0):
 def run_step(model: Any, batch: Any) -> tuple[int, list[int], dict[str, torch.Tensor], float]:
     """One forward + loss + backward; returns (saved bytes, attention calls per layer, adapter grads, loss)."""
     from higgs_train.data.collate import batch_to_model_inputs
-    from higgs_train.loss import compute_higgs_audio_loss, segment_sample_index_from_input_ids
+    from higgs_train.loss import compute_higgs_audio_loss
     from higgs_train.training.activation_checkpointing import _decoder_layers, saved_activation_bytes
 
     layers = _decoder_layers(model)
@@ -126,9 +126,8 @@ def run_step(model: Any, batch: Any) -> tuple[int, list[int], dict[str, torch.Te
     ]
     try:
         with saved_activation_bytes(exclude=model.parameters()) as saved:
-            outputs = model(**batch_to_model_inputs(batch), output_audio_hidden_states=True)
-            segments = segment_sample_index_from_input_ids(batch.input_ids, model.config.audio_out_token_idx)
-            loss = compute_higgs_audio_loss(outputs, batch, segment_sample_index=segments)
+            outputs = model(**batch_to_model_inputs(batch))
+            loss = compute_higgs_audio_loss(outputs, batch)
         loss.total.backward()
     finally:
         for handle in handles:

@@ -341,7 +341,6 @@ def project_loop(model: Any, records: list[dict], run: RunConfig, args: argparse
         warmup_steps=1,
         max_steps=10_000,
         log_every_steps=args.log_every,
-        consistency_loss_weight=0.1,
     )
     context = LocalContext(checkpoint_root=Path(config.output_dir) / "checkpoints", device=device)
     trainer = HiggsAudioTrainer(config, context=context, train_records=records, val_records=[], model=model)
@@ -369,7 +368,7 @@ def bare_loop(model: Any, records: list[dict], run: RunConfig, args: argparse.Na
 
     from higgs_train.config import DEFAULT_LORA_TARGETS
     from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
-    from higgs_train.loss import compute_higgs_audio_loss, count_label_tokens, segment_sample_index_from_input_ids
+    from higgs_train.loss import compute_higgs_audio_loss, count_label_tokens
     from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
     from higgs_train.training.precision import cast_adapters, weight_dtype
     from higgs_train.training.trainer import HOST_DATA_REGION
@@ -392,14 +391,11 @@ def bare_loop(model: Any, records: list[dict], run: RunConfig, args: argparse.Na
         with torch.profiler.record_function(HOST_DATA_REGION):
             batch = collate_records(records[: run.rows], collator)
             counts = count_label_tokens(batch, audio_out_token_id=out_id)
-            segments = segment_sample_index_from_input_ids(batch.input_ids, out_id)
         inputs = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch_to_model_inputs(batch).items()
         }
-        outputs = peft_model(**inputs, output_audio_hidden_states=True)
-        loss = compute_higgs_audio_loss(
-            outputs, batch, consistency_loss_weight=0.1, num_label_tokens=counts, segment_sample_index=segments
-        )
+        outputs = peft_model(**inputs)
+        loss = compute_higgs_audio_loss(outputs, batch, num_label_tokens=counts)
         loss.total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], 1.0)
         optimizer.step()

@@ -69,7 +69,6 @@ def overfit_config(out_dir: Path, steps: int, learning_rate: float, lora_r: int)
         lora_r=lora_r,
         lora_alpha=lora_r,
         lora_dropout=0.0,
-        consistency_loss_weight=0.0,
         save_every_steps=steps,
         eval_every_steps=steps,
         keep_best_k=1,
@@ -85,7 +84,7 @@ def evaluate(trainer: Any) -> tuple[float, float]:
     model = trainer.model
     model.eval()
     batch = collate_records(trainer.train_records, trainer.collator)
-    out = compute_higgs_audio_loss(model(**batch_to_model_inputs(batch)), batch, consistency_loss_weight=0.0)
+    out = compute_higgs_audio_loss(model(**batch_to_model_inputs(batch)), batch)
     model.train()
     accuracy = audio_next_code_accuracy(out)
     return float(out.audio_loss), sum(accuracy) / len(accuracy)

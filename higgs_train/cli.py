@@ -12,7 +12,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any, NoReturn, get_type_hints
 
-from higgs_train.config import TrainingConfig, read_config_file
+from higgs_train.config import REMOVED_FIELDS, TrainingConfig, read_config_file
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -36,7 +36,9 @@ class FlagParser(argparse.ArgumentParser):
             name = word.split("=", 1)[0]
             if name.startswith("--") and name not in flags:
                 close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
-                if close:
+                if name[2:] in REMOVED_FIELDS:
+                    hints.append(f"{name}: {REMOVED_FIELDS[name[2:]]}")
+                elif close:
                     hints.append(f"{name} -> did you mean {close[0]}?")
         return f" ({'; '.join(hints)})" if hints else ""
 

@@ -45,6 +45,13 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+REMOVED_FIELDS: dict[str, str] = {
+    "consistency_loss_weight": "removed: the hidden-state consistency term did not measure voice (it scored "
+    "cross-speaker pairs as well as same-speaker ones); rank by voice with --eval_rows N --checkpoint_metric sim",
+}
+"""Settings that existed once: an old config file or command line gets told why, not 'did you mean'."""
+
+
 @dataclass
 class TrainingConfig:
     """All settings of a training job. See README "Configuration" for the groups."""
@@ -73,11 +80,6 @@ class TrainingConfig:
     # --- loss ---
     text_loss_weight: float = _f(1.0, "Weight of the text next-token loss.")
     audio_loss_weight: float = _f(1.0, "Weight of the audio next-code loss (mean over codebooks).")
-    consistency_loss_weight: float = _f(
-        0.0,
-        "Weight of the hidden-state consistency term (0 skips it). Off by default: it is not a voice measure "
-        "(any shared direction satisfies it, across speakers too); watch eval/sim (--eval_rows) instead.",
-    )
     codebook_weights: list[float] = _f([], "Per-codebook audio loss weights (default: equal).")
     text_dominance_threshold: float = _f(10.0, "Warn when weighted text loss / audio loss exceeds this.")
     audio_dominance_threshold: float = _f(10.0, "Warn when weighted audio loss / text loss exceeds this.")
@@ -180,7 +182,6 @@ class TrainingConfig:
         for name in (
             "text_loss_weight",
             "audio_loss_weight",
-            "consistency_loss_weight",
             "weight_decay",
             "max_grad_norm",
         ):
@@ -234,7 +235,10 @@ class TrainingConfig:
             hints = []
             for key in unknown:
                 close = difflib.get_close_matches(str(key), names, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                if key in REMOVED_FIELDS:
+                    hints.append(f"{key!r} ({REMOVED_FIELDS[key]})")
+                else:
+                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ValueError(f"unknown TrainingConfig field(s): {', '.join(hints)}")
         return cls(**data)  # __post_init__ coerces every value to its declared type
 

@@ -1,4 +1,4 @@
-"""Training loss for Higgs-Audio v2: text next-token, audio next-code (8 codebooks) and voice consistency.
+"""Training loss for Higgs-Audio v2: text next-token and audio next-code (8 codebooks).
 
 Upstream's ``HiggsAudioModel.forward`` returns logits but computes no loss, so the shift, the masking and the
 normalisation all live here. Layout facts this module relies on (verified against boson_multimodal 0.1.1):
@@ -23,7 +23,6 @@ weight a token in a short micro-batch more than one in a long micro-batch.
 
     total = w_text  * sum_text_CE / N_text
           + w_audio * sum_k(v_k * sum_audio_CE_k) / N_audio
-          + w_cons  * sum_samples(1 - cos(ref_mean, target_mean)) / N_cons
 
 * ``N_text``: shifted text targets (positions t with ``label[t + 1] != -100``) of the global step.
 * ``N_audio``: audio label entries summed over codebooks, i.e. (row, codebook) pairs with a target; a trained
@@ -31,7 +30,10 @@ weight a token in a short micro-batch more than one in a long micro-batch.
 * ``v_k``: codebook weights rescaled to sum to K, so equal weights give ``v_k = 1`` and the audio loss is the mean CE
   over all entries (= mean over codebooks of each codebook's mean CE); re-weighting codebooks then changes emphasis
   between codebooks without silently changing the audio-vs-text balance or the effective learning rate.
-* ``N_cons``: samples that have both a context (reference) and a trained audio-out segment, over the global step.
+
+No voice term: an earlier hidden-state consistency term (``1 - cos`` of mean reference vs target audio states) was
+removed because it did not measure voice (trained alone it reached ~0.0001 for cross-speaker pairs as well); voice is
+measured on generated audio by ``higgs_train.evaluation`` (``--eval_rows``, ``--checkpoint_metric sim``).
 
 Without ``num_label_tokens`` this batch's own counts are used, which is the plain per-token mean.
 """
@@ -52,36 +54,23 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class LabelTokenCounts:
-    """Label-token counts of one batch, or (after summing) of a whole optimizer step over all workers.
-
-    ``consistency_samples`` is None when it was not counted (no ``audio_out_token_id`` given); the loss refuses to
-    normalise a consistency term by an unknown count rather than silently falling back to a local one.
-    """
+    """Label-token counts of one batch, or (after summing) of a whole optimizer step over all workers."""
 
     text: int
     audio: int
-    consistency_samples: int | None = None
 
     def __add__(self, other: LabelTokenCounts) -> LabelTokenCounts:
-        cons = (
-            None
-            if self.consistency_samples is None or other.consistency_samples is None
-            else self.consistency_samples + other.consistency_samples
-        )
-        return LabelTokenCounts(self.text + other.text, self.audio + other.audio, cons)
+        return LabelTokenCounts(self.text + other.text, self.audio + other.audio)
 
     def to_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Pack as a LongTensor for ``torch.distributed.all_reduce(SUM)``; the last slot flags an unknown count."""
-        unknown = int(self.consistency_samples is None)
-        return torch.tensor(
-            [self.text, self.audio, self.consistency_samples or 0, unknown], dtype=torch.long, device=device
-        )
+        """Pack as a LongTensor for ``torch.distributed.all_reduce(SUM)``."""
+        return torch.tensor([self.text, self.audio], dtype=torch.long, device=device)
 
     @classmethod
     def from_tensor(cls, packed: torch.Tensor) -> LabelTokenCounts:
-        """Inverse of ``to_tensor`` (also after an all-reduce: any worker's unknown count makes the sum unknown)."""
-        text, audio, cons, unknown = (int(x) for x in packed.tolist())
-        return cls(text, audio, None if unknown else cons)
+        """Inverse of ``to_tensor`` (also after an all-reduce)."""
+        text, audio = (int(x) for x in packed.tolist())
+        return cls(text, audio)
 
 
 @dataclass
@@ -96,11 +85,9 @@ class LossOutput:
     total: torch.Tensor
     text_loss: torch.Tensor
     audio_loss: torch.Tensor
-    consistency_loss: torch.Tensor
     per_codebook_loss: torch.Tensor  # (K,) this batch's mean CE per codebook (0 where a codebook has no labels)
     text_tokens: int
     audio_tokens: int
-    consistency_samples: int
     audio_correct: list[int]  # per codebook: top-1 prediction equals the next code (empty with host_metrics=False)
     audio_counted: list[int]  # per codebook: label entries scored
     text_audio_ratio: float  # (w_text * text_loss) / (w_audio * audio_loss); inf / nan when the audio side is 0
@@ -108,7 +95,6 @@ class LossOutput:
     audio_token_loss: float
     text_loss_weight: float
     audio_loss_weight: float
-    consistency_loss_weight: float
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -151,37 +137,6 @@ def trained_segment_mask(label_audio_ids: torch.Tensor, audio_out_ids_start: tor
     return per_segment > 0
 
 
-def segment_sample_index_from_input_ids(input_ids: torch.Tensor, audio_out_token_id: int) -> torch.Tensor:
-    """Which batch sample each audio-out segment belongs to, from the collator's ``input_ids``.
-
-    The collator orders segments row-major (sample by sample, left to right), one ``<|AUDIO_OUT|>`` token each.
-    Upstream's ``audio_out_ids_start_group_loc`` cannot be used: the collator appends one entry per *sample*, not per
-    segment, so it is wrong (and too short) as soon as a sample has a reference and a target segment.
-    """
-    per_sample = (input_ids == audio_out_token_id).sum(dim=1)
-    return torch.repeat_interleave(torch.arange(input_ids.shape[0], device=input_ids.device), per_sample)
-
-
-def _segment_sample_index_from_audio_out_mask(
-    audio_out_mask: torch.Tensor, audio_out_ids_start: torch.Tensor
-) -> torch.Tensor:
-    """Same as above from the model output: audio rows are ``hidden[audio_out_mask]`` in row-major order."""
-    sample_of_row = audio_out_mask.nonzero(as_tuple=True)[0]
-    return sample_of_row[audio_out_ids_start.to(sample_of_row.device).long()]
-
-
-def _consistency_eligible(segment_sample_index: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
-    """(num_samples_seen,) bool: sample has both a context and a trained segment."""
-    if segment_sample_index.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=segment_sample_index.device)
-    size = int(segment_sample_index.max()) + 1
-    has_ctx = torch.zeros(size, dtype=torch.bool, device=segment_sample_index.device)
-    has_trained = torch.zeros_like(has_ctx)
-    has_ctx[segment_sample_index[~trained]] = True
-    has_trained[segment_sample_index[trained]] = True
-    return has_ctx & has_trained
-
-
 def count_label_tokens(batch: Any, *, audio_out_token_id: int | None = None) -> LabelTokenCounts:
     """This batch's label counts without a forward pass (sum them over micro-batches and workers for the step).
 
@@ -193,7 +148,6 @@ def count_label_tokens(batch: Any, *, audio_out_token_id: int | None = None) -> 
       ``expanded_labels``. ``<|AUDIO_OUT|>`` positions are excluded when the token id is given, because the merged
       sequence replaces them with -100 even if the collator kept their label (``mask_audio_out_token_label=False``).
     * audio: (row, codebook) entries with a target, see ``audio_next_code_targets``.
-    * consistency_samples: only with ``audio_out_token_id`` (needed to map segments to samples).
     """
     text = 0
     label_ids = getattr(batch, "label_ids", None)
@@ -206,27 +160,18 @@ def count_label_tokens(batch: Any, *, audio_out_token_id: int | None = None) -> 
         text = int(valid.sum())
 
     audio = 0
-    consistency: int | None = None
     label_audio_ids = getattr(batch, "label_audio_ids", None)
     starts = getattr(batch, "audio_out_ids_start", None)
     has_audio = label_audio_ids is not None and starts is not None and label_audio_ids.numel() > 0
     if has_audio:
         audio = int((audio_next_code_targets(label_audio_ids, starts) != IGNORE_INDEX).sum())
-    if audio_out_token_id is not None:
-        consistency = 0
-        if has_audio:
-            seg_sample = segment_sample_index_from_input_ids(batch.input_ids, audio_out_token_id)
-            trained = trained_segment_mask(label_audio_ids, starts)
-            consistency = int(_consistency_eligible(seg_sample.to(trained.device), trained).sum())
-    return LabelTokenCounts(text=text, audio=audio, consistency_samples=consistency)
+    return LabelTokenCounts(text=text, audio=audio)
 
 
 def _as_counts(value: LabelTokenCounts | Mapping[str, int] | None) -> LabelTokenCounts | None:
     if value is None or isinstance(value, LabelTokenCounts):
         return value
-    return LabelTokenCounts(
-        text=int(value["text"]), audio=int(value["audio"]), consistency_samples=value.get("consistency_samples")
-    )
+    return LabelTokenCounts(text=int(value["text"]), audio=int(value["audio"]))
 
 
 def _denominator(local: int, global_count: int | None, name: str) -> int:
@@ -298,56 +243,6 @@ def _audio_ce_sums(
     return sums, counts, correct
 
 
-def _consistency_sum(
-    audio_hidden_states: torch.Tensor,
-    audio_out_ids_start: torch.Tensor,
-    trained: torch.Tensor,
-    segment_sample_index: torch.Tensor,
-) -> tuple[torch.Tensor, int]:
-    """Sum over eligible samples of 1 - cos(mean hidden of its context segments, mean hidden of its trained ones).
-
-    A segment's embedding is the mean final audio hidden state over all its rows; a sample's reference (target)
-    embedding is the mean of its context (trained) segment embeddings, so long clips don't outweigh short ones.
-    Both sides stay differentiable: the adapter should make the generated speech representation sit in the same
-    direction as the reference's, and either side may move to get there.
-    """
-    device = audio_hidden_states.device
-    hidden = audio_hidden_states.float()
-    # Segment bookkeeping stays where the batch's label tensors are (the host, in the trainer): index tensors are
-    # built there and moved, so the device never has to report a size back.
-    starts = audio_out_ids_start.long()
-    host = starts.device
-    trained = trained.to(host)
-    segment_sample_index = segment_sample_index.to(host).long()
-    lengths = _segment_lengths(starts, hidden.shape[0])
-    segment_of_row = torch.repeat_interleave(torch.arange(len(starts), device=host), lengths)
-    seg_mean = torch.zeros(len(starts), hidden.shape[1], device=device, dtype=hidden.dtype)
-    seg_mean = seg_mean.index_add(0, segment_of_row.to(device, non_blocking=True), hidden) / lengths.clamp(
-        min=1
-    ).unsqueeze(1).to(device, hidden.dtype, non_blocking=True)
-
-    eligible = _consistency_eligible(segment_sample_index, trained)
-    count = int(eligible.sum())
-    if count == 0:
-        return hidden.sum() * 0.0, 0
-    size = eligible.shape[0]
-
-    def on_device(index: torch.Tensor) -> torch.Tensor:
-        return index.to(device, non_blocking=True)
-
-    def pooled(mask: torch.Tensor) -> torch.Tensor:
-        samples = segment_sample_index[mask]
-        total = torch.zeros(size, hidden.shape[1], device=device, dtype=hidden.dtype)
-        total = total.index_add(0, on_device(samples), seg_mean.index_select(0, on_device(mask.nonzero()[:, 0])))
-        n = torch.bincount(samples, minlength=size).clamp(min=1)
-        return total / on_device(n).unsqueeze(1).to(hidden.dtype)
-
-    rows = on_device(eligible.nonzero()[:, 0])
-    reference = pooled(~trained).index_select(0, rows)
-    target = pooled(trained).index_select(0, rows)
-    return (1.0 - F.cosine_similarity(reference, target, dim=-1)).sum(), count
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------------------------------------------------
@@ -366,22 +261,17 @@ def compute_higgs_audio_loss(
     *,
     text_loss_weight: float = 1.0,
     audio_loss_weight: float = 1.0,
-    consistency_loss_weight: float = 0.1,
     codebook_weights: Sequence[float] | torch.Tensor | None = None,
     num_label_tokens: LabelTokenCounts | Mapping[str, int] | None = None,
-    segment_sample_index: torch.Tensor | None = None,
     text_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
     host_metrics: bool = True,
 ) -> LossOutput:
-    """Weighted text + audio + consistency loss of one (micro-)batch; see the module docstring for the formula.
+    """Weighted text + audio loss of one (micro-)batch; see the module docstring for the formula.
 
-    ``outputs``: model output with ``logits``, ``expanded_labels``, ``audio_logits`` and, when the consistency
-    weight is > 0, ``audio_hidden_states`` (forward with ``output_audio_hidden_states=True``). ``batch``: has
+    ``outputs``: model output with ``logits``, ``expanded_labels`` and ``audio_logits``. ``batch``: has
     ``label_audio_ids`` and ``audio_out_ids_start``. ``num_label_tokens``: global counts of the optimizer step
-    (``LabelTokenCounts`` or a dict with ``text``/``audio``/``consistency_samples``); None = this batch's counts.
-    ``segment_sample_index``: sample of each audio-out segment (``segment_sample_index_from_input_ids``); None =
-    derived from ``outputs.audio_out_mask``. A component with weight 0 contributes nothing to ``total`` (text/audio
-    are still computed without grad for logging; consistency is skipped entirely).
+    (``LabelTokenCounts`` or a dict with ``text``/``audio``); None = this batch's counts. A component with weight 0
+    contributes nothing to ``total`` (it is still computed without grad for logging).
 
     ``text_head``: the model's text head when ``outputs.logits`` holds the final hidden states instead of logits
     (``higgs_train.training.text_head``); it is applied to the labelled positions only. ``host_metrics=False``
@@ -441,35 +331,6 @@ def compute_higgs_audio_loss(
     if audio_loss_weight > 0:
         pieces.append(audio_loss_weight * audio_loss)
 
-    # --- consistency ---
-    consistency_loss, consistency_samples = zero, 0
-    if consistency_loss_weight > 0:
-        hidden = getattr(outputs, "audio_hidden_states", None)
-        if hidden is None:
-            raise ValueError(
-                "consistency_loss_weight > 0 needs outputs.audio_hidden_states: call the model with "
-                "output_audio_hidden_states=True, or set consistency_loss_weight=0"
-            )
-        if counts is not None and counts.consistency_samples is None:
-            raise ValueError(
-                "num_label_tokens.consistency_samples is unknown; pass audio_out_token_id to count_label_tokens"
-            )
-        if has_audio and hidden.shape[0] > 0:
-            if segment_sample_index is None:
-                audio_out_mask = getattr(outputs, "audio_out_mask", None)
-                if audio_out_mask is None:
-                    raise ValueError("pass segment_sample_index (segment_sample_index_from_input_ids)")
-                segment_sample_index = _segment_sample_index_from_audio_out_mask(audio_out_mask, starts)
-            if segment_sample_index.shape[0] != starts.shape[0]:
-                raise ValueError(
-                    f"segment_sample_index has {segment_sample_index.shape[0]} entries for {starts.shape[0]} segments"
-                )
-            trained = trained_segment_mask(label_audio_ids, starts)
-            cons_sum, consistency_samples = _consistency_sum(hidden, starts, trained, segment_sample_index)
-            global_cons = counts.consistency_samples if counts else None
-            consistency_loss = cons_sum / _denominator(consistency_samples, global_cons, "consistency_samples")
-            pieces.append(consistency_loss_weight * consistency_loss)
-
     total = torch.stack(pieces).sum() if pieces else zero
     ratio, text_token_loss, audio_token_loss = math.nan, math.nan, math.nan
     if host_metrics:
@@ -482,11 +343,9 @@ def compute_higgs_audio_loss(
         total=total,
         text_loss=text_loss.detach(),
         audio_loss=audio_loss.detach(),
-        consistency_loss=consistency_loss.detach(),
         per_codebook_loss=per_codebook,
         text_tokens=text_tokens,
         audio_tokens=audio_tokens,
-        consistency_samples=consistency_samples,
         audio_correct=audio_correct,
         audio_counted=audio_counted,
         text_audio_ratio=ratio,
@@ -494,7 +353,6 @@ def compute_higgs_audio_loss(
         audio_token_loss=audio_token_loss,
         text_loss_weight=float(text_loss_weight),
         audio_loss_weight=float(audio_loss_weight),
-        consistency_loss_weight=float(consistency_loss_weight),
     )
 
 
@@ -576,13 +434,6 @@ class LossBalanceMonitor:
                 "no_audio",
                 f"audio loss is 0 although audio_loss_weight={lo.audio_loss_weight:g}: every audio-out segment is "
                 "context (all labels -100); check start_index so the target audio is trained",
-                warnings,
-            )
-        if lo.consistency_loss_weight > 0 and lo.consistency_samples == 0:
-            self._fire(
-                "no_consistency",
-                f"consistency loss is 0 although consistency_loss_weight={lo.consistency_loss_weight:g}: no sample has "
-                "both a reference (context) and a trained audio-out segment",
                 warnings,
             )
 

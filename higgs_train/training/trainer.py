@@ -3,7 +3,7 @@
 Features and their trade-offs:
 
 * **Loss** -- ``higgs_train.loss.compute_higgs_audio_loss``: shifted text CE on ``expanded_labels``, per-codebook
-  audio CE within each audio-out segment, optional voice-consistency term. Sums are normalised by the label counts
+  audio CE within each audio-out segment. Sums are normalised by the label counts
   of the whole optimizer step over all workers (one tiny all-reduce per step), so the gradient does not depend on
   how a global batch is split into micro-batches or workers.
 * **Precision** -- ``precision``: bf16 base weights on CUDA, fp32 on CPU by default (bf16 selectable, the GPU's
@@ -205,29 +205,21 @@ class HiggsAudioTrainer:
     def _forward_loss(self, batch: Any, global_counts: Any, host_metrics: bool = True):
         """Forward + loss of one micro-batch. The text head runs only at labelled positions (``text_head``); the
         batch's label tensors stay on the host, where the loss does its bookkeeping without device syncs."""
-        from higgs_train.loss import compute_higgs_audio_loss, segment_sample_index_from_input_ids
+        from higgs_train.loss import compute_higgs_audio_loss
         from higgs_train.training.text_head import hidden_states_as_text_logits
 
         cfg = self.config
-        wants_consistency = cfg.consistency_loss_weight > 0
         assert_no_autocast()
         inputs = self._model_inputs(batch)
         with hidden_states_as_text_logits(self.model) as text_head:
-            outputs = self.model(**inputs, output_audio_hidden_states=wants_consistency)
-        segments = (
-            segment_sample_index_from_input_ids(batch.input_ids, self.model_config.audio_out_token_idx)
-            if wants_consistency
-            else None
-        )
+            outputs = self.model(**inputs)
         return compute_higgs_audio_loss(
             outputs,
             batch,
             text_loss_weight=cfg.text_loss_weight,
             audio_loss_weight=cfg.audio_loss_weight,
-            consistency_loss_weight=cfg.consistency_loss_weight,
             codebook_weights=cfg.codebook_weights or None,
             num_label_tokens=global_counts,
-            segment_sample_index=segments,
             text_head=text_head,
             host_metrics=host_metrics,
         )
@@ -237,7 +229,7 @@ class HiggsAudioTrainer:
         from higgs_train.loss import LabelTokenCounts, count_label_tokens
 
         token_id = self.model_config.audio_out_token_idx
-        local = LabelTokenCounts(0, 0, 0)
+        local = LabelTokenCounts(0, 0)
         for batch in batches:
             local = local + count_label_tokens(batch, audio_out_token_id=token_id)
         if self.context.world_size == 1:
@@ -323,7 +315,7 @@ class HiggsAudioTrainer:
         data_wait = time.perf_counter() - data_start
         with torch.profiler.record_function(HOST_DATA_REGION):
             counts = self._global_counts(batches)
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # text, audio, consistency, total (step shares)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # text, audio, total (step shares)
         real_tokens = sum(int(self.train_records[i]["num_tokens"]) for rows in micro_batches for i in rows)
         # Processed tokens in merged-sequence units (what num_tokens counts): every row padded to its batch's longest.
         lengths = [[int(self.train_records[i]["num_tokens"]) for i in rows] for rows in micro_batches]
@@ -336,7 +328,7 @@ class HiggsAudioTrainer:
                 # DDP averages gradients over workers; the loss is already normalised by *global* counts, so
                 # scale by world size to turn DDP's mean into the intended sum.
                 (out.total * ctx.world_size).backward()
-            sums += torch.stack([out.text_loss, out.audio_loss, out.consistency_loss, out.total.detach()]).double()
+            sums += torch.stack([out.text_loss, out.audio_loss, out.total.detach()]).double()
         grad_norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
@@ -348,10 +340,9 @@ class HiggsAudioTrainer:
             self._last_step_loss = None
             text_w, audio_w = cfg.text_loss_weight * sums[0], cfg.audio_loss_weight * sums[1]
             return {
-                "train/total_loss": sums[3],
+                "train/total_loss": sums[2],
                 "train/text_loss": sums[0],
                 "train/audio_loss": sums[1],
-                "train/consistency_loss": sums[2],
                 "train/text_audio_ratio": text_w / audio_w,
                 "train/learning_rate": self.scheduler.get_last_lr()[0],
             }
@@ -359,7 +350,7 @@ class HiggsAudioTrainer:
         figures = torch.tensor(window[1:], dtype=torch.float64).to(self.device)
         reduced = ctx.all_reduce_sum(torch.cat([sums, grad_norm.reshape(1).double(), figures])).cpu()
         elapsed = time.perf_counter() - window[0]
-        text, audio, consistency, total = (float(x) for x in reduced[:4])
+        text, audio, total = (float(x) for x in reduced[:3])
         text_w, audio_w = cfg.text_loss_weight * text, cfg.audio_loss_weight * audio
         self._last_step_loss = replace(
             out,
@@ -367,7 +358,6 @@ class HiggsAudioTrainer:
             audio_loss=torch.tensor(audio),
             text_tokens=counts.text,
             audio_tokens=counts.audio,
-            consistency_samples=counts.consistency_samples or 0,
             text_token_loss=text,  # per-token means of the step (normalised by the step's global counts)
             audio_token_loss=audio,
         )
@@ -375,15 +365,14 @@ class HiggsAudioTrainer:
             "train/total_loss": total,
             "train/text_loss": text,
             "train/audio_loss": audio,
-            "train/consistency_loss": consistency,
             "train/text_loss_weighted": text_w,
             "train/audio_loss_weighted": audio_w,
             "train/text_audio_ratio": text_w / audio_w if audio_w > 0 else float("inf"),
             "train/learning_rate": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": float(reduced[4]) / ctx.world_size,  # every worker holds the same reduced gradients
-            "train/tokens_per_second": float(reduced[5]) / elapsed,
-            "train/padding_efficiency": float(reduced[5]) / max(1.0, float(reduced[6])),
-            "train/data_wait_share": float(reduced[7]) / ctx.world_size / elapsed,
+            "train/grad_norm": float(reduced[3]) / ctx.world_size,  # every worker holds the same reduced gradients
+            "train/tokens_per_second": float(reduced[4]) / elapsed,
+            "train/padding_efficiency": float(reduced[4]) / max(1.0, float(reduced[5])),
+            "train/data_wait_share": float(reduced[6]) / ctx.world_size / elapsed,
             "train/text_tokens": counts.text,
             "train/audio_tokens": counts.audio,
         }
@@ -400,7 +389,7 @@ class HiggsAudioTrainer:
         cfg, step = self.config, self.state.global_step
         metrics = {"step": step, "epoch": self.state.epoch, **metrics}
         # Canonical names (also used by Tune and MLflow): total_loss, text_loss, audio_loss, ...
-        for name in ("total_loss", "text_loss", "audio_loss", "consistency_loss", "text_audio_ratio"):
+        for name in ("total_loss", "text_loss", "audio_loss", "text_audio_ratio"):
             metrics[name] = metrics[f"train/{name}"]
         final = bool(self.total_steps) and step >= self.total_steps
         save = step % cfg.save_every_steps == 0 or final

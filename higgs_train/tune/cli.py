@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = training_parser()
     parser.prog = "ray_jobs/tune.py"
-    parser.description = "Ray Tune sweep (ASHA on val_loss) over LoRA and loss settings of the training job."
+    parser.description = "Ray Tune sweep (ASHA on --checkpoint_metric: val_loss, sim or wer) over LoRA and loss settings of the training job."
     group = parser.add_argument_group("sweep")
     defaults = SweepSettings()
     group.add_argument("--search_space", default=defaults.search_space, help="Search-space YAML.")

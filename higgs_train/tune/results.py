@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from higgs_train.config import TrainingConfig
+from higgs_train.evaluation.training import checkpoint_score
 from higgs_train.tune.resources import planned_steps
 from higgs_train.tune.space import TIME_ATTR, TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
 
@@ -32,6 +33,7 @@ class TrialSummary:
     overrides: dict[str, Any]
     val_loss: float | None = None
     val_audio_accuracy: float | None = None
+    score: float | None = None  # the ranking metric (--checkpoint_metric: val_loss, eval/sim_rank or eval/wer_rank)
     step: int | None = None
     last_step: int | None = None
     checkpoint_path: str | None = None
@@ -47,6 +49,7 @@ class TrialSummary:
             "status": self.status,
             "val_loss": self.val_loss,
             "val_audio_accuracy": self.val_audio_accuracy,
+            "score": self.score,
             "step": self.step,
             "last_step": self.last_step,
             "mlflow_run_id": self.mlflow_run_id,
@@ -71,6 +74,7 @@ def summarize_trial(result: Any, base: TrainingConfig, trials_root: Path, length
     trainer's final metrics, which win if Tune missed the last report. Where that file is not visible (the trial
     ran on another node), a trial whose reports reached its planned last step counts as completed.
     """
+    score_key, _ = checkpoint_score(base.checkpoint_metric)
     trial_id = Path(result.path).name
     params = dict(result.config or {})
     summary = TrialSummary(trial_id, "error" if result.error else "early_stopped", params, {})
@@ -89,6 +93,7 @@ def summarize_trial(result: Any, base: TrainingConfig, trials_root: Path, length
             last = rows[-1]
             summary.val_loss = _num(last[TUNE_METRIC])
             summary.val_audio_accuracy = _num(last.get("val_audio_accuracy"))
+            summary.score = _num(last.get(score_key))
             summary.step = int(last[TIME_ATTR])
             path = last.get("checkpoint_path")
             summary.checkpoint_path = path if isinstance(path, str) and path else None
@@ -105,16 +110,21 @@ def summarize_trial(result: Any, base: TrainingConfig, trials_root: Path, length
         if TUNE_METRIC in metrics and int(metrics.get(TIME_ATTR, 0)) >= (summary.step or 0):
             summary.val_loss = _num(metrics[TUNE_METRIC])
             summary.val_audio_accuracy = _num(metrics.get("val_audio_accuracy"))
+            summary.score = _num(metrics.get(score_key, summary.score))
             summary.step = int(metrics.get(TIME_ATTR, 0))
             summary.last_step = max(summary.last_step or 0, summary.step)
             summary.checkpoint_path = record.get("checkpoint") or summary.checkpoint_path
     return summary
 
 
-def select_best(trials: list[TrialSummary]) -> TrialSummary | None:
-    """The trial with the lowest final val_loss (any status but error); ties go to the earlier trial."""
-    scored = [t for t in trials if t.status != "error" and t.val_loss is not None]
-    return min(scored, key=lambda t: t.val_loss) if scored else None  # type: ignore[arg-type,return-value]
+def select_best(trials: list[TrialSummary], mode: str = "min") -> TrialSummary | None:
+    """The trial with the best final ``score`` (lowest for mode "min", e.g. val_loss or WER; highest for "max",
+    e.g. SIM) among those that did not fail; ties go to the earlier trial."""
+    scored = [t for t in trials if t.status != "error" and t.score is not None]
+    if not scored:
+        return None
+    sign = 1.0 if mode == "min" else -1.0
+    return min(scored, key=lambda t: sign * t.score)  # type: ignore[operator]
 
 
 def _fetch_checkpoint(path: str, into: Path) -> Path | None:
@@ -162,6 +172,7 @@ def export_best(best: TrialSummary, dest: Path) -> dict[str, Any]:
         "status": best.status,
         "val_loss": best.val_loss,
         "val_audio_accuracy": best.val_audio_accuracy,
+        "score": best.score,
         "step": best.step,
         "params": best.params,
         "training_overrides": best.overrides,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from higgs_train.config import TrainingConfig
+from higgs_train.evaluation.training import checkpoint_score
 from higgs_train.tune.resources import make_scheduler, plan_resources, planned_steps
 from higgs_train.tune.results import (
     TrialSummary,
@@ -19,8 +20,6 @@ from higgs_train.tune.results import (
 )
 from higgs_train.tune.space import (
     BEST_DIR,
-    TUNE_METRIC,
-    TUNE_MODE,
     SweepSettings,
     load_search_space,
     make_search_alg,
@@ -73,7 +72,11 @@ def fresh_name(storage: str, name: str) -> str:
 
 
 def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
-    """Caches once, then a Tuner of ``run_trial``s, then the trial table, child-run closing and the best adapter."""
+    """Caches once, then a Tuner of ``run_trial``s, then the trial table, child-run closing and the best adapter.
+
+    Trials are ranked (by ASHA while they run, and for the best adapter at the end) by ``--checkpoint_metric``:
+    val_loss, or the voice metrics SIM / WER of ``--eval_rows`` generated validation rows.
+    """
     import ray
     from ray import tune
 
@@ -90,6 +93,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     storage = storage_root(config)
     sweep_name = fresh_name(storage, config.run_name or output.name)
     config = config.replace(run_name=sweep_name, resume_from="")
+    score_key, score_mode = checkpoint_score(config.checkpoint_metric)
     tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
     tracker = RunTracker(tracking_uri)
     sweep_params = {f"tune/{k}": v for k, v in asdict(settings).items()}
@@ -140,8 +144,8 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
             trainable,
             param_space=to_param_space(spec),
             tune_config=tune.TuneConfig(
-                metric=TUNE_METRIC,
-                mode=TUNE_MODE,
+                metric=score_key,
+                mode=score_mode,
                 search_alg=make_search_alg(settings.search_alg, spec, config.seed, points, resources.max_concurrent),
                 scheduler=make_scheduler(
                     total_steps, settings.grace_period or config.eval_every_steps, settings.reduction_factor
@@ -166,13 +170,14 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
             tracker.log_artifact(path, "data")
         counts = {s: sum(t.status == s for t in trials) for s in ("completed", "early_stopped", "error")}
         tracker.log_metrics({f"trials/{k}": v for k, v in counts.items()}, step=0)
-        best_trial = select_best(trials)
+        best_trial = select_best(trials, score_mode)
         best = None
         if best_trial is not None:
             best = export_best(best_trial, output / BEST_DIR)
             tracker.log_artifact(output / BEST_DIR, BEST_DIR)
-            tracker.log_metrics({"best_val_loss": best_trial.val_loss}, step=best_trial.step or 0)
+            best_metrics = {"best_val_loss": best_trial.val_loss, f"best_{config.checkpoint_metric}": best_trial.score}
+            tracker.log_metrics({k: v for k, v in best_metrics.items() if v is not None}, step=best_trial.step or 0)
             tracker.set_tags({"best_trial_id": best_trial.trial_id, "best_mlflow_run_id": best_trial.mlflow_run_id})
         if best is None:
-            raise RuntimeError(f"no trial of sweep {sweep_name} reported a val_loss; see {csv_path}")
+            raise RuntimeError(f"no trial of sweep {sweep_name} reported {score_key}; see {csv_path}")
     return SweepResult(output, sweep_name, tracker.run_id, tracking_uri, trials, best)

@@ -128,7 +128,6 @@ def readable_trial_name(config: TrainingConfig, params: dict[str, Any], trial_id
     for name, label in (
         ("text_loss_weight", "text"),
         ("audio_loss_weight", "audio"),
-        ("consistency_loss_weight", "cons"),
     ):
         if name in params:
             parts.append(f"{label}{_short_number(float(getattr(config, name)))}")

@@ -46,7 +46,7 @@ def teacher_forced_accuracy(model, model_config, record) -> float:
     """Top-1 next-code accuracy over every labelled audio position of the record (all codebooks)."""
     batch = collate_records([record], build_collator(model_config))
     outputs = model(**batch_to_model_inputs(batch))
-    loss = compute_higgs_audio_loss(outputs, batch, consistency_loss_weight=0.0)
+    loss = compute_higgs_audio_loss(outputs, batch)
     return sum(loss.audio_correct) / sum(loss.audio_counted)
 
 
@@ -91,7 +91,6 @@ def test_overfit_one_sample_then_reproduce_it(tmp_path):
         lora_alpha=32,
         lora_dropout=0.0,
         weight_decay=0.0,
-        consistency_loss_weight=0.0,
         batch_size=1,
         max_steps=MAX_STEPS,
         num_epochs=MAX_STEPS,  # one step per epoch with one row

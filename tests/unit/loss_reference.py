@@ -16,36 +16,23 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class LabelTokenCounts:
-    """Label-token counts of one batch, or (after summing) of a whole optimizer step over all workers.
-
-    ``consistency_samples`` is None when it was not counted (no ``audio_out_token_id`` given); the loss refuses to
-    normalise a consistency term by an unknown count rather than silently falling back to a local one.
-    """
+    """Label-token counts of one batch, or (after summing) of a whole optimizer step over all workers."""
 
     text: int
     audio: int
-    consistency_samples: int | None = None
 
     def __add__(self, other: LabelTokenCounts) -> LabelTokenCounts:
-        cons = (
-            None
-            if self.consistency_samples is None or other.consistency_samples is None
-            else self.consistency_samples + other.consistency_samples
-        )
-        return LabelTokenCounts(self.text + other.text, self.audio + other.audio, cons)
+        return LabelTokenCounts(self.text + other.text, self.audio + other.audio)
 
     def to_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Pack as a LongTensor for ``torch.distributed.all_reduce(SUM)``; the last slot flags an unknown count."""
-        unknown = int(self.consistency_samples is None)
-        return torch.tensor(
-            [self.text, self.audio, self.consistency_samples or 0, unknown], dtype=torch.long, device=device
-        )
+        """Pack as a LongTensor for ``torch.distributed.all_reduce(SUM)``."""
+        return torch.tensor([self.text, self.audio], dtype=torch.long, device=device)
 
     @classmethod
     def from_tensor(cls, packed: torch.Tensor) -> LabelTokenCounts:
-        """Inverse of ``to_tensor`` (also after an all-reduce: any worker's unknown count makes the sum unknown)."""
-        text, audio, cons, unknown = (int(x) for x in packed.tolist())
-        return cls(text, audio, None if unknown else cons)
+        """Inverse of ``to_tensor`` (also after an all-reduce)."""
+        text, audio = (int(x) for x in packed.tolist())
+        return cls(text, audio)
 
 
 @dataclass
@@ -60,11 +47,9 @@ class LossOutput:
     total: torch.Tensor
     text_loss: torch.Tensor
     audio_loss: torch.Tensor
-    consistency_loss: torch.Tensor
     per_codebook_loss: torch.Tensor  # (K,) this batch's mean CE per codebook (0 where a codebook has no labels)
     text_tokens: int
     audio_tokens: int
-    consistency_samples: int
     audio_correct: list[int]  # per codebook: top-1 prediction equals the next code
     audio_counted: list[int]  # per codebook: label entries scored
     text_audio_ratio: float  # (w_text * text_loss) / (w_audio * audio_loss); inf / nan when the audio side is 0
@@ -72,7 +57,6 @@ class LossOutput:
     audio_token_loss: float
     text_loss_weight: float
     audio_loss_weight: float
-    consistency_loss_weight: float
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -115,37 +99,6 @@ def trained_segment_mask(label_audio_ids: torch.Tensor, audio_out_ids_start: tor
     return per_segment > 0
 
 
-def segment_sample_index_from_input_ids(input_ids: torch.Tensor, audio_out_token_id: int) -> torch.Tensor:
-    """Which batch sample each audio-out segment belongs to, from the collator's ``input_ids``.
-
-    The collator orders segments row-major (sample by sample, left to right), one ``<|AUDIO_OUT|>`` token each.
-    Upstream's ``audio_out_ids_start_group_loc`` cannot be used: the collator appends one entry per *sample*, not per
-    segment, so it is wrong (and too short) as soon as a sample has a reference and a target segment.
-    """
-    per_sample = (input_ids == audio_out_token_id).sum(dim=1)
-    return torch.repeat_interleave(torch.arange(input_ids.shape[0], device=input_ids.device), per_sample)
-
-
-def _segment_sample_index_from_audio_out_mask(
-    audio_out_mask: torch.Tensor, audio_out_ids_start: torch.Tensor
-) -> torch.Tensor:
-    """Same as above from the model output: audio rows are ``hidden[audio_out_mask]`` in row-major order."""
-    sample_of_row = audio_out_mask.nonzero(as_tuple=True)[0]
-    return sample_of_row[audio_out_ids_start.to(sample_of_row.device).long()]
-
-
-def _consistency_eligible(segment_sample_index: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
-    """(num_samples_seen,) bool: sample has both a context and a trained segment."""
-    if segment_sample_index.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=segment_sample_index.device)
-    size = int(segment_sample_index.max()) + 1
-    has_ctx = torch.zeros(size, dtype=torch.bool, device=segment_sample_index.device)
-    has_trained = torch.zeros_like(has_ctx)
-    has_ctx[segment_sample_index[~trained]] = True
-    has_trained[segment_sample_index[trained]] = True
-    return has_ctx & has_trained
-
-
 def count_label_tokens(batch: Any, *, audio_out_token_id: int | None = None) -> LabelTokenCounts:
     """This batch's label counts without a forward pass (sum them over micro-batches and workers for the step).
 
@@ -157,7 +110,6 @@ def count_label_tokens(batch: Any, *, audio_out_token_id: int | None = None) -> 
       ``expanded_labels``. ``<|AUDIO_OUT|>`` positions are excluded when the token id is given, because the merged
       sequence replaces them with -100 even if the collator kept their label (``mask_audio_out_token_label=False``).
     * audio: (row, codebook) entries with a target, see ``audio_next_code_targets``.
-    * consistency_samples: only with ``audio_out_token_id`` (needed to map segments to samples).
     """
     text = 0
     label_ids = getattr(batch, "label_ids", None)
@@ -170,27 +122,18 @@ def count_label_tokens(batch: Any, *, audio_out_token_id: int | None = None) -> 
         text = int(valid.sum())
 
     audio = 0
-    consistency: int | None = None
     label_audio_ids = getattr(batch, "label_audio_ids", None)
     starts = getattr(batch, "audio_out_ids_start", None)
     has_audio = label_audio_ids is not None and starts is not None and label_audio_ids.numel() > 0
     if has_audio:
         audio = int((audio_next_code_targets(label_audio_ids, starts) != IGNORE_INDEX).sum())
-    if audio_out_token_id is not None:
-        consistency = 0
-        if has_audio:
-            seg_sample = segment_sample_index_from_input_ids(batch.input_ids, audio_out_token_id)
-            trained = trained_segment_mask(label_audio_ids, starts)
-            consistency = int(_consistency_eligible(seg_sample.to(trained.device), trained).sum())
-    return LabelTokenCounts(text=text, audio=audio, consistency_samples=consistency)
+    return LabelTokenCounts(text=text, audio=audio)
 
 
 def _as_counts(value: LabelTokenCounts | Mapping[str, int] | None) -> LabelTokenCounts | None:
     if value is None or isinstance(value, LabelTokenCounts):
         return value
-    return LabelTokenCounts(
-        text=int(value["text"]), audio=int(value["audio"]), consistency_samples=value.get("consistency_samples")
-    )
+    return LabelTokenCounts(text=int(value["text"]), audio=int(value["audio"]))
 
 
 def _denominator(local: int, global_count: int | None, name: str) -> int:
@@ -256,46 +199,6 @@ def _audio_ce_sums(
     return sums, counts, correct
 
 
-def _consistency_sum(
-    audio_hidden_states: torch.Tensor,
-    audio_out_ids_start: torch.Tensor,
-    trained: torch.Tensor,
-    segment_sample_index: torch.Tensor,
-) -> tuple[torch.Tensor, int]:
-    """Sum over eligible samples of 1 - cos(mean hidden of its context segments, mean hidden of its trained ones).
-
-    A segment's embedding is the mean final audio hidden state over all its rows; a sample's reference (target)
-    embedding is the mean of its context (trained) segment embeddings, so long clips don't outweigh short ones.
-    Both sides stay differentiable: the adapter should make the generated speech representation sit in the same
-    direction as the reference's, and either side may move to get there.
-    """
-    device = audio_hidden_states.device
-    hidden = audio_hidden_states.float()
-    starts = audio_out_ids_start.to(device).long()
-    trained = trained.to(device)
-    segment_sample_index = segment_sample_index.to(device).long()
-    lengths = _segment_lengths(starts, hidden.shape[0])
-    segment_of_row = torch.repeat_interleave(torch.arange(len(starts), device=device), lengths)
-    seg_mean = torch.zeros(len(starts), hidden.shape[1], device=device, dtype=hidden.dtype)
-    seg_mean = seg_mean.index_add(0, segment_of_row, hidden) / lengths.clamp(min=1).unsqueeze(1).to(hidden.dtype)
-
-    eligible = _consistency_eligible(segment_sample_index, trained)
-    count = int(eligible.sum())
-    if count == 0:
-        return hidden.sum() * 0.0, 0
-    size = eligible.shape[0]
-
-    def pooled(mask: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(size, hidden.shape[1], device=device, dtype=hidden.dtype)
-        total = total.index_add(0, segment_sample_index[mask], seg_mean[mask])
-        n = torch.bincount(segment_sample_index[mask], minlength=size).clamp(min=1)
-        return total / n.unsqueeze(1).to(hidden.dtype)
-
-    reference = pooled(~trained)[eligible]
-    target = pooled(trained)[eligible]
-    return (1.0 - F.cosine_similarity(reference, target, dim=-1)).sum(), count
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------------------------------------------------
@@ -314,20 +217,15 @@ def compute_higgs_audio_loss(
     *,
     text_loss_weight: float = 1.0,
     audio_loss_weight: float = 1.0,
-    consistency_loss_weight: float = 0.1,
     codebook_weights: Sequence[float] | torch.Tensor | None = None,
     num_label_tokens: LabelTokenCounts | Mapping[str, int] | None = None,
-    segment_sample_index: torch.Tensor | None = None,
 ) -> LossOutput:
-    """Weighted text + audio + consistency loss of one (micro-)batch; see the module docstring for the formula.
+    """Weighted text + audio loss of one (micro-)batch; see the module docstring for the formula.
 
-    ``outputs``: model output with ``logits``, ``expanded_labels``, ``audio_logits`` and, when the consistency
-    weight is > 0, ``audio_hidden_states`` (forward with ``output_audio_hidden_states=True``). ``batch``: has
+    ``outputs``: model output with ``logits``, ``expanded_labels`` and ``audio_logits``. ``batch``: has
     ``label_audio_ids`` and ``audio_out_ids_start``. ``num_label_tokens``: global counts of the optimizer step
-    (``LabelTokenCounts`` or a dict with ``text``/``audio``/``consistency_samples``); None = this batch's counts.
-    ``segment_sample_index``: sample of each audio-out segment (``segment_sample_index_from_input_ids``); None =
-    derived from ``outputs.audio_out_mask``. A component with weight 0 contributes nothing to ``total`` (text/audio
-    are still computed without grad for logging; consistency is skipped entirely).
+    (``LabelTokenCounts`` or a dict with ``text``/``audio``); None = this batch's counts. A component with weight 0
+    contributes nothing to ``total`` (it is still computed without grad for logging).
     """
     counts = _as_counts(num_label_tokens)
     logits = getattr(outputs, "logits", None)
@@ -380,35 +278,6 @@ def compute_higgs_audio_loss(
     if audio_loss_weight > 0:
         pieces.append(audio_loss_weight * audio_loss)
 
-    # --- consistency ---
-    consistency_loss, consistency_samples = zero, 0
-    if consistency_loss_weight > 0:
-        hidden = getattr(outputs, "audio_hidden_states", None)
-        if hidden is None:
-            raise ValueError(
-                "consistency_loss_weight > 0 needs outputs.audio_hidden_states: call the model with "
-                "output_audio_hidden_states=True, or set consistency_loss_weight=0"
-            )
-        if counts is not None and counts.consistency_samples is None:
-            raise ValueError(
-                "num_label_tokens.consistency_samples is unknown; pass audio_out_token_id to count_label_tokens"
-            )
-        if has_audio and hidden.shape[0] > 0:
-            if segment_sample_index is None:
-                audio_out_mask = getattr(outputs, "audio_out_mask", None)
-                if audio_out_mask is None:
-                    raise ValueError("pass segment_sample_index (segment_sample_index_from_input_ids)")
-                segment_sample_index = _segment_sample_index_from_audio_out_mask(audio_out_mask, starts)
-            if segment_sample_index.shape[0] != starts.shape[0]:
-                raise ValueError(
-                    f"segment_sample_index has {segment_sample_index.shape[0]} entries for {starts.shape[0]} segments"
-                )
-            trained = trained_segment_mask(label_audio_ids, starts)
-            cons_sum, consistency_samples = _consistency_sum(hidden, starts, trained, segment_sample_index)
-            global_cons = counts.consistency_samples if counts else None
-            consistency_loss = cons_sum / _denominator(consistency_samples, global_cons, "consistency_samples")
-            pieces.append(consistency_loss_weight * consistency_loss)
-
     total = torch.stack(pieces).sum() if pieces else zero
     weighted_text = text_loss_weight * float(text_loss.detach())
     weighted_audio = audio_loss_weight * float(audio_loss.detach())
@@ -417,11 +286,9 @@ def compute_higgs_audio_loss(
         total=total,
         text_loss=text_loss.detach(),
         audio_loss=audio_loss.detach(),
-        consistency_loss=consistency_loss.detach(),
         per_codebook_loss=per_codebook,
         text_tokens=text_tokens,
         audio_tokens=audio_tokens,
-        consistency_samples=consistency_samples,
         audio_correct=audio_correct,
         audio_counted=audio_counted,
         text_audio_ratio=ratio,
@@ -429,7 +296,6 @@ def compute_higgs_audio_loss(
         audio_token_loss=float(audio_sum.detach()) / max(audio_tokens, 1),
         text_loss_weight=float(text_loss_weight),
         audio_loss_weight=float(audio_loss_weight),
-        consistency_loss_weight=float(consistency_loss_weight),
     )
 
 

@@ -30,7 +30,6 @@ SEED_FLAGS = [
     "--lora_target_modules",
     "--text_loss_weight",
     "--audio_loss_weight",
-    "--consistency_loss_weight",
     "--gradient_accumulation_steps",
     "--max_grad_norm",
     "--weight_decay",
@@ -106,6 +105,16 @@ def test_a_bad_value_names_the_field(tmp_path, capsys):
         config_from_args(["--batch_size", "two"])
     assert exit_info.value.code == 2
     assert "--batch_size" in capsys.readouterr().err
+
+
+def test_the_removed_consistency_weight_says_why_in_a_file_and_as_a_flag(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("consistency_loss_weight: 0.1\n")
+    with pytest.raises(ValueError, match="did not measure voice.*--checkpoint_metric sim"):
+        config_from_args(["--config", str(old)])
+    with pytest.raises(SystemExit):
+        config_from_args(["--consistency_loss_weight", "0.1"])
+    assert "--consistency_loss_weight: removed: the hidden-state consistency term" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])

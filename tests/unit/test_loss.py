@@ -26,7 +26,6 @@ from higgs_train.loss import (
     audio_next_code_targets,
     compute_higgs_audio_loss,
     count_label_tokens,
-    segment_sample_index_from_input_ids,
 )
 
 K = 8  # codebooks
@@ -134,7 +133,7 @@ def test_uniform_logits_give_log_vocab_and_counts_by_hand():
     with torch.no_grad():
         out.logits.zero_()
         out.audio_logits.zero_()
-    res = compute_higgs_audio_loss(out, batch, consistency_loss_weight=0.0)
+    res = compute_higgs_audio_loss(out, batch)
     # text: per trained segment 10 and 11 (AUDIO_OUT masked), plus the final 12 of each sample
     assert res.text_tokens == (2 + 1) + (2 + 1)
     # audio: n codes + EOS per codebook, trained segments only (the 3-code reference contributes nothing)
@@ -143,7 +142,7 @@ def test_uniform_logits_give_log_vocab_and_counts_by_hand():
     assert res.audio_loss.item() == pytest.approx(math.log(C), abs=1e-5)
     assert res.total.item() == pytest.approx(math.log(TEXT_V) + math.log(C), abs=1e-5)
     assert res.audio_counted == [4 + 1 + 5 + 1] * K
-    assert count_label_tokens(batch, audio_out_token_id=AUDIO_OUT) == LabelTokenCounts(6, K * 11, 1)
+    assert count_label_tokens(batch, audio_out_token_id=AUDIO_OUT) == LabelTokenCounts(6, K * 11)
 
 
 def test_text_count_matches_merged_labels_when_audio_out_label_is_kept():
@@ -178,7 +177,7 @@ def test_delay_pattern_segment_peaked_on_next_column():
                 audio_logits[t, k, labels[k, t + 1]] = a[k]
     out = _fake_outputs(batch)
     out.audio_logits = audio_logits.requires_grad_()
-    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0, consistency_loss_weight=0.0)
+    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0)
     per_cb = [peaked_ce(a[k], C) for k in range(K)]
     assert res.per_codebook_loss.tolist() == pytest.approx(per_cb, abs=1e-5)
     assert res.audio_loss.item() == pytest.approx(sum(per_cb) / K, abs=1e-5)  # equal counts per codebook
@@ -207,7 +206,7 @@ def test_two_segments_never_pair_across_the_boundary():
     audio_logits.requires_grad_()
     out = SimpleNamespace(logits=None, expanded_labels=None, audio_logits=audio_logits)
     batch = SimpleNamespace(label_audio_ids=labels, audio_out_ids_start=starts)
-    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0, consistency_loss_weight=0.0)
+    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0)
     assert res.audio_tokens == 2 * 4
     assert res.audio_loss.item() == pytest.approx(peaked_ce(a, 5), abs=1e-6)
     res.total.backward()
@@ -221,7 +220,7 @@ def test_masked_reference_segment_contributes_nothing():
     ref_rows = slice(0, int(batch.audio_out_ids_start[1]))
     assert (batch.label_audio_ids[:, ref_rows] == -100).all()
     out = _fake_outputs(batch)
-    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0, consistency_loss_weight=0.0)
+    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0)
     assert res.audio_tokens == K * (4 + 1)
     res.total.backward()
     assert out.audio_logits.grad[ref_rows].abs().sum() == 0
@@ -230,7 +229,7 @@ def test_masked_reference_segment_contributes_nothing():
     out2 = _fake_outputs(batch)
     with torch.no_grad():
         out2.audio_logits[ref_rows] = 100.0 * torch.randn_like(out2.audio_logits[ref_rows])
-    res2 = compute_higgs_audio_loss(out2, batch, text_loss_weight=0.0, consistency_loss_weight=0.0)
+    res2 = compute_higgs_audio_loss(out2, batch, text_loss_weight=0.0)
     assert res2.audio_loss.item() == pytest.approx(res.audio_loss.item(), abs=1e-6)
 
 
@@ -246,58 +245,17 @@ def test_codebook_weights_by_hand():
     out = _fake_outputs(batch)
     out.audio_logits = audio_logits.requires_grad_()
     weights = [4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.0, 1.0]
-    res = compute_higgs_audio_loss(
-        out, batch, text_loss_weight=0.0, consistency_loss_weight=0.0, codebook_weights=weights
-    )
+    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0, codebook_weights=weights)
     expected = sum(w * peaked_ce(a[k], C) for k, w in enumerate(weights)) / sum(weights)
     assert res.audio_loss.item() == pytest.approx(expected, abs=1e-5)
     res.total.backward()
     assert out.audio_logits.grad[:, 6].abs().sum() == 0  # weight 0 codebook gets no gradient
     assert out.audio_logits.grad[:, 0].abs().sum() > 0
     # scaling all weights changes nothing (normalised to sum K)
-    res2 = compute_higgs_audio_loss(
-        out, batch, text_loss_weight=0.0, consistency_loss_weight=0.0, codebook_weights=[3 * w for w in weights]
-    )
+    res2 = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0, codebook_weights=[3 * w for w in weights])
     assert res2.audio_loss.item() == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match="codebooks"):
-        compute_higgs_audio_loss(out, batch, consistency_loss_weight=0.0, codebook_weights=[1.0] * 7)
-
-
-def test_consistency_by_hand():
-    # Sample 0: reference rows all u=(1,0), target rows all v=(0,1) -> 1 - cos = 1.
-    # Sample 1: reference (1,0), target (1,1) -> 1 - 1/sqrt(2). Sample 2: target only -> not eligible.
-    batch = _collate([[(2, False), (3, True)], [(4, False), (2, True)], [(3, True)]])
-    seg = segment_sample_index_from_input_ids(batch.input_ids, AUDIO_OUT)
-    assert seg.tolist() == [0, 0, 1, 1, 2]
-    assert batch.audio_out_ids_start_group_loc.tolist() == [0, 1, 2]  # upstream's per-sample list: not per segment
-    starts = batch.audio_out_ids_start.tolist() + [batch.audio_out_ids.shape[1]]
-    vectors = [(1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (5.0, -3.0)]
-    hidden = torch.zeros(starts[-1], 2)
-    for i, vec in enumerate(vectors):
-        hidden[starts[i] : starts[i + 1]] = torch.tensor(vec)
-    out = _fake_outputs(batch)
-    out.audio_hidden_states = hidden.requires_grad_()
-    res = compute_higgs_audio_loss(out, batch, text_loss_weight=0.0, audio_loss_weight=0.0, consistency_loss_weight=1)
-    assert res.consistency_samples == 2
-    assert res.consistency_loss.item() == pytest.approx((1.0 + (1 - 1 / math.sqrt(2))) / 2, abs=1e-6)
-    # the explicit index and the one derived from the model's audio_out_mask agree
-    res_explicit = compute_higgs_audio_loss(
-        out, batch, text_loss_weight=0.0, audio_loss_weight=0.0, consistency_loss_weight=1, segment_sample_index=seg
-    )
-    assert res_explicit.consistency_loss.item() == pytest.approx(res.consistency_loss.item(), abs=1e-7)
-
-
-def test_consistency_skipped_or_rejected():
-    batch = _collate([[(2, False), (3, True)]])
-    out = _fake_outputs(batch)
-    out.audio_hidden_states = None
-    res = compute_higgs_audio_loss(out, batch, consistency_loss_weight=0.0)  # weight 0: hidden states not needed
-    assert res.consistency_loss.item() == 0.0
-    with pytest.raises(ValueError, match="output_audio_hidden_states"):
-        compute_higgs_audio_loss(out, batch, consistency_loss_weight=0.1)
-    no_ref = _collate([[(3, True)], [(2, True)]])
-    res = compute_higgs_audio_loss(_fake_outputs(no_ref), no_ref, consistency_loss_weight=0.1)
-    assert res.consistency_samples == 0 and res.consistency_loss.item() == 0.0
+        compute_higgs_audio_loss(out, batch, codebook_weights=[1.0] * 7)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -334,7 +292,7 @@ def test_echo_model_scores_badly_and_oracle_scores_zero():
         out = SimpleNamespace(
             logits=text_logits, expanded_labels=tlabels, audio_logits=audio_logits, audio_hidden_states=None
         )
-        return compute_higgs_audio_loss(out, batch, consistency_loss_weight=0.0)
+        return compute_higgs_audio_loss(out, batch)
 
     echo = loss(echo_text, echo_audio)
     oracle = loss(oracle_text, oracle_audio)
@@ -350,11 +308,11 @@ def test_echo_model_scores_badly_and_oracle_scores_zero():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("component", ["text", "audio", "consistency"])
+@pytest.mark.parametrize("component", ["text", "audio"])
 def test_gradient_reaches_each_component(component):
     batch = _collate([[(3, False), (4, True)], [(2, False), (5, True)]])
     out = _fake_outputs(batch)
-    weights = {"text_loss_weight": 0.0, "audio_loss_weight": 0.0, "consistency_loss_weight": 0.0}
+    weights = {"text_loss_weight": 0.0, "audio_loss_weight": 0.0}
     weights[f"{component}_loss_weight"] = 1.0
     res = compute_higgs_audio_loss(out, batch, **weights)
     assert res.total.requires_grad
@@ -362,7 +320,6 @@ def test_gradient_reaches_each_component(component):
     grads = {
         "text": out.logits.grad,
         "audio": out.audio_logits.grad,
-        "consistency": out.audio_hidden_states.grad,
     }
     for name, grad in grads.items():
         reached = grad is not None and grad.abs().sum() > 0
@@ -377,13 +334,13 @@ def test_gradient_independent_of_split_with_global_counts():
     specs = [[(3, False), (5, True)], [(4, False), (2, True)], [(6, True)], [(2, False), (7, True)]]
     batch = _collate(specs, seed=1)
     out = _fake_outputs(batch, seed=2)
-    seg = segment_sample_index_from_input_ids(batch.input_ids, AUDIO_OUT)
-    weights = {"text_loss_weight": 1.0, "audio_loss_weight": 0.7, "consistency_loss_weight": 0.3}
+    seg = torch.repeat_interleave(torch.arange(len(specs)), torch.tensor([len(s) for s in specs]))  # segment -> sample
+    weights = {"text_loss_weight": 1.0, "audio_loss_weight": 0.7}
 
-    full = compute_higgs_audio_loss(out, batch, segment_sample_index=seg, **weights)
+    full = compute_higgs_audio_loss(out, batch, **weights)
     full.total.backward()
-    reference = [t.grad.clone() for t in (out.logits, out.audio_logits, out.audio_hidden_states)]
-    for t in (out.logits, out.audio_logits, out.audio_hidden_states):
+    reference = [t.grad.clone() for t in (out.logits, out.audio_logits)]
+    for t in (out.logits, out.audio_logits):
         t.grad = None
 
     # Global counts = sum of each half's own counts (each half collated on its own, as a micro-batch would be).
@@ -403,7 +360,6 @@ def test_gradient_independent_of_split_with_global_counts():
             logits=out.logits[samples.start : samples.stop],
             expanded_labels=out.expanded_labels[samples.start : samples.stop],
             audio_logits=out.audio_logits[lo:hi],
-            audio_hidden_states=out.audio_hidden_states[lo:hi],
         )
         half_batch = SimpleNamespace(
             label_audio_ids=batch.label_audio_ids[:, lo:hi],
@@ -413,19 +369,16 @@ def test_gradient_independent_of_split_with_global_counts():
             half_out,
             half_batch,
             num_label_tokens=global_counts,
-            segment_sample_index=seg[segs] - samples.start,
             **weights,
         )
         res.total.backward()
         totals.append(res.total.item())
     assert sum(totals) == pytest.approx(full.total.item(), abs=1e-6)
-    for got, want in zip(
-        (out.logits.grad, out.audio_logits.grad, out.audio_hidden_states.grad), reference, strict=True
-    ):
+    for got, want in zip((out.logits.grad, out.audio_logits.grad), reference, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
     with pytest.raises(ValueError, match="smaller than this batch"):
-        compute_higgs_audio_loss(out, batch, num_label_tokens={"text": 1, "audio": 1, "consistency_samples": 3})
+        compute_higgs_audio_loss(out, batch, num_label_tokens={"text": 1, "audio": 1})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -438,11 +391,9 @@ def _lo(text: float, audio: float, text_tokens: int = 4, audio_tokens: int = 400
         total=torch.tensor(w_text * text + audio),
         text_loss=torch.tensor(text),
         audio_loss=torch.tensor(audio),
-        consistency_loss=torch.tensor(0.0),
         per_codebook_loss=torch.zeros(K),
         text_tokens=text_tokens,
         audio_tokens=audio_tokens,
-        consistency_samples=1,
         audio_correct=[0] * K,
         audio_counted=[audio_tokens // K] * K,
         text_audio_ratio=w_text * text / audio if audio else math.inf,
@@ -450,7 +401,6 @@ def _lo(text: float, audio: float, text_tokens: int = 4, audio_tokens: int = 400
         audio_token_loss=audio,
         text_loss_weight=w_text,
         audio_loss_weight=1.0,
-        consistency_loss_weight=0.1,
     )
 
 
@@ -523,19 +473,16 @@ def test_real_tiny_model_cloning_batch():
     batch = collator(
         [sample("the reference words", "a new sentence", 9, 14), sample("hi", "a much longer target text here", 6, 11)]
     )
-    out = model(**{k: v for k, v in vars(batch).items() if k != "reward"}, output_audio_hidden_states=True)
+    out = model(**{k: v for k, v in vars(batch).items() if k != "reward"})
 
     counts = count_label_tokens(batch, audio_out_token_id=cfg.audio_out_token_idx)
     assert counts.text == int((out.expanded_labels[:, 1:] != -100).sum())  # label_ids count == merged count
     assert counts.text == 2 * 3  # audio_out_bos, audio_eos, eot of the target turn per sample
     assert counts.audio == 8 * ((14 + 1) + (11 + 1))  # reference segments contribute no label positions
-    assert counts.consistency_samples == 2
-    seg = segment_sample_index_from_input_ids(batch.input_ids, cfg.audio_out_token_idx)
-    assert seg.tolist() == [0, 0, 1, 1]
 
-    res = compute_higgs_audio_loss(out, batch, num_label_tokens=counts, segment_sample_index=seg)
+    res = compute_higgs_audio_loss(out, batch, num_label_tokens=counts)
     assert torch.isfinite(res.total) and res.total.item() > 0
-    assert (res.text_tokens, res.audio_tokens, res.consistency_samples) == (counts.text, counts.audio, 2)
+    assert (res.text_tokens, res.audio_tokens) == (counts.text, counts.audio)
     assert res.audio_loss.item() == pytest.approx(math.log(C), rel=0.5)  # untrained: near uniform
     res.total.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_loss import HIDDEN, TEXT_V, _collate, _fake_outputs
 
-from higgs_train.loss import compute_higgs_audio_loss, count_label_tokens, segment_sample_index_from_input_ids
+from higgs_train.loss import compute_higgs_audio_loss, count_label_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-6
@@ -42,19 +42,13 @@ def outputs_pair(batch, seed: int = 0):
         head.weight.copy_(torch.randn(TEXT_V, HIDDEN, generator=gen))
 
     def leaves():
-        return (
-            hidden.clone().requires_grad_(),
-            base.audio_logits.detach().clone().requires_grad_(),
-            base.audio_hidden_states.detach().clone().requires_grad_(),
-        )
+        return hidden.clone().requires_grad_(), base.audio_logits.detach().clone().requires_grad_()
 
-    h_ref, a_ref, ah_ref = leaves()
-    full = SimpleNamespace(
-        **{**vars(base), "logits": head(h_ref), "audio_logits": a_ref, "audio_hidden_states": ah_ref}
-    )
-    h_new, a_new, ah_new = leaves()
-    headless = SimpleNamespace(**{**vars(base), "logits": h_new, "audio_logits": a_new, "audio_hidden_states": ah_new})
-    return (full, (h_ref, a_ref, ah_ref)), (headless, (h_new, a_new, ah_new)), head
+    h_ref, a_ref = leaves()
+    full = SimpleNamespace(**{**vars(base), "logits": head(h_ref), "audio_logits": a_ref})
+    h_new, a_new = leaves()
+    headless = SimpleNamespace(**{**vars(base), "logits": h_new, "audio_logits": a_new})
+    return (full, (h_ref, a_ref)), (headless, (h_new, a_new)), head
 
 
 @pytest.mark.parametrize("codebook_weights", [None, [3.0, 1, 1, 1, 1, 1, 1, 0.5]])
@@ -67,16 +61,12 @@ def test_optimised_loss_and_gradients_equal_the_reference(codebook_weights, use_
     global_counts = {
         "text": counts.text + 5,
         "audio": counts.audio + 40,
-        "consistency_samples": counts.consistency_samples + 1,
     }
-    segments = segment_sample_index_from_input_ids(batch.input_ids, 50)
     (full, ref_leaves), (headless, new_leaves), head = outputs_pair(batch)
     settings = {
-        "consistency_loss_weight": 0.3,
         "text_loss_weight": 0.7,
         "codebook_weights": codebook_weights,
         "num_label_tokens": global_counts,
-        "segment_sample_index": segments,
     }
     expected = reference.compute_higgs_audio_loss(full, batch, **settings)
     if use_text_head:
@@ -85,14 +75,10 @@ def test_optimised_loss_and_gradients_equal_the_reference(codebook_weights, use_
         headless.logits = head(new_leaves[0])
         got = compute_higgs_audio_loss(headless, batch, host_metrics=host_metrics, **settings)
 
-    assert expected.text_tokens > 0 and expected.audio_tokens > 0 and expected.consistency_samples == 2
-    for name in ("total", "text_loss", "audio_loss", "consistency_loss", "per_codebook_loss"):
+    assert expected.text_tokens > 0 and expected.audio_tokens > 0
+    for name in ("total", "text_loss", "audio_loss", "per_codebook_loss"):
         assert relative_error(getattr(got, name).detach(), getattr(expected, name).detach()) <= RTOL, name
-    assert (got.text_tokens, got.audio_tokens, got.consistency_samples) == (
-        expected.text_tokens,
-        expected.audio_tokens,
-        expected.consistency_samples,
-    )
+    assert (got.text_tokens, got.audio_tokens) == (expected.text_tokens, expected.audio_tokens)
     assert got.audio_counted == expected.audio_counted
     if host_metrics:
         assert got.audio_correct == expected.audio_correct
@@ -113,11 +99,11 @@ def test_batch_without_text_labels_or_trained_audio_keeps_the_graph_connected():
     batch = _collate([[(4, False)]], seed=1)
     batch.label_ids[:] = -100
     (full, _), (headless, leaves), head = outputs_pair(batch)
-    expected = reference.compute_higgs_audio_loss(full, batch, consistency_loss_weight=0.0)
-    got = compute_higgs_audio_loss(headless, batch, consistency_loss_weight=0.0, text_head=head)
+    expected = reference.compute_higgs_audio_loss(full, batch)
+    got = compute_higgs_audio_loss(headless, batch, text_head=head)
     assert float(got.total.detach()) == float(expected.total.detach()) == 0.0
     got.total.backward()
-    assert all(leaf.grad is not None and float(leaf.grad.abs().sum()) == 0 for leaf in leaves[:2])
+    assert all(leaf.grad is not None and float(leaf.grad.abs().sum()) == 0 for leaf in leaves)
 
 
 def _load_activation_memory_benchmark():
@@ -159,28 +145,25 @@ def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss
     batch = bench.synthetic_batch(model.config, batch=2, frames=30)
     inputs = {k: v for k, v in vars(batch).items() if k != "reward"}
     out_id = model.config.audio_out_token_idx
-    settings = {
-        "segment_sample_index": segment_sample_index_from_input_ids(batch.input_ids, out_id),
-        "num_label_tokens": vars(count_label_tokens(batch, audio_out_token_id=out_id)),
-    }
+    settings = {"num_label_tokens": vars(count_label_tokens(batch, audio_out_token_id=out_id))}
 
     def adapter_grads():
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         model.zero_grad(set_to_none=True)
         return grads
 
-    expected = reference.compute_higgs_audio_loss(model(**inputs, output_audio_hidden_states=True), batch, **settings)
+    expected = reference.compute_higgs_audio_loss(model(**inputs), batch, **settings)
     expected.total.backward()
     expected_grads = adapter_grads()
     with hidden_states_as_text_logits(model) as head:
-        outputs = model(**inputs, output_audio_hidden_states=True)
+        outputs = model(**inputs)
     assert outputs.logits.shape[-1] == model.config.text_config.hidden_size
     got = compute_higgs_audio_loss(outputs, batch, text_head=head, host_metrics=False, **settings)
     got.total.backward()
     got_grads = adapter_grads()
 
-    assert expected.text_tokens > 0 and expected.consistency_samples == 2
-    for name in ("total", "text_loss", "audio_loss", "consistency_loss"):
+    assert expected.text_tokens > 0
+    for name in ("total", "text_loss", "audio_loss"):
         assert relative_error(getattr(got, name).detach(), getattr(expected, name).detach()) <= RTOL, name
     scale = max(float(g.abs().max()) for g in expected_grads.values())
     assert scale > 0
@@ -191,29 +174,26 @@ def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss
     assert model(**inputs).logits.shape[-1] == model.config.text_config.vocab_size
 
 
-def test_audio_and_consistency_terms_never_read_a_device_value():
+def test_the_audio_term_never_reads_a_device_value():
     """Model outputs on the meta device (which has no values: any ``.item()``/``nonzero``/boolean index on them
-    raises) with the label tensors on the host, as the trainer passes them: the audio and consistency terms and the
-    total are computed without waiting for the device."""
+    raises) with the label tensors on the host, as the trainer passes them: the audio term and the total are
+    computed without waiting for the device."""
     batch = _collate(SPECS, seed=5)
     base = _fake_outputs(batch)
     meta = SimpleNamespace(
         logits=None,
         expanded_labels=None,
         audio_logits=base.audio_logits.detach().to("meta").requires_grad_(),
-        audio_hidden_states=base.audio_hidden_states.detach().to("meta").requires_grad_(),
     )
     out = compute_higgs_audio_loss(
         meta,
         batch,
         text_loss_weight=0.0,
-        consistency_loss_weight=0.1,
         codebook_weights=[2.0, 1, 1, 1, 1, 1, 1, 1],
-        num_label_tokens={"text": 0, "audio": 500, "consistency_samples": 3},
-        segment_sample_index=segment_sample_index_from_input_ids(batch.input_ids, 50),
+        num_label_tokens={"text": 0, "audio": 500},
         host_metrics=False,
     )
     assert out.total.device.type == "meta"
-    assert out.audio_tokens > 0 and out.consistency_samples == 2
+    assert out.audio_tokens > 0
     out.total.backward()
     assert meta.audio_logits.grad is not None and meta.audio_logits.grad.device.type == "meta"

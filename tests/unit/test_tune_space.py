@@ -35,7 +35,8 @@ def test_default_search_space_covers_the_issue() -> None:
     assert spec["lora_r"] == ("choice", [8, 16, 32, 64])
     assert spec["lora_alpha_multiplier"][0] == "choice"
     assert spec["learning_rate"][0] == "loguniform"
-    assert {"text_loss_weight", "audio_loss_weight", "consistency_loss_weight"} <= set(spec)
+    assert {"text_loss_weight", "audio_loss_weight"} <= set(spec)
+    assert "consistency_loss_weight" not in spec  # not a voice measure: a sweep must not switch it on
     assert set(to_param_space(spec)) == set(spec)
 
 
@@ -130,3 +131,31 @@ def test_only_validation_reports_reach_tune() -> None:
     callback.after_report(None, [{"step": 1, "total_loss": 9.0}], None)
     callback.after_report(None, [{"step": 2, "val_loss": 7.0}], SimpleNamespace(path="/ckpt/2"))
     assert sent == [{"step": 2, "val_loss": 7.0, "checkpoint_path": "/ckpt/2"}]
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [("val_loss", "low_loss"), ("sim", "high_sim"), ("wer", "low_wer")],
+)
+def test_trials_are_ranked_by_the_checkpoint_metric(tmp_path, metric, expected):
+    """--checkpoint_metric ranks Tune trials as it ranks checkpoints: val_loss and WER lowest, SIM highest."""
+    import pandas as pd
+
+    from higgs_train.tune.results import select_best, summarize_trial
+
+    base = TrainingConfig(checkpoint_metric=metric, eval_rows=2 if metric != "val_loss" else 0)
+    reports = {
+        "low_loss": {"val_loss": 6.0, "eval/sim_rank": 0.50, "eval/wer_rank": 0.9},
+        "high_sim": {"val_loss": 7.0, "eval/sim_rank": 0.90, "eval/wer_rank": 0.8},
+        "low_wer": {"val_loss": 6.5, "eval/sim_rank": 0.70, "eval/wer_rank": 0.2},
+    }
+    trials = []
+    for name, last in reports.items():
+        frame = pd.DataFrame([{"step": 2, "val_loss": 8.0, "eval/sim_rank": 0.1, "eval/wer_rank": 1.0},
+                              {"step": 4, **last}])  # fmt: skip
+        result = SimpleNamespace(path=str(tmp_path / name), config={}, error=None, metrics_dataframe=frame)
+        trials.append(summarize_trial(result, base, tmp_path / "trials", lengths=[]))
+    key = {"val_loss": "val_loss", "sim": "eval/sim_rank", "wer": "eval/wer_rank"}[metric]
+    assert [t.score for t in trials] == [reports[name][key] for name in reports]  # the last report, not the first
+    mode = "max" if metric == "sim" else "min"
+    assert Path(select_best(trials, mode).output_dir).name == expected
