@@ -109,11 +109,11 @@ def load_generation_stack(
     dtype: torch.dtype | None = None,
     allow_base_mismatch: bool = False,
 ) -> GenerationStack:
-    """Load a base or merged model (plus an optional adapter, checked by ``export.load_adapter``).
+    """Load a base or merged model (plus an optional adapter, checked by ``adapter.load_adapter``).
 
     The text tokenizer defaults to the model directory's (merged exports carry it alongside the weights).
     """
-    from higgs_train.export import load_adapter
+    from higgs_train.adapter import load_adapter
     from higgs_train.models import (
         load_audio_tokenizer,
         load_model,

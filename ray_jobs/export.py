@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from higgs_train.export import AdapterError, export
+    from higgs_train.adapter import AdapterError
+    from higgs_train.export import export
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from higgs_train.paths import absolute_model_ref, absolute_path

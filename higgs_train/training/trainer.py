@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
+from higgs_train.adapter import apply_lora, count_parameters, save_adapter
 from higgs_train.config import TrainingConfig
 from higgs_train.console import ProgressLine, emit
 from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
-from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
+from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
-from higgs_train.training.lora import apply_lora, count_parameters
 from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
 from higgs_train.training.schedule import build_optimizer, build_scheduler
 
