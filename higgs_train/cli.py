@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         _print_missing_audio_hint(config.output_dir, sources.train_audio_base)
         return code
-    from higgs_train.job import ClusterResourcesError, JobOutputsMissing, run_training_job
+    from higgs_train.driver.cluster import ClusterResourcesError
+    from higgs_train.driver.train import JobOutputsMissing, run_training_job
 
     try:
         result = run_training_job(config)

@@ -238,8 +238,8 @@ def build_token_cache(
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+    if not ray.is_initialized():  # the driver owns the cluster (driver.cluster.init_ray); never a stray local one
+        raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.driver.cluster.init_ray first")
     check_resources(num_actors, cpus_per_actor)
     code_store = cache.code_store(audio_identity, settings)
     staging = cache.staging(key)

@@ -38,7 +38,7 @@ from higgs_train.training.activation_checkpointing import compile_decoder_layers
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
 from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
-from higgs_train.training.schedule import build_optimizer, build_scheduler
+from higgs_train.training.schedule import build_optimizer, build_scheduler, steps_in_run
 
 logger = logging.getLogger(__name__)
 # Profiler label of the host-side data work of a step (collation, label counts): benchmarks/gpu_step.py --profile
@@ -138,8 +138,7 @@ class HiggsAudioTrainer:
         if not self.train_records:
             raise ValueError("no training rows survived preprocessing; see the quarantine report")
         self.steps_per_epoch = len(self._epoch_steps(0))
-        planned = self.steps_per_epoch * self.config.num_epochs
-        self.total_steps = min(planned, self.config.max_steps) if self.config.max_steps else planned
+        self.total_steps = steps_in_run(self.steps_per_epoch, self.config.num_epochs, self.config.max_steps)
 
     # ------------------------------------------------------------------ data plan
     def _epoch_plan(self, records: list[dict], epoch: int) -> list[list[int]]:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from higgs_train.data.preflight import DataSetupError, preflight
-    from higgs_train.job import ClusterResourcesError
+    from higgs_train.driver.cluster import ClusterResourcesError
     from higgs_train.paths import resolve_user_paths
 
     try:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from higgs_train.config import TrainingConfig
+from higgs_train.training.schedule import planned_steps
 from higgs_train.tune import (
     SweepSettings,
     ValidationReportCallback,
@@ -17,7 +18,6 @@ from higgs_train.tune import (
     make_scheduler,
     make_search_alg,
     plan_resources,
-    planned_steps,
     quick_test_points,
     to_param_space,
     trial_overrides,
