@@ -248,7 +248,7 @@ class HiggsAudioTrainer:
         are those the save cadence wrote, and no final adapter is written (``adapter_dir`` is None). Resuming the
         same config from its last checkpoint then continues that run, which is how resumption is tested.
         """
-        from higgs_train.loss import LossBalanceMonitor
+        from higgs_train.training.loss_balance import LossBalanceMonitor
 
         self.setup()
         self._catch_up_logging()

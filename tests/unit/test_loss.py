@@ -20,7 +20,6 @@ from boson_multimodal.model.higgs_audio.utils import build_delay_pattern_mask, m
 from higgs_train.data.collate import build_collator
 from higgs_train.loss import (
     LabelTokenCounts,
-    LossBalanceMonitor,
     LossOutput,
     audio_next_code_accuracy,
     audio_next_code_targets,
@@ -28,6 +27,7 @@ from higgs_train.loss import (
     count_label_tokens,
     segment_sample_index_from_input_ids,
 )
+from higgs_train.training.loss_balance import LossBalanceMonitor
 
 K = 8  # codebooks
 C = 1026  # 1024 codes + BOS + EOS
