@@ -47,8 +47,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.preprocess import RECORD_SCHEMA, BatchResult, PreprocessSettings, records_to_table
+from higgs_train.data.preprocess import BatchResult, PreprocessSettings
 from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
 from higgs_train.data.token_cache import (
     DATA_DIR,
     QUARANTINE_FILE,

@@ -17,17 +17,15 @@ from safetensors.torch import load_file, save_file
 
 from higgs_train.adapter import AdapterError, apply_lora, load_adapter, locate_adapter, save_adapter
 from higgs_train.config import TrainingConfig
+from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.export import check_merged_dir, export, safetensors_index
 from higgs_train.generation import (
-    AUDIO_OUT_BOS,
-    GENERATION_PREFIX,
     TextTokenMask,
     build_prompt,
     code_agreement,
     codes_from_delayed,
-    context_of,
     generation_collator,
     prompt_from_record,
 )
