@@ -1,6 +1,10 @@
-"""Command line of ``ray_jobs/train.py``: flags are generated from ``TrainingConfig`` so they never drift apart.
+"""Command lines of the ``ray_jobs/`` commands, in one module.
 
-Precedence: ``configs/default.yaml`` (= dataclass defaults) < ``--config FILE`` < flags given on the command line.
+``train.py`` and ``tune.py`` flags are generated from the config dataclasses (``TrainingConfig``, ``SweepSettings``)
+by transformers' ``HfArgumentParser`` so they never drift apart; ``export.py``, ``generate.py`` and ``evaluate.py``
+declare their few flags on ``FlagParser``. Every parser refuses prefix abbreviations and answers a typo with the
+closest flag. Precedence: ``configs/default.yaml`` (= dataclass defaults) < ``--config FILE`` < flags given on the
+command line.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import difflib
 import logging
 import sys
 from dataclasses import MISSING, fields
-from typing import Any, NoReturn, get_type_hints
+from typing import Any, NoReturn
+
+from transformers import HfArgumentParser
 
 from higgs_train.config import TrainingConfig, read_config_file
 
@@ -46,52 +52,91 @@ class FlagParser(argparse.ArgumentParser):
         )
 
 
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+class ConfigFlagParser(FlagParser, HfArgumentParser):
+    """Flags generated from config dataclasses by transformers' ``HfArgumentParser``, with ``FlagParser``'s errors.
+
+    Wrapped for this project's command lines: one spelling per field (``--learning_rate``; the hyphenated aliases and
+    ``--no_<flag>`` complements are dropped, ``--flag false`` says the same), ``--config FILE``, and every flag
+    defaults to None, so ``parse`` can tell the flags a user typed from the defaults (precedence: defaults <
+    ``--config`` file < flags). The help still shows each field's real default.
+    """
+
+    def __init__(self, dataclass_types: list[type], **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.HelpFormatter)
+        super().__init__(dataclass_types, **kwargs)
+        self.add_argument("--config", default="", help="JSON or YAML file of TrainingConfig fields.")
+        defaults = {
+            f.name: f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+            for dtype in dataclass_types
+            for f in fields(dtype)
+        }
+        for action in list(self._actions):
+            if action.dest not in defaults:
+                continue
+            if isinstance(action, argparse._StoreFalseAction):  # the --no_<flag> complement
+                self._drop(action, action.option_strings)
+                continue
+            self._drop(action, [o for o in action.option_strings if "-" in o[2:]])
+            action.help = f"{action.help or ''} (default: {defaults[action.dest]!r})".strip()
+            if action.nargs == "?" and action.const is True:  # a bool: bare flag = true, or true/false/yes/no/1/0
+                action.metavar = "BOOL"
+            action.default = None
+
+    def _drop(self, action: argparse.Action, options: list[str]) -> None:
+        for option in options:
+            self._option_string_actions.pop(option, None)
+            action.option_strings.remove(option)
+        if not action.option_strings:
+            self._remove_action(action)
+            for group in self._action_groups:
+                if action in group._group_actions:
+                    group._group_actions.remove(action)
+
+    def parse(self, argv: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+        """(the --config file, the flags given on the command line)."""
+        args = vars(self.parse_args(argv))
+        config_file = args.pop("config")
+        return config_file, {k: v for k, v in args.items() if v is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = FlagParser(
+def build_parser() -> ConfigFlagParser:
+    """The flags of ``ray_jobs/train.py``: one per ``TrainingConfig`` field, plus ``--config``."""
+    return ConfigFlagParser(
+        [TrainingConfig],
         prog="ray_jobs/train.py",
         description="LoRA fine-tuning of Higgs-Audio v2 for zero-shot voice cloning, on Ray.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default="", help="JSON or YAML file of TrainingConfig fields.")
-    hints = get_type_hints(TrainingConfig)
-    for f in fields(TrainingConfig):
-        kind = hints[f.name]
-        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-        common: dict[str, Any] = {
-            "dest": f.name,
-            "default": None,
-            "help": f"{f.metadata['help']} (default: {default!r})",
-        }
-        flag = f"--{f.name}"
-        if kind is bool:
-            parser.add_argument(flag, type=_bool, nargs="?", const=True, metavar="BOOL", **common)
-        elif kind == list[str]:
-            parser.add_argument(flag, nargs="+", **common)
-        elif kind == list[float]:
-            parser.add_argument(flag, nargs="+", type=float, **common)
-        elif kind in (int, float, str):
-            parser.add_argument(flag, type=kind, **common)
-        else:  # pragma: no cover - a new field type must be wired here
-            raise TypeError(f"no CLI mapping for TrainingConfig.{f.name}: {kind}")
-    return parser
+
+
+def build_sweep_parser() -> ConfigFlagParser:
+    """The flags of ``ray_jobs/tune.py``: train.py's plus one per ``SweepSettings`` field."""
+    from higgs_train.tune.space import SweepSettings
+
+    return ConfigFlagParser(
+        [TrainingConfig, SweepSettings],
+        prog="ray_jobs/tune.py",
+        description="Ray Tune sweep (ASHA on val_loss) over LoRA and loss settings of the training job.",
+    )
+
+
+def _training_config(config_file: str, given: dict[str, Any]) -> TrainingConfig:
+    data: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    data.update(given)
+    return TrainingConfig.from_dict(data)
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainingConfig:
     """Defaults, then the --config file, then the explicitly given flags."""
-    args = build_parser().parse_args(argv)
-    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    data.update(given)
-    return TrainingConfig.from_dict(data)
+    return _training_config(*build_parser().parse(argv))
+
+
+def sweep_config_from_args(argv: list[str] | None = None) -> tuple[TrainingConfig, Any]:
+    """Training config (defaults < --config file < flags, as train.py) and the ``SweepSettings``."""
+    from higgs_train.tune.space import SweepSettings
+
+    config_file, given = build_sweep_parser().parse(argv)
+    sweep = {name: given.pop(name) for name in list(given) if name in SweepSettings.__dataclass_fields__}
+    return _training_config(config_file, given), SweepSettings(**sweep)
 
 
 def _print_missing_audio_hint(output_dir: str, audio_root: Any) -> None:
@@ -156,6 +201,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_training_job(config)
     except (ClusterResourcesError, JobOutputsMissing) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def tune_main(argv: list[str] | None = None) -> int:
+    """``ray_jobs/tune.py``: a Ray Tune sweep over the training job."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dataclasses import replace
+
+    from higgs_train.data.preflight import DataSetupError, preflight
+    from higgs_train.driver.cluster import ClusterResourcesError
+    from higgs_train.paths import resolve_user_paths
+    from higgs_train.tune.space import load_search_space, search_space_path
+    from higgs_train.tune.sweep import run_sweep
+
+    try:
+        given, settings = sweep_config_from_args(argv)
+        settings = replace(settings, search_space=str(search_space_path(settings.search_space).resolve()))
+        settings.validate()
+        load_search_space(settings.search_space)
+        preflight(given)
+    except (ValueError, FileNotFoundError) as err:  # DataSetupError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    config = resolve_user_paths(given)  # trials run in Ray's cwd: absolute paths only
+    try:
+        result = run_sweep(config, settings)
+    except (ClusterResourcesError, DataSetupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())

@@ -28,10 +28,9 @@ Why this shape:
   adds each trial's final figures, so children compare side by side in the UI.
 
 Modules: ``space`` (search spaces and search algorithms), ``resources`` (trial resources, ASHA), ``trial`` (the
-function trainable), ``results`` (trial table, best trial), ``sweep`` (the driver), ``cli``.
+function trainable), ``results`` (trial table, best trial), ``sweep`` (the driver). The command line is ``higgs_train.cli``.
 """
 
-from higgs_train.tune.cli import args_from_argv, build_parser, main
 from higgs_train.tune.resources import TrialResources, make_scheduler, plan_resources
 from higgs_train.tune.results import TrialSummary, export_best, select_best, write_trial_table
 from higgs_train.tune.space import (
@@ -56,12 +55,9 @@ __all__ = [
     "TrialResources",
     "TrialSummary",
     "ValidationReportCallback",
-    "args_from_argv",
-    "build_parser",
     "complete_point",
     "export_best",
     "load_search_space",
-    "main",
     "make_scheduler",
     "make_search_alg",
     "plan_resources",
