@@ -3,8 +3,11 @@
 
 Every ``import``/``from ... import`` of a ``higgs_train`` module counts, also the lazy ones inside functions: they
 run when the command runs. Importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first, so those count
-as edges too. Cycles (a package ``__init__`` re-exporting its own submodules) are collapsed: a chain never visits a
-module twice. Depth = modules on the chain, the entry point included.
+as edges too. Two figures per entry point:
+
+* depth: modules on the longest import chain that never visits a module twice (the entry point included); a
+  package ``__init__`` that re-exports its submodules lengthens it, as it does at run time;
+* floors: the most imports a module is away from the entry point by its shortest route, plus one.
 
     python benchmarks/import_depth.py            # per entry point: depth and the longest chain
     python benchmarks/import_depth.py --edge A B # exit 1 if any module under A imports one under B
@@ -84,6 +87,22 @@ def longest_chain(graph: dict[str, set[str]], start: str) -> list[str]:
     return list(best(start, frozenset({start})))
 
 
+def floors(graph: dict[str, set[str]], start: str) -> tuple[int, str]:
+    """(1 + the largest shortest-route distance from ``start``, the module that far away)."""
+    distance = {start: 0}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for node in frontier:
+            for dep in sorted(graph.get(node, ())):
+                if dep not in distance:
+                    distance[dep] = distance[node] + 1
+                    nxt.append(dep)
+        frontier = nxt
+    farthest = max(distance, key=lambda n: (distance[n], n))
+    return distance[farthest] + 1, farthest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--edge", nargs=2, metavar=("FROM", "TO"), help="Fail if a FROM module imports a TO module.")
@@ -100,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\n".join(arrows) if arrows else f"no arrow from {source} to {target}")
         return 1 if arrows else 0
-    deepest = 0
+    deepest = most_floors = 0
     for entry in sorted(k for k in graph if k.startswith("ray_jobs/")):
         chain = longest_chain(graph, entry)
-        deepest = max(deepest, len(chain))
-        print(f"{entry}: depth {len(chain)}: {' -> '.join(chain)}")
-    print(f"longest import chain: {deepest} modules")
+        count, farthest = floors(graph, entry)
+        deepest, most_floors = max(deepest, len(chain)), max(most_floors, count)
+        print(f"{entry}: depth {len(chain)}, floors {count} (to {farthest}): {' -> '.join(chain)}")
+    print(f"longest import chain: {deepest} modules; most floors: {most_floors}")
     return 0
 
 
