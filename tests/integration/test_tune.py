@@ -18,7 +18,8 @@ from higgs_train.cli import sweep_config_from_args
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.data.token_cache import TokenCache, referenced_audio
 from higgs_train.tracking import find_runs
-from higgs_train.tune import BEST_DIR, SweepResult, run_sweep
+from higgs_train.tune.space import BEST_DIR
+from higgs_train.tune.sweep import SweepResult, run_sweep
 
 pytestmark = pytest.mark.integration
 

@@ -10,18 +10,17 @@ import pytest
 from higgs_train.cli import sweep_config_from_args
 from higgs_train.config import TrainingConfig
 from higgs_train.training.schedule import planned_steps
-from higgs_train.tune import (
+from higgs_train.tune.resources import make_scheduler, plan_resources
+from higgs_train.tune.space import (
     SweepSettings,
-    ValidationReportCallback,
     complete_point,
     load_search_space,
-    make_scheduler,
     make_search_alg,
-    plan_resources,
     quick_test_points,
     to_param_space,
     trial_overrides,
 )
+from higgs_train.tune.trial import ValidationReportCallback
 
 
 def write(tmp_path: Path, text: str) -> Path:
