@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import sys
 from dataclasses import MISSING, fields
@@ -234,4 +235,263 @@ def tune_main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export.py
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = FlagParser(
+        prog="ray_jobs/export.py", description="Export a trained adapter (and optionally a merged model)."
+    )
+    parser.add_argument("--checkpoint", required=True, help="Checkpoint, final adapter or training output dir.")
+    parser.add_argument("--output", required=True, help="Export directory (adapter/ and, with --merge, merged/).")
+    parser.add_argument("--merge", action="store_true", help="Also write a merged HiggsAudioModel directory.")
+    parser.add_argument(
+        "--base_model", default=None, help="Base model dir/hub id/'embedded' (default: the training config's)."
+    )
+    parser.add_argument(
+        "--allow_base_mismatch",
+        action="store_true",
+        help="Skip the base-model identity check (same model under another path); shapes and keys are still checked.",
+    )
+    return parser
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    from higgs_train.adapter import AdapterError
+    from higgs_train.export import export
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from higgs_train.paths import absolute_model_ref, absolute_path
+
+    args = build_export_parser().parse_args(argv)
+    args.checkpoint, args.output = absolute_path(args.checkpoint), absolute_path(args.output)
+    args.base_model = absolute_model_ref(args.base_model)
+    try:
+        result = export(args.checkpoint, args.output, args.merge, args.base_model, args.allow_base_mismatch)
+    except (AdapterError, FileNotFoundError) as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 2
+    print(f"adapter: {result.adapter_dir}")
+    if result.merged_dir:
+        print(f"merged model: {result.merged_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- generate.py
+def build_generate_parser() -> argparse.ArgumentParser:
+    from higgs_train.generation import SamplingSettings
+
+    d = SamplingSettings()
+    p = FlagParser(
+        prog="ray_jobs/generate.py",
+        description="Zero-shot voice cloning with Higgs-Audio v2 (+ a higgs-train adapter).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model_path", default="embedded", help="Base or merged model dir, hub id, or 'embedded'.")
+    p.add_argument("--adapter", default=None, help="Adapter, checkpoint or training output dir to apply.")
+    p.add_argument("--audio_tokenizer_path", default="embedded", help="Higgs audio tokenizer dir/hub id.")
+    p.add_argument("--tokenizer_path", default=None, help="Text tokenizer; unset: the model dir's.")
+    p.add_argument("--ref_audio", help="Reference clip of the voice to clone.")
+    p.add_argument("--ref_text", help="Transcript of the reference clip.")
+    p.add_argument("--text", help="Text to speak.")
+    p.add_argument("--output", help="Output WAV (single prompt).")
+    p.add_argument(
+        "--system_prompt",
+        default=None,
+        help="System turn of a single prompt; unset: the sample data's. Match your training manifests'.",
+    )
+    p.add_argument("--manifest", help="Training-format manifest (JSON list, JSONL, Parquet) for batch mode.")
+    p.add_argument("--output_dir", help="Where batch mode writes <id>.wav and results.json.")
+    p.add_argument(
+        "--audio_base_path",
+        default=None,
+        help="Root of relative audio paths; unset: the manifest's (or reference's) folder.",
+    )
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy.")
+    p.add_argument("--top_k", type=int, default=d.top_k, help="Sample among the k most likely codes.")
+    p.add_argument("--top_p", type=float, default=d.top_p, help="Nucleus sampling mass.")
+    p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help="About 25 per second of audio.")
+    p.add_argument("--seed", type=int, default=None, help="Makes sampling repeatable.")
+    p.add_argument("--ras_win_len", type=int, default=d.ras_win_len, help="Repetition-aware sampling; 0 disables.")
+    p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available.")
+    p.add_argument("--allow_base_mismatch", action="store_true", help="Skip the adapter's base identity check.")
+    return p
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from higgs_train.generation import (
+        SamplingSettings,
+        generate_to_files,
+        load_generation_stack,
+        prompt_for_texts,
+        prompts_for_manifest,
+        synthesize,
+        write_wav,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_generate_parser()
+    args = parser.parse_args(argv)
+    single = [args.ref_audio, args.ref_text, args.text, args.output]
+    if args.manifest:
+        if not args.output_dir or any(single):
+            parser.error("batch mode takes --manifest and --output_dir only (no --ref_audio/--ref_text/--text)")
+    elif not all(single):
+        parser.error("give --ref_audio, --ref_text, --text and --output, or --manifest and --output_dir")
+    from higgs_train.paths import absolute_model_ref, absolute_path
+
+    for name in ("model_path", "adapter", "audio_tokenizer_path", "tokenizer_path"):
+        setattr(args, name, absolute_model_ref(getattr(args, name)))
+    for name in ("manifest", "output", "output_dir", "audio_base_path"):
+        setattr(args, name, absolute_path(getattr(args, name)) if getattr(args, name) else getattr(args, name))
+    settings = SamplingSettings(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        ras_win_len=args.ras_win_len or None,
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stack = load_generation_stack(
+        args.model_path,
+        args.audio_tokenizer_path,
+        adapter=args.adapter,
+        tokenizer_path=args.tokenizer_path,
+        device=device,
+        allow_base_mismatch=args.allow_base_mismatch,
+    )
+    if args.manifest:
+        prompts = prompts_for_manifest(stack, args.manifest, args.audio_base_path)
+        written = generate_to_files(stack, prompts, args.output_dir, settings)
+        summary = [
+            {
+                "id": r.sample_id,
+                "wav": str(path),
+                "frames": int(r.codes.shape[1]),
+                "finished": r.finished,
+                "code_agreement": r.code_agreement,
+            }
+            for path, r in written
+        ]
+        out = f"{args.output_dir}/results.json"
+        with open(out, "w") as fh:
+            json.dump(summary, fh, indent=2)
+        print(f"{len(written)} files in {args.output_dir} (summary: {out})")
+        return 0
+    prompt = prompt_for_texts(stack, args.ref_audio, args.ref_text, args.text, args.audio_base_path, args.system_prompt)
+    result = synthesize(stack, prompt, settings)
+    write_wav(args.output, result.waveform, result.sampling_rate)
+    seconds = len(result.waveform) / result.sampling_rate
+    print(f"{args.output}: {seconds:.2f}s, {result.codes.shape[1]} frames, finished={result.finished}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- evaluate.py
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    from higgs_train.generation import SamplingSettings
+
+    d = SamplingSettings()
+    p = FlagParser(
+        prog="ray_jobs/evaluate.py",
+        description="Score base and fine-tuned Higgs-Audio voices side by side (SIM, WER/CER, DNSMOS, checks).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--manifest", required=True, help="Validation manifest (training format; held-out speakers).")
+    p.add_argument("--adapter", action="append", default=[], help="Adapter / run output dir; repeat for several.")
+    p.add_argument("--base", action="store_true", help="Also evaluate the base model without adapter.")
+    p.add_argument("--model_path", default="embedded", help="Base model dir, hub id, or 'embedded'.")
+    p.add_argument("--audio_tokenizer_path", default="embedded", help="Higgs audio tokenizer dir/hub id.")
+    p.add_argument("--tokenizer_path", default=None, help="Text tokenizer; unset: the model dir's.")
+    p.add_argument("--audio_base_path", default="", help="Root of relative audio paths; unset: the manifest's folder.")
+    p.add_argument("--output_dir", default="outputs/eval", help="Where the report, plots and WAVs go.")
+    p.add_argument("--max_rows", type=int, default=0, help="Evaluate only the first N rows (0: all).")
+    p.add_argument(
+        "--sim_model", default="", help="Local transformers x-vector dir (e.g. WavLM-SV); unset: resemblyzer."
+    )
+    p.add_argument("--asr_model", default="", help="Local Whisper dir; unset: pocketsphinx (rough, English only).")
+    p.add_argument("--asr_language", default=None, help="Whisper language (e.g. english); unset: detected.")
+    p.add_argument("--no_sim", action="store_true", help="Skip speaker similarity.")
+    p.add_argument("--no_asr", action="store_true", help="Skip WER/CER.")
+    p.add_argument("--no_dnsmos", action="store_true", help="Skip DNSMOS.")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy.")
+    p.add_argument("--top_k", type=int, default=d.top_k, help="Sample among the k most likely codes.")
+    p.add_argument("--top_p", type=float, default=d.top_p, help="Nucleus sampling mass.")
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=d.max_new_tokens,
+        help="Generation cap; each row also stops at twice its target recording's length (25 steps per second).",
+    )
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed (same seed: same clips).")
+    p.add_argument("--use_gpu", action="store_true", help="One GPU per model actor (bf16).")
+    p.add_argument("--cpus_per_actor", type=float, default=1.0, help="CPUs reserved by each model's actor.")
+    p.add_argument("--logged_wav_rows", type=int, default=3, help="WAVs of the first N rows logged to MLflow.")
+    p.add_argument(
+        "--mlflow_tracking_uri", default="", help="Default: sqlite under --output_dir (or MLFLOW_TRACKING_URI)."
+    )
+    p.add_argument("--mlflow_experiment", default="higgs-train-eval", help="MLflow experiment.")
+    p.add_argument("--run_name", default="", help="MLflow parent run name; default eval-<manifest name>.")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    from higgs_train.evaluation.job import EvalJobConfig, adapter_label, run_evaluation
+    from higgs_train.evaluation.runner import ModelSpec
+    from higgs_train.evaluation.suite import EvalSettings
+    from higgs_train.generation import SamplingSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_evaluate_parser()
+    args = parser.parse_args(argv)
+    if not args.base and not args.adapter:
+        parser.error("give --base and/or at least one --adapter")
+    common = {
+        "model_path": args.model_path,
+        "audio_tokenizer_path": args.audio_tokenizer_path,
+        "tokenizer_path": args.tokenizer_path,
+    }
+    models = [ModelSpec("base", **common)] if args.base else []
+    taken = {m.label for m in models}
+    for adapter in args.adapter:
+        label = adapter_label(adapter, taken)
+        taken.add(label)
+        models.append(ModelSpec(label, adapter=adapter, **common))
+    config = EvalJobConfig(
+        manifest=args.manifest,
+        models=models,
+        output_dir=args.output_dir,
+        audio_base_path=args.audio_base_path,
+        max_rows=args.max_rows,
+        settings=EvalSettings(
+            sim=not args.no_sim,
+            sim_model=args.sim_model,
+            asr=not args.no_asr,
+            asr_model=args.asr_model,
+            asr_language=args.asr_language,
+            dnsmos=not args.no_dnsmos,
+        ),
+        sampling=SamplingSettings(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+        ),
+        use_gpu=args.use_gpu,
+        cpus_per_actor=args.cpus_per_actor,
+        logged_wav_rows=args.logged_wav_rows,
+        mlflow_tracking_uri=args.mlflow_tracking_uri,
+        mlflow_experiment=args.mlflow_experiment,
+        run_name=args.run_name,
+    )
+    result = run_evaluation(config)
+    print(result.paths["table_md"].read_text())
+    print(f"report: {result.paths['json']}; MLflow run {result.mlflow_run_id}")
+    if result.failed_models:
+        print(f"no clip could be generated by: {', '.join(result.failed_models)} (see eval.json)", file=sys.stderr)
+        return 1
     return 0
