@@ -11,9 +11,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from higgs_train.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from higgs_train.data.ray_pipeline import CacheResult
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +25,8 @@ logger = logging.getLogger(__name__)
 class PreparedData:
     """The token caches of one job and what preprocessing reported about them."""
 
-    train: Any  # data.ray_pipeline.CacheResult
-    val: Any | None  # None without --val_data
+    train: CacheResult
+    val: CacheResult | None  # None without --val_data
     cache_root: Path
     quarantined: int
     report_files: list[Path]
