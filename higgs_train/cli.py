@@ -140,20 +140,6 @@ def sweep_config_from_args(argv: list[str] | None = None) -> tuple[TrainingConfi
     return _training_config(config_file, given), SweepSettings(**sweep)
 
 
-def _print_missing_audio_hint(output_dir: str, audio_root: Any) -> None:
-    import json
-    from pathlib import Path
-
-    from higgs_train.data.preflight import missing_audio_hint
-
-    report = Path(output_dir) / "validation_report.json"
-    if report.is_file():
-        reasons = [item["reason"] for item in json.loads(report.read_text()).get("invalid", [])]
-        hint = missing_audio_hint(reasons, audio_root)
-        if hint:
-            print(f"hint: {hint}")
-
-
 def main(argv: list[str] | None = None) -> int:
     from higgs_train.data.preflight import DataSetupError, preflight
     from higgs_train.paths import resolve_user_paths
@@ -177,25 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if config.validate_data_only:
-        from higgs_train.data.audio_io import AudioLimits
-        from higgs_train.data.row_length import resolve_row_length_limit
-        from higgs_train.data.sources import resolve_sources
-        from higgs_train.data.validation import run_validate_data_only
-        from higgs_train.models import resolve_paths
+        from higgs_train.driver.validate import validate_job
 
-        sources = resolve_sources(config)
-        paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
-        code = run_validate_data_only(
-            str(sources.train),
-            str(sources.val) if sources.val else None,
-            config.audio_base_path or None,
-            config.output_dir,
-            paths.tokenizer_path,
-            AudioLimits(config.min_audio_seconds, config.max_audio_seconds),
-            resolve_row_length_limit(paths.model_path, paths.audio_tokenizer_path, config.max_tokens_per_row),
-        )
-        _print_missing_audio_hint(config.output_dir, sources.train_audio_base)
-        return code
+        return validate_job(config)
     from higgs_train.driver.cluster import ClusterResourcesError
     from higgs_train.driver.train import JobOutputsMissing, run_training_job
 
