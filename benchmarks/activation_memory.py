@@ -94,10 +94,10 @@ def synthetic_batch(model_config: Any, batch: int, frames: int, seed: int = 0):
 
 def lora_model(model_dir: Path, checkpointing: bool, seed: int = 0):
     """Fresh LoRA model (dropout 0, lora_B randomised so every adapter matrix gets a gradient)."""
+    from higgs_train.adapter import apply_lora
     from higgs_train.config import DEFAULT_LORA_TARGETS
     from higgs_train.models import load_model
     from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
-    from higgs_train.training.lora import apply_lora
 
     torch.manual_seed(seed)
     model = apply_lora(load_model(str(model_dir)), 8, 16, 0.0, [DEFAULT_LORA_TARGETS])

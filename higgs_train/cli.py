@@ -1,16 +1,24 @@
-"""Command line of ``ray_jobs/train.py``: flags are generated from ``TrainingConfig`` so they never drift apart.
+"""Command lines of the ``ray_jobs/`` commands, in one module.
 
-Precedence: ``configs/default.yaml`` (= dataclass defaults) < ``--config FILE`` < flags given on the command line.
+``train.py`` and ``tune.py`` flags are generated from the config dataclasses (``TrainingConfig``, ``SweepSettings``)
+by transformers' ``HfArgumentParser`` so they never drift apart; ``export.py``, ``generate.py`` and ``evaluate.py``
+declare their few flags on ``FlagParser``. Every parser refuses prefix abbreviations and answers a typo with the
+closest flag. Precedence: ``configs/default.yaml`` (= dataclass defaults) < ``--config FILE`` < flags given on the
+command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import sys
 from dataclasses import MISSING, fields
-from typing import Any, NoReturn, get_type_hints
+from pathlib import Path
+from typing import Any, NoReturn
+
+from transformers import HfArgumentParser
 
 from higgs_train.config import REMOVED_FIELDS, TrainingConfig, read_config_file
 
@@ -48,66 +56,91 @@ class FlagParser(argparse.ArgumentParser):
         )
 
 
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+class ConfigFlagParser(FlagParser, HfArgumentParser):
+    """Flags generated from config dataclasses by transformers' ``HfArgumentParser``, with ``FlagParser``'s errors.
+
+    Wrapped for this project's command lines: one spelling per field (``--learning_rate``; the hyphenated aliases and
+    ``--no_<flag>`` complements are dropped, ``--flag false`` says the same), ``--config FILE``, and every flag
+    defaults to None, so ``parse`` can tell the flags a user typed from the defaults (precedence: defaults <
+    ``--config`` file < flags). The help still shows each field's real default.
+    """
+
+    def __init__(self, dataclass_types: list[type], **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.HelpFormatter)
+        super().__init__(dataclass_types, **kwargs)
+        self.add_argument("--config", default="", help="JSON or YAML file of TrainingConfig fields.")
+        defaults = {
+            f.name: f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+            for dtype in dataclass_types
+            for f in fields(dtype)
+        }
+        for action in list(self._actions):
+            if action.dest not in defaults:
+                continue
+            if isinstance(action, argparse._StoreFalseAction):  # the --no_<flag> complement
+                self._drop(action, action.option_strings)
+                continue
+            self._drop(action, [o for o in action.option_strings if "-" in o[2:]])
+            action.help = f"{action.help or ''} (default: {defaults[action.dest]!r})".strip()
+            if action.nargs == "?" and action.const is True:  # a bool: bare flag = true, or true/false/yes/no/1/0
+                action.metavar = "BOOL"
+            action.default = None
+
+    def _drop(self, action: argparse.Action, options: list[str]) -> None:
+        for option in options:
+            self._option_string_actions.pop(option, None)
+            action.option_strings.remove(option)
+        if not action.option_strings:
+            self._remove_action(action)
+            for group in self._action_groups:
+                if action in group._group_actions:
+                    group._group_actions.remove(action)
+
+    def parse(self, argv: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+        """(the --config file, the flags given on the command line)."""
+        args = vars(self.parse_args(argv))
+        config_file = args.pop("config")
+        return config_file, {k: v for k, v in args.items() if v is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = FlagParser(
+def build_parser() -> ConfigFlagParser:
+    """The flags of ``ray_jobs/train.py``: one per ``TrainingConfig`` field, plus ``--config``."""
+    return ConfigFlagParser(
+        [TrainingConfig],
         prog="ray_jobs/train.py",
         description="LoRA fine-tuning of Higgs-Audio v2 for zero-shot voice cloning, on Ray.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default="", help="JSON or YAML file of TrainingConfig fields.")
-    hints = get_type_hints(TrainingConfig)
-    for f in fields(TrainingConfig):
-        kind = hints[f.name]
-        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-        common: dict[str, Any] = {
-            "dest": f.name,
-            "default": None,
-            "help": f"{f.metadata['help']} (default: {default!r})",
-        }
-        flag = f"--{f.name}"
-        if kind is bool:
-            parser.add_argument(flag, type=_bool, nargs="?", const=True, metavar="BOOL", **common)
-        elif kind == list[str]:
-            parser.add_argument(flag, nargs="+", **common)
-        elif kind == list[float]:
-            parser.add_argument(flag, nargs="+", type=float, **common)
-        elif kind in (int, float, str):
-            parser.add_argument(flag, type=kind, **common)
-        else:  # pragma: no cover - a new field type must be wired here
-            raise TypeError(f"no CLI mapping for TrainingConfig.{f.name}: {kind}")
-    return parser
 
 
-def config_from_args(argv: list[str] | None = None) -> TrainingConfig:
-    """Defaults, then the --config file, then the explicitly given flags."""
-    args = build_parser().parse_args(argv)
-    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+def build_sweep_parser() -> ConfigFlagParser:
+    """The flags of ``ray_jobs/tune.py``: train.py's plus one per ``SweepSettings`` field."""
+    from higgs_train.tune.space import SweepSettings
+
+    return ConfigFlagParser(
+        [TrainingConfig, SweepSettings],
+        prog="ray_jobs/tune.py",
+        description="Ray Tune sweep (ASHA on --checkpoint_metric: val_loss, sim or wer) over LoRA and loss settings.",
+    )
+
+
+def _training_config(config_file: str, given: dict[str, Any]) -> TrainingConfig:
+    data: dict[str, Any] = read_config_file(config_file) if config_file else {}
     data.update(given)
     return TrainingConfig.from_dict(data)
 
 
-def _print_missing_audio_hint(output_dir: str, audio_root: Any) -> None:
-    import json
-    from pathlib import Path
+def config_from_args(argv: list[str] | None = None) -> TrainingConfig:
+    """Defaults, then the --config file, then the explicitly given flags."""
+    return _training_config(*build_parser().parse(argv))
 
-    from higgs_train.data.preflight import missing_audio_hint
 
-    report = Path(output_dir) / "validation_report.json"
-    if report.is_file():
-        reasons = [item["reason"] for item in json.loads(report.read_text()).get("invalid", [])]
-        hint = missing_audio_hint(reasons, audio_root)
-        if hint:
-            print(f"hint: {hint}")
+def sweep_config_from_args(argv: list[str] | None = None) -> tuple[TrainingConfig, Any]:
+    """Training config (defaults < --config file < flags, as train.py) and the ``SweepSettings``."""
+    from higgs_train.tune.space import SweepSettings
+
+    config_file, given = build_sweep_parser().parse(argv)
+    sweep = {name: given.pop(name) for name in list(given) if name in SweepSettings.__dataclass_fields__}
+    return _training_config(config_file, given), SweepSettings(**sweep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,26 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if config.validate_data_only:
-        from higgs_train.data.audio_io import AudioLimits
-        from higgs_train.data.row_length import resolve_row_length_limit
-        from higgs_train.data.sources import resolve_sources
-        from higgs_train.data.validation import run_validate_data_only
-        from higgs_train.models import resolve_paths
+        from higgs_train.driver.validate import validate_job
 
-        sources = resolve_sources(config)
-        paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
-        code = run_validate_data_only(
-            str(sources.train),
-            str(sources.val) if sources.val else None,
-            config.audio_base_path or None,
-            config.output_dir,
-            paths.tokenizer_path,
-            AudioLimits(config.min_audio_seconds, config.max_audio_seconds),
-            resolve_row_length_limit(paths.model_path, paths.audio_tokenizer_path, config.max_tokens_per_row),
-        )
-        _print_missing_audio_hint(config.output_dir, sources.train_audio_base)
-        return code
-    from higgs_train.job import ClusterResourcesError, JobOutputsMissing, run_training_job
+        return validate_job(config)
+    from higgs_train.driver.cluster import ClusterResourcesError
+    from higgs_train.driver.train import JobOutputsMissing, run_training_job
 
     try:
         result = run_training_job(config)
@@ -160,4 +178,305 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())
+    return 0
+
+
+def tune_main(argv: list[str] | None = None) -> int:
+    """``ray_jobs/tune.py``: a Ray Tune sweep over the training job."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dataclasses import replace
+
+    from higgs_train.data.preflight import DataSetupError, preflight
+    from higgs_train.driver.cluster import ClusterResourcesError
+    from higgs_train.paths import resolve_user_paths
+    from higgs_train.tune.space import load_search_space, search_space_path
+    from higgs_train.tune.sweep import run_sweep
+
+    try:
+        given, settings = sweep_config_from_args(argv)
+        settings = replace(settings, search_space=str(search_space_path(settings.search_space).resolve()))
+        settings.validate()
+        load_search_space(settings.search_space)
+        preflight(given)
+    except (ValueError, FileNotFoundError) as err:  # DataSetupError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    config = resolve_user_paths(given)  # trials run in Ray's cwd: absolute paths only
+    try:
+        result = run_sweep(config, settings)
+    except (ClusterResourcesError, DataSetupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export.py
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = FlagParser(
+        prog="ray_jobs/export.py", description="Export a trained adapter (and optionally a merged model)."
+    )
+    parser.add_argument("--checkpoint", required=True, help="Checkpoint, final adapter or training output dir.")
+    parser.add_argument("--output", required=True, help="Export directory (adapter/ and, with --merge, merged/).")
+    parser.add_argument("--merge", action="store_true", help="Also write a merged HiggsAudioModel directory.")
+    parser.add_argument(
+        "--base_model", default=None, help="Base model dir/hub id/'embedded' (default: the training config's)."
+    )
+    parser.add_argument(
+        "--allow_base_mismatch",
+        action="store_true",
+        help="Skip the base-model identity check (same model under another path); shapes and keys are still checked.",
+    )
+    return parser
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    from higgs_train.adapter import AdapterError
+    from higgs_train.export import export
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from higgs_train.paths import absolute_model_ref, absolute_path
+
+    args = build_export_parser().parse_args(argv)
+    args.checkpoint, args.output = absolute_path(args.checkpoint), absolute_path(args.output)
+    args.base_model = absolute_model_ref(args.base_model)
+    try:
+        result = export(args.checkpoint, args.output, args.merge, args.base_model, args.allow_base_mismatch)
+    except (AdapterError, FileNotFoundError) as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 2
+    print(f"adapter: {result.adapter_dir}")
+    if result.merged_dir:
+        print(f"merged model: {result.merged_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- generate.py
+def build_generate_parser() -> argparse.ArgumentParser:
+    from higgs_train.generation import SamplingSettings
+
+    d = SamplingSettings()
+    p = FlagParser(
+        prog="ray_jobs/generate.py",
+        description="Zero-shot voice cloning with Higgs-Audio v2 (+ a higgs-train adapter).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model_path", default="embedded", help="Base or merged model dir, hub id, or 'embedded'.")
+    p.add_argument("--adapter", default=None, help="Adapter, checkpoint or training output dir to apply.")
+    p.add_argument("--audio_tokenizer_path", default="embedded", help="Higgs audio tokenizer dir/hub id.")
+    p.add_argument("--tokenizer_path", default=None, help="Text tokenizer; unset: the model dir's.")
+    p.add_argument("--ref_audio", help="Reference clip of the voice to clone.")
+    p.add_argument("--ref_text", help="Transcript of the reference clip.")
+    p.add_argument("--text", help="Text to speak.")
+    p.add_argument("--output", help="Output WAV (single prompt).")
+    p.add_argument(
+        "--system_prompt",
+        default=None,
+        help="System turn of a single prompt; unset: the sample data's. Match your training manifests'.",
+    )
+    p.add_argument("--manifest", help="Training-format manifest (JSON list, JSONL, Parquet) for batch mode.")
+    p.add_argument("--output_dir", help="Where batch mode writes <id>.wav and results.json.")
+    p.add_argument(
+        "--audio_base_path",
+        default=None,
+        help="Root of relative audio paths; unset: the manifest's (or reference's) folder.",
+    )
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy.")
+    p.add_argument("--top_k", type=int, default=d.top_k, help="Sample among the k most likely codes.")
+    p.add_argument("--top_p", type=float, default=d.top_p, help="Nucleus sampling mass.")
+    p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help="About 25 per second of audio.")
+    p.add_argument("--seed", type=int, default=None, help="Makes sampling repeatable.")
+    p.add_argument("--ras_win_len", type=int, default=d.ras_win_len, help="Repetition-aware sampling; 0 disables.")
+    p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available.")
+    p.add_argument("--allow_base_mismatch", action="store_true", help="Skip the adapter's base identity check.")
+    return p
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from higgs_train.generation import (
+        SamplingSettings,
+        generate_to_files,
+        load_generation_stack,
+        no_audio_reason,
+        prompt_for_texts,
+        prompts_for_manifest,
+        synthesize,
+        write_wav,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_generate_parser()
+    args = parser.parse_args(argv)
+    single = [args.ref_audio, args.ref_text, args.text, args.output]
+    if args.manifest:
+        if not args.output_dir or any(single):
+            parser.error("batch mode takes --manifest and --output_dir only (no --ref_audio/--ref_text/--text)")
+    elif not all(single):
+        parser.error("give --ref_audio, --ref_text, --text and --output, or --manifest and --output_dir")
+    from higgs_train.paths import absolute_model_ref, absolute_path
+
+    for name in ("model_path", "adapter", "audio_tokenizer_path", "tokenizer_path"):
+        setattr(args, name, absolute_model_ref(getattr(args, name)))
+    for name in ("manifest", "output", "output_dir", "audio_base_path"):
+        setattr(args, name, absolute_path(getattr(args, name)) if getattr(args, name) else getattr(args, name))
+    settings = SamplingSettings(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        ras_win_len=args.ras_win_len or None,
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stack = load_generation_stack(
+        args.model_path,
+        args.audio_tokenizer_path,
+        adapter=args.adapter,
+        tokenizer_path=args.tokenizer_path,
+        device=device,
+        allow_base_mismatch=args.allow_base_mismatch,
+    )
+    if args.manifest:
+        prompts = prompts_for_manifest(stack, args.manifest, args.audio_base_path)
+        written = generate_to_files(stack, prompts, args.output_dir, settings)
+        summary = [
+            {
+                "id": r.sample_id,
+                "wav": str(path) if path else None,
+                "frames": int(r.codes.shape[1]),
+                "finished": r.finished,
+                "code_agreement": r.code_agreement,
+                "error": no_audio_reason(stack, r),
+            }
+            for path, r in written
+        ]
+        out = f"{args.output_dir}/results.json"
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        with open(out, "w") as fh:
+            json.dump(summary, fh, indent=2)
+        failed = [entry for entry in summary if entry["error"]]
+        print(f"{len(written) - len(failed)} files in {args.output_dir} (summary: {out})")
+        for entry in failed:
+            print(f"error: {entry['id']}: {entry['error']}", file=sys.stderr)
+        if failed:
+            print(f"error: {len(failed)} of {len(summary)} prompts produced no audio", file=sys.stderr)
+        return 1 if failed else 0
+    prompt = prompt_for_texts(stack, args.ref_audio, args.ref_text, args.text, args.audio_base_path, args.system_prompt)
+    result = synthesize(stack, prompt, settings)
+    reason = no_audio_reason(stack, result)
+    if reason:
+        print(f"error: {reason}; nothing written to {args.output}", file=sys.stderr)
+        return 1
+    write_wav(args.output, result.waveform, result.sampling_rate)
+    seconds = len(result.waveform) / result.sampling_rate
+    print(f"{args.output}: {seconds:.2f}s, {result.codes.shape[1]} frames, finished={result.finished}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- evaluate.py
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    from higgs_train.generation import SamplingSettings
+
+    d = SamplingSettings()
+    p = FlagParser(
+        prog="ray_jobs/evaluate.py",
+        description="Score base and fine-tuned Higgs-Audio voices side by side (SIM, WER/CER, DNSMOS, checks).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--manifest", required=True, help="Validation manifest (training format; held-out speakers).")
+    p.add_argument("--adapter", action="append", default=[], help="Adapter / run output dir; repeat for several.")
+    p.add_argument("--base", action="store_true", help="Also evaluate the base model without adapter.")
+    p.add_argument("--model_path", default="embedded", help="Base model dir, hub id, or 'embedded'.")
+    p.add_argument("--audio_tokenizer_path", default="embedded", help="Higgs audio tokenizer dir/hub id.")
+    p.add_argument("--tokenizer_path", default=None, help="Text tokenizer; unset: the model dir's.")
+    p.add_argument("--audio_base_path", default="", help="Root of relative audio paths; unset: the manifest's folder.")
+    p.add_argument("--output_dir", default="outputs/eval", help="Where the report, plots and WAVs go.")
+    p.add_argument("--max_rows", type=int, default=0, help="Evaluate only the first N rows (0: all).")
+    p.add_argument(
+        "--sim_model", default="", help="Local transformers x-vector dir (e.g. WavLM-SV); unset: resemblyzer."
+    )
+    p.add_argument("--asr_model", default="", help="Local Whisper dir; unset: pocketsphinx (rough, English only).")
+    p.add_argument("--asr_language", default=None, help="Whisper language (e.g. english); unset: detected.")
+    p.add_argument("--no_sim", action="store_true", help="Skip speaker similarity.")
+    p.add_argument("--no_asr", action="store_true", help="Skip WER/CER.")
+    p.add_argument("--no_dnsmos", action="store_true", help="Skip DNSMOS.")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy.")
+    p.add_argument("--top_k", type=int, default=d.top_k, help="Sample among the k most likely codes.")
+    p.add_argument("--top_p", type=float, default=d.top_p, help="Nucleus sampling mass.")
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=d.max_new_tokens,
+        help="Generation cap; each row also stops at twice its target recording's length (25 steps per second).",
+    )
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed (same seed: same clips).")
+    p.add_argument("--use_gpu", action="store_true", help="One GPU per model actor (bf16).")
+    p.add_argument("--cpus_per_actor", type=float, default=1.0, help="CPUs reserved by each model's actor.")
+    p.add_argument("--logged_wav_rows", type=int, default=3, help="WAVs of the first N rows logged to MLflow.")
+    p.add_argument(
+        "--mlflow_tracking_uri", default="", help="Default: sqlite under --output_dir (or MLFLOW_TRACKING_URI)."
+    )
+    p.add_argument("--mlflow_experiment", default="higgs-train-eval", help="MLflow experiment.")
+    p.add_argument("--run_name", default="", help="MLflow parent run name; default eval-<manifest name>.")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    from higgs_train.evaluation.job import EvalJobConfig, adapter_label, run_evaluation
+    from higgs_train.evaluation.runner import ModelSpec
+    from higgs_train.evaluation.suite import EvalSettings
+    from higgs_train.generation import SamplingSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_evaluate_parser()
+    args = parser.parse_args(argv)
+    if not args.base and not args.adapter:
+        parser.error("give --base and/or at least one --adapter")
+    common = {
+        "model_path": args.model_path,
+        "audio_tokenizer_path": args.audio_tokenizer_path,
+        "tokenizer_path": args.tokenizer_path,
+    }
+    models = [ModelSpec("base", **common)] if args.base else []
+    taken = {m.label for m in models}
+    for adapter in args.adapter:
+        label = adapter_label(adapter, taken)
+        taken.add(label)
+        models.append(ModelSpec(label, adapter=adapter, **common))
+    config = EvalJobConfig(
+        manifest=args.manifest,
+        models=models,
+        output_dir=args.output_dir,
+        audio_base_path=args.audio_base_path,
+        max_rows=args.max_rows,
+        settings=EvalSettings(
+            sim=not args.no_sim,
+            sim_model=args.sim_model,
+            asr=not args.no_asr,
+            asr_model=args.asr_model,
+            asr_language=args.asr_language,
+            dnsmos=not args.no_dnsmos,
+        ),
+        sampling=SamplingSettings(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+        ),
+        use_gpu=args.use_gpu,
+        cpus_per_actor=args.cpus_per_actor,
+        logged_wav_rows=args.logged_wav_rows,
+        mlflow_tracking_uri=args.mlflow_tracking_uri,
+        mlflow_experiment=args.mlflow_experiment,
+        run_name=args.run_name,
+    )
+    result = run_evaluation(config)
+    print(result.paths["table_md"].read_text())
+    print(f"report: {result.paths['json']}; MLflow run {result.mlflow_run_id}")
+    if result.failed_models:
+        print(f"no clip could be generated by: {', '.join(result.failed_models)} (see eval.json)", file=sys.stderr)
+        return 1
     return 0

@@ -1,7 +1,7 @@
 """Voice-cloning inference that feeds the model exactly what training fed it, up to the trained turn.
 
 Why a module of its own: a fine-tune is only useful if inference conditions the model the way training did. Here
-the prompt is built from the training layout (``sample_data.cloning_sample``), tokenized by upstream's
+the prompt is built from the training layout (``data.chatml``), tokenized by upstream's
 ``prepare_chatml_sample`` (as ``SamplePreprocessor`` does), the reference is loaded by ``audio_io.load_audio`` and
 encoded by the same audio tokenizer call, and the batch comes from the training collator (``build_collator``). Only
 two things differ from a training batch, both as upstream's ``HiggsAudioServeEngine`` does them:
@@ -31,11 +31,10 @@ import numpy as np
 import torch
 
 from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, cloning_context, context_of, target_audio_url
 
 logger = logging.getLogger(__name__)
 
-GENERATION_PREFIX = "<|start_header_id|>assistant<|end_header_id|>\n\n"
-AUDIO_OUT_BOS = "<|audio_out_bos|>"
 # Upstream serve engine's stop strings plus the end of the audio turn: the prompt asks for one audio turn, so the
 # first ``<|audio_eos|>`` (which upstream forces once the delayed stream has ended) ends generation. Otherwise a
 # model that has not learnt to close its turn would spend up to max_new_tokens steps on text nobody uses.
@@ -109,11 +108,11 @@ def load_generation_stack(
     dtype: torch.dtype | None = None,
     allow_base_mismatch: bool = False,
 ) -> GenerationStack:
-    """Load a base or merged model (plus an optional adapter, checked by ``export.load_adapter``).
+    """Load a base or merged model (plus an optional adapter, checked by ``adapter.load_adapter``).
 
     The text tokenizer defaults to the model directory's (merged exports carry it alongside the weights).
     """
-    from higgs_train.export import load_adapter
+    from higgs_train.adapter import load_adapter
     from higgs_train.models import (
         load_audio_tokenizer,
         load_model,
@@ -149,39 +148,6 @@ def generation_collator(model_config: Any, whisper_processor: Any = None):
 
 
 # ----------------------------------------------------------------------------------------------- prompts
-def cloning_context(
-    ref_text: str, ref_audio: str, target_text: str, sample_id: str = "prompt", system_prompt: str | None = None
-) -> dict[str, Any]:
-    """The training layout's context turns (system, user ref text, assistant ref audio, user target text).
-
-    Built by ``sample_data.cloning_sample`` -- the layout training samples use -- and cut at its ``start_index``
-    so the layout has one definition. ``system_prompt`` replaces the sample data's system text; use the one your
-    training manifests carry (a different system prompt is a different prompt).
-    """
-    from higgs_train.sample_data import cloning_sample
-
-    full = cloning_sample(sample_id, None, ref_text, ref_audio, target_text, target_audio="")
-    if system_prompt is not None:
-        full["messages"][0]["content"] = system_prompt
-    return context_of(full)
-
-
-def context_of(sample: dict[str, Any]) -> dict[str, Any]:
-    """A training sample (manifest row) reduced to the turns before its trained turn (``start_index``)."""
-    messages = sample.get("messages")
-    start = sample.get("start_index")
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"sample {sample.get('id')!r} has no messages")
-    if start is None:
-        start = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
-    context = copy.deepcopy(messages[: int(start)])
-    if not context or context[-1].get("role") != "user":
-        raise ValueError(
-            f"sample {sample.get('id')!r}: the turn before start_index {start} must be the user's target text"
-        )
-    return {"id": str(sample.get("id", "prompt")), "speaker": sample.get("speaker"), "messages": context}
-
-
 def build_prompt(
     context: dict[str, Any],
     tokenizer: Any,
@@ -245,7 +211,7 @@ def prompt_from_record(record: dict[str, Any], audio_out_bos_id: int) -> Generat
     The cut keeps ``<|audio_out_bos|>`` and drops the target's codes, which become ``target_codes``.
     Used for samples during training (validation records are already encoded) and to test ``build_prompt``.
     """
-    from higgs_train.data.preprocess import record_to_sample
+    from higgs_train.data.record_codec import record_to_sample
 
     sample = record_to_sample(record)
     ids = sample.input_ids
@@ -476,7 +442,7 @@ def prompts_for_manifest(
             base,
             whisper=bool(stack.model_config.encode_whisper_embed),
         )
-        target = _target_audio_url(row)
+        target = target_audio_url(row)
         if with_targets and target:
             try:
                 rate = int(stack.audio_tokenizer.sampling_rate)
@@ -487,17 +453,6 @@ def prompts_for_manifest(
                 logger.info("%s: no target codes (%s)", prompt.sample_id, err)
         prompts.append(prompt)
     return prompts
-
-
-def _target_audio_url(row: dict[str, Any]) -> str | None:
-    messages = row.get("messages") or []
-    start = row.get("start_index")
-    for message in messages[int(start) if start is not None else 0 :]:
-        content = message.get("content")
-        for item in content if isinstance(content, list) else [content]:
-            if message.get("role") == "assistant" and isinstance(item, dict) and item.get("type") == "audio":
-                return item.get("audio_url")
-    return None
 
 
 NO_AUDIO = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from higgs_train.data.preprocess import record_to_sample
+from higgs_train.data.record_codec import record_to_sample
 
 ROUND_TO = 8  # sequence padding multiple; the model pads merged sequences to 8 as well
 

@@ -47,8 +47,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.preprocess import RECORD_SCHEMA, BatchResult, PreprocessSettings, records_to_table
+from higgs_train.data.preprocess import BatchResult, PreprocessSettings
 from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
 from higgs_train.data.token_cache import (
     DATA_DIR,
     QUARANTINE_FILE,
@@ -238,8 +239,8 @@ def build_token_cache(
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+    if not ray.is_initialized():  # the driver owns the cluster (driver.cluster.init_ray); never a stray local one
+        raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.driver.cluster.init_ray first")
     check_resources(num_actors, cpus_per_actor)
     code_store = cache.code_store(audio_identity, settings)
     staging = cache.staging(key)

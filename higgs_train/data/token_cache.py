@@ -6,7 +6,7 @@ data a read instead of an encode, and makes *any* change to them a different key
 
 Layout under ``cache_root``::
 
-    <key>/data/*.parquet        records (preprocess.RECORD_SCHEMA), one row per good manifest row
+    <key>/data/*.parquet        records (record_codec.RECORD_SCHEMA), one row per good manifest row
     <key>/quarantine.parquet    rows that failed, with stage and reason
     <key>/stats.json            rows ok/quarantined, encoder calls, audio seconds, CPU seconds, throughput
     <key>/_SUCCESS              written last; a key directory without it is never read
@@ -62,13 +62,12 @@ import pyarrow.parquet as pq
 from higgs_train.data.audio_io import AudioError, display_name, resolve_audio_path, unreadable_reason
 from higgs_train.data.preprocess import (
     PREPROCESS_VERSION,
-    RECORD_SCHEMA,
     EncodedAudio,
     PreprocessSettings,
     audio_contents_in_order,
     file_sha256,
-    iter_records,
 )
+from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +307,7 @@ class CacheEntry:
         return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA) if columns is None else table.select(columns)
 
     def records(self) -> list[dict[str, Any]]:
-        """Records as dicts of numpy arrays, ready for ``preprocess.record_to_sample``."""
+        """Records as dicts of numpy arrays, ready for ``record_codec.record_to_sample``."""
         return list(iter_records(self.table()))
 
     def lengths(self) -> np.ndarray:

@@ -46,7 +46,6 @@ from higgs_train.data.manifest import (
     SAMPLE_KEYS,
     SPEAKER_TYPE,
     START_INDEX_TYPE,
-    load_manifest,
     stable_id,
 )
 from higgs_train.data.quarantine import Quarantine
@@ -366,52 +365,3 @@ def print_summary(report: ValidationReport, name: str, file: TextIO | None = Non
         print(f"  row {item['index']} ({item['id']}): {item['reason']}", file=out)
     if len(report.invalid) > max_listed:
         print(f"  ... {len(report.invalid) - max_listed} more in the report file", file=out)
-
-
-def run_validate_data_only(
-    train_data: str | Path,
-    val_data: str | Path | None,
-    audio_base_path: str | Path | None,
-    output_dir: str | Path,
-    tokenizer_path: str,
-    limits: AudioLimits | None = None,
-    length_limit: RowLengthLimit | None = None,
-) -> int:
-    """Validate the train (and optional val) manifest, write reports, return 0 if every row is valid else 1.
-
-    Writes ``validation_report.json`` (train), ``val_validation_report.json`` (val, when given) and
-    ``quarantine.parquet`` (both, stages ``validation:train`` / ``validation:val``) under ``output_dir``.
-    Relative audio paths resolve under ``audio_base_path``, or each manifest's own folder when it is empty.
-    An empty train manifest fails too: there would be nothing to train on. ``tokenizer_path`` may be "embedded".
-    ``length_limit`` (``row_length.resolve_row_length_limit``) adds the job's ``max_tokens_per_row`` check.
-    """
-    from higgs_train.models import EMBEDDED, load_text_tokenizer, resolve_paths
-
-    if tokenizer_path == EMBEDDED:
-        tokenizer_path = resolve_paths(EMBEDDED, EMBEDDED, EMBEDDED).tokenizer_path
-    tokenizer = load_text_tokenizer(tokenizer_path)
-    limits = limits or AudioLimits()
-    quarantine = Quarantine()
-    checkers: dict[Path, AudioChecker] = {}
-    ok = True
-    for split, manifest, filename in (("train", train_data, REPORT_FILE), ("val", val_data, VAL_REPORT_FILE)):
-        if not manifest:
-            continue
-        base = Path(audio_base_path or Path(manifest).parent).resolve()
-        checker = checkers.setdefault(base, AudioChecker(base, limits))
-        rows = load_manifest(manifest)
-        report = validate_rows(
-            rows,
-            tokenizer,
-            base,
-            limits,
-            stage=f"validation:{split}",
-            quarantine=quarantine,
-            checker=checker,
-            length_limit=length_limit,
-        )
-        write_report(report, output_dir, filename)
-        print_summary(report, f"{split} ({manifest})")
-        ok = ok and not report.invalid and (report.total > 0 or split == "val")
-    quarantine.write(Path(output_dir) / QUARANTINE_FILE)
-    return 0 if ok else 1

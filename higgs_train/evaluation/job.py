@@ -128,7 +128,7 @@ def _generate_and_score(
     import ray
 
     from higgs_train.config import TrainingConfig
-    from higgs_train.job import init_ray
+    from higgs_train.driver.cluster import init_ray
 
     for attempt in range(3):  # a local head on a saturated machine can miss Ray's fixed 30 s registration window
         try:

@@ -62,8 +62,8 @@ class ScoredClip:
 
 def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
     """The first ``max_rows`` (0: all) readable rows of a training-format manifest."""
+    from higgs_train.data.chatml import context_of, target_audio_url
     from higgs_train.data.manifest import load_manifest
-    from higgs_train.generation import _target_audio_url, context_of
 
     rows = []
     for row in load_manifest(Path(manifest)):
@@ -78,7 +78,7 @@ def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
                 text=_text_of(context["messages"][-1].get("content")),
                 context=context,
                 reference_url=_first_audio_url(context["messages"]),
-                target_url=_target_audio_url(row),
+                target_url=target_audio_url(row),
             )
         )
         if max_rows and len(rows) >= max_rows:

@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-STATE_FILE = "trainer_state.json"
-ADAPTER_DIR = "adapter"
+from higgs_train.adapter import ADAPTER_DIR, CHECKPOINT_CONFIG, STATE_FILE, load_adapter_weights, save_adapter
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "higgs-train-checkpoint/2"
 # Files every checkpoint of this format has (the manifest may list more, e.g. adapter extras written by peft).
@@ -43,7 +43,7 @@ REQUIRED_FILES = (
     "scheduler.json",
     "rng.safetensors",
     "rng.json",
-    "config.yaml",
+    CHECKPOINT_CONFIG,
     STATE_FILE,
 )
 
@@ -233,68 +233,6 @@ def verify_checkpoint(path: str | Path, filesystem: pafs.FileSystem | None = Non
     return manifest
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The PeftModel inside a DDP wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") else model
-
-
-def save_adapter(model: torch.nn.Module, out_dir: Path) -> Path:
-    """Write the adapter in peft format (adapter_config.json + adapter_model.safetensors)."""
-    unwrap(model).save_pretrained(str(out_dir), safe_serialization=True)
-    return out_dir
-
-
-class AdapterError(RuntimeError):
-    """An adapter that cannot be applied as it is; the message names the problem and the file."""
-
-
-def check_adapter_state(model: torch.nn.Module, weights: dict[str, torch.Tensor], adapter_dir: Path) -> None:
-    """Compare adapter tensors with the model's LoRA parameters before loading (clear names, no torch traces)."""
-    expected: dict[str, torch.Size] = {}
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            expected[name.replace(".default.", ".", 1)] = param.shape  # file keys carry no adapter name
-    if not expected:
-        raise AdapterError(f"adapter at {adapter_dir}: its target_modules match no module of the model")
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(
-        f"{k}: adapter {tuple(weights[k].shape)} vs model {tuple(expected[k])}"
-        for k in set(expected) & set(weights)
-        if tuple(weights[k].shape) != tuple(expected[k])
-    )
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]}; another rank or another base model?)")
-    if problems:
-        raise AdapterError(f"adapter at {adapter_dir} does not fit the model: " + "; ".join(problems))
-
-
-def load_adapter_weights(
-    model: torch.nn.Module, adapter_dir: Path, state: dict[str, torch.Tensor] | None = None
-) -> None:
-    """Load adapter weights into an already LoRA-wrapped model, refusing any key or shape mismatch.
-
-    ``state`` is the already-read ``adapter_model.safetensors`` when the caller has it (export reads it to vet the
-    file first), so the file is read once.
-    """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    if state is None:
-        weights_file = Path(adapter_dir) / "adapter_model.safetensors"
-        if not weights_file.exists():
-            raise FileNotFoundError(f"no adapter_model.safetensors in {adapter_dir}")
-        state = load_file(str(weights_file))
-    peft_model = unwrap(model)
-    check_adapter_state(peft_model, state, Path(adapter_dir))
-    set_peft_model_state_dict(peft_model, state)
-
-
 def save_checkpoint(
     out_dir: Path,
     model: torch.nn.Module,
@@ -312,7 +250,7 @@ def save_checkpoint(
     save_optimizer_state(out_dir, optimizer.state_dict())
     (out_dir / "scheduler.json").write_text(json.dumps(scheduler.state_dict(), indent=1))
     save_rng_state(out_dir, rng_state())
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=True))
+    (out_dir / CHECKPOINT_CONFIG).write_text(yaml.safe_dump(config_dict, sort_keys=True))
     (out_dir / STATE_FILE).write_text(state.to_json())
     write_manifest(out_dir)
     return out_dir

@@ -1,7 +1,7 @@
 """What the loop needs from its surroundings, so the same loop runs alone (tests, notebooks) and under Ray Train.
 
 ``LocalContext`` is a single process: checkpoints go to ``<output_dir>/checkpoints`` (best-k by validation loss
-plus the latest), metrics to an optional tracker. ``higgs_train.ray_train`` provides the Ray Train version.
+plus the latest), metrics to an optional tracker. ``higgs_train.driver.worker`` provides the Ray Train version.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -40,3 +41,28 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
+
+
+def steps_in_run(steps_per_epoch: int, num_epochs: int, max_steps: int) -> int:
+    """The planned-steps rule (one copy): optimizer steps per epoch x epochs, capped by ``max_steps`` (0: no cap).
+
+    The trainer's LR schedule and end of run and a sweep's ASHA milestones both follow it."""
+    planned = steps_per_epoch * num_epochs
+    return min(planned, max_steps) if max_steps else planned
+
+
+def planned_steps(config: Any, lengths: Any) -> int:
+    """Optimizer steps a run of ``config`` will take over rows of ``lengths`` tokens, computed on the driver from
+    the same epoch-0 batch plan the workers will follow (``TrainingConfig`` fields; equal on every worker)."""
+    from higgs_train.data.batching import optimizer_steps, plan_epoch
+
+    plan = plan_epoch(
+        lengths,
+        max_tokens_per_batch=config.max_tokens_per_batch,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        epoch=0,
+        num_workers=config.num_workers,
+    )
+    steps_per_epoch = optimizer_steps(plan, config.gradient_accumulation_steps)
+    return steps_in_run(steps_per_epoch, config.num_epochs, config.max_steps)

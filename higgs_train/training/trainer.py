@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 
+from higgs_train.adapter import apply_lora, count_parameters, save_adapter
 from higgs_train.config import TrainingConfig
 from higgs_train.console import ProgressLine, emit
 from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
-from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_adapter, save_checkpoint
+from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
-from higgs_train.training.lora import apply_lora, count_parameters
 from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
-from higgs_train.training.schedule import build_optimizer, build_scheduler
+from higgs_train.training.schedule import build_optimizer, build_scheduler, steps_in_run
 
 logger = logging.getLogger(__name__)
 # Profiler label of the host-side data work of a step (collation, label counts): benchmarks/gpu_step.py --profile
@@ -143,8 +143,7 @@ class HiggsAudioTrainer:
         if not self.train_records:
             raise ValueError("no training rows survived preprocessing; see the quarantine report")
         self.steps_per_epoch = len(self._epoch_steps(0))
-        planned = self.steps_per_epoch * self.config.num_epochs
-        self.total_steps = min(planned, self.config.max_steps) if self.config.max_steps else planned
+        self.total_steps = steps_in_run(self.steps_per_epoch, self.config.num_epochs, self.config.max_steps)
 
     # ------------------------------------------------------------------ data plan
     def _epoch_plan(self, records: list[dict], epoch: int) -> list[list[int]]:
@@ -246,7 +245,7 @@ class HiggsAudioTrainer:
         are those the save cadence wrote, and no final adapter is written (``adapter_dir`` is None). Resuming the
         same config from its last checkpoint then continues that run, which is how resumption is tested.
         """
-        from higgs_train.loss import LossBalanceMonitor
+        from higgs_train.training.loss_balance import LossBalanceMonitor
 
         self.setup()
         self._catch_up_logging()

@@ -5,7 +5,7 @@ Why this shape:
 * **Function trainable.** Under Train V2 (the default in Ray 2.60) a trainer is no longer a Tune trainable, so
   ``Tuner(TorchTrainer)`` fails. Each trial runs ``run_trial``, which builds and fits its own ``TorchTrainer``; a
   ``TuneReportCallback`` in that trainer's ``RunConfig`` forwards the rank-0 reports to Tune.
-* **Caches built once, before the Tuner.** The driver builds (or finds) the token caches with ``job.build_caches``
+* **Caches built once, before the Tuner.** The driver builds (or finds) the token caches with ``driver.prepare``
   and hands every trial the cache root and keys, so an N-trial sweep encodes each audio file once, not N times,
   and no Ray Data actor competes with the trials for CPUs.
 * **Only validation reports reach Tune.** ASHA compares ``val_loss`` at step milestones. The trainer also reports
@@ -28,49 +28,5 @@ Why this shape:
   adds each trial's final figures, so children compare side by side in the UI.
 
 Modules: ``space`` (search spaces and search algorithms), ``resources`` (trial resources, ASHA), ``trial`` (the
-function trainable), ``results`` (trial table, best trial), ``sweep`` (the driver), ``cli``.
+function trainable), ``results`` (trial table, best trial), ``sweep`` (the driver). The command line is ``higgs_train.cli``.
 """
-
-from higgs_train.tune.cli import args_from_argv, build_parser, main
-from higgs_train.tune.resources import TrialResources, make_scheduler, plan_resources, planned_steps
-from higgs_train.tune.results import TrialSummary, export_best, select_best, write_trial_table
-from higgs_train.tune.space import (
-    BEST_DIR,
-    DEFAULT_SEARCH_SPACE,
-    SweepSettings,
-    complete_point,
-    load_search_space,
-    make_search_alg,
-    quick_test_points,
-    to_param_space,
-    trial_overrides,
-)
-from higgs_train.tune.sweep import SweepResult, run_sweep
-from higgs_train.tune.trial import ValidationReportCallback, run_trial
-
-__all__ = [
-    "BEST_DIR",
-    "DEFAULT_SEARCH_SPACE",
-    "SweepResult",
-    "SweepSettings",
-    "TrialResources",
-    "TrialSummary",
-    "ValidationReportCallback",
-    "args_from_argv",
-    "build_parser",
-    "complete_point",
-    "export_best",
-    "load_search_space",
-    "main",
-    "make_scheduler",
-    "make_search_alg",
-    "plan_resources",
-    "planned_steps",
-    "quick_test_points",
-    "run_sweep",
-    "run_trial",
-    "select_best",
-    "to_param_space",
-    "trial_overrides",
-    "write_trial_table",
-]

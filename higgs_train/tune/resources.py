@@ -58,24 +58,8 @@ def plan_resources(config: TrainingConfig, settings: SweepSettings, cluster: dic
     return TrialResources(function_cpus, worker_cpus, worker_gpus, min(wanted, settings.num_samples), fits)
 
 
-def planned_steps(config: TrainingConfig, lengths: Any) -> int:
-    """Optimizer steps a trial will run: the trainer's own rule (epoch-0 plan x epochs, capped by max_steps)."""
-    from higgs_train.data.batching import optimizer_steps, plan_epoch
-
-    plan = plan_epoch(
-        lengths,
-        max_tokens_per_batch=config.max_tokens_per_batch,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        epoch=0,
-        num_workers=config.num_workers,
-    )
-    total = optimizer_steps(plan, config.gradient_accumulation_steps) * config.num_epochs
-    return min(total, config.max_steps) if config.max_steps else total
-
-
 def make_scheduler(total_steps: int, grace_period: int, reduction_factor: float) -> Any:
-    """ASHA on val_loss by optimizer step, with every rung before the last step; FIFO when none fits."""
+    """ASHA on the ranking metric by optimizer step, with every rung before the last step; FIFO when none fits."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if total_steps - 1 < grace_period:

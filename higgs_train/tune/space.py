@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -35,13 +35,18 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 class SweepSettings:
     """Sweep options that are not TrainingConfig fields (those come from --config and the training flags)."""
 
-    search_space: str = DEFAULT_SEARCH_SPACE
-    num_samples: int = 8
-    max_concurrent_trials: int = 0
-    search_alg: str = "random"
-    cpus_per_trial: float = 0.25
-    grace_period: int = 0
-    reduction_factor: float = 2.0
+    search_space: str = field(default=DEFAULT_SEARCH_SPACE, metadata={"help": "Search-space YAML."})
+    num_samples: int = field(default=8, metadata={"help": "Trials (times any grid)."})
+    max_concurrent_trials: int = field(
+        default=0,
+        metadata={
+            "help": "Trials at once (0: as many as the cluster fits whole: CPUs / (cpus_per_trial + training CPUs))."
+        },
+    )
+    search_alg: str = field(default="random", metadata={"help": "Searcher (seeded).", "choices": SEARCH_ALGS})
+    cpus_per_trial: float = field(default=0.25, metadata={"help": "CPUs of each trial's function."})
+    grace_period: int = field(default=0, metadata={"help": "ASHA's first rung (0: eval_every_steps)."})
+    reduction_factor: float = field(default=2.0, metadata={"help": "ASHA's reduction factor."})
 
     def validate(self) -> None:
         if self.num_samples < 1:

@@ -9,7 +9,8 @@ from typing import Any
 
 from higgs_train.config import TrainingConfig
 from higgs_train.evaluation.training import checkpoint_score
-from higgs_train.tune.resources import make_scheduler, plan_resources, planned_steps
+from higgs_train.training.schedule import planned_steps
+from higgs_train.tune.resources import make_scheduler, plan_resources
 from higgs_train.tune.results import (
     TrialSummary,
     close_child_runs,
@@ -61,16 +62,6 @@ class SweepResult:
         )
 
 
-def fresh_name(storage: str, name: str) -> str:
-    """``name``, or ``name-2``, ``name-3``... when a sweep of that name already has a directory in local storage."""
-    if "://" in storage or not (Path(storage) / name).exists():
-        return name
-    suffix = 2
-    while (Path(storage) / f"{name}-{suffix}").exists():
-        suffix += 1
-    return f"{name}-{suffix}"
-
-
 def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     """Caches once, then a Tuner of ``run_trial``s, then the trial table, child-run closing and the best adapter.
 
@@ -80,19 +71,16 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     import ray
     from ray import tune
 
-    from higgs_train.job import build_caches, check_cpu_budget, init_ray, storage_root, write_data_reports
-    from higgs_train.models import resolve_paths
+    from higgs_train.driver.cluster import check_cpu_budget, init_ray, resolve_sweep_run, storage_root
+    from higgs_train.driver.prepare import prepare_data
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
 
     settings.validate()
     spec = load_search_space(settings.search_space)
-    if config.quick_test:
-        config = config.apply_quick_test()
+    config = resolve_sweep_run(config)
     output = Path(config.output_dir).resolve()
-    output.mkdir(parents=True, exist_ok=True)
     storage = storage_root(config)
-    sweep_name = fresh_name(storage, config.run_name or output.name)
-    config = config.replace(run_name=sweep_name, resume_from="")
+    sweep_name = config.run_name
     score_key, score_mode = checkpoint_score(config.checkpoint_metric)
     tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
     tracker = RunTracker(tracking_uri)
@@ -100,34 +88,21 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     tags = {"tune_sweep": sweep_name, "run_kind": "tune_sweep", "model_path": config.model_path}
     with tracker.start(config.mlflow_experiment, sweep_name, params={**config.to_dict(), **sweep_params}, tags=tags):
         tracker.log_artifact(search_space_path(settings.search_space))
-        paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
         init_ray(config)
         check_cpu_budget(config)
         resources = plan_resources(config, settings, ray.cluster_resources())
         logger.info("trial resources: %s", resources)
-        train_cache, val_cache, cache_root = build_caches(config, paths)
-        quarantined, report_files = write_data_reports(output, {"train": train_cache, "val": val_cache})
-        encoder_calls = train_cache.encoder_calls + (val_cache.encoder_calls if val_cache else 0)
-        tracker.set_tags({"train_cache_key": train_cache.key, "val_cache_key": val_cache.key if val_cache else None})
-        tracker.log_metrics(
-            {
-                "data/train_rows": train_cache.entry.num_rows,
-                "data/quarantined_rows": quarantined,
-                "data/encoder_calls": encoder_calls,
-            },
-            step=0,
-        )
-        if train_cache.entry.num_rows == 0:
-            raise ValueError(f"no training rows survived preprocessing; see {output / 'quarantine_summary.json'}")
-        if val_cache is None or val_cache.entry.num_rows == 0:
+        data = prepare_data(config, tracker)
+        if data.val_key is None:
             raise ValueError("a sweep ranks trials by val_loss: give --val_data with at least one valid row")
-        total_steps = planned_steps(config, train_cache.entry.lengths())  # the same rule as the trainer's
+        lengths = data.train.entry.lengths()
+        total_steps = planned_steps(config, lengths)  # the trainer's own rule
         registry = ray.remote(num_cpus=0)(PlacementGroupRegistry).remote()
         context = TrialContext(
-            base_config=config.to_dict(),
-            cache_root=str(cache_root.resolve()),
-            train_key=train_cache.key,
-            val_key=val_cache.key,
+            base_config=config,
+            cache_root=str(data.cache_root),
+            train_key=data.train.key,
+            val_key=data.val_key,
             trials_root=str(output / "trials"),
             trainer_storage=f"{storage.rstrip('/')}/{sweep_name}-trials",
             sweep_name=sweep_name,
@@ -160,13 +135,12 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         )
         grid = tuner.fit()
         ray.kill(registry)
-        lengths = train_cache.entry.lengths()
         trials = [summarize_trial(r, config, output / "trials", lengths) for r in grid]
         close_child_runs(tracking_uri, config.mlflow_experiment, tracker.run_id or "", trials)
         csv_path, json_path = write_trial_table(trials, output)
         for path in (csv_path, json_path):
             tracker.log_artifact(path)
-        for path in report_files:
+        for path in data.report_files:
             tracker.log_artifact(path, "data")
         counts = {s: sum(t.status == s for t in trials) for s in ("completed", "early_stopped", "error")}
         tracker.log_metrics({f"trials/{k}": v for k, v in counts.items()}, step=0)

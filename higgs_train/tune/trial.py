@@ -12,6 +12,7 @@ from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from higgs_train.config import TrainingConfig
+from higgs_train.driver.worker import WORKER_SPEC, WorkerSpec, build_torch_trainer, run_worker
 from higgs_train.tune.space import TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
 
 logger = logging.getLogger(__name__)
@@ -44,18 +45,16 @@ class PlacementGroupRegistry:
         return self._groups.pop(trial_id, [])
 
 
-def trial_train_loop(loop_config: dict[str, Any]) -> None:
+def trial_train_loop(loop_config: dict[str, WorkerSpec]) -> None:
     """``train_loop_per_worker``, after rank 0 has registered the worker group's placement group."""
     import ray
     import ray.train
 
-    from higgs_train.ray_train import train_loop_per_worker
-
-    registry = loop_config.get("placement_group_registry")
+    spec = loop_config[WORKER_SPEC]
     group = ray.util.get_current_placement_group()
-    if registry is not None and group is not None and ray.train.get_context().get_world_rank() == 0:
-        ray.get(registry.register.remote(loop_config["tune_trial_id"], group))
-    train_loop_per_worker(loop_config)
+    if spec.placement_groups is not None and group is not None and ray.train.get_context().get_world_rank() == 0:
+        ray.get(spec.placement_groups.register.remote(spec.trial_id, group))
+    run_worker(spec)
 
 
 class ReleasePlacementGroups(Callback):
@@ -94,7 +93,7 @@ class ReleasePlacementGroups(Callback):
 class TrialContext:
     """Everything a trial needs besides its drawn params; built once by the driver (no trial builds a cache)."""
 
-    base_config: dict[str, Any]
+    base_config: TrainingConfig
     cache_root: str
     train_key: str
     val_key: str
@@ -139,18 +138,19 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     """Tune function trainable: one child MLflow run and one TorchTrainer over the shared token cache."""
     import ray.tune
 
-    from higgs_train.ray_train import build_torch_trainer
     from higgs_train.tracking import RunTracker
 
     trial_id = ray.tune.get_context().get_trial_id()
-    base = TrainingConfig.from_dict(context.base_config)
+    base = context.base_config
     run_name = trial_run_name(context.sweep_name, trial_id)
     output = Path(context.trials_root) / trial_id
     config = base.replace(**trial_overrides(base, params), output_dir=str(output), run_name=run_name)
     output.mkdir(parents=True, exist_ok=True)
     config.save(output / "resolved_config.yaml")
     data_keys = {"train_cache_key": context.train_key, "val_cache_key": context.val_key}
-    (output / "data_keys.json").write_text(json.dumps(data_keys, indent=2) + "\n")  # export's model card, as job.py
+    (output / "data_keys.json").write_text(
+        json.dumps(data_keys, indent=2) + "\n"
+    )  # export's model card, as driver.train
     tags = {
         "tune_trial_id": trial_id,
         "tune_sweep": context.sweep_name,
@@ -164,20 +164,19 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         tags=tags,
         parent_run_id=context.parent_run_id,
     )
-    loop_config = {
-        "config": config.to_dict(),
-        "cache_root": context.cache_root,
-        "train_key": context.train_key,
-        "val_key": context.val_key,
-        "mlflow_run_id": tracker.run_id,
-        "mlflow_tracking_uri": context.tracking_uri,
-        "tune_trial_id": trial_id,
-        "placement_group_registry": context.placement_groups,
-    }
+    spec = WorkerSpec(
+        config=config,
+        cache_root=context.cache_root,
+        train_key=context.train_key,
+        val_key=context.val_key,
+        mlflow_run_id=tracker.run_id,
+        mlflow_tracking_uri=context.tracking_uri,
+        trial_id=trial_id,
+        placement_groups=context.placement_groups,
+    )
     with tracker:
         trainer = build_torch_trainer(
-            config,
-            loop_config,
+            spec,
             run_name,
             context.trainer_storage,
             callbacks=[ValidationReportCallback()],

@@ -20,11 +20,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from higgs_train.adapter import apply_lora, save_adapter
 from higgs_train.config import TrainingConfig
 from higgs_train.models import load_model, resolve_paths
 from higgs_train.sample_data import create_sample_data
-from higgs_train.training.checkpoint import save_adapter
-from higgs_train.training.lora import apply_lora
 
 pytestmark = pytest.mark.integration
 

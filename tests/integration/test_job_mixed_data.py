@@ -11,7 +11,7 @@ import ray
 import soundfile as sf
 
 from higgs_train.config import TrainingConfig
-from higgs_train.job import run_training_job
+from higgs_train.driver.train import run_training_job
 from higgs_train.sample_data import create_sample_data
 from higgs_train.tracking import find_runs
 

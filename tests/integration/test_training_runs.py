@@ -1,7 +1,7 @@
 """Whole training runs: overfitting one real sample, and one global batch split over two real Ray Train workers.
 
 The split test runs ``HiggsAudioTrainer`` itself inside ``TorchTrainer`` workers (DDP over gloo, the
-``RayWorkerContext`` of ``higgs_train.ray_train``), so the world-size loss scaling, DDP's gradient averaging and the
+``RayWorkerContext`` of ``higgs_train.driver.worker``), so the world-size loss scaling, DDP's gradient averaging and the
 all-reduced label counts are the production code paths; only ``optimizer.step`` is replaced to record gradients.
 """
 
@@ -102,7 +102,7 @@ def capture_gradients(trainer: HiggsAudioTrainer) -> list[dict[str, torch.Tensor
 
 def split_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: rank r holds samples 2r and 2r + 1 of the global batch of 4."""
-    from higgs_train.ray_train import RayWorkerContext
+    from higgs_train.driver.worker import RayWorkerContext
 
     torch.set_num_threads(1)
     context = RayWorkerContext.current()

@@ -14,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from higgs_train.cli import sweep_config_from_args
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.data.token_cache import TokenCache, referenced_audio
 from higgs_train.tracking import find_runs
-from higgs_train.tune import BEST_DIR, SweepResult, args_from_argv, run_sweep
+from higgs_train.tune.space import BEST_DIR
+from higgs_train.tune.sweep import SweepResult, run_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +43,7 @@ def sweep(tmp_path_factory) -> Iterator[SweepResult]:
         "--search_space",
         "configs/tune_search_space.yaml",
     ]
-    config, settings = args_from_argv(argv)
+    config, settings = sweep_config_from_args(argv)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = run_sweep(config, settings)

@@ -26,7 +26,7 @@ from ckpt_fixtures import (
 )
 
 from higgs_train.config import TrainingConfig
-from higgs_train.job import resolve_run
+from higgs_train.driver.cluster import resolve_run
 from higgs_train.training.checkpoint import (
     CheckpointError,
     load_rng_state,
@@ -252,7 +252,7 @@ def test_an_unregistered_checkpoint_newer_than_rays_is_resumed_from(tmp_path, ch
 def restored_step(tmp_path, records, reported, resume_from) -> int:
     from ray.train import Checkpoint
 
-    from higgs_train.ray_train import restore_worker
+    from higgs_train.driver.worker import restore_worker
 
     trainer = trainer_for(tmp_path / "w", records)
     trainer.setup()

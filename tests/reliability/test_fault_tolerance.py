@@ -18,7 +18,7 @@ from ray_faults import WorkerKiller, logged_steps
 from safetensors.torch import load_file
 
 from higgs_train.config import TrainingConfig
-from higgs_train.job import run_training_job
+from higgs_train.driver.train import run_training_job
 from higgs_train.sample_data import create_sample_data
 from higgs_train.training.checkpoint_store import registered_checkpoints
 

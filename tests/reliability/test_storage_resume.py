@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 from ray_faults import WorkerKiller
 
 from higgs_train.config import TrainingConfig
-from higgs_train.job import resolve_run, run_training_job
+from higgs_train.driver.cluster import resolve_run
+from higgs_train.driver.train import run_training_job
 from higgs_train.sample_data import create_sample_data
 from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint, run_checkpoints
 

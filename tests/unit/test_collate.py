@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from higgs_train.data.collate import build_collator, collate_records
-from higgs_train.data.preprocess import record_to_sample
+from higgs_train.data.record_codec import record_to_sample
 
 AUDIO_IN, AUDIO_OUT, PAD, BOS, EOS = 90, 91, 0, 1024, 1025
 X = -100

@@ -25,7 +25,7 @@ from higgs_train.data.builder.build import BuildOptions, BuildResult, build_data
 from higgs_train.data.builder.pairing import PairingOptions, choose_references, pair_clips
 from higgs_train.data.builder.sources import SourceOptions, detect_source_kind
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
-from higgs_train.data.validation import run_validate_data_only
+from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.sample_data import SPEAKERS, create_sample_data, synthesize
 
 SPEAKER_NAMES = {s.name for s in SPEAKERS}

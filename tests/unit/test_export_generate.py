@@ -15,32 +15,23 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from higgs_train.adapter import AdapterError, apply_lora, load_adapter, locate_adapter, save_adapter
 from higgs_train.config import TrainingConfig
+from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
-from higgs_train.export import (
-    AdapterError,
-    check_merged_dir,
-    export,
-    load_adapter,
-    locate_adapter,
-    safetensors_index,
-)
+from higgs_train.export import check_merged_dir, export, safetensors_index
 from higgs_train.generation import (
-    AUDIO_OUT_BOS,
-    GENERATION_PREFIX,
     TextTokenMask,
     build_prompt,
     code_agreement,
     codes_from_delayed,
-    context_of,
     generation_collator,
     prompt_from_record,
 )
 from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
 from higgs_train.sample_data import create_sample_data
-from higgs_train.training.checkpoint import TrainerState, save_adapter
-from higgs_train.training.lora import apply_lora
+from higgs_train.training.checkpoint import TrainerState
 
 MERGE_ATOL = 1e-4
 REPO = Path(__file__).resolve().parents[2]

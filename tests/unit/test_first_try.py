@@ -15,7 +15,8 @@ import pytest
 from higgs_train.cli import config_from_args, main
 from higgs_train.config import TrainingConfig
 from higgs_train.console import ProgressLine
-from higgs_train.job import ClusterResourcesError, JobOutputsMissing, check_gpus, check_outputs
+from higgs_train.driver.cluster import ClusterResourcesError, check_gpus
+from higgs_train.driver.train import JobOutputsMissing, check_outputs
 from higgs_train.paths import resolve_user_paths
 
 

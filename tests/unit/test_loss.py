@@ -20,13 +20,13 @@ from boson_multimodal.model.higgs_audio.utils import build_delay_pattern_mask, m
 from higgs_train.data.collate import build_collator
 from higgs_train.loss import (
     LabelTokenCounts,
-    LossBalanceMonitor,
     LossOutput,
     audio_next_code_accuracy,
     audio_next_code_targets,
     compute_higgs_audio_loss,
     count_label_tokens,
 )
+from higgs_train.training.loss_balance import LossBalanceMonitor
 
 K = 8  # codebooks
 C = 1026  # 1024 codes + BOS + EOS

@@ -125,9 +125,9 @@ HEAD_TARGETS = (
 def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss(targets):
     """The tiny model with LoRA (also on the text head itself): the reference loss on upstream's full logits and the
     optimised loss on the hidden states the head override returns give the same values and adapter gradients."""
+    from higgs_train.adapter import apply_lora
     from higgs_train.config import DEFAULT_LORA_TARGETS
     from higgs_train.models import load_model, resolve_paths
-    from higgs_train.training.lora import apply_lora
     from higgs_train.training.text_head import hidden_states_as_text_logits
 
     bench = _load_activation_memory_benchmark()

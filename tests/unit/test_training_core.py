@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 from stand_ins import StandInCodec
 
+from higgs_train.adapter import adapted_module_names, apply_lora
 from higgs_train.cli import config_from_args
 from higgs_train.config import DEFAULT_LORA_TARGETS, TrainingConfig
 from higgs_train.data.collate import build_collator, collate_records
@@ -29,7 +30,6 @@ from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.loss import compute_higgs_audio_loss
 from higgs_train.models import load_model, load_text_tokenizer, resolve_paths
 from higgs_train.sample_data import create_sample_data
-from higgs_train.training.lora import adapted_module_names, apply_lora
 from higgs_train.training.trainer import HiggsAudioTrainer
 
 ROOT = Path(__file__).resolve().parents[2]

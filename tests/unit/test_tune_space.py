@@ -7,21 +7,20 @@ from types import SimpleNamespace
 
 import pytest
 
+from higgs_train.cli import sweep_config_from_args
 from higgs_train.config import TrainingConfig
-from higgs_train.tune import (
+from higgs_train.training.schedule import planned_steps
+from higgs_train.tune.resources import make_scheduler, plan_resources
+from higgs_train.tune.space import (
     SweepSettings,
-    ValidationReportCallback,
-    args_from_argv,
     complete_point,
     load_search_space,
-    make_scheduler,
     make_search_alg,
-    plan_resources,
-    planned_steps,
     quick_test_points,
     to_param_space,
     trial_overrides,
 )
+from higgs_train.tune.trial import ValidationReportCallback
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -106,7 +105,7 @@ def test_planned_steps_follow_the_trainers_rule() -> None:
 def test_cli_splits_training_flags_from_sweep_flags(tmp_path: Path) -> None:
     file = tmp_path / "c.yaml"
     file.write_text("lora_r: 8\nlearning_rate: 0.001\n")
-    config, settings = args_from_argv(
+    config, settings = sweep_config_from_args(
         ["--config", str(file), "--learning_rate", "0.01", "--num_samples", "5", "--search_alg", "random"]
     )
     assert (config.lora_r, config.learning_rate) == (8, 0.01)

@@ -17,6 +17,7 @@ from higgs_train.data import manifest as m
 from higgs_train.data import validation as v
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.quarantine import Quarantine, QuarantineRecord
+from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.models import load_text_tokenizer, resolve_paths
 from higgs_train.sample_data import create_sample_data
 
@@ -188,7 +189,7 @@ def test_run_validate_data_only_exit_codes_and_reports(
     clean: dict[str, Path], mixed: dict, tokenizer_path: str, tmp_path: Path
 ) -> None:
     out_clean = tmp_path / "clean"
-    status = v.run_validate_data_only(clean["train"], clean["val"], "", out_clean, tokenizer_path, AudioLimits())
+    status = run_validate_data_only(clean["train"], clean["val"], "", out_clean, tokenizer_path, AudioLimits())
     assert status == 0
     train_report = json.loads((out_clean / v.REPORT_FILE).read_text())
     assert list(train_report) == ["total", "valid", "invalid"]
@@ -197,7 +198,7 @@ def test_run_validate_data_only_exit_codes_and_reports(
     assert len(Quarantine.read(out_clean / v.QUARANTINE_FILE)) == 0
 
     out_mixed = tmp_path / "mixed"
-    status = v.run_validate_data_only(mixed["manifest"], mixed["val"], mixed["base"], out_mixed, tokenizer_path)
+    status = run_validate_data_only(mixed["manifest"], mixed["val"], mixed["base"], out_mixed, tokenizer_path)
     assert status == 1
     report = json.loads((out_mixed / v.REPORT_FILE).read_text())
     assert list(report) == ["total", "valid", "invalid"]

@@ -1,5 +1,8 @@
 """The Ray Train edge: a ``TorchTrainer`` whose per-worker function runs ``HiggsAudioTrainer``.
 
+What a worker needs crosses the process boundary as one typed, frozen ``WorkerSpec`` (built by the training driver
+or by a sweep's trial), never as a loose dict.
+
 Data reaches workers through the token cache (Parquet written by the Ray Data preprocessing stage): every worker
 reads the same records and takes its share of a deterministic batch plan, which guarantees equal step counts per
 worker (Ray Data's streaming split gives equal *rows*, not equal token-budget batches, and unequal step counts
@@ -61,7 +64,33 @@ class RayWorkerContext(WorkerContext):
         ray.train.report(as_float_metrics(metrics), checkpoint=checkpoint)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+WORKER_SPEC = "worker_spec"  # the one key of Ray Train's ``train_loop_config``
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a training worker is handed: the resolved config, where the token caches are, the MLflow run.
+
+    ``trial_id`` and ``placement_groups`` are set by a Tune trial only (``tune.trial``): rank 0 registers the
+    worker group's placement group with the sweep's registry so a stopped trial gives its CPUs back.
+    """
+
+    config: TrainingConfig
+    cache_root: str
+    train_key: str
+    val_key: str | None
+    mlflow_run_id: str | None
+    mlflow_tracking_uri: str
+    trial_id: str | None = None
+    placement_groups: Any = None
+
+
+def train_loop_per_worker(loop_config: dict[str, WorkerSpec]) -> None:
+    """Ray Train's entry on every worker (Ray hands over a dict; it carries one ``WorkerSpec``)."""
+    run_worker(loop_config[WORKER_SPEC])
+
+
+def run_worker(spec: WorkerSpec) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
 
@@ -69,15 +98,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from higgs_train.tracking import RunTracker
     from higgs_train.training.trainer import HiggsAudioTrainer
 
-    config = TrainingConfig.from_dict(loop_config["config"])
+    config = spec.config
     tracker = RunTracker.disabled()
-    if ray.train.get_context().get_world_rank() == 0 and loop_config.get("mlflow_run_id"):
-        tracker = RunTracker(loop_config["mlflow_tracking_uri"]).attach(loop_config["mlflow_run_id"])
+    if ray.train.get_context().get_world_rank() == 0 and spec.mlflow_run_id:
+        tracker = RunTracker(spec.mlflow_tracking_uri).attach(spec.mlflow_run_id)
     context = RayWorkerContext.current(tracker)
     world = context.world_size
-    cache = TokenCache(loop_config["cache_root"])
-    train_records = cache.open(loop_config["train_key"]).records()
-    val_records = cache.open(loop_config["val_key"]).records() if loop_config.get("val_key") else []
+    cache = TokenCache(spec.cache_root)
+    train_records = cache.open(spec.train_key).records()
+    val_records = cache.open(spec.val_key).records() if spec.val_key else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
     trainer = HiggsAudioTrainer(config.replace(resume_from=""), context, train_records, val_records)
@@ -129,12 +158,11 @@ def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:
 
 
 def build_torch_trainer(
-    config: TrainingConfig,
-    loop_config: dict[str, Any],
+    spec: WorkerSpec,
     run_name: str,
     storage_path: str,
     callbacks: list[Any] | None = None,
-    train_loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+    train_loop: Callable[[dict[str, WorkerSpec]], None] = train_loop_per_worker,
 ):
     """The ``TorchTrainer`` for one run: resources from the config, best-k checkpoints by val_loss.
 
@@ -148,15 +176,14 @@ def build_torch_trainer(
     from higgs_train.console import train_logging_config
     from higgs_train.evaluation.training import checkpoint_score
 
-    score_key, score_mode = (
-        checkpoint_score(config.checkpoint_metric) if loop_config.get("val_key") else ("step", "max")
-    )
+    config = spec.config
+    score_key, score_mode = checkpoint_score(config.checkpoint_metric) if spec.val_key else ("step", "max")
     resources = {"CPU": config.cpus_per_train_worker}
     if config.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={WORKER_SPEC: spec},
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources

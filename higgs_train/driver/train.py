@@ -1,0 +1,120 @@
+"""The training job's driver: resolve -> prepare -> fit -> finalize.
+
+1. resolve the run (``driver.cluster``: quick-test shrink, run name, storage, auto-resume), open the MLflow run,
+   join or start Ray and check its resources;
+2. prepare the data (``driver.prepare``: manifests -> token caches in Ray Data CPU actors, reports, data metrics);
+3. fit a ``TorchTrainer`` whose workers run ``HiggsAudioTrainer`` (``driver.worker``);
+4. finalize: log the final adapter, resolved config, loss curve, data reports; end the MLflow run FINISHED or FAILED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from higgs_train.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    """Where things went and the final metrics."""
+
+    output_dir: Path
+    adapter_dir: Path
+    run_name: str
+    mlflow_run_id: str | None
+    tracking_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    quarantined: int = 0
+    resumed_from: str | None = None
+
+    def summary(self) -> str:
+        keys = ("total_loss", "text_loss", "audio_loss", "val_loss", "val_audio_accuracy")
+        shown = ", ".join(f"{k}={self.metrics[k]:.4f}" for k in keys if k in self.metrics)
+        return (
+            f"run {self.run_name} finished: adapter at {self.adapter_dir}; {shown}; quarantined rows: "
+            f"{self.quarantined}; MLflow run {self.mlflow_run_id} at {self.tracking_uri}"
+        )
+
+
+class JobOutputsMissing(RuntimeError):
+    """Training returned but an output the job promises (adapter, history, loss curve) is not where it should be."""
+
+
+def _plot_untracked(history: list[dict[str, Any]], output: Path) -> Path | None:
+    """The loss curve when tracking is off (the tracker only plots what it logs)."""
+    from higgs_train.tracking import plot_loss_curve
+
+    return plot_loss_curve(history, output / "loss_curve.png", title="loss curve")
+
+
+def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> None:
+    """A job never reports success when what it promises is not there (the MLflow run then ends FAILED)."""
+    expected = [adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors", history]
+    missing = [str(p) for p in expected if not p.is_file()]
+    if loss_curve is None or not Path(loss_curve).is_file():
+        missing.append(str(history.parent / "loss_curve.png"))
+    if missing:
+        raise JobOutputsMissing(
+            "training finished but these outputs are missing: " + ", ".join(missing) + " (a worker may have written "
+            "them relative to its own working directory, or on another node: give --output_dir on storage every "
+            "node sees)"
+        )
+
+
+def run_training_job(config: TrainingConfig) -> JobResult:
+    """Run one training job end to end (see the module docstring)."""
+    from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, init_ray, resolve_run, storage_root
+    from higgs_train.driver.prepare import prepare_data
+    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
+    from higgs_train.paths import resolve_user_paths
+    from higgs_train.tracking import RunTracker, resolve_tracking_uri
+    from higgs_train.training.checkpoint_store import write_marker
+
+    config, run_name, resume = resolve_run(resolve_user_paths(config))  # absolute before anything runs on Ray
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
+    tracker = RunTracker(tracking_uri)
+    tags = {
+        "model_path": config.model_path,
+        "audio_tokenizer_path": config.audio_tokenizer_path,
+        "run_name": run_name,
+        "resumed_from": resume,
+    }
+    start = tracker.start_or_continue(
+        config.mlflow_experiment, run_name, params=config.to_dict(), tags=tags, resuming=bool(resume)
+    )
+    with start:
+        init_ray(config)
+        check_cpu_budget(config)
+        data = prepare_data(config, tracker)
+        (output / "data_keys.json").write_text(json.dumps(data.data_keys, indent=2) + "\n")  # export's model card
+        config.save(output / "resolved_config.yaml")
+        spec = WorkerSpec(
+            config=config,
+            cache_root=str(data.cache_root),
+            train_key=data.train.key,
+            val_key=data.val_key,
+            mlflow_run_id=tracker.run_id,
+            mlflow_tracking_uri=tracking_uri,
+        )
+        result = build_torch_trainer(spec, run_name, storage_root(config)).fit()
+        if result.error:
+            raise RuntimeError(f"training failed: {result.error}") from result.error
+        metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        adapter_dir = output / "adapter"
+        history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
+        curve = tracker.log_loss_curve(history, output / "loss_curve.png") or _plot_untracked(history, output)
+        check_outputs(adapter_dir, output / "history.json", curve)
+        tracker.log_artifact(adapter_dir, "adapter")
+        tracker.log_artifact(output / "resolved_config.yaml")
+        for path in data.report_files:
+            tracker.log_artifact(path, "data")
+        write_marker(storage_root(config), run_name, COMPLETED_MARKER, json.dumps(metrics, sort_keys=True))
+    return JobResult(output, adapter_dir, run_name, tracker.run_id, tracking_uri, metrics, data.quarantined, resume)

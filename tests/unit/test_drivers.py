@@ -1,0 +1,117 @@
+"""The drivers' shared parts: one run-name rule, a typed worker spec, the import arrows the layout promises, and
+the command lines generated from the config dataclasses."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import pickle
+from pathlib import Path
+
+import pytest
+
+from higgs_train.cli import build_parser, build_sweep_parser, config_from_args, sweep_config_from_args
+from higgs_train.config import TrainingConfig
+from higgs_train.driver.cluster import next_free_name, resolve_sweep_run
+from higgs_train.driver.worker import WorkerSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _import_depth():
+    spec = importlib.util.spec_from_file_location("import_depth", ROOT / "benchmarks" / "import_depth.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------------- run names
+def test_the_suffix_rule_skips_every_taken_name():
+    taken = {"voice", "voice-2", "voice-3"}
+    assert next_free_name("voice", taken.__contains__) == "voice-4"
+    assert next_free_name("other", taken.__contains__) == "other"
+
+
+def test_a_sweep_never_reuses_a_name_in_its_storage(tmp_path):
+    config = TrainingConfig(output_dir=str(tmp_path / "out" / "sweep"), storage_path=str(tmp_path / "storage"))
+    assert resolve_sweep_run(config).run_name == "sweep"
+    (tmp_path / "storage" / "sweep").mkdir(parents=True)
+    (tmp_path / "storage" / "sweep-2").mkdir()
+    resolved = resolve_sweep_run(config.replace(resume_from="/old/ckpt"))
+    assert resolved.run_name == "sweep-3"
+    assert resolved.resume_from == ""  # trials never resume
+
+
+# --------------------------------------------------------------------------------------------------- worker spec
+def test_the_worker_spec_is_typed_frozen_and_survives_the_process_boundary():
+    spec = WorkerSpec(
+        config=TrainingConfig(lora_r=4),
+        cache_root="/cache",
+        train_key="k1",
+        val_key=None,
+        mlflow_run_id="run",
+        mlflow_tracking_uri="sqlite:///x.db",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.train_key = "other"  # type: ignore[misc]
+    back = pickle.loads(pickle.dumps(spec))
+    assert back == spec and isinstance(back.config, TrainingConfig) and back.config.lora_r == 4
+
+
+# --------------------------------------------------------------------------------------------------- layout
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("higgs_train.training", "higgs_train.export"),
+        ("higgs_train.generation", "higgs_train.export"),
+        ("higgs_train.adapter", "higgs_train.training"),
+        ("higgs_train.tune", "higgs_train.cli"),
+        ("higgs_train.tune", "higgs_train.driver.train"),
+        ("higgs_train.data", "higgs_train.driver"),
+        ("higgs_train.training", "higgs_train.driver"),
+    ],
+)
+def test_no_import_arrow_against_the_layout(source, target):
+    graph, _ = _import_depth().import_graph()
+    arrows = [
+        (a, b)
+        for a, deps in graph.items()
+        if a == source or a.startswith(f"{source}.")
+        for b in deps
+        if b == target or b.startswith(f"{target}.")
+    ]
+    assert arrows == []
+
+
+def test_only_the_cluster_module_starts_ray():
+    """The data builder's own stage (``prepare_data.py build``, no training driver above it) is the one other."""
+    callers = set()
+    for path in (ROOT / "higgs_train").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if isinstance(func, ast.Attribute) and func.attr == "init" and getattr(func.value, "id", "") == "ray":
+                callers.add(path.relative_to(ROOT).as_posix())
+    assert callers == {"higgs_train/driver/cluster.py", "higgs_train/data/builder/ray_stage.py"}
+
+
+# --------------------------------------------------------------------------------------------------- command lines
+def test_one_spelling_per_flag_and_real_defaults_in_the_help(capsys):
+    options = {opt for action in build_parser()._actions for opt in action.option_strings}
+    assert "--learning_rate" in options and "--learning-rate" not in options
+    assert not any(opt.startswith("--no_") for opt in options)
+    helps = {action.dest: action.help for action in build_parser()._actions}
+    assert helps["learning_rate"].endswith(f"(default: {TrainingConfig().learning_rate!r})")
+    with pytest.raises(SystemExit):
+        config_from_args(["--learning-rate", "1e-4"])
+    assert "did you mean --learning_rate?" in capsys.readouterr().err
+
+
+def test_sweep_flags_come_from_both_dataclasses_with_the_same_precedence(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("lora_r: 8\nnum_epochs: 5\n")
+    config, settings = sweep_config_from_args(["--config", str(path), "--lora_r", "4", "--num_samples", "3"])
+    assert (config.lora_r, config.num_epochs, settings.num_samples) == (4, 5, 3)
+    assert settings.search_alg == "random"  # untouched: SweepSettings' default
+    with pytest.raises(SystemExit):
+        build_sweep_parser().parse(["--search_alg", "grid"])  # choices from the field's metadata
