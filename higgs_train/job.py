@@ -295,6 +295,7 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
 
 def run_training_job(config: TrainingConfig) -> JobResult:
     """Run one training job end to end (see the module docstring)."""
+    from higgs_train.data.shard_stream import stream_root_for_workers
     from higgs_train.models import resolve_paths
     from higgs_train.paths import resolve_user_paths
     from higgs_train.ray_train import build_torch_trainer
@@ -339,6 +340,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         loop_config = {
             "config": config.to_dict(),
             "cache_root": str(cache_root.resolve()),
+            "stream_root": stream_root_for_workers(train_cache.entry.path, config.stream_cache_uri),
             "train_key": train_cache.key,
             "val_key": val_cache.key if val_cache and val_cache.entry.num_rows else None,
             "mlflow_run_id": tracker.run_id,

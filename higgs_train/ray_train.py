@@ -1,9 +1,10 @@
 """The Ray Train edge: a ``TorchTrainer`` whose per-worker function runs ``HiggsAudioTrainer``.
 
 Data reaches workers through the token cache (Parquet written by the Ray Data preprocessing stage): every worker
-reads the same records and takes its share of a deterministic batch plan, which guarantees equal step counts per
-worker (Ray Data's streaming split gives equal *rows*, not equal token-budget batches, and unequal step counts
-hang DDP). Multi-node jobs therefore need ``cache_dir`` on storage every node sees, like ``storage_path``.
+plans the epoch from the lengths column alone and streams only the rows of its own share of that deterministic plan
+(``data/shard_stream.py``), which guarantees equal step counts per worker (Ray Data's streaming split gives equal
+*rows*, not equal token-budget batches, and unequal step counts hang DDP). The entry is read from
+``stream_cache_uri`` (``s3://``, ``gs://``, ``file://``) when set, else from ``cache_dir``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
 
+    from higgs_train.data.shard_stream import open_shard_stream
     from higgs_train.data.token_cache import TokenCache
     from higgs_train.tracking import RunTracker
     from higgs_train.training.trainer import HiggsAudioTrainer
@@ -76,7 +78,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = RayWorkerContext.current(tracker)
     world = context.world_size
     cache = TokenCache(loop_config["cache_root"])
-    train_records = cache.open(loop_config["train_key"]).records()
+    # Only this worker's rows, one step ahead, from wherever the driver published the entry (data/shard_stream.py).
+    train_records = open_shard_stream(
+        loop_config.get("stream_root") or loop_config["cache_root"], loop_config["train_key"]
+    )
     val_records = cache.open(loop_config["val_key"]).records() if loop_config.get("val_key") else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
@@ -84,6 +89,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     trainer.setup()
     restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from)
     trainer.train()
+    train_records.close()
 
 
 def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:
