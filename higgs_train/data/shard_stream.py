@@ -174,9 +174,16 @@ class ShardStream:
         return self.reader.locations.num_tokens
 
     def schedule(self, steps: Sequence[Sequence[Sequence[int]]]) -> None:
-        """The epoch's steps in training order (each a list of micro-batches of positions); drops earlier reads."""
+        """The epoch's steps in training order (each a list of micro-batches of positions); drops earlier reads.
+
+        The same schedule again before its first step (the trainer plans epoch 0 in ``setup`` and in ``train``)
+        keeps the read already under way.
+        """
+        new = [sorted({int(i) for batch in step for i in batch}) for step in steps]
+        if new == self._steps and self._cursor == -1:
+            return
         self._drop_pending()
-        self._steps = [sorted({int(i) for batch in step for i in batch}) for step in steps]
+        self._steps = new
         self._cursor = -1
         self._current = {}
         if self.log_reads:
