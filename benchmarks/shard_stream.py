@@ -3,7 +3,7 @@
 Prints, for a synthetic token cache of ``--rows`` rows (and ``--small-rows`` for comparison) made of the records of
 the generated sample data repeated (a few real clips, real records the embedded model trains on):
 
-1. worker peak memory (RSS growth over the imports, in a fresh process) while streaming rank 0's shard of a
+1. worker peak memory (resident-memory growth over the imports, sampled every step, in a fresh process) while streaming rank 0's shard of a
    2-worker plan for ``--steps`` steps, and, with ``--before``, the old path (``CacheEntry.records()``) at the
    same sizes;
 2. time from worker start to its first batch (open the entry, read the lengths, plan, read step 0);
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -86,10 +85,6 @@ def prepare(work: Path, rows_list: list[int]) -> dict:
     return out
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def rss_mb() -> float:
     """Current resident memory (the peak so far would include the transient peak of importing torch)."""
     import os
@@ -120,13 +115,11 @@ def worker_probe(entry: str, mode: str, steps: int) -> None:
     first = [records[i] for i in plan[0]]
     first_s = time.perf_counter() - t0
     tokens = sum(int(r["num_tokens"]) for r in first)
+    peak = rss_mb()
     for batch in plan[1:steps]:
         tokens += sum(int(records[i]["num_tokens"]) for i in batch)
-    print(
-        json.dumps(
-            {"first_batch_s": first_s, "peak_mb_over_imports": max(peak_rss_mb(), rss_mb()) - base, "tokens": tokens}
-        )
-    )
+        peak = max(peak, rss_mb())  # sampled every step (ru_maxrss would carry the parent's peak over the fork)
+    print(json.dumps({"first_batch_s": first_s, "peak_mb_over_imports": peak - base, "tokens": tokens}))
 
 
 def probe(entry: str, mode: str, steps: int) -> dict:
