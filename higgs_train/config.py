@@ -63,6 +63,11 @@ class TrainingConfig:
     min_audio_seconds: float = _f(0.5, "Shortest accepted audio clip, seconds.")
     max_audio_seconds: float = _f(30.0, "Longest accepted audio clip, seconds.")
     cache_dir: str = _f("", "Token cache root (default: <output_dir>/../token_cache, shared by runs and trials).")
+    stream_cache_uri: str = _f(
+        "",
+        "Where training workers stream the token cache from (s3://, gs://, file://, a shared path); the built "
+        "entry is copied there. Empty: cache_dir.",
+    )
     max_tokens_per_row: int = _f(
         0, "Quarantine rows whose merged text + audio length exceeds this (0: the model's max_position_embeddings)."
     )

@@ -13,9 +13,14 @@ Flow (``build_token_cache``):
    (``PreprocessActor``, ``ActorPoolStrategy(size=num_actors)``, fractional ``num_cpus``). Every input row comes
    back: good rows as records, failed rows with ``error_stage``/``error_reason`` set and null data. Each batch's
    cost (encoder calls, encoded audio seconds, CPU seconds) rides on its first output row.
-3. The result is materialised once (so the encoder runs once per row), failed rows are split off into
-   ``quarantine.parquet``, good rows are written with ``write_parquet`` into a staging directory, ``stats.json``
-   aggregates the per-batch costs, and ``TokenCache.publish`` renames the staging directory into place. If a row
+3. Before any actor starts, every row's content key (``row_reuse.row_keys``) is looked up in the newest earlier
+   entries: only rows found nowhere are preprocessed (a one-row edit of a 100k-row manifest preprocesses one row;
+   a build whose rows are all known starts no actor at all).
+4. The result is materialised once (so the encoder runs once per row), failed rows are split off into
+   ``quarantine.parquet``, good rows are written with ``write_parquet`` into the staging directory, then
+   ``row_reuse.write_entry`` merges them with the reused records into the entry's sorted, streamable layout
+   (``shard_stream``), ``stats.json`` aggregates the per-batch costs (plus ``rows_reused``/``rows_preprocessed``),
+   and ``TokenCache.publish`` renames the staging directory into place. If a row
    failed because an audio file was unavailable (missing, unreadable) although the key fingerprinted it as present,
    the entry is published under the key of the file state the build saw (``token_cache.fingerprints_as_seen``), so
    the next run with the file back misses and trains that row.
@@ -37,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +56,10 @@ from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.preprocess import BatchResult, PreprocessSettings
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
+from higgs_train.data.row_reuse import find_reusable, index_new_records, row_context_digest, row_keys, write_entry
+from higgs_train.data.shard_stream import ROWS_PER_FILE
 from higgs_train.data.token_cache import (
-    DATA_DIR,
+    CACHE_FORMAT,
     QUARANTINE_FILE,
     CacheEntry,
     TokenCache,
@@ -82,6 +90,8 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("_cpu_seconds", pa.float64()),
     ]
 )
+NEW_RECORDS_DIR = "_new"  # staging: records this build preprocessed, before write_entry merges them with reused ones
+TODO_FILE = "_todo.parquet"  # staging: the manifest rows no earlier entry holds
 META_COLUMNS = ["id", "row_index", "audio_seconds", ERROR_STAGE, ERROR_REASON, UNAVAILABLE, *STAT_COLUMNS]
 
 
@@ -237,45 +247,56 @@ def build_token_cache(
         cache.record_build({"key": key, "hit": True, "encoder_calls": 0, "encoded_seconds": 0.0})
         return CacheResult(entry.path, key, entry.stats, entry.stats.get("quarantine_counts", {}), True, 0, entry)
 
-    import ray
-
-    if not ray.is_initialized():  # the driver owns the cluster (driver.cluster.init_ray); never a stray local one
-        raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.driver.cluster.init_ray first")
-    check_resources(num_actors, cpus_per_actor)
-    code_store = cache.code_store(audio_identity, settings)
+    context = row_context_digest(text_identity, audio_identity, settings, CACHE_FORMAT)
+    keys = row_keys(manifest, fingerprints, context)
+    reusable = find_reusable(cache.root, set(keys))
+    todo = [i for i, k in enumerate(keys) if k not in reusable.by_key]
     staging = cache.staging(key)
     try:
-        processed = (
-            ray.data.read_parquet(str(manifest_parquet), num_cpus=IO_TASK_CPUS)
-            .repartition(target_num_rows_per_block=batch_size)
-            .map_batches(
-                PreprocessActor,
-                fn_constructor_kwargs={
-                    "tokenizer_path": model_paths.tokenizer_path,
-                    "audio_tokenizer_path": model_paths.audio_tokenizer_path,
-                    "audio_base_path": str(audio_base_path),
-                    "settings": {**dataclasses.asdict(settings), "limits": dataclasses.asdict(settings.limits)},
-                    "code_store_dir": str(code_store.root),
-                    "torch_threads": max(1, math.floor(cpus_per_actor)),
-                },
-                compute=ray.data.ActorPoolStrategy(size=num_actors),
-                num_cpus=cpus_per_actor,
-                batch_size=batch_size,
-                batch_format="pyarrow",
+        new_dir = staging / NEW_RECORDS_DIR
+        if todo:
+            todo_path = staging / TODO_FILE
+            pq.write_table(manifest.take(todo), todo_path)
+            meta = _preprocess(
+                todo_path,
+                new_dir,
+                cache.code_store(audio_identity, settings),
+                model_paths,
+                audio_base_path,
+                settings,
+                num_actors,
+                cpus_per_actor,
+                batch_size,
             )
-            .materialize()
-        )
-        meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
-        processed.map_batches(_good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
-            str(staging / DATA_DIR), ray_remote_args={"num_cpus": IO_TASK_CPUS}
-        )
+            todo_path.unlink()
+        else:  # every row is in an earlier entry: no actor starts
+            meta = pa.table({c: pa.array([], OUTPUT_SCHEMA.field(c).type) for c in META_COLUMNS})
+        files, new_places = index_new_records(new_dir) if new_dir.is_dir() else ([], {})
+        places = []
+        for i, ridx in enumerate(manifest.column("row_index").to_pylist()):
+            if keys[i] in reusable.by_key:
+                places.append((ridx, keys[i], reusable.where(keys[i])))
+            elif ridx in new_places:
+                f, group, offset = new_places[ridx]
+                places.append((ridx, keys[i], (files[f], group, offset)))
+        rows_ok = write_entry(staging, places)
+        shutil.rmtree(new_dir, ignore_errors=True)
         quarantine = _quarantine(meta)
         quarantine.write(staging / QUARANTINE_FILE)
         seen = fingerprints_as_seen(fingerprints, _unavailable(meta))
         if seen != fingerprints:  # a file vanished mid-build: key the entry by what the build saw (token_cache)
             key = compute_cache_key(manifest, seen, text_identity, audio_identity, settings)
         stats = _stats(meta, quarantine, time.perf_counter() - t0, num_actors, cpus_per_actor, batch_size)
-        stats.update(key=key, settings=settings.identity(), audio_files=len(urls))
+        stats.update(
+            key=key,
+            settings=settings.identity(),
+            audio_files=len(urls),
+            rows_total=manifest.num_rows,
+            rows_ok=rows_ok,
+            rows_reused=manifest.num_rows - len(todo),
+            rows_preprocessed=len(todo),
+            rows_per_second=manifest.num_rows / stats["wall_seconds"] if stats["wall_seconds"] > 0 else None,
+        )
         entry = cache.publish(key, staging, stats)
     except BaseException:
         cache.discard(staging)
@@ -289,6 +310,50 @@ def build_token_cache(
         }
     )
     return CacheResult(entry.path, key, entry.stats, stats["quarantine_counts"], False, stats["encoder_calls"], entry)
+
+
+def _preprocess(
+    manifest_parquet: Path,
+    out_dir: Path,
+    code_store: Any,
+    model_paths: ResolvedPaths,
+    audio_base_path: str | Path,
+    settings: PreprocessSettings,
+    num_actors: int,
+    cpus_per_actor: float,
+    batch_size: int,
+) -> pa.Table:
+    """Run the actor pool over ``manifest_parquet``: good records go to ``out_dir``; returns every row's meta."""
+    import ray
+
+    if not ray.is_initialized():  # the driver owns the cluster (driver.cluster.init_ray); never a stray local one
+        raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.driver.cluster.init_ray first")
+    check_resources(num_actors, cpus_per_actor)
+    processed = (
+        ray.data.read_parquet(str(manifest_parquet), num_cpus=IO_TASK_CPUS)
+        .repartition(target_num_rows_per_block=batch_size)
+        .map_batches(
+            PreprocessActor,
+            fn_constructor_kwargs={
+                "tokenizer_path": model_paths.tokenizer_path,
+                "audio_tokenizer_path": model_paths.audio_tokenizer_path,
+                "audio_base_path": str(audio_base_path),
+                "settings": {**dataclasses.asdict(settings), "limits": dataclasses.asdict(settings.limits)},
+                "code_store_dir": str(code_store.root),
+                "torch_threads": max(1, math.floor(cpus_per_actor)),
+            },
+            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            num_cpus=cpus_per_actor,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+        )
+        .materialize()
+    )
+    meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
+    processed.map_batches(_good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
+        str(out_dir), min_rows_per_file=ROWS_PER_FILE, ray_remote_args={"num_cpus": IO_TASK_CPUS}
+    )
+    return meta
 
 
 def _quarantine(meta: pa.Table) -> Quarantine:

@@ -6,7 +6,9 @@ data a read instead of an encode, and makes *any* change to them a different key
 
 Layout under ``cache_root``::
 
-    <key>/data/*.parquet        records (record_codec.RECORD_SCHEMA), one row per good manifest row
+    <key>/data/part-*.parquet   records (record_codec.RECORD_SCHEMA), one row per good manifest row, sorted by
+                                row_index in small row groups (``shard_stream`` says why)
+    <key>/rows.parquet          per record: row_index, num_tokens, row-level content key (``row_reuse``), place
     <key>/quarantine.parquet    rows that failed, with stage and reason
     <key>/stats.json            rows ok/quarantined, encoder calls, audio seconds, CPU seconds, throughput
     <key>/_SUCCESS              written last; a key directory without it is never read
@@ -71,7 +73,7 @@ from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"  # 2: sorted part files in small row groups + rows.parquet (streamable)
 SUCCESS_FILE = "_SUCCESS"
 STATS_FILE = "stats.json"
 QUARANTINE_FILE = "quarantine.parquet"
@@ -312,6 +314,9 @@ class CacheEntry:
 
     def lengths(self) -> np.ndarray:
         """``num_tokens`` per record, in ``table()`` order (what the batcher plans with)."""
+        rows = self.path / "rows.parquet"  # shard_stream.ROWS_FILE: the lengths without opening the records
+        if rows.is_file():
+            return pq.read_table(rows, columns=["num_tokens"]).column("num_tokens").to_numpy()
         return self.table(["num_tokens"]).column("num_tokens").to_numpy()
 
     @property

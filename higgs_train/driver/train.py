@@ -69,6 +69,7 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
 
 def run_training_job(config: TrainingConfig) -> JobResult:
     """Run one training job end to end (see the module docstring)."""
+    from higgs_train.data.shard_stream import stream_root_for_workers
     from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, init_ray, resolve_run, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
@@ -103,6 +104,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
             val_key=data.val_key,
             mlflow_run_id=tracker.run_id,
             mlflow_tracking_uri=tracking_uri,
+            stream_root=stream_root_for_workers(data.train.entry.path, config.stream_cache_uri),
         )
         result = build_torch_trainer(spec, run_name, storage_root(config)).fit()
         if result.error:

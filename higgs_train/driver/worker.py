@@ -4,9 +4,10 @@ What a worker needs crosses the process boundary as one typed, frozen ``WorkerSp
 or by a sweep's trial), never as a loose dict.
 
 Data reaches workers through the token cache (Parquet written by the Ray Data preprocessing stage): every worker
-reads the same records and takes its share of a deterministic batch plan, which guarantees equal step counts per
-worker (Ray Data's streaming split gives equal *rows*, not equal token-budget batches, and unequal step counts
-hang DDP). Multi-node jobs therefore need ``cache_dir`` on storage every node sees, like ``storage_path``.
+plans the epoch from the lengths column alone and streams only the rows of its own share of that deterministic plan
+(``data/shard_stream.py``), which guarantees equal step counts per worker (Ray Data's streaming split gives equal
+*rows*, not equal token-budget batches, and unequal step counts hang DDP). The entry is read from
+``stream_cache_uri`` (``s3://``, ``gs://``, ``file://``) when set, else from ``cache_dir``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class WorkerSpec:
     val_key: str | None
     mlflow_run_id: str | None
     mlflow_tracking_uri: str
+    stream_root: str = ""  # where workers stream the training entry from (a URI); empty: cache_root
     trial_id: str | None = None
     placement_groups: Any = None
 
@@ -94,6 +96,7 @@ def run_worker(spec: WorkerSpec) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
 
+    from higgs_train.data.shard_stream import open_shard_stream
     from higgs_train.data.token_cache import TokenCache
     from higgs_train.tracking import RunTracker
     from higgs_train.training.trainer import HiggsAudioTrainer
@@ -105,7 +108,8 @@ def run_worker(spec: WorkerSpec) -> None:
     context = RayWorkerContext.current(tracker)
     world = context.world_size
     cache = TokenCache(spec.cache_root)
-    train_records = cache.open(spec.train_key).records()
+    # Only this worker's rows, one step ahead, from wherever the driver published the entry (data/shard_stream.py).
+    train_records = open_shard_stream(spec.stream_root or spec.cache_root, spec.train_key)
     val_records = cache.open(spec.val_key).records() if spec.val_key else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
@@ -113,6 +117,7 @@ def run_worker(spec: WorkerSpec) -> None:
     trainer.setup()
     restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from)
     trainer.train()
+    train_records.close()
 
 
 def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:

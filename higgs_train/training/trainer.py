@@ -149,8 +149,9 @@ class HiggsAudioTrainer:
     def _epoch_plan(self, records: list[dict], epoch: int) -> list[list[int]]:
         """This worker's micro-batches (row indices) for ``epoch``; every worker gets the same count."""
         from higgs_train.data.batching import plan_epoch
+        from higgs_train.data.shard_stream import record_lengths
 
-        lengths = [int(r["num_tokens"]) for r in records]
+        lengths = record_lengths(records)  # a ShardStream answers from its lengths column, reading no record
         plans = plan_epoch(
             lengths,
             batch_size=self.config.batch_size,
@@ -164,8 +165,12 @@ class HiggsAudioTrainer:
     def _epoch_steps(self, epoch: int) -> list[list[list[int]]]:
         """Group this worker's micro-batches into optimizer steps of ``gradient_accumulation_steps``."""
         plan = self._epoch_plan(self.train_records, epoch)
+        from higgs_train.data.shard_stream import schedule_steps
+
         k = self.config.gradient_accumulation_steps
-        return [plan[i : i + k] for i in range(0, len(plan), k)]
+        steps = [plan[i : i + k] for i in range(0, len(plan), k)]
+        schedule_steps(self.train_records, steps)  # a ShardStream reads these steps' rows, one step ahead
+        return steps
 
     def _collate(self, records: list[dict], rows: list[int]):
         from higgs_train.data.collate import collate_records

@@ -137,3 +137,31 @@ def test_two_epochs_and_a_second_run_encode_each_audio_file_once(first_build, se
 def test_oversized_actor_pool_fails_fast(ray_cluster):
     with pytest.raises(ValueError, match="needs 2.75 CPUs"):
         check_resources(num_actors=5, cpus_per_actor=0.5)
+
+
+def test_editing_one_row_reprocesses_only_that_row(first_build, setup):
+    """Row-level content keys: unchanged rows come from earlier entries, at their new positions."""
+    rows = copy.deepcopy(setup["good"])
+    rows.insert(0, rows.pop(5))  # a moved row is the same record at a new row_index
+    edited = rows[7]
+    edited["messages"][3]["content"] = edited["messages"][3]["content"] + " Edited."
+    manifest = write_canonical(rows, setup["root"] / "manifest_one_edit.parquet")
+    result = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+    assert not result.hit
+    assert result.stats["rows_preprocessed"] == 1 and result.stats["rows_reused"] == len(rows) - 1
+    assert result.stats["rows_ok"] == len(rows) and result.encoder_calls == 0
+    table = result.entry.table()
+    assert table.column("row_index").to_pylist() == list(range(len(rows)))
+    assert table.column("id").to_pylist() == [r["id"] for r in rows]
+    before = {r["id"]: r for r in first_build.entry.table().to_pylist()}
+    for row in table.to_pylist():
+        old = before[row["id"]]
+        same = {k: v for k, v in row.items() if k != "row_index"} == {k: v for k, v in old.items() if k != "row_index"}
+        assert same == (row["id"] != edited["id"]), row["id"]  # only the edited row's record differs
+
+    # The same manifest again is an entry hit; a rebuild elsewhere of a manifest whose rows all exist starts no actor.
+    again = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+    assert again.hit
+    shuffled = write_canonical(rows[::-1], setup["root"] / "manifest_reversed.parquet")
+    reversed_build = build_token_cache(shuffled, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+    assert reversed_build.stats["rows_preprocessed"] == 0 and reversed_build.stats["rows_ok"] == len(rows)

@@ -10,9 +10,7 @@ from the newest verified checkpoint in storage and ends with every step exactly 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -28,43 +26,6 @@ from higgs_train.driver.cluster import resolve_run
 from higgs_train.driver.train import run_training_job
 from higgs_train.sample_data import create_sample_data
 from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint, run_checkpoints
-
-BUCKET = "higgs-ckpt"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on 127.0.0.1 with one bucket; AWS_* variables point pyarrow, boto3 and Ray workers at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield f"s3://{BUCKET}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 def upload(local: Path, uri: str) -> None:

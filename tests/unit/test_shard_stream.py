@@ -1,0 +1,156 @@
+"""Streaming a worker's shard of a token-cache entry: only its rows, each row once per epoch, equal step counts,
+and a bounded read-ahead."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from higgs_train.data.batching import plan_epoch
+from higgs_train.data.record_codec import records_to_table
+from higgs_train.data.row_reuse import index_new_records, write_entry
+from higgs_train.data.shard_stream import (
+    ROWS_PER_GROUP,
+    EntryReader,
+    ShardStream,
+    StreamError,
+    open_shard_stream,
+    publish_entry,
+)
+
+
+def synthetic_record(row_index: int, rng: np.random.Generator) -> dict:
+    n = int(rng.integers(20, 200))
+    frames = int(rng.integers(5, 40))
+    return {
+        "id": f"row{row_index}",
+        "row_index": row_index,
+        "speaker": "spk",
+        "input_ids": np.arange(n, dtype=np.int32),
+        "label_ids": np.full(n, -100, np.int32),
+        "audio_codes": np.full(4 * frames, row_index % 1000, np.int16),
+        "audio_codes_shape": np.asarray([4, frames], np.int32),
+        "audio_ids_start": np.zeros(1, np.int64),
+        "audio_is_out": np.ones(1, np.bool_),
+        "audio_waveforms": np.zeros(0, np.float32),
+        "audio_waveforms_start": np.zeros(0, np.int64),
+        "audio_sample_rates": np.zeros(0, np.int32),
+        "num_tokens": n + frames,
+        "audio_seconds": 1.0,
+    }
+
+
+def make_entry(root: Path, num_rows: int, key: str = "k" * 24, seed: int = 0) -> Path:
+    """A complete entry in the streaming layout, written by the same ``write_entry`` a build uses."""
+    rng = np.random.default_rng(seed)
+    raw = root / f"raw-{key}"
+    raw.mkdir(parents=True)
+    records = [synthetic_record(i, rng) for i in range(num_rows)]
+    pq.write_table(records_to_table(records[::-1]), raw / "a.parquet", row_group_size=7)  # any order, any groups
+    files, where = index_new_records(raw)
+    entry = root / key
+    places = [(i, f"key{i}", (files[where[i][0]], where[i][1], where[i][2])) for i in range(num_rows)]
+    assert write_entry(entry, places) == num_rows
+    (entry / "_SUCCESS").write_text(json.dumps({"key": key}))
+    return entry
+
+
+@pytest.fixture(scope="module")
+def entry(tmp_path_factory) -> Path:
+    return make_entry(tmp_path_factory.mktemp("cache"), 300)
+
+
+def test_entry_is_sorted_in_small_row_groups_and_reads_any_rows(entry):
+    reader = EntryReader(str(entry))
+    assert len(reader) == 300
+    meta = pq.ParquetFile(next((entry / "data").glob("*.parquet"))).metadata
+    assert meta.row_group(0).num_rows == ROWS_PER_GROUP
+    table = reader.read_table([5, 299, 0, 5])
+    assert table.column("row_index").to_pylist() == [5, 299, 0, 5]
+    rec = reader.read([17])[0]
+    assert rec["audio_codes"].tolist() == [17] * len(rec["audio_codes"])
+    assert int(rec["num_tokens"]) == int(reader.locations.num_tokens[17])
+
+
+def test_an_incomplete_entry_is_not_streamed(tmp_path):
+    entry = make_entry(tmp_path, 10)
+    (entry / "_SUCCESS").unlink()
+    with pytest.raises(StreamError, match="no complete"):
+        EntryReader(str(entry))
+
+
+class CountingReader(EntryReader):
+    """Records which positions were read, and how many reads ran at once."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.positions: list[int] = []
+
+    def read_table(self, positions):
+        self.positions.extend(int(p) for p in positions)
+        return super().read_table(positions)
+
+
+def worker_steps(lengths, world: int, rank: int, epoch: int, accum: int = 2) -> list[list[list[int]]]:
+    plan = plan_epoch(lengths, max_tokens_per_batch=600, batch_size=4, seed=3, epoch=epoch, num_workers=world)[rank]
+    return [plan[i : i + accum] for i in range(0, len(plan), accum)]
+
+
+def test_each_worker_reads_only_its_rows_and_every_row_is_read_once_per_epoch(entry):
+    world = 2
+    for epoch in range(2):
+        seen, counts = [], []
+        for rank in range(world):
+            stream = ShardStream(CountingReader(str(entry)), prefetch_steps=1, log_reads=True)
+            steps = worker_steps(stream.lengths(), world, rank, epoch)
+            stream.schedule(steps)
+            own = sorted(i for step in steps for batch in step for i in batch)
+            for step in steps:
+                for batch in step:
+                    for i in batch:
+                        assert int(stream[i]["row_index"]) == i
+            stream.close()
+            assert sorted(stream.reader.positions) == own  # only its own rows, each once
+            assert sorted(stream.read_log[-1]) == own
+            seen += own
+            counts.append(len(steps))
+        assert sorted(seen) == list(range(300))  # every row once per epoch over the workers
+        assert len(set(counts)) == 1  # equal step counts
+
+
+def test_read_ahead_is_bounded_to_one_step(entry):
+    stream = ShardStream(EntryReader(str(entry)), prefetch_steps=1)
+    steps = worker_steps(stream.lengths(), 1, 0, 0)
+    stream.schedule(steps)
+    for s, step in enumerate(steps):
+        for batch in step:
+            for i in batch:
+                stream[i]
+        held = set(stream._current)
+        assert held == {i for batch in step for i in batch}  # only the current step's records are held
+        assert set(stream._pending) <= {s + 1}  # and at most the next step is being read
+    assert stream.max_in_flight == 1 and stream.steps_read == len(steps)
+    stream.close()
+
+
+def test_a_row_outside_the_schedule_is_read_on_the_spot(entry):
+    stream = ShardStream(EntryReader(str(entry)), prefetch_steps=0)
+    stream.schedule([[[1, 2]]])
+    assert int(stream[250]["row_index"]) == 250
+    assert int(stream[2]["row_index"]) == 2
+    stream.close()
+
+
+def test_publish_to_a_file_uri_and_stream_from_it(entry, tmp_path):
+    root = f"file://{tmp_path / 'remote'}"
+    location = publish_entry(entry, root)
+    assert location == f"{root}/{entry.name}" and (tmp_path / "remote" / entry.name / "_SUCCESS").is_file()
+    stream = open_shard_stream(root, entry.name)
+    stream.schedule([[[3, 4]]])
+    assert [int(stream[i]["row_index"]) for i in (3, 4)] == [3, 4]
+    np.testing.assert_array_equal(stream.lengths(), EntryReader(str(entry)).locations.num_tokens)
+    stream.close()
