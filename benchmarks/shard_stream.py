@@ -169,7 +169,7 @@ def wait_worker(cfg: dict) -> None:
     from higgs_train.config import TrainingConfig
     from higgs_train.data.shard_stream import open_shard_stream
     from higgs_train.data.token_cache import CacheEntry
-    from higgs_train.ray_train import RayWorkerContext
+    from higgs_train.driver.worker import RayWorkerContext
     from higgs_train.training.trainer import HiggsAudioTrainer
 
     torch.set_num_threads(1)

@@ -49,16 +49,18 @@ class RayWorkerContext(WorkerContext):
             last_logged_step=(lambda: tracker.last_logged_step("train/total_loss")) if tracker else lambda: 0,
         )
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, save_step: bool = False) -> None:
         """Report validation/checkpoint steps to Ray; per-step training metrics go straight to MLflow (rank 0).
 
         A Ray Train report is a synchronisation point between workers and the controller (measured here: ~1.5 s
-        per report on the tiny model, 15x the step itself), so plain training steps skip it. Every rank takes the
-        same decision, because validation runs on every rank at the same steps.
+        per report on the tiny model, 15x the step itself), so plain training steps skip it. Every rank must take
+        the same decision (the report is a collective: a rank that skips it leaves the others waiting forever), so
+        it rests on what every rank knows: a validation step, or ``save_step``. It must not rest on
+        ``checkpoint_dir``, which only rank 0 has (a job without validation data hung at its first checkpoint).
         """
         import ray.train
 
-        if checkpoint_dir is None and "val_loss" not in metrics:
+        if not save_step and "val_loss" not in metrics:
             return
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None

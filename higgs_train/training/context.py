@@ -37,8 +37,11 @@ class WorkerContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """Publish metrics (and a finished checkpoint directory written by rank 0)."""
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, save_step: bool = False) -> None:
+        """Publish metrics (and a finished checkpoint directory written by rank 0).
+
+        ``save_step`` is True on every rank at a checkpoint step (only rank 0 has ``checkpoint_dir``), so that all
+        ranks can take the same decision about a collective report."""
         raise NotImplementedError
 
 
@@ -51,7 +54,7 @@ class LocalContext(WorkerContext):
     reported: list[dict[str, float]] = field(default_factory=list)
     checkpoint_metric: str = "val_loss"  # --checkpoint_metric: val_loss, sim or wer
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, save_step: bool = False) -> None:
         self.reported.append(dict(metrics))
         if checkpoint_dir is None:
             return

@@ -422,7 +422,7 @@ class HiggsAudioTrainer:
                 ckpt = save_checkpoint(
                     Path(tmp), self.model, self.optimizer, self.scheduler, self.state, self.config.to_dict()
                 )
-            self.context.report(metrics, ckpt)
+            self.context.report(metrics, ckpt, save_step=True)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()

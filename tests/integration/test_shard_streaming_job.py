@@ -27,14 +27,15 @@ EPOCHS = 2
 def stream_worker(cfg: dict) -> None:
     """The production worker path (RayWorkerContext, open_shard_stream, HiggsAudioTrainer), logging what it read."""
     from higgs_train.data.shard_stream import open_shard_stream
-    from higgs_train.ray_train import RayWorkerContext
+    from higgs_train.driver.worker import RayWorkerContext
     from higgs_train.training.trainer import HiggsAudioTrainer
 
     torch.set_num_threads(1)
     context = RayWorkerContext.current()
     stream = open_shard_stream(cfg["root"], cfg["key"], log_reads=True)
-    # With validation every rank reports at checkpoint steps (without it, rank 0 alone would: a known hang).
-    val = stream.reader.read([0, 1])
+    # Without validation data only rank 0 has a checkpoint to report; every rank must still join the collective
+    # report at checkpoint steps (it used to hang here).
+    val = stream.reader.read([0, 1]) if cfg["with_val"] else []
     trainer = HiggsAudioTrainer(TrainingConfig.from_dict(cfg["config"]), context, stream, val)
     result = trainer.train()
     stream.close()
@@ -65,7 +66,7 @@ def cache(ray_cluster, tmp_path_factory):
     return build_token_cache(manifest, root / "cache", paths, data["audio_base_path"], num_actors=2, batch_size=2)
 
 
-def run_two_workers(tmp_path: Path, root: str, key: str) -> list[dict]:
+def run_two_workers(tmp_path: Path, root: str, key: str, with_val: bool = True) -> list[dict]:
     import ray.cloudpickle
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -75,7 +76,13 @@ def run_two_workers(tmp_path: Path, root: str, key: str) -> list[dict]:
     try:
         fit = TorchTrainer(
             stream_worker,
-            train_loop_config={"config": config.to_dict(), "root": root, "key": key, "out": str(tmp_path)},
+            train_loop_config={
+                "config": config.to_dict(),
+                "root": root,
+                "key": key,
+                "out": str(tmp_path),
+                "with_val": with_val,
+            },
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}),
             run_config=RunConfig(name="stream", storage_path=str(tmp_path / "ray_results")),
@@ -105,8 +112,8 @@ def check_every_row_once_per_epoch(reports: list[dict], config: TrainingConfig, 
         assert read == sorted(row_index + [row_index[i] for i in plan.repeated])  # once (plus the plan's repeats)
 
 
-def test_two_workers_stream_their_shards_from_a_local_cache(cache, tmp_path):
-    reports, config = run_two_workers(tmp_path, str(cache.path.parent), cache.key)
+def test_two_workers_stream_their_shards_from_a_local_cache_without_validation_data(cache, tmp_path):
+    reports, config = run_two_workers(tmp_path, str(cache.path.parent), cache.key, with_val=False)
     check_every_row_once_per_epoch(reports, config, cache.path)
 
 
