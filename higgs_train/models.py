@@ -57,7 +57,9 @@ def recommended_learning_rate(model_path: str) -> float:
     """
     import json
 
-    marker = Path(model_path) / "higgs_train_generated.json"
+    from higgs_train.embedded import GENERATED_MARKER
+
+    marker = Path(model_path) / GENERATED_MARKER
     if marker.is_file():
         recommended = json.loads(marker.read_text()).get("recommended", {})
         if recommended.get("learning_rate"):
@@ -112,10 +114,11 @@ def load_audio_tokenizer(path: str, device: str | torch.device = "cpu"):
 
     from boson_multimodal.audio_processing.higgs_audio_tokenizer import load_higgs_audio_tokenizer
 
+    from higgs_train.embedded import GENERATED_MARKER
     from higgs_train.embedded.audio_codec import installed_teacher_marker
 
     local = Path(path)
-    generated = local / "higgs_train_generated.json"
+    generated = local / GENERATED_MARKER
     teacher = installed_teacher_marker()
     if local.exists():
         ours = json.loads(generated.read_text()) if generated.exists() else None

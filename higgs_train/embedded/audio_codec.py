@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from higgs_train.embedded import GENERATED_MARKER
+
 TEACHER_REPO_ID = "bosonai/hubert_base"
 TEACHER_MARKER = "higgs_train_generated_teacher.json"
 
@@ -234,7 +236,7 @@ def build_audio_tokenizer_dir(out_dir: Path, size: str = "tiny", seed: int = 0) 
     # The teacher is loaded from its own cache entry by the constructor; keep it out of model.pth as upstream does.
     state = {k: v.contiguous() for k, v in tokenizer.state_dict().items() if not k.startswith("semantic_model.")}
     torch.save(state, out_dir / "model.pth")
-    (out_dir / "higgs_train_generated.json").write_text(
+    (out_dir / GENERATED_MARKER).write_text(
         json.dumps(
             {"size": size, "seed": seed, "frame_rate": math.ceil(config["sample_rate"] / np.prod(config["ratios"]))}
         )

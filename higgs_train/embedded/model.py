@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from higgs_train.embedded import GENERATED_MARKER
+
 TINY_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "llama",
     "hidden_size": 256,
@@ -39,8 +41,6 @@ RECOMMENDED_LEARNING_RATE = 2e-3
 update's effect on a layer's output grows with the layer width (3072 released, 256 here), so the rate that adapts
 the 3B model in a few hundred steps barely moves the tiny one in the default job's 30 (measured on the sample data,
 3 epochs: val audio loss 7.74 -> 7.66 at 2e-4, -> 6.79 at 2e-3, accuracy 0.001 -> 0.017)."""
-
-GENERATED_MARKER = "higgs_train_generated.json"
 
 TINY_WHISPER_TOWER: dict[str, Any] = {
     "model_type": "higgs_audio_encoder",

@@ -40,6 +40,7 @@ def test_job_quarantines_bad_rows_and_trains_every_good_row(tmp_path):
         batch_size=2,
         eval_every_steps=100,
         save_every_steps=100,
+        stream_cache_uri=(tmp_path / "published").as_uri(),  # workers stream the entry from a file:// URI
     )
     try:
         result = run_training_job(config)
@@ -64,3 +65,5 @@ def test_job_quarantines_bad_rows_and_trains_every_good_row(tmp_path):
     # One epoch of batch 2 over the good rows: every good row is trained exactly once (see test_batching).
     assert [h["step"] for h in history] == list(range(1, good // 2 + 1))
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    # The driver published the training entry (complete, _SUCCESS last) where the workers streamed it from.
+    assert len(list((tmp_path / "published").glob("*/_SUCCESS"))) == 1

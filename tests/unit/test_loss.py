@@ -118,7 +118,6 @@ def _fake_outputs(batch, seed: int = 0, logits: torch.Tensor | None = None) -> S
         expanded_input_ids=input_ids,
         audio_out_mask=audio_out_mask,
         audio_logits=torch.randn(n, K, C, generator=gen).requires_grad_(),
-        audio_hidden_states=torch.randn(n, HIDDEN, generator=gen).requires_grad_(),
     )
 
 
@@ -289,9 +288,7 @@ def test_echo_model_scores_badly_and_oracle_scores_zero():
                 oracle_text[b, t, tlabels[b, t + 1]] = big
 
     def loss(text_logits, audio_logits):
-        out = SimpleNamespace(
-            logits=text_logits, expanded_labels=tlabels, audio_logits=audio_logits, audio_hidden_states=None
-        )
+        out = SimpleNamespace(logits=text_logits, expanded_labels=tlabels, audio_logits=audio_logits)
         return compute_higgs_audio_loss(out, batch)
 
     echo = loss(echo_text, echo_audio)
