@@ -95,11 +95,14 @@ TINY_TEXT_OVERRIDES: dict[str, Any] = {
 }
 
 
-def released_config(tiny: bool = False):
-    """``HiggsAudioConfig`` of the released 3B checkpoint (``tiny``: same flags, 2 layers of width 64)."""
+def released_config(tiny: bool = False, layers: int | None = None):
+    """``HiggsAudioConfig`` of the released 3B checkpoint (``tiny``: same flags, 2 layers of width 64; ``layers``:
+    another depth, every layer DualFFN as released)."""
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig
 
     text = {**RELEASED_TEXT_CONFIG, **(TINY_TEXT_OVERRIDES if tiny else {})}
+    if layers:
+        text["num_hidden_layers"] = layers
     return HiggsAudioConfig(
         text_config=text,
         audio_adapter_type="dual_ffn_fast_forward",
@@ -355,8 +358,10 @@ def project_loop(model: Any, records: list[dict], run: RunConfig, args: argparse
 
     def teardown() -> None:
         from higgs_train.training.activation_checkpointing import disable_activation_checkpointing
+        from higgs_train.training.dual_ffn_routing import disable_sync_free_routing
 
         disable_activation_checkpointing(trainer.model)
+        disable_sync_free_routing(trainer.model)  # the bare loop runs upstream's own layer forward
         trainer.model.unload()
 
     return step, teardown, losses
@@ -469,6 +474,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=None, help="TOKENSxROWS[:ckpt][:rR] ...")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per run")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="decoder layers of the benchmarked model (default: 2 tiny, 28 full)"
+    )
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--lora_dropout", type=float, default=0.05)
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
@@ -500,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     full_count = parameter_count(full)
     if full_count != RELEASED_PARAMETERS:
         raise SystemExit(f"released configuration has {full_count:,} parameters, expected {RELEASED_PARAMETERS:,}")
-    config = released_config(tiny=args.tiny)
+    config = released_config(tiny=args.tiny, layers=args.layers)
     dtype = weight_dtype(args.precision, device)
     model = build_model(config, device, dtype, seed=args.seed)
     count = sum(p.numel() for p in model.parameters())

@@ -31,6 +31,9 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
         if getattr(layer, "_higgs_train_checkpointed", False):
             continue
         original = layer.forward
+        # An instance-level forward already there (sync-free routing) is what the checkpoint runs, and comes back
+        # on disable.
+        layer._higgs_train_forward_before_checkpointing = vars(layer).get("forward")
 
         @functools.wraps(original)
         def forward(*args, __original=original, __layer=layer, **kwargs):
@@ -44,10 +47,14 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
 
 
 def disable_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Undo ``enable_activation_checkpointing`` (the layers' class forwards are used again)."""
+    """Undo ``enable_activation_checkpointing``: each layer gets back the forward it had before."""
     for layer in _decoder_layers(model):
         if getattr(layer, "_higgs_train_checkpointed", False):
-            del layer.forward
+            previous = layer._higgs_train_forward_before_checkpointing
+            if previous is None:
+                del layer.forward
+            else:
+                layer.forward = previous
             layer._higgs_train_checkpointed = False
 
 

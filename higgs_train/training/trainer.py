@@ -37,6 +37,7 @@ from higgs_train.console import ProgressLine, emit
 from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
+from higgs_train.training.dual_ffn_routing import enable_sync_free_routing
 from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
 from higgs_train.training.schedule import build_optimizer, build_scheduler, steps_in_run
 
@@ -114,6 +115,7 @@ class HiggsAudioTrainer:
         counts = count_parameters(model)
         logger.info("trainable %d / %d parameters (%.3f%%)", counts.trainable, counts.total, 100 * counts.fraction)
         self.parameter_counts = counts
+        enable_sync_free_routing(model)  # same values; checkpointing below wraps the routed forward
         if cfg.use_gradient_checkpointing:
             enable_activation_checkpointing(model)
         if cfg.compile_layers:
