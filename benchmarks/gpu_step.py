@@ -33,7 +33,8 @@ is an upper bound of the GPU's; most of what remains is upstream's embedding mer
     python benchmarks/gpu_step.py --configs 4096x1 4096x1:ckpt 4096x4:ckpt 8192x1 --adapter_dtype bf16
 
 Imports nothing from Ray or MLflow: a bare GPU machine needs torch, transformers, peft, boson_multimodal, pyyaml
-and pyarrow (the record schema) next to this repository.
+and pyarrow (the record schema) next to this repository; ``scripts/device_wheels.sh`` fetches the missing ones and
+``benchmarks/gpu_step_device.sh`` installs them there and runs the GPU measurements as one script.
 """
 
 from __future__ import annotations

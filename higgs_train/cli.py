@@ -251,11 +251,38 @@ def export_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------- generate.py
-def build_generate_parser() -> argparse.ArgumentParser:
+# ------------------------------------------------------------------------------ sampling (generate.py, evaluate.py)
+def add_sampling_flags(
+    p: argparse.ArgumentParser, *, seed: int | None, seed_help: str, max_new_tokens_help: str
+) -> None:
+    """The decoding flags generate.py and evaluate.py share, so an evaluation samples exactly as generation does."""
     from higgs_train.generation import SamplingSettings
 
     d = SamplingSettings()
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy.")
+    p.add_argument("--top_k", type=int, default=d.top_k, help="Sample among the k most likely codes.")
+    p.add_argument("--top_p", type=float, default=d.top_p, help="Nucleus sampling mass.")
+    p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help=max_new_tokens_help)
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+    p.add_argument("--ras_win_len", type=int, default=d.ras_win_len, help="Repetition-aware sampling; 0 disables.")
+
+
+def sampling_from_flags(args: argparse.Namespace) -> Any:
+    """The ``SamplingSettings`` the flags of ``add_sampling_flags`` describe."""
+    from higgs_train.generation import SamplingSettings
+
+    return SamplingSettings(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        ras_win_len=args.ras_win_len or None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- generate.py
+def build_generate_parser() -> argparse.ArgumentParser:
     p = FlagParser(
         prog="ray_jobs/generate.py",
         description="Zero-shot voice cloning with Higgs-Audio v2 (+ a higgs-train adapter).",
@@ -281,12 +308,9 @@ def build_generate_parser() -> argparse.ArgumentParser:
         default=None,
         help="Root of relative audio paths; unset: the manifest's (or reference's) folder.",
     )
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy.")
-    p.add_argument("--top_k", type=int, default=d.top_k, help="Sample among the k most likely codes.")
-    p.add_argument("--top_p", type=float, default=d.top_p, help="Nucleus sampling mass.")
-    p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help="About 25 per second of audio.")
-    p.add_argument("--seed", type=int, default=None, help="Makes sampling repeatable.")
-    p.add_argument("--ras_win_len", type=int, default=d.ras_win_len, help="Repetition-aware sampling; 0 disables.")
+    add_sampling_flags(
+        p, seed=None, seed_help="Makes sampling repeatable.", max_new_tokens_help="About 25 per second of audio."
+    )
     p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available.")
     p.add_argument("--allow_base_mismatch", action="store_true", help="Skip the adapter's base identity check.")
     return p
@@ -296,7 +320,6 @@ def generate_main(argv: list[str] | None = None) -> int:
     import torch
 
     from higgs_train.generation import (
-        SamplingSettings,
         generate_to_files,
         load_generation_stack,
         no_audio_reason,
@@ -321,14 +344,7 @@ def generate_main(argv: list[str] | None = None) -> int:
         setattr(args, name, absolute_model_ref(getattr(args, name)))
     for name in ("manifest", "output", "output_dir", "audio_base_path"):
         setattr(args, name, absolute_path(getattr(args, name)) if getattr(args, name) else getattr(args, name))
-    settings = SamplingSettings(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        ras_win_len=args.ras_win_len or None,
-    )
+    settings = sampling_from_flags(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     stack = load_generation_stack(
         args.model_path,
@@ -377,9 +393,6 @@ def generate_main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------------------------- evaluate.py
 def build_evaluate_parser() -> argparse.ArgumentParser:
-    from higgs_train.generation import SamplingSettings
-
-    d = SamplingSettings()
     p = FlagParser(
         prog="ray_jobs/evaluate.py",
         description="Score base and fine-tuned Higgs-Audio voices side by side (SIM, WER/CER, DNSMOS, checks).",
@@ -402,16 +415,13 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_sim", action="store_true", help="Skip speaker similarity.")
     p.add_argument("--no_asr", action="store_true", help="Skip WER/CER.")
     p.add_argument("--no_dnsmos", action="store_true", help="Skip DNSMOS.")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy.")
-    p.add_argument("--top_k", type=int, default=d.top_k, help="Sample among the k most likely codes.")
-    p.add_argument("--top_p", type=float, default=d.top_p, help="Nucleus sampling mass.")
-    p.add_argument(
-        "--max_new_tokens",
-        type=int,
-        default=d.max_new_tokens,
-        help="Generation cap; each row also stops at twice its target recording's length (25 steps per second).",
+    add_sampling_flags(
+        p,
+        seed=0,
+        seed_help="Sampling seed (same seed: same clips).",
+        max_new_tokens_help="Generation cap; each row also stops at twice its target recording's length (25 steps "
+        "per second).",
     )
-    p.add_argument("--seed", type=int, default=0, help="Sampling seed (same seed: same clips).")
     p.add_argument("--use_gpu", action="store_true", help="One GPU per model actor (bf16).")
     p.add_argument("--cpus_per_actor", type=float, default=1.0, help="CPUs reserved by each model's actor.")
     p.add_argument("--logged_wav_rows", type=int, default=3, help="WAVs of the first N rows logged to MLflow.")
@@ -427,7 +437,6 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from higgs_train.evaluation.job import EvalJobConfig, adapter_label, run_evaluation
     from higgs_train.evaluation.runner import ModelSpec
     from higgs_train.evaluation.suite import EvalSettings
-    from higgs_train.generation import SamplingSettings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_evaluate_parser()
@@ -459,13 +468,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             asr_language=args.asr_language,
             dnsmos=not args.no_dnsmos,
         ),
-        sampling=SamplingSettings(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-        ),
+        sampling=sampling_from_flags(args),
         use_gpu=args.use_gpu,
         cpus_per_actor=args.cpus_per_actor,
         logged_wav_rows=args.logged_wav_rows,

@@ -326,8 +326,10 @@ def _preprocess(
     """Run the actor pool over ``manifest_parquet``: good records go to ``out_dir``; returns every row's meta."""
     import ray
 
-    if not ray.is_initialized():  # the driver owns the cluster (driver.cluster.init_ray); never a stray local one
-        raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.driver.cluster.init_ray first")
+    if (
+        not ray.is_initialized()
+    ):  # the driver owns the cluster (higgs_train.ray_session.init_ray); never a stray local one
+        raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.ray_session.init_ray first")
     check_resources(num_actors, cpus_per_actor)
     processed = (
         ray.data.read_parquet(str(manifest_parquet), num_cpus=IO_TASK_CPUS)

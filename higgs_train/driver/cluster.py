@@ -1,14 +1,8 @@
-"""The cluster side of every driver: joining or starting Ray, resource checks, storage, run resolution.
-
-This is the only module that starts or joins a Ray cluster (``init_ray``); every driver (training, sweep,
-evaluation) calls it first, and the stages below the drivers (``data.ray_pipeline``, the trainer) expect Ray to be up.
-"""
+"""The cluster side of every driver: resource checks, storage, run resolution (Ray itself: ``higgs_train.ray_session``)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,58 +83,6 @@ def resolve_sweep_run(config: TrainingConfig) -> TrainingConfig:
     local = "://" not in storage
     name = next_free_name(config.run_name or output.name, lambda n: local and (Path(storage) / n).exists())
     return config.replace(run_name=name, resume_from="")
-
-
-def _submitted_job_env_vars() -> dict[str, str]:
-    """Env vars of the runtime env this driver was submitted with (``ray job submit``); empty outside a job.
-
-    Ray's job supervisor hands the job's config to the entrypoint as JSON in ``RAY_JOB_CONFIG_JSON_ENV_VAR``.
-    """
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return {}
-    try:
-        runtime_env = json.loads(raw).get("runtime_env") or {}
-    except (ValueError, AttributeError):
-        return {}
-    env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
-    return dict(env_vars) if isinstance(env_vars, dict) else {}
-
-
-def init_ray(config: TrainingConfig) -> None:
-    """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
-    import ray
-
-    from higgs_train.console import (
-        filter_forwarded_worker_logs,
-        quiet_ray_logs,
-        ray_log_level,
-        ray_logging_config,
-    )
-
-    quiet_ray_logs(config.verbose)
-    if ray.is_initialized():
-        return
-    quiet = {"logging_level": ray_log_level(config.verbose), "logging_config": ray_logging_config(config.verbose)}
-    # ray.init applies ``logging_config`` to this process's root logger too; the driver's own INFO lines stay.
-    root = logging.getLogger()
-    root_level, root_handlers = root.level, list(root.handlers)
-    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
-    for name in ("HIGGS_TRAIN_HOME", "HF_HOME", "HF_HUB_CACHE", "MLFLOW_TRACKING_URI"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    if os.environ.get("RAY_ADDRESS"):
-        # Under `ray job submit` the job's runtime env (cluster/runtime_env.yaml) is merged with this one and Ray
-        # refuses any env var set in both; the job's value is already in this process's environment, so drop it.
-        env = {k: v for k, v in env.items() if k not in _submitted_job_env_vars()}
-        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True, **quiet)
-    else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env}, **quiet)
-    for handler in [h for h in root.handlers if h not in root_handlers]:
-        root.removeHandler(handler)
-    root.setLevel(root_level)
-    quiet_ray_logs(config.verbose)  # ray.init configures the "ray" logger again
-    filter_forwarded_worker_logs(config.verbose)
 
 
 class ClusterResourcesError(ValueError):

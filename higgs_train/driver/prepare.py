@@ -50,7 +50,7 @@ def prepare_data(config: TrainingConfig, tracker: Any) -> PreparedData:
     """Build or reuse the caches, write the reports into ``output_dir``, log data tags and metrics to ``tracker``.
 
     Raises ``ValueError`` when no training row survived (the reports say why). Ray must be up
-    (``driver.cluster.init_ray``).
+    (``higgs_train.ray_session.init_ray``).
     """
     from higgs_train.models import resolve_paths
 

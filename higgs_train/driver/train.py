@@ -70,10 +70,11 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
 def run_training_job(config: TrainingConfig) -> JobResult:
     """Run one training job end to end (see the module docstring)."""
     from higgs_train.data.shard_stream import stream_root_for_workers
-    from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, init_ray, resolve_run, storage_root
+    from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, resolve_run, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
     from higgs_train.paths import resolve_user_paths
+    from higgs_train.ray_session import init_ray
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
     from higgs_train.training.checkpoint_store import write_marker
 
@@ -92,7 +93,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         config.mlflow_experiment, run_name, params=config.to_dict(), tags=tags, resuming=bool(resume)
     )
     with start:
-        init_ray(config)
+        init_ray(config.verbose)
         check_cpu_budget(config)
         data = prepare_data(config, tracker)
         (output / "data_keys.json").write_text(json.dumps(data.data_keys, indent=2) + "\n")  # export's model card

@@ -127,12 +127,11 @@ def _generate_and_score(
     that did not fit the cluster at first start when resources free up."""
     import ray
 
-    from higgs_train.config import TrainingConfig
-    from higgs_train.driver.cluster import init_ray
+    from higgs_train.ray_session import init_ray
 
     for attempt in range(3):  # a local head on a saturated machine can miss Ray's fixed 30 s registration window
         try:
-            init_ray(TrainingConfig())
+            init_ray()
             break
         except Exception as exc:
             if attempt == 2 or "timed out during startup" not in str(exc):

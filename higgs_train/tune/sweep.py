@@ -71,8 +71,9 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     import ray
     from ray import tune
 
-    from higgs_train.driver.cluster import check_cpu_budget, init_ray, resolve_sweep_run, storage_root
+    from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
     from higgs_train.driver.prepare import prepare_data
+    from higgs_train.ray_session import init_ray
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
 
     settings.validate()
@@ -88,7 +89,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     tags = {"tune_sweep": sweep_name, "run_kind": "tune_sweep", "model_path": config.model_path}
     with tracker.start(config.mlflow_experiment, sweep_name, params={**config.to_dict(), **sweep_params}, tags=tags):
         tracker.log_artifact(search_space_path(settings.search_space))
-        init_ray(config)
+        init_ray(config.verbose)
         check_cpu_budget(config)
         resources = plan_resources(config, settings, ray.cluster_resources())
         logger.info("trial resources: %s", resources)

@@ -52,3 +52,27 @@ def test_tiny_benchmark_runs_both_loops_without_ray():
     # The project step's losses equal themselves with and without checkpointing (same seed, same rows).
     assert runs[("192x2:r16", "project")]["losses"] == pytest.approx(runs[("192x2:ckpt:r16", "project")]["losses"])
     assert not (ROOT / "outputs" / "gpu_step").exists()  # the benchmark writes nothing
+
+
+def test_compiled_layers_train_like_eager_ones():
+    """``--compile`` (each decoder layer under ``torch.compile``, inductor on CPU here) on the project step, with and
+    without activation checkpointing: the same losses as eager layers (LoRA dropout 0, so no random masks differ).
+    Sync-free routing leaves one graph break per layer (the route lookup) instead of one per boolean index."""
+
+    def losses(*flags: str) -> dict[str, list[float]]:
+        command = [sys.executable, "benchmarks/gpu_step.py", "--tiny", "--lora_dropout", "0", "--loops", "project"]
+        command += ["--configs", "192x2", "192x2:ckpt", "--steps", "2", *flags]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_LOGS": "graph_breaks"}
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if flags:
+            breaks = [line for line in proc.stderr.splitlines() if "Graph break in user code" in line]
+            assert breaks and all("dual_ffn_routing.py" in line for line in breaks), breaks
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["compile"] is bool(flags)
+        return {run["config"]: run["losses"] for run in summary["runs"]}
+
+    eager, compiled = losses(), losses("--compile")
+    assert set(eager) == {"192x2:r16", "192x2:ckpt:r16"}
+    for config, values in eager.items():
+        assert compiled[config] == pytest.approx(values, rel=1e-5), config

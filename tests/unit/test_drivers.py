@@ -84,15 +84,16 @@ def test_no_import_arrow_against_the_layout(source, target):
     assert arrows == []
 
 
-def test_only_the_cluster_module_starts_ray():
-    """The data builder's own stage (``prepare_data.py build``, no training driver above it) is the one other."""
+def test_only_the_ray_session_module_starts_ray():
+    """Every driver, the data builder's stage (``prepare_data.py build``) included, starts or joins Ray through
+    ``higgs_train.ray_session.init_ray`` (joining the cluster under ``ray job submit``, Hugging Face offline in workers)."""
     callers = set()
     for path in (ROOT / "higgs_train").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             func = getattr(node, "func", None)
             if isinstance(func, ast.Attribute) and func.attr == "init" and getattr(func.value, "id", "") == "ray":
                 callers.add(path.relative_to(ROOT).as_posix())
-    assert callers == {"higgs_train/driver/cluster.py", "higgs_train/data/builder/ray_stage.py"}
+    assert callers == {"higgs_train/ray_session.py"}
 
 
 # --------------------------------------------------------------------------------------------------- command lines

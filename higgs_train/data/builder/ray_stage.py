@@ -41,11 +41,13 @@ def process_with_ray(
     """Every item's ``FileResult``, in item order."""
     import ray
 
+    from higgs_train.ray_session import init_ray
+
     if not items:
         return []
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(include_dashboard=False)
+        init_ray()  # the one way to start or join Ray: joins the cluster under `ray job submit`
     try:
         return _run(ray, items, settings, num_actors, cpus_per_actor)
     finally:

@@ -1,0 +1,65 @@
+"""Starting or joining Ray: the one place that calls ``ray.init``.
+
+Every driver (training, sweep, evaluation, the data builder's stage) calls ``init_ray`` first; the stages below the
+drivers (``data.ray_pipeline``, the trainer) expect Ray to be up. A shared part rather than a driver module, so that
+the data builder (below the drivers) can use it without importing the training side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+
+def _submitted_job_env_vars() -> dict[str, str]:
+    """Env vars of the runtime env this driver was submitted with (``ray job submit``); empty outside a job.
+
+    Ray's job supervisor hands the job's config to the entrypoint as JSON in ``RAY_JOB_CONFIG_JSON_ENV_VAR``.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+    env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
+    return dict(env_vars) if isinstance(env_vars, dict) else {}
+
+
+def init_ray(verbose: bool = False) -> None:
+    """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS), else start a local one; Ray's
+    own log lines only with ``verbose``."""
+    import ray
+
+    from higgs_train.console import (
+        filter_forwarded_worker_logs,
+        quiet_ray_logs,
+        ray_log_level,
+        ray_logging_config,
+    )
+
+    quiet_ray_logs(verbose)
+    if ray.is_initialized():
+        return
+    quiet = {"logging_level": ray_log_level(verbose), "logging_config": ray_logging_config(verbose)}
+    # ray.init applies ``logging_config`` to this process's root logger too; the driver's own INFO lines stay.
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, list(root.handlers)
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("HIGGS_TRAIN_HOME", "HF_HOME", "HF_HUB_CACHE", "MLFLOW_TRACKING_URI"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    if os.environ.get("RAY_ADDRESS"):
+        # Under `ray job submit` the job's runtime env (cluster/runtime_env.yaml) is merged with this one and Ray
+        # refuses any env var set in both; the job's value is already in this process's environment, so drop it.
+        env = {k: v for k, v in env.items() if k not in _submitted_job_env_vars()}
+        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True, **quiet)
+    else:
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env}, **quiet)
+    for handler in [h for h in root.handlers if h not in root_handlers]:
+        root.removeHandler(handler)
+    root.setLevel(root_level)
+    quiet_ray_logs(verbose)  # ray.init configures the "ray" logger again
+    filter_forwarded_worker_logs(verbose)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Wheels that benchmarks/gpu_step_device.sh installs on a bare GPU machine (Python 3.12, x86-64, no network).
+# Such a machine has torch, numpy, pyarrow, pyyaml, accelerate, scipy, numba and pandas but not this project's
+# pins of transformers / tokenizers / huggingface_hub / peft, nor boson_multimodal and its import-time needs.
+# Versions come from requirements/lock.txt. Run from the repository root; the wheels land in .whl/ (git-ignored),
+# about 20 MB, which the device tool carries (`carry: [".whl"]`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+names=(transformers tokenizers huggingface_hub peft boson_multimodal loguru dacite librosa audioread soundfile soxr
+       pooch decorator lazy-loader platformdirs)
+pins=()
+for name in "${names[@]}"; do
+  pin=$(grep -i -E "^${name//[-_]/[-_]}==" requirements/lock.txt) || { echo "not in the lock: $name" >&2; exit 1; }
+  pins+=("$pin")
+done
+mkdir -p .whl
+python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${pins[@]}"
+du -sh .whl
