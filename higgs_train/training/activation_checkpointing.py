@@ -1,8 +1,9 @@
 """Activation (gradient) checkpointing for Higgs decoder layers.
 
 Upstream's ``HiggsAudioModel`` has a ``gradient_checkpointing`` flag but its decoder loop never calls a checkpoint
-function, so enabling it saves nothing. Here each decoder layer *instance* gets a forward that runs the original
-forward under ``torch.utils.checkpoint`` (non-reentrant, RNG state preserved so dropout recomputes identically).
+function, so enabling it saves nothing. Here each decoder layer *instance* runs its computation (its forward, or
+a routed DualFFN layer's math, see ``dual_ffn_routing``) under ``torch.utils.checkpoint`` (non-reentrant, RNG
+state preserved so dropout recomputes identically).
 The layer keeps its class, so upstream's ``isinstance`` dispatch (DualFFN layers receive the audio masks) still
 routes it correctly; nothing in boson_multimodal is modified.
 """
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from higgs_train.training.dual_ffn_routing import LAYER_MATH
+
 
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     for module in model.modules():
@@ -24,50 +27,61 @@ def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError("no HiggsAudioModel found inside the given model")
 
 
+def _computation(layer: torch.nn.Module) -> str:
+    """The attribute holding what to checkpoint or compile: a routed DualFFN layer's ``LAYER_MATH`` (its forward
+    finds the route first, outside: ``dual_ffn_routing``), else the forward itself."""
+    return LAYER_MATH if hasattr(layer, LAYER_MATH) else "forward"
+
+
 def enable_activation_checkpointing(model: torch.nn.Module) -> int:
     """Checkpoint every decoder layer of the (possibly peft/DDP-wrapped) HiggsAudioModel; returns the count."""
     layers = _decoder_layers(model)
     for layer in layers:
         if getattr(layer, "_higgs_train_checkpointed", False):
             continue
-        original = layer.forward
-        # An instance-level forward already there (sync-free routing) is what the checkpoint runs, and comes back
-        # on disable.
-        layer._higgs_train_forward_before_checkpointing = vars(layer).get("forward")
+        target = _computation(layer)
+        original = getattr(layer, target)
+        # What was there at instance level (the routed layer math, or nothing) comes back on disable.
+        layer._higgs_train_before_checkpointing = (target, vars(layer).get(target))
 
         @functools.wraps(original)
-        def forward(*args, __original=original, __layer=layer, **kwargs):
+        def checkpointed(*args, __original=original, __layer=layer, **kwargs):
             if __layer.training and torch.is_grad_enabled():
                 return checkpoint(__original, *args, use_reentrant=False, **kwargs)
             return __original(*args, **kwargs)
 
-        layer.forward = forward
+        setattr(layer, target, checkpointed)
         layer._higgs_train_checkpointed = True
     return len(layers)
 
 
 def disable_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Undo ``enable_activation_checkpointing``: each layer gets back the forward it had before."""
+    """Undo ``enable_activation_checkpointing``: each layer gets back what it had before."""
     for layer in _decoder_layers(model):
         if getattr(layer, "_higgs_train_checkpointed", False):
-            previous = layer._higgs_train_forward_before_checkpointing
+            target, previous = layer._higgs_train_before_checkpointing
             if previous is None:
-                del layer.forward
+                delattr(layer, target)
             else:
-                layer.forward = previous
+                setattr(layer, target, previous)
             layer._higgs_train_checkpointed = False
 
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:
-    """``torch.compile`` every decoder layer in place (``nn.Module.compile``); returns the count.
+    """``torch.compile`` every decoder layer's computation in place; returns the count.
 
     Compiling layer by layer keeps upstream's Python-level merge of audio and text embeddings (data-dependent shapes)
-    out of the graph, and composes with the checkpointed forward above: the compiled call runs the layer's
-    (checkpointing) forward.
+    out of the graph. What is compiled is what checkpointing wraps (``_computation``), after it: a routed layer's
+    math with its checkpoint, so the route's read-back stays outside every graph, and the compiled graph holds the
+    whole layer, recomputation included. A layer without routing is compiled whole (``nn.Module.compile``).
     """
     layers = _decoder_layers(model)
     for layer in layers:
-        layer.compile()
+        target = _computation(layer)
+        if target == "forward":
+            layer.compile()
+        else:
+            setattr(layer, target, torch.compile(getattr(layer, target)))
     return len(layers)
 
 

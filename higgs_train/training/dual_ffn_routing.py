@@ -27,6 +27,8 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 DUAL_FFN_LAYER = "HiggsAudioDualFFNDecoderLayer"
+# The per-instance attribute holding a routed layer's computation (``layer_math``, then whatever wraps it).
+LAYER_MATH = "_higgs_train_layer_math"
 _ROUTED = "_higgs_train_sync_free_routing"
 
 
@@ -80,15 +82,20 @@ def _is_routed_case(layer: torch.nn.Module, hidden_states: torch.Tensor, audio_o
     )
 
 
-def routed_forward(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
-    """``HiggsAudioDualFFNDecoderLayer.forward`` for training, with index routing instead of boolean masks."""
-    audio_out_mask = kwargs.get("audio_out_mask")
-    if args or not _is_routed_case(layer, hidden_states, audio_out_mask, kwargs):
+def layer_math(
+    layer: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, route: TokenRoute | None = None, **kwargs: Any
+) -> tuple:
+    """The layer's computation: with a ``route``, the training case with index routing instead of boolean masks;
+    without one, upstream's class forward. This is the part activation checkpointing and ``torch.compile`` wrap
+    (``LAYER_MATH``): the route is found outside it, so neither a recomputation nor a compiled graph contains the
+    read-back."""
+    if route is None:
         return type(layer).forward(layer, hidden_states, *args, **kwargs)
-    route = token_route(audio_out_mask)
-    is_audio = audio_out_mask.unsqueeze(-1)
+    audio_out_mask = kwargs["audio_out_mask"]
     residual = hidden_states
-    normed = torch.where(is_audio, layer.audio_input_layernorm(hidden_states), layer.input_layernorm(hidden_states))
+    normed = torch.where(
+        audio_out_mask.unsqueeze(-1), layer.audio_input_layernorm(hidden_states), layer.input_layernorm(hidden_states)
+    )
     attention = layer.self_attn(
         hidden_states=normed,
         attention_mask=kwargs.get("attention_mask"),
@@ -108,14 +115,22 @@ def routed_forward(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: A
     return (hidden_states + ffn.view_as(hidden_states),)
 
 
+def routed_forward(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
+    """``HiggsAudioDualFFNDecoderLayer.forward`` while routing is on: finds the route (training case only) and runs
+    the layer's (possibly checkpointed, possibly compiled) ``LAYER_MATH`` with it."""
+    routed = not args and _is_routed_case(layer, hidden_states, kwargs.get("audio_out_mask"), kwargs)
+    route = token_route(kwargs["audio_out_mask"]) if routed else None
+    return getattr(layer, LAYER_MATH)(hidden_states, *args, route=route, **kwargs)
+
+
 def dual_ffn_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The DualFFN decoder layers of the (possibly peft/DDP-wrapped) model."""
     return [m for m in model.modules() if m.__class__.__name__ == DUAL_FFN_LAYER]
 
 
 def enable_sync_free_routing(model: torch.nn.Module) -> int:
-    """Route every DualFFN layer with ``routed_forward`` (before activation checkpointing wraps the forward);
-    returns the number of layers."""
+    """Route every DualFFN layer with ``routed_forward``; returns the number of layers. Call it before
+    activation checkpointing and ``torch.compile``, which then wrap the layers' ``LAYER_MATH``."""
     layers = dual_ffn_layers(model)
     for layer in layers:
         if getattr(layer, _ROUTED, False):
@@ -126,14 +141,19 @@ def enable_sync_free_routing(model: torch.nn.Module) -> int:
         def forward(*args: Any, __layer: torch.nn.Module = layer, **kwargs: Any) -> tuple:
             return routed_forward(__layer, *args, **kwargs)
 
+        def math(*args: Any, __layer: torch.nn.Module = layer, **kwargs: Any) -> tuple:
+            return layer_math(__layer, *args, **kwargs)
+
         layer.forward = forward
+        setattr(layer, LAYER_MATH, math)
         setattr(layer, _ROUTED, True)
     return len(layers)
 
 
 def disable_sync_free_routing(model: torch.nn.Module) -> None:
-    """Undo ``enable_sync_free_routing`` (after undoing activation checkpointing)."""
+    """Undo ``enable_sync_free_routing`` (after undoing activation checkpointing, which wraps ``LAYER_MATH``)."""
     for layer in dual_ffn_layers(model):
         if getattr(layer, _ROUTED, False):
             del layer.forward
+            delattr(layer, LAYER_MATH)
             setattr(layer, _ROUTED, False)

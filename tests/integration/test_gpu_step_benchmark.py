@@ -55,24 +55,25 @@ def test_tiny_benchmark_runs_both_loops_without_ray():
 
 
 def test_compiled_layers_train_like_eager_ones():
-    """``--compile`` (each decoder layer under ``torch.compile``, inductor on CPU here) on the project step, with and
-    without activation checkpointing: the same losses as eager layers (LoRA dropout 0, so no random masks differ).
-    Sync-free routing leaves one graph break per layer (the route lookup) instead of one per boolean index."""
+    """``--compile`` (each decoder layer's computation under ``torch.compile``, inductor on CPU here) on the project
+    step, with and without activation checkpointing: the same losses as eager layers (LoRA dropout 0, so no random
+    masks differ), no graph break anywhere in a layer (the route is found outside the compiled part), and fewer
+    operator launches per step than eager, also with checkpointing (where compile once ran the layers eagerly)."""
 
-    def losses(*flags: str) -> dict[str, list[float]]:
+    def run(*flags: str) -> dict[str, dict]:
         command = [sys.executable, "benchmarks/gpu_step.py", "--tiny", "--lora_dropout", "0", "--loops", "project"]
-        command += ["--configs", "192x2", "192x2:ckpt", "--steps", "2", *flags]
+        command += ["--configs", "192x2", "192x2:ckpt", "--steps", "2", "--profile", *flags]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_LOGS": "graph_breaks"}
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        if flags:
-            breaks = [line for line in proc.stderr.splitlines() if "Graph break in user code" in line]
-            assert breaks and all("dual_ffn_routing.py" in line for line in breaks), breaks
+        assert "Graph break" not in proc.stderr, proc.stderr[-3000:]
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         assert summary["compile"] is bool(flags)
-        return {run["config"]: run["losses"] for run in summary["runs"]}
+        return {r["config"]: r for r in summary["runs"]}
 
-    eager, compiled = losses(), losses("--compile")
-    assert set(eager) == {"192x2:r16", "192x2:ckpt:r16"}
-    for config, values in eager.items():
-        assert compiled[config] == pytest.approx(values, rel=1e-5), config
+    eager, compiled = run(), run("--compile")
+    assert set(eager) == set(compiled) == {"192x2:r16", "192x2:ckpt:r16"}
+    for config, want in eager.items():
+        got = compiled[config]
+        assert got["losses"] == pytest.approx(want["losses"], rel=1e-5), config
+        assert got["profile"]["leaf_ops"] < 0.8 * want["profile"]["leaf_ops"], config
