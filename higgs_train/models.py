@@ -67,6 +67,15 @@ def recommended_learning_rate(model_path: str) -> float:
     return RELEASED_LEARNING_RATE
 
 
+def effective_learning_rate(config: Any) -> float:
+    """The rate a run trains at: ``config.learning_rate``, or for 0 (auto) the model's recommended rate. The
+    drivers log it as the ``learning_rate_resolved`` parameter, so MLflow shows the rate, not 0."""
+    if config.learning_rate:
+        return float(config.learning_rate)
+    paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
+    return recommended_learning_rate(paths.model_path)
+
+
 def load_text_tokenizer(path: str):
     """``AutoTokenizer`` for the Higgs chat + audio special tokens; fails loudly if any is missing."""
     from transformers import AutoTokenizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from higgs_train.config import TrainingConfig
 
@@ -18,6 +19,13 @@ def storage_root(config: TrainingConfig) -> str:
     if config.storage_path:
         return config.storage_path if "://" in config.storage_path else str(Path(config.storage_path).resolve())
     return str((Path(config.output_dir) / "ray_results").resolve())
+
+
+def run_params(config: TrainingConfig) -> dict[str, Any]:
+    """The MLflow parameters of a run: the config, plus the learning rate ``--learning_rate 0`` resolves to."""
+    from higgs_train.models import effective_learning_rate
+
+    return {**config.to_dict(), "learning_rate_resolved": effective_learning_rate(config)}
 
 
 def next_free_name(name: str, taken: Callable[[str], bool]) -> str:

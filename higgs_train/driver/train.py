@@ -70,7 +70,7 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
 def run_training_job(config: TrainingConfig) -> JobResult:
     """Run one training job end to end (see the module docstring)."""
     from higgs_train.data.shard_stream import stream_root_for_workers
-    from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, resolve_run, storage_root
+    from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, resolve_run, run_params, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
     from higgs_train.paths import resolve_user_paths
@@ -90,7 +90,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         "resumed_from": resume,
     }
     start = tracker.start_or_continue(
-        config.mlflow_experiment, run_name, params=config.to_dict(), tags=tags, resuming=bool(resume)
+        config.mlflow_experiment, run_name, params=run_params(config), tags=tags, resuming=bool(resume)
     )
     with start:
         init_ray(config.verbose)

@@ -12,6 +12,7 @@ from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from higgs_train.config import TrainingConfig
+from higgs_train.driver.cluster import run_params
 from higgs_train.driver.worker import WORKER_SPEC, WorkerSpec, build_torch_trainer, run_worker
 from higgs_train.tune.space import TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
 
@@ -160,7 +161,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     tracker = RunTracker(context.tracking_uri).start(
         context.experiment,
         readable_trial_name(config, params, trial_id),
-        params=config.to_dict(),
+        params=run_params(config),
         tags=tags,
         parent_run_id=context.parent_run_id,
     )

@@ -174,6 +174,8 @@ def test_quick_test_job_succeeds(cluster: dict[str, str], tmp_path: Path) -> Non
         assert name in run["params"], name
     assert run["params"]["lora_r"] == "16" and run["params"]["quick_test"] == "True"
     assert run["params"]["output_dir"] == str(output)
+    # --learning_rate 0 (auto) shows as the rate the run trained at: the embedded model recommends 2e-3.
+    assert float(run["params"]["learning_rate"]) == 0 and float(run["params"]["learning_rate_resolved"]) == 2e-3
     for name in ("train/total_loss", "train/text_loss", "train/audio_loss", "val_loss", "data/train_rows"):
         assert name in run["metrics"], (name, sorted(run["metrics"]))
     # Each metric once under one name; step and epoch are the x-axis, not metrics (issue 10 item 10).
