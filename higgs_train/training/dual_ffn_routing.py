@@ -118,6 +118,10 @@ def layer_math(
 def routed_forward(layer: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
     """``HiggsAudioDualFFNDecoderLayer.forward`` while routing is on: finds the route (training case only) and runs
     the layer's (possibly checkpointed, possibly compiled) ``LAYER_MATH`` with it."""
+    if kwargs.get("use_cache") or kwargs.get("past_key_value") is not None:
+        # Generation (in-training evaluation included): upstream's own forward, never the compiled training math,
+        # whose graphs would be retraced for every decoding step's shapes.
+        return type(layer).forward(layer, hidden_states, *args, **kwargs)
     routed = not args and _is_routed_case(layer, hidden_states, kwargs.get("audio_out_mask"), kwargs)
     route = token_route(kwargs["audio_out_mask"]) if routed else None
     return getattr(layer, LAYER_MATH)(hidden_states, *args, route=route, **kwargs)
