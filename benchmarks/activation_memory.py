@@ -92,12 +92,14 @@ def synthetic_batch(model_config: Any, batch: int, frames: int, seed: int = 0):
     return build_collator(model_config)(samples)
 
 
-def lora_model(model_dir: Path, checkpointing: bool, seed: int = 0):
-    """Fresh LoRA model (dropout 0, lora_B randomised so every adapter matrix gets a gradient)."""
+def lora_model(model_dir: Path, checkpointing: bool, seed: int = 0, checkpoint_layers: int = 0):
+    """Fresh LoRA model (dropout 0, lora_B randomised so every adapter matrix gets a gradient), its layers routed as
+    the trainer's are; with ``checkpointing``, ``checkpoint_layers`` of them checkpointed (0: all)."""
     from higgs_train.adapter import apply_lora
     from higgs_train.config import DEFAULT_LORA_TARGETS
     from higgs_train.models import load_model
     from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
+    from higgs_train.training.dual_ffn_routing import enable_sync_free_routing
 
     torch.manual_seed(seed)
     model = apply_lora(load_model(str(model_dir)), 8, 16, 0.0, [DEFAULT_LORA_TARGETS])
@@ -106,8 +108,9 @@ def lora_model(model_dir: Path, checkpointing: bool, seed: int = 0):
         for name, param in sorted(model.named_parameters()):
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    enable_sync_free_routing(model)
     if checkpointing:
-        enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model, checkpoint_layers)
     model.train()
     return model
 
@@ -136,10 +139,13 @@ def run_step(model: Any, batch: Any) -> tuple[int, list[int], dict[str, torch.Te
     return saved[0], calls, grads, float(loss.total.detach())
 
 
-def compare(model_dir: Path, batch_size: int = 2, frames: int = 120) -> ActivationMemoryResult:
-    """Run the same batch through an ordinary and a checkpointed copy of the same LoRA model."""
+def compare(
+    model_dir: Path, batch_size: int = 2, frames: int = 120, checkpoint_layers: int = 0
+) -> ActivationMemoryResult:
+    """Run the same batch through an ordinary and a checkpointed copy (``checkpoint_layers`` of its layers, 0: all)
+    of the same LoRA model."""
     plain = lora_model(model_dir, checkpointing=False)
-    ckpt = lora_model(model_dir, checkpointing=True)
+    ckpt = lora_model(model_dir, checkpointing=True, checkpoint_layers=checkpoint_layers)
     batch = synthetic_batch(plain.config, batch_size, frames)
     bytes_without, calls_without, grads_without, loss_without = run_step(plain, batch)
     bytes_with, calls_with, grads_with, loss_with = run_step(ckpt, batch)
@@ -156,16 +162,18 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--frames", type=int, default=120, help="audio frames per segment (two segments a sample)")
+    parser.add_argument("--checkpoint_layers", type=int, default=0, help="layers to checkpoint (0: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="higgs-actmem-") as tmp:
         model_dir = build_model(Path(tmp) / "model", args.layers, args.hidden)
-        result = compare(model_dir, args.batch, args.frames)
+        result = compare(model_dir, args.batch, args.frames, args.checkpoint_layers)
     mib = 1024**2
     print(
         f"model: {args.layers} layers, hidden {args.hidden}; batch {args.batch} x 2 segments of ~{args.frames} frames"
     )
     print(f"saved activations without checkpointing: {result.bytes_without / mib:8.2f} MiB")
-    print(f"saved activations with checkpointing:    {result.bytes_with / mib:8.2f} MiB")
+    which = f"{args.checkpoint_layers} of {args.layers} layers" if args.checkpoint_layers else "every layer"
+    print(f"saved activations with checkpointing ({which}): {result.bytes_with / mib:8.2f} MiB")
     print(f"ratio with / without:                    {result.ratio:8.3f}")
     print(f"attention calls per layer per step:      without {result.calls_without}, with {result.calls_with}")
     print(f"loss without / with: {result.loss_without:.6f} / {result.loss_with:.6f}")

@@ -223,18 +223,22 @@ class RunConfig:
     rows: int
     checkpointing: bool
     lora_r: int
+    checkpoint_layers: int = 0  # with checkpointing: how many layers (0 = all)
 
     @classmethod
     def parse(cls, text: str, default_r: int) -> RunConfig:
-        """``TOKENSxROWS[:ckpt][:rR]``, e.g. ``4096x1``, ``4096x4:ckpt``, ``4096x1:r64``."""
+        """``TOKENSxROWS[:ckpt[N]][:rR]``, e.g. ``4096x1``, ``4096x4:ckpt``, ``4096x1:ckpt14`` (14 layers
+        checkpointed), ``4096x1:r64``."""
         head, *flags = text.split(":")
         tokens, _, rows = head.partition("x")
         rank = next((int(f[1:]) for f in flags if f.startswith("r")), default_r)
-        return cls(int(tokens), int(rows or 1), "ckpt" in flags, rank)
+        ckpt = next((f for f in flags if f.startswith("ckpt")), None)
+        return cls(int(tokens), int(rows or 1), ckpt is not None, rank, int(ckpt[4:] or 0) if ckpt else 0)
 
     @property
     def name(self) -> str:
-        return f"{self.tokens}x{self.rows}{':ckpt' if self.checkpointing else ''}:r{self.lora_r}"
+        ckpt = f":ckpt{self.checkpoint_layers or ''}" if self.checkpointing else ""
+        return f"{self.tokens}x{self.rows}{ckpt}:r{self.lora_r}"
 
 
 @dataclass
@@ -339,6 +343,7 @@ def project_loop(model: Any, records: list[dict], run: RunConfig, args: argparse
         lora_dropout=args.lora_dropout,
         batch_size=run.rows,
         use_gradient_checkpointing=run.checkpointing,
+        checkpoint_layers=run.checkpoint_layers,
         precision=args.precision,
         adapter_dtype=args.adapter_dtype,
         compile_layers=args.compile,
@@ -386,7 +391,7 @@ def bare_loop(model: Any, records: list[dict], run: RunConfig, args: argparse.Na
     peft_model = get_peft_model(model, lora)
     cast_adapters(peft_model, args.adapter_dtype)
     if run.checkpointing:
-        enable_activation_checkpointing(peft_model)
+        enable_activation_checkpointing(peft_model, run.checkpoint_layers)
     peft_model.train()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
     collator = build_collator(model.config)

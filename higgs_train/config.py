@@ -102,6 +102,11 @@ class TrainingConfig:
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
     use_gradient_checkpointing: bool = _f(False, "Recompute decoder-layer activations in backward.")
+    checkpoint_layers: int = _f(
+        0,
+        "How many decoder layers to checkpoint, spread evenly; N > 0 turns checkpointing on, 0 with "
+        "--use_gradient_checkpointing means all. Fewer recompute less (faster) and keep more activations (memory).",
+    )
     seed: int = _f(42, "Seed for model init of adapters, data order and dropout.")
     # --- schedule of side work ---
     eval_every_steps: int = _f(10, "Validate every N optimizer steps (and at the end).")
@@ -182,6 +187,7 @@ class TrainingConfig:
             "max_tokens_per_row",
             "max_failures",
             "eval_rows",
+            "checkpoint_layers",
         ):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
         for name in (

@@ -33,10 +33,28 @@ def _computation(layer: torch.nn.Module) -> str:
     return LAYER_MATH if hasattr(layer, LAYER_MATH) else "forward"
 
 
-def enable_activation_checkpointing(model: torch.nn.Module) -> int:
-    """Checkpoint every decoder layer of the (possibly peft/DDP-wrapped) HiggsAudioModel; returns the count."""
+def spread_layers(total: int, count: int) -> list[int]:
+    """``count`` of ``total`` layer indices spread evenly, first and last included (``count`` 0: all of them)."""
+    if count == 0 or count >= total:
+        return list(range(total))
+    if count == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+def enable_activation_checkpointing(model: torch.nn.Module, count: int = 0) -> int:
+    """Checkpoint ``count`` decoder layers (0: all), spread evenly, of the (possibly peft/DDP-wrapped)
+    HiggsAudioModel; returns how many are checkpointed.
+
+    Every layer saves the same activations, so checkpointing k of L layers keeps about (L - k) / L of the
+    un-checkpointed activation memory plus the checkpointed layers' inputs, and recomputes k / L of the forward: the
+    knob between the two ends when full checkpointing leaves memory unused.
+    """
     layers = _decoder_layers(model)
-    for layer in layers:
+    if count > len(layers):
+        raise ValueError(f"checkpoint_layers={count}, but the model has {len(layers)} decoder layers")
+    chosen = spread_layers(len(layers), count)
+    for layer in (layers[i] for i in chosen):
         if getattr(layer, "_higgs_train_checkpointed", False):
             continue
         target = _computation(layer)
@@ -52,7 +70,7 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
 
         setattr(layer, target, checkpointed)
         layer._higgs_train_checkpointed = True
-    return len(layers)
+    return len(chosen)
 
 
 def disable_activation_checkpointing(model: torch.nn.Module) -> None:

@@ -116,8 +116,9 @@ class HiggsAudioTrainer:
         logger.info("trainable %d / %d parameters (%.3f%%)", counts.trainable, counts.total, 100 * counts.fraction)
         self.parameter_counts = counts
         enable_sync_free_routing(model)  # same values; checkpointing below wraps the routed forward
-        if cfg.use_gradient_checkpointing:
-            enable_activation_checkpointing(model)
+        if cfg.use_gradient_checkpointing or cfg.checkpoint_layers:
+            checkpointed = enable_activation_checkpointing(model, cfg.checkpoint_layers)
+            logger.info("activation checkpointing: %d decoder layers", checkpointed)
         if cfg.compile_layers:
             compile_decoder_layers(model)
         model.train()

@@ -490,6 +490,25 @@ def test_activation_checkpointing_recomputes_layers_and_saves_activation_memory(
     assert result.max_grad > 0 and result.max_grad_diff <= 1e-6 * result.max_grad
 
 
+def test_checkpointing_some_layers_recomputes_those_and_keeps_memory_in_between(tmp_path):
+    """``checkpoint_layers=4`` of 8: layers 0, 2, 5, 7 run twice, the others once; saved activations fall between
+    full checkpointing and none; the loss and gradients stay those of the plain step."""
+    from higgs_train.training.activation_checkpointing import spread_layers
+
+    bench = load_benchmark("activation_memory")
+    model_dir = bench.build_model(tmp_path / "model", layers=8, hidden=256)
+    full = bench.compare(model_dir, batch_size=2, frames=120)
+    half = bench.compare(model_dir, batch_size=2, frames=120, checkpoint_layers=4)
+
+    assert spread_layers(8, 4) == [0, 2, 5, 7] and spread_layers(8, 1) == [0] and spread_layers(8, 0) == list(range(8))
+    assert half.calls_with == [2, 1, 2, 1, 1, 2, 1, 2]
+    assert full.bytes_with < half.bytes_with < half.bytes_without
+    assert half.loss_with == half.loss_without
+    assert half.max_grad_diff <= 1e-6 * half.max_grad
+    with pytest.raises(ValueError, match="checkpoint_layers=9"):
+        bench.lora_model(model_dir, checkpointing=True, checkpoint_layers=9)
+
+
 def test_config_flag_makes_the_trainer_recompute_every_layer(tmp_path, records):
     trainer = trainer_for(tmp_path, records[:2], batch_size=2, use_gradient_checkpointing=True)
     trainer.setup()
@@ -499,3 +518,16 @@ def test_config_flag_makes_the_trainer_recompute_every_layer(tmp_path, records):
         layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
     trainer._train_step([[0, 1]])
     assert layers and calls == [2] * len(layers)  # forward, then again in backward
+
+
+def test_checkpoint_layers_alone_turns_checkpointing_on_for_that_many_layers(tmp_path, records):
+    trainer = trainer_for(tmp_path, records[:2], batch_size=2, checkpoint_layers=1)
+    trainer.setup()
+    layers = [m for m in trainer.model.modules() if type(m).__name__ == "HiggsAudioDualFFNDecoderLayer"]
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    trainer._train_step([[0, 1]])
+    assert len(layers) == 2 and calls == [2, 1]
+    with pytest.raises(ValueError, match="checkpoint_layers"):
+        TrainingConfig(checkpoint_layers=-1)
