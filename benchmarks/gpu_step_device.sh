@@ -30,7 +30,7 @@ step() {  # step NAME ARGS...: one gpu_step.py run, its log in $out/NAME.log
 # The table, project step vs bare loop, today's defaults (fp32 adapters, dropout 0.05), with sync counts.
 step defaults --configs 4096x1 4096x1:ckpt 4096x4:ckpt 8192x1 --profile
 # The levers: bf16 adapters and no LoRA dropout; then torch.compile of each decoder layer on top.
-step levers --configs 4096x1 4096x1:ckpt 4096x2 --adapter_dtype bf16 --lora_dropout 0 --loops project
+step levers --configs 4096x1 4096x1:ckpt 4096x1:ckpt14 4096x2 --adapter_dtype bf16 --lora_dropout 0 --loops project
 step compiled --configs 4096x1 4096x1:ckpt --adapter_dtype bf16 --lora_dropout 0 --compile --loops project
 # Largest tokens per step: peak memory of single long rows, with and without checkpointing (80 GB = 74.5 GiB).
 step size_plain --configs 12288x1 16384x1 --loops project --steps 2 --warmup 1
