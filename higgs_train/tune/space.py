@@ -20,6 +20,8 @@ TUNE_METRIC = "val_loss"
 TUNE_MODE = "min"
 TIME_ATTR = "step"
 ALPHA_MULTIPLIER = "lora_alpha_multiplier"
+LR_MULTIPLIER = "learning_rate_multiplier"
+DERIVED = {ALPHA_MULTIPLIER: "lora_alpha", LR_MULTIPLIER: "learning_rate"}
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "value")
 SEARCH_ALGS = ("random", "optuna")
 DEFAULT_SEARCH_SPACE = "configs/tune_search_space.yaml"
@@ -90,15 +92,18 @@ def load_search_space(path: str | Path) -> SearchSpec:
     fields = set(TrainingConfig.field_names())
     spec: SearchSpec = {}
     for name, entry in data.items():
-        if name not in fields and name != ALPHA_MULTIPLIER:
-            raise ValueError(f"search space {path}: {name!r} is neither a TrainingConfig field nor {ALPHA_MULTIPLIER}")
+        if name not in fields and name not in DERIVED:
+            raise ValueError(
+                f"search space {path}: {name!r} is neither a TrainingConfig field nor one of {', '.join(DERIVED)}"
+            )
         if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in KINDS:
             raise ValueError(f"search space {path}: {name} must be one {{kind: args}} with kind in {KINDS}")
         kind, args = next(iter(entry.items()))
         _check_args(path, name, kind, args)
         spec[name] = (kind, args)
-    if ALPHA_MULTIPLIER in spec and "lora_alpha" in spec:
-        raise ValueError(f"search space {path}: give lora_alpha or {ALPHA_MULTIPLIER}, not both")
+    for derived, field_name in DERIVED.items():
+        if derived in spec and field_name in spec:
+            raise ValueError(f"search space {path}: give {field_name} or {derived}, not both")
     return spec
 
 
@@ -159,17 +164,23 @@ def complete_point(spec: SearchSpec, point: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_overrides(base: TrainingConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """TrainingConfig values of one trial's drawn params: types coerced, lora_alpha derived from its multiplier."""
+    """TrainingConfig values of one trial's drawn params: types coerced; lora_alpha derived from its multiplier
+    (times the rank), learning_rate from its multiplier (times the base config's rate, or the model's recommended
+    rate when that is 0: ``models.effective_learning_rate``)."""
     hints = get_type_hints(TrainingConfig)
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if name == ALPHA_MULTIPLIER:
+        if name in DERIVED:
             continue
         kind = hints[name]
         out[name] = kind(value) if kind in (int, float, bool, str) else value
     if ALPHA_MULTIPLIER in params:
         rank = out.get("lora_r", base.lora_r)
         out["lora_alpha"] = max(1, int(round(rank * float(params[ALPHA_MULTIPLIER]))))
+    if LR_MULTIPLIER in params:
+        from higgs_train.models import effective_learning_rate
+
+        out["learning_rate"] = effective_learning_rate(base) * float(params[LR_MULTIPLIER])
     return out
 
 

@@ -90,6 +90,10 @@ def test_one_parent_and_a_child_run_per_trial_with_distinct_ranks(sweep: SweepRe
         assert child["tags"]["tune_status"] in ("completed", "early_stopped")
         drawn = json.loads(child["tags"]["tune_params"])
         assert int(child["params"]["lora_alpha"]) == drawn["lora_r"] * drawn["lora_alpha_multiplier"]
+        # The learning rate is drawn as a multiple of the embedded model's recommended 2e-3.
+        want_lr = 2e-3 * drawn["learning_rate_multiplier"]
+        assert float(child["params"]["learning_rate"]) == pytest.approx(want_lr)
+        assert float(child["params"]["learning_rate_resolved"]) == pytest.approx(want_lr)
         # Logged by the trial's rank-0 training worker, attached to the child run the trial function created.
         assert "train/total_loss" in child["metrics"] and "val_loss" in child["metrics"]
     assert {t.status for t in sweep.trials} <= {"completed", "early_stopped"}

@@ -33,7 +33,7 @@ def test_default_search_space_covers_the_issue() -> None:
     spec = load_search_space("configs/tune_search_space.yaml")
     assert spec["lora_r"] == ("choice", [8, 16, 32, 64])
     assert spec["lora_alpha_multiplier"][0] == "choice"
-    assert spec["learning_rate"][0] == "loguniform"
+    assert spec["learning_rate_multiplier"] == ("loguniform", [0.05, 5.0])
     assert {"text_loss_weight", "audio_loss_weight"} <= set(spec)
     assert "consistency_loss_weight" not in spec  # not a voice measure: a sweep must not switch it on
     assert set(to_param_space(spec)) == set(spec)
@@ -48,6 +48,7 @@ def test_default_search_space_covers_the_issue() -> None:
         ("learning_rate: {loguniform: [0, 1]}", "low > 0"),
         ("learning_rate: {uniform: [2, 1]}", "low < high"),
         ("lora_alpha: {choice: [8]}\nlora_alpha_multiplier: {choice: [1]}", "not both"),
+        ("learning_rate: {value: 1.0e-4}\nlearning_rate_multiplier: {choice: [1]}", "not both"),
     ],
 )
 def test_bad_search_spaces_name_the_entry(tmp_path: Path, text: str, message: str) -> None:
@@ -62,6 +63,16 @@ def test_trial_overrides_derive_alpha_and_coerce_types() -> None:
     assert isinstance(out["batch_size"], int) and isinstance(out["learning_rate"], float)
     assert trial_overrides(base, {"lora_alpha_multiplier": 1})["lora_alpha"] == base.lora_r
     base.replace(**out)  # a valid TrainingConfig
+
+
+def test_learning_rate_multiplier_scales_the_base_or_the_models_recommended_rate() -> None:
+    """The shipped range [0.05, 5] is 1e-5..1e-3 for a released checkpoint (recommended 2e-4) and centres on the
+    embedded model's own recommended 2e-3 for the default job."""
+    auto = TrainingConfig()  # --learning_rate 0, embedded model: recommends 2e-3
+    assert trial_overrides(auto, {"learning_rate_multiplier": 0.5})["learning_rate"] == pytest.approx(1e-3)
+    pinned = TrainingConfig(learning_rate=2e-4)
+    assert trial_overrides(pinned, {"learning_rate_multiplier": 0.05})["learning_rate"] == pytest.approx(1e-5)
+    assert trial_overrides(pinned, {"learning_rate_multiplier": 5.0})["learning_rate"] == pytest.approx(1e-3)
 
 
 def test_quick_test_points_are_distinct_ranks_in_listed_order() -> None:
@@ -117,7 +128,7 @@ def test_optuna_gets_complete_quick_test_points() -> None:
     spec = load_search_space("configs/tune_search_space.yaml")
     point = complete_point(spec, {"lora_r": 16})
     assert point["lora_r"] == 16 and set(point) == set(spec)
-    assert point["learning_rate"] == pytest.approx(1e-4)  # geometric mean of [1e-5, 1e-3]
+    assert point["learning_rate_multiplier"] == pytest.approx(0.5)  # geometric mean of [0.05, 5]
     searcher = make_search_alg("optuna", spec, 0, [{"lora_r": 8}, {"lora_r": 16}], max_concurrent=2)
     searcher.set_search_properties("val_loss", "min", to_param_space(spec))
     assert [searcher.suggest(f"t{i}")["lora_r"] for i in range(2)] == [8, 16]
