@@ -15,7 +15,11 @@ outputs back in place with the inverse permutation. The arithmetic is the layer'
 attention call, FFNs and one residual add per position), so values and gradients equal upstream's (tests compare
 both in fp32); the weights, module names and state-dict keys are unchanged. Any other call (generation with a
 cache, attention weights requested, layers upstream configures differently) goes to the class forward. Nothing in
-boson_multimodal is modified: this is the same per-instance forward override that activation checkpointing uses.
+boson_multimodal is modified: this is the same kind of per-instance override that activation checkpointing uses.
+
+The forward does two things: it finds the route (eager, outside any graph) and calls the layer's ``LAYER_MATH``
+with it. Activation checkpointing and ``torch.compile`` wrap ``LAYER_MATH``, not the forward, so a recomputation
+reuses the route it was given and a compiled layer is one graph without a break.
 """
 
 from __future__ import annotations
