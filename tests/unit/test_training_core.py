@@ -509,25 +509,23 @@ def test_checkpointing_some_layers_recomputes_those_and_keeps_memory_in_between(
         bench.lora_model(model_dir, checkpointing=True, checkpoint_layers=9)
 
 
-def test_config_flag_makes_the_trainer_recompute_every_layer(tmp_path, records):
-    trainer = trainer_for(tmp_path, records[:2], batch_size=2, use_gradient_checkpointing=True)
+def attention_calls_per_layer(trainer) -> list[int]:
+    """How often each decoder layer's attention runs in one training step of ``trainer`` (2: recomputed)."""
     trainer.setup()
     layers = [m for m in trainer.model.modules() if type(m).__name__ == "HiggsAudioDualFFNDecoderLayer"]
     calls = [0] * len(layers)
     for i, layer in enumerate(layers):
         layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
     trainer._train_step([[0, 1]])
-    assert layers and calls == [2] * len(layers)  # forward, then again in backward
+    return calls
+
+
+def test_config_flag_makes_the_trainer_recompute_every_layer(tmp_path, records):
+    calls = attention_calls_per_layer(trainer_for(tmp_path, records[:2], batch_size=2, use_gradient_checkpointing=True))
+    assert calls == [2, 2]  # forward, then again in backward
 
 
 def test_checkpoint_layers_alone_turns_checkpointing_on_for_that_many_layers(tmp_path, records):
-    trainer = trainer_for(tmp_path, records[:2], batch_size=2, checkpoint_layers=1)
-    trainer.setup()
-    layers = [m for m in trainer.model.modules() if type(m).__name__ == "HiggsAudioDualFFNDecoderLayer"]
-    calls = [0] * len(layers)
-    for i, layer in enumerate(layers):
-        layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-    trainer._train_step([[0, 1]])
-    assert len(layers) == 2 and calls == [2, 1]
+    assert attention_calls_per_layer(trainer_for(tmp_path, records[:2], batch_size=2, checkpoint_layers=1)) == [2, 1]
     with pytest.raises(ValueError, match="checkpoint_layers"):
         TrainingConfig(checkpoint_layers=-1)
