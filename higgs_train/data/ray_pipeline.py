@@ -326,9 +326,8 @@ def _preprocess(
     """Run the actor pool over ``manifest_parquet``: good records go to ``out_dir``; returns every row's meta."""
     import ray
 
-    if (
-        not ray.is_initialized()
-    ):  # the driver owns the cluster (higgs_train.ray_session.init_ray); never a stray local one
+    # The driver owns the cluster (higgs_train.ray_session.init_ray); never a stray local one.
+    if not ray.is_initialized():
         raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.ray_session.init_ray first")
     check_resources(num_actors, cpus_per_actor)
     processed = (

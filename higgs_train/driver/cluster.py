@@ -1,4 +1,7 @@
-"""The cluster side of every driver: resource checks, storage, run resolution (Ray itself: ``higgs_train.ray_session``)."""
+"""The cluster side of every driver: resource checks, storage, run resolution.
+
+Starting or joining Ray itself is ``higgs_train.ray_session``.
+"""
 
 from __future__ import annotations
 

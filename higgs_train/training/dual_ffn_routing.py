@@ -50,8 +50,9 @@ class TokenRoute:
     num_audio: int
 
 
-# One route per mask tensor (and version): every layer of a forward, and its recomputation in backward, receives the
-# same mask object, so the sort and the read-back happen once per forward. Entries go when the mask is freed.
+# One route per mask tensor (and version): every layer of a forward receives the same mask object, so the sort and the
+# read-back happen once per forward (a checkpoint's recomputation reuses the route it was called with). Entries go
+# when the mask is freed.
 _routes: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
@@ -72,17 +73,14 @@ def token_route(audio_mask: torch.Tensor) -> TokenRoute:
 
 
 def _is_routed_case(layer: torch.nn.Module, hidden_states: torch.Tensor, audio_out_mask: Any, kwargs: dict) -> bool:
-    """The training-time call this module reimplements; everything else keeps upstream's forward."""
+    """The cache-free call this module reimplements (``routed_forward`` sends cached calls upstream first)."""
     return (
         audio_out_mask is not None
         and audio_out_mask.shape[0] > 0
         and tuple(audio_out_mask.shape) == tuple(hidden_states.shape[:2])
         and not layer.fast_forward
         and not layer.use_audio_attention
-        and kwargs.get("past_key_value") is None
-        and not kwargs.get("use_cache")
         and not kwargs.get("output_attentions")
-        and not kwargs.get("is_using_cuda_graph")
     )
 
 

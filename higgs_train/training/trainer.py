@@ -115,7 +115,7 @@ class HiggsAudioTrainer:
         counts = count_parameters(model)
         logger.info("trainable %d / %d parameters (%.3f%%)", counts.trainable, counts.total, 100 * counts.fraction)
         self.parameter_counts = counts
-        enable_sync_free_routing(model)  # same values; checkpointing below wraps the routed forward
+        enable_sync_free_routing(model)  # same values; checkpointing and compile below wrap the routed layer math
         if cfg.use_gradient_checkpointing or cfg.checkpoint_layers:
             checkpointed = enable_activation_checkpointing(model, cfg.checkpoint_layers)
             logger.info("activation checkpointing: %d decoder layers", checkpointed)
