@@ -28,9 +28,22 @@ def _submitted_job_env_vars() -> dict[str, str]:
     return dict(env_vars) if isinstance(env_vars, dict) else {}
 
 
+def _head_left_on_this_machine() -> str | None:
+    """The address of a cluster that ``ray start`` recorded on this machine (``/tmp/ray/ray_current_cluster``),
+    if any: plain ``ray.init()`` would silently join it (and refuse ``num_cpus``)."""
+    from ray._common.utils import get_ray_address_file
+
+    try:
+        with open(get_ray_address_file(None)) as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
 def init_ray(verbose: bool = False) -> None:
-    """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS), else start a local one; Ray's
-    own log lines only with ``verbose``."""
+    """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS; a user may set it too, e.g.
+    ``RAY_ADDRESS=auto`` to join a ``ray start`` head on purpose), else start a private local instance, whatever
+    other Ray clusters run on the machine; Ray's own log lines only with ``verbose``."""
     import ray
 
     from higgs_train.console import (
@@ -52,12 +65,28 @@ def init_ray(verbose: bool = False) -> None:
         if name in os.environ:
             env[name] = os.environ[name]
     if os.environ.get("RAY_ADDRESS"):
+        if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+            print(f"Joining the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}", flush=True)
         # Under `ray job submit` the job's runtime env (cluster/runtime_env.yaml) is merged with this one and Ray
         # refuses any env var set in both; the job's value is already in this process's environment, so drop it.
         env = {k: v for k, v in env.items() if k not in _submitted_job_env_vars()}
         ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True, **quiet)
     else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env={"env_vars": env}, **quiet)
+        head = _head_left_on_this_machine()
+        if head:
+            print(
+                f"A Ray cluster is running on this machine ({head}); this run starts its own local Ray instance "
+                "(set RAY_ADDRESS=auto to run on that cluster instead)",
+                flush=True,
+            )
+        # address="local" starts a private instance: plain ray.init() would join the recorded head instead.
+        ray.init(
+            address="local",
+            num_cpus=max(2, os.cpu_count() or 2),
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            **quiet,
+        )
     for handler in [h for h in root.handlers if h not in root_handlers]:
         root.removeHandler(handler)
     root.setLevel(root_level)
