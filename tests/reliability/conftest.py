@@ -7,6 +7,14 @@ import torch
 from ckpt_fixtures import make_records, trained_checkpoints
 
 
+def pytest_collection_modifyitems(items):
+    """Every test in this folder carries the ``reliability`` marker (``-m reliability`` runs them all); the ones
+    that start Ray or a full job also carry ``integration`` in their module."""
+    for item in items:
+        if "/reliability/" in str(item.path):
+            item.add_marker(pytest.mark.reliability)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Two intra-op threads spin against each other on a shared 2-CPU runner; nothing here depends on the count."""
