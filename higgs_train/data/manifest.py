@@ -38,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from higgs_train.data.plain_parquet import UnsafeParquetError, read_plain_parquet
 from higgs_train.data.reasons import Reason
 
 CANONICAL_SCHEMA = pa.schema(
@@ -65,7 +66,8 @@ START_INDEX_TYPE = Reason.START_INDEX_TYPE
 
 
 class ManifestError(ValueError):
-    """The manifest as a whole cannot be read (missing file, truncated JSON list, unreadable Parquet)."""
+    """The manifest as a whole cannot be read (missing file, truncated JSON list, unreadable Parquet, a Parquet
+    column of an extension type: ``plain_parquet``)."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,9 @@ def _object_or_error(item: Any) -> dict[str, Any]:
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
     try:
-        table = pq.read_table(path)
+        table = read_plain_parquet(path)
+    except UnsafeParquetError as err:  # its one line names the file and the column
+        raise ManifestError(f"Parquet manifest refused: {err}; write it with plain columns") from None
     except (pa.ArrowException, OSError) as err:
         raise ManifestError(f"Parquet manifest cannot be read ({err}): {path}") from err
     records = table.to_pylist()
@@ -344,7 +348,9 @@ def table_to_samples(table: pa.Table) -> list[dict[str, Any]]:
 def load_canonical(path: str | Path) -> list[dict[str, Any]]:
     """Samples of a canonical Parquet manifest (written by ``convert_manifest``) with messages parsed."""
     try:
-        table = pq.read_table(path, schema=CANONICAL_SCHEMA)
+        table = read_plain_parquet(path, schema=CANONICAL_SCHEMA)
+    except UnsafeParquetError as err:
+        raise ManifestError(f"canonical manifest refused: {err}") from None
     except (pa.ArrowException, OSError) as err:
         raise ManifestError(f"not a canonical manifest ({err}): {path}") from err
     return table_to_samples(table)

@@ -56,9 +56,13 @@ def _sample_rows(path: Path) -> tuple[Any, list[Any]]:
     with path.open("rb") as fh:
         magic = fh.read(4)
     if magic == b"PAR1":
-        import pyarrow.parquet as pq
+        from higgs_train.data.plain_parquet import UnsafeParquetError, open_plain_parquet_file
 
-        table = pq.ParquetFile(path).read_row_group(0) if pq.ParquetFile(path).num_row_groups else None
+        try:  # a column of Ray's pickled-object type would run code in this process at to_pylist
+            with open_plain_parquet_file(path) as pf:
+                table = pf.read_row_group(0) if pf.num_row_groups else None
+        except UnsafeParquetError as err:
+            raise DataSetupError(f"{err}; write the manifest with plain columns (strings, numbers, lists)") from None
         rows = table.slice(0, ROWS_SAMPLED).to_pylist() if table is not None else []
         return None, rows
     try:

@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from higgs_train.data.plain_parquet import read_plain_parquet
+
 QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -78,7 +80,7 @@ class Quarantine:
 
     @classmethod
     def read(cls, path: str | Path) -> Quarantine:
-        return cls(pq.read_table(path, schema=QUARANTINE_SCHEMA).to_pylist())
+        return cls(read_plain_parquet(path, schema=QUARANTINE_SCHEMA).to_pylist())
 
     def __len__(self) -> int:
         return len(self._records)

@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.plain_parquet import read_plain_parquet
 from higgs_train.data.preprocess import BatchResult, PreprocessSettings
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
@@ -235,7 +236,7 @@ def build_token_cache(
         encode_audio_in_tokens=cfg_audio_in if encode_audio_in_tokens is None else encode_audio_in_tokens,
         max_tokens_per_row=max_tokens_per_row or model_max_positions(model_paths.model_path),
     )
-    manifest = pq.read_table(manifest_parquet)
+    manifest = read_plain_parquet(manifest_parquet)
     urls = referenced_audio(manifest.column("messages_json").to_pylist())
     fingerprints = audio_fingerprints(urls, audio_base_path, cache.fingerprint_memo())
     audio_identity = audio_tokenizer_identity(model_paths.audio_tokenizer_path)

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
 from higgs_train.data.preprocess import PreprocessSettings
 from higgs_train.data.record_codec import RECORD_SCHEMA
 from higgs_train.data.shard_stream import (
@@ -45,6 +46,7 @@ from higgs_train.data.shard_stream import (
     ROWS_PER_GROUP,
     SUCCESS_FILE,
     data_file_name,
+    entry_refusal,
 )
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,11 @@ class Reusable:
 
 
 def find_reusable(cache_root: Path, wanted: set[str], exclude: set[str] = frozenset()) -> Reusable:
-    """Locations of the records with keys in ``wanted`` in the newest complete entries under ``cache_root``."""
+    """Locations of the records with keys in ``wanted`` in the newest complete entries under ``cache_root``.
+
+    An entry whose ``rows.parquet`` or a data file is refused (``plain_parquet``: an extension-typed column, or a
+    footer that does not parse) is skipped with a warning: its rows are preprocessed again instead.
+    """
     entries = []
     for child in cache_root.iterdir() if cache_root.is_dir() else []:
         if child.name in exclude or child.name.startswith("."):
@@ -115,7 +121,11 @@ def find_reusable(cache_root: Path, wanted: set[str], exclude: set[str] = frozen
     for _, entry in sorted(entries, reverse=True)[:MAX_SOURCE_ENTRIES]:
         if not remaining:
             break
-        table = pq.read_table(entry / ROWS_FILE, columns=["row_key", "file", "row_group", "offset"])
+        refusal = entry_refusal(str(entry))
+        if refusal is not None:
+            logger.warning("token-cache entry %s is not reused (its rows are preprocessed again): %s", entry, refusal)
+            continue
+        table = read_plain_parquet(entry / ROWS_FILE, columns=["row_key", "file", "row_group", "offset"])
         keys = table.column("row_key").to_pylist()
         file, group, offset = (table.column(c).to_numpy() for c in ("file", "row_group", "offset"))
         source = len(reusable.data_dirs)
@@ -143,7 +153,7 @@ class GroupReader:
         if table is None:
             pf = self._files.get(path)
             if pf is None:
-                pf = self._files[path] = pq.ParquetFile(path)
+                pf = self._files[path] = open_plain_parquet_file(path)
             table = pf.read_row_group(index, columns=RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
             self._groups[key] = table
             if len(self._groups) > OPEN_GROUPS:
@@ -164,7 +174,7 @@ def index_new_records(data_dir: Path) -> tuple[list[Path], dict[int, tuple[int, 
     files = sorted(data_dir.glob("*.parquet"))
     where: dict[int, tuple[int, int, int]] = {}
     for f, path in enumerate(files):
-        pf = pq.ParquetFile(path)
+        pf = open_plain_parquet_file(path)
         for g in range(pf.num_row_groups):
             for k, ridx in enumerate(pf.read_row_group(g, columns=["row_index"]).column("row_index").to_pylist()):
                 where[int(ridx)] = (f, g, k)

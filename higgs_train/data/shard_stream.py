@@ -22,6 +22,11 @@ plus the footers of the few files open, independent of the number of rows in the
 Where the entry lives: a local path, ``file://``, ``s3://`` or ``gs://`` (``pyarrow.fs.FileSystem.from_uri``; for
 S3 the usual AWS variables apply, ``AWS_ENDPOINT_URL`` for an S3-compatible endpoint). ``publish_entry`` copies a
 locally built entry there, ``_SUCCESS`` last, so a reader never sees half an entry.
+
+Every file is opened through ``plain_parquet``: a part or ``rows.parquet`` with an extension-typed column (Ray's
+pickled-object type would run code in the worker when read) is refused. ``publish_entry`` checks an entry already
+on the stream storage the same way and publishes it again when a file is refused; a worker that still meets one
+fails with ``StreamError`` naming the file and the column.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from higgs_train.data.plain_parquet import (
+    UnsafeParquetError,
+    open_plain_parquet_file,
+    parquet_refusal,
+    read_plain_parquet,
+)
 from higgs_train.data.record_codec import iter_records
 from higgs_train.training.checkpoint_store import filesystem_and_path, is_uri, join
 
@@ -85,8 +96,13 @@ class EntryReader:
             raise StreamError(f"no complete token-cache entry at {self.location} (no {SUCCESS_FILE})")
         if self.fs.get_file_info(f"{self.path}/{ROWS_FILE}").type != pafs.FileType.File:
             raise StreamError(f"{self.location} has no {ROWS_FILE}: an entry of an older cache format; rebuild it")
-        with self.fs.open_input_file(f"{self.path}/{ROWS_FILE}") as fh:
-            rows = pq.read_table(fh, columns=LOCATION_COLUMNS)
+        rows_file = f"{self.path}/{ROWS_FILE}"
+        try:
+            rows = read_plain_parquet(
+                rows_file, columns=LOCATION_COLUMNS, filesystem=self.fs, name=self._uri(ROWS_FILE)
+            )
+        except UnsafeParquetError as err:
+            raise StreamError(f"{err}; rerun the job to publish the entry again") from None
         self.locations = RowLocations(*(rows.column(c).to_numpy() for c in LOCATION_COLUMNS))
         self._files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
         self._lock = threading.Lock()
@@ -94,13 +110,21 @@ class EntryReader:
     def __len__(self) -> int:
         return len(self.locations)
 
+    def _uri(self, relative: str) -> str:
+        """How messages name a file of the entry: under the location as given (``s3://...`` stays a URI)."""
+        return f"{self.location.rstrip('/')}/{relative}"
+
     def _file(self, index: int) -> pq.ParquetFile:
         with self._lock:
             pf = self._files.get(index)
             if pf is not None:
                 self._files.move_to_end(index)
                 return pf
-        pf = pq.ParquetFile(self.fs.open_input_file(f"{self.path}/{DATA_DIR}/{data_file_name(index)}"))
+        relative = f"{DATA_DIR}/{data_file_name(index)}"
+        try:
+            pf = open_plain_parquet_file(f"{self.path}/{relative}", filesystem=self.fs, name=self._uri(relative))
+        except UnsafeParquetError as err:
+            raise StreamError(f"{err}; rerun the job to publish the entry again") from None
         with self._lock:
             self._files[index] = pf
             while len(self._files) > OPEN_FILES:
@@ -268,11 +292,28 @@ def open_shard_stream(root: str, key: str, prefetch_steps: int = 1, log_reads: b
     return ShardStream(EntryReader(join(root, key)), prefetch_steps, log_reads)
 
 
+def entry_refusal(location: str, extra_files: Sequence[str] = ()) -> str | None:
+    """The first refusal (``plain_parquet.parquet_refusal``: an extension-typed column or a footer that does not
+    parse) among the ``rows.parquet``, the data files and the ``extra_files`` present of the entry at ``location``
+    (a local path or a URI), or None. Reads footers only: a few files per entry."""
+    fs, path = filesystem_and_path(location)
+    selector = pafs.FileSelector(f"{path}/{DATA_DIR}", allow_not_found=True)
+    parts = sorted(i.base_name for i in fs.get_file_info(selector) if i.type == pafs.FileType.File)
+    for relative in [ROWS_FILE, *extra_files, *(f"{DATA_DIR}/{name}" for name in parts if name.endswith(".parquet"))]:
+        if fs.get_file_info(f"{path}/{relative}").type != pafs.FileType.File:
+            continue
+        refusal = parquet_refusal(f"{path}/{relative}", filesystem=fs, name=f"{location.rstrip('/')}/{relative}")
+        if refusal is not None:
+            return refusal
+    return None
+
+
 def publish_entry(local_entry: str | Path, root: str) -> str:
     """Copy a complete local entry to ``<root>/<key>`` on any pyarrow filesystem, ``_SUCCESS`` last; returns it.
 
-    An entry already complete there is left as it is (same key, same content). A local ``root`` that is the
-    entry's own parent is a no-op.
+    An entry already complete there is left as it is (same key, same content) once its files pass
+    ``entry_refusal``; one with a refused file (planted or damaged there) is deleted and published again. A local
+    ``root`` that is the entry's own parent is a no-op (``token_cache.TokenCache.lookup`` checked that entry).
     """
     local_entry = Path(local_entry)
     target = join(root, local_entry.name)
@@ -280,7 +321,12 @@ def publish_entry(local_entry: str | Path, root: str) -> str:
         return str(local_entry)
     fs, path = filesystem_and_path(target)
     if fs.get_file_info(f"{path}/{SUCCESS_FILE}").type == pafs.FileType.File:
-        return target
+        refusal = entry_refusal(target)
+        if refusal is None:
+            return target
+        logger.warning("token-cache entry at %s is corrupt and is published again: %s", target, refusal)
+        fs.delete_file(f"{path}/{SUCCESS_FILE}")  # no reader takes it from here on
+        fs.delete_dir_contents(path)
     local = pafs.LocalFileSystem()
     fs.create_dir(path, recursive=True)
     for file in sorted(p for p in local_entry.rglob("*") if p.is_file() and p.name != SUCCESS_FILE):

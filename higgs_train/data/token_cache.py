@@ -52,6 +52,7 @@ import socket
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from higgs_train.data.audio_io import AudioError, display_name, resolve_audio_path, unreadable_reason
+from higgs_train.data.plain_parquet import read_plain_parquet
 from higgs_train.data.preprocess import (
     PREPROCESS_VERSION,
     EncodedAudio,
@@ -243,7 +244,9 @@ class AudioCodeStore:
     """Codes of every clip ever encoded with one (audio tokenizer, limits), by content sha256; safe across processes.
 
     ``lock(sha)`` is an inter-process file lock, so two actors meeting the same clip encode it once: the second waits
-    and then reads. Each entry is written to a temp file and renamed, so a reader never sees half an entry.
+    and then reads. Each entry is written to a temp file and renamed, so a reader never sees half an entry; one
+    damaged afterwards (a truncated copy, a full disk, a bad restore) is removed by ``get``, which reports it as
+    absent, so the clip is encoded again instead of its rows being quarantined on every run.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -254,11 +257,26 @@ class AudioCodeStore:
         return self.root / sha[:2] / f"{sha}.npz"
 
     def get(self, sha256: str) -> EncodedAudio | None:
+        """The stored codes of a clip, or None when there are none or the entry does not load (then it is removed
+        with a one-line warning: the caller encodes the clip again and ``put`` stores good codes)."""
         path = self._path(sha256)
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return EncodedAudio(data["codes"].astype(np.int16), float(data["seconds"]))
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                codes, seconds = data["codes"], float(data["seconds"])
+            if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+                raise ValueError(f"codes of shape {codes.shape} and type {codes.dtype}")
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as err:
+            logger.warning(
+                "audio code store: %s is corrupt (%s: %s); removed, the clip is encoded again",
+                path,
+                type(err).__name__,
+                err,
+            )
+            path.unlink(missing_ok=True)
+            return None
+        return EncodedAudio(codes.astype(np.int16), seconds)
 
     def put(self, sha256: str, encoded: EncodedAudio) -> None:
         path = self._path(sha256)
@@ -305,7 +323,7 @@ class CacheEntry:
         if not files:
             return schema.empty_table()
         wanted = columns if columns is None or "row_index" in columns else [*columns, "row_index"]
-        table = pa.concat_tables([pq.read_table(f, columns=wanted) for f in files]).sort_by("row_index")
+        table = pa.concat_tables([read_plain_parquet(f, columns=wanted) for f in files]).sort_by("row_index")
         return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA) if columns is None else table.select(columns)
 
     def records(self) -> list[dict[str, Any]]:
@@ -316,7 +334,7 @@ class CacheEntry:
         """``num_tokens`` per record, in ``table()`` order (what the batcher plans with)."""
         rows = self.path / "rows.parquet"  # shard_stream.ROWS_FILE: the lengths without opening the records
         if rows.is_file():
-            return pq.read_table(rows, columns=["num_tokens"]).column("num_tokens").to_numpy()
+            return read_plain_parquet(rows, columns=["num_tokens"]).column("num_tokens").to_numpy()
         return self.table(["num_tokens"]).column("num_tokens").to_numpy()
 
     @property
@@ -324,7 +342,7 @@ class CacheEntry:
         return int(self.stats.get("rows_ok", self.table(["row_index"]).num_rows))
 
     def quarantine_table(self) -> pa.Table:
-        return pq.read_table(self.quarantine_path)
+        return read_plain_parquet(self.quarantine_path)
 
 
 STAGING_OWNER_FILE = "_builder.json"
@@ -357,9 +375,23 @@ class TokenCache:
         return self.root / key
 
     def lookup(self, key: str) -> CacheEntry | None:
-        """The complete entry for ``key``, or None."""
+        """The complete entry for ``key``, or None.
+
+        A complete entry with a Parquet file the project must not read (``plain_parquet``: an extension-typed column,
+        which could run code when read, or a footer that does not parse) is corrupt: it is removed with a one-line
+        warning and the key misses, so the build makes it again. Only footers are read: a few files per entry.
+        """
         path = self.entry_dir(key)
         if not (path / SUCCESS_FILE).exists():
+            return None
+        # The entry layout's home; imported here, not at the top: it reaches training.checkpoint_store (torch),
+        # which the preprocessing actors importing this module do not need.
+        from higgs_train.data.shard_stream import entry_refusal
+
+        refusal = entry_refusal(str(path), extra_files=(QUARANTINE_FILE,))
+        if refusal is not None:
+            logger.warning("token-cache entry %s is corrupt and is rebuilt: %s", key, refusal)
+            self.remove_entry(path)
             return None
         stats_path = path / STATS_FILE
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
@@ -444,6 +476,11 @@ class TokenCache:
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
+
+    def remove_entry(self, path: Path) -> None:
+        """Take a corrupt entry out of the cache: ``_SUCCESS`` first (no reader takes it from then on), then the rest."""
+        (path / SUCCESS_FILE).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
 
     def code_store(self, audio_identity: dict[str, Any], settings: PreprocessSettings) -> AudioCodeStore:
         return AudioCodeStore(self.root / "audio_codes" / code_store_key(audio_identity, settings))

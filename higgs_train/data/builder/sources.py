@@ -121,9 +121,12 @@ def detect_source_kind(path: Path) -> str:
 
 
 def _parquet_is_manifest(path: Path) -> bool:
-    import pyarrow.parquet as pq
+    from higgs_train.data.plain_parquet import UnsafeParquetError, parquet_schema
 
-    names = set(pq.read_schema(path).names)
+    try:
+        names = set(parquet_schema(path).names)
+    except UnsafeParquetError as err:
+        raise SourceError(f"{err}; write it with plain columns") from None
     return bool(names & {"messages", "messages_json"})
 
 
@@ -284,13 +287,17 @@ def _list_hf_disk(path: Path, options: SourceOptions) -> SourceListing:
 
 
 def _list_parquet(path: Path, options: SourceOptions) -> SourceListing:
-    import pyarrow.parquet as pq
+    from higgs_train.data.plain_parquet import UnsafeParquetError, read_plain_parquet
 
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     listing = SourceListing("parquet")
     for file in files:
         name = file.relative_to(path).as_posix() if path.is_dir() else file.name
-        _add_table_rows(listing, pq.read_table(file), name, file.parent, options)
+        try:
+            table = read_plain_parquet(file)
+        except UnsafeParquetError as err:  # a pickled-object column would run code at to_pylist
+            raise SourceError(f"{err}; write it with plain columns") from None
+        _add_table_rows(listing, table, name, file.parent, options)
     return listing
 
 
@@ -300,6 +307,16 @@ def _add_table_rows(listing: SourceListing, table: Any, name: str, root: Path, o
         if column not in columns:
             raise SourceError(f"{name}: no column {column!r} (columns: {', '.join(sorted(columns))})")
     has_speaker = options.speaker_column in columns
+    # Only the columns used become Python objects, and none of an extension type (Ray's pickled-object type would
+    # run code at to_pylist; a save_to_disk folder is Arrow, not Parquet, so plain_parquet has not seen it).
+    from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema
+
+    used = [options.audio_column, options.text_column, *([options.speaker_column] if has_speaker else [])]
+    table = table.select(list(dict.fromkeys(used)))
+    try:
+        check_plain_schema(table.schema, name)
+    except UnsafeParquetError as err:
+        raise SourceError(f"{err}; write it with plain columns") from None
     default_speaker = options.speaker or Path(name).parts[0]
     for index, row in enumerate(table.to_pylist()):
         key = f"{name}[{index}]"
