@@ -23,7 +23,7 @@ import ray.data  # noqa: F401  (registers ray.data.arrow_pickled_object, as in e
 from ray.data.extensions import ArrowPythonObjectType
 from stand_ins import make_entry
 
-from higgs_train.data.builder.sources import SourceError, list_source
+from higgs_train.data.builder.sources import SourceError, SourceListing, SourceOptions, _add_table_rows, list_source
 from higgs_train.data.manifest import CANONICAL_SCHEMA, ManifestError, load_canonical, read_manifest_rows
 from higgs_train.data.plain_parquet import (
     UnsafeParquetError,
@@ -131,7 +131,8 @@ def test_a_poisoned_manifest_is_refused_before_ray_starts(tmp_path: Path, marker
     with pytest.raises(ManifestError, match=r"train\.parquet: column 'notes'"):
         read_manifest_rows(manifest)
     canonical = tmp_path / "canonical.parquet"
-    pq.write_table(pa.Table.from_pylist([], schema=CANONICAL_SCHEMA), canonical)
+    row = {"row_index": 0, "id": "a", "messages_json": "null", "source": "train.json"}
+    pq.write_table(pa.Table.from_pylist([row], schema=CANONICAL_SCHEMA), canonical)
     plant(canonical, marker, "misc_json")
     with pytest.raises(ManifestError, match=r"canonical\.parquet: column 'misc_json'"):
         load_canonical(canonical)
@@ -231,6 +232,12 @@ def test_a_poisoned_builder_source_is_refused(tmp_path: Path, marker: Path) -> N
     pq.write_table(table.append_column("speaker", pickled(marker, 1)), source)
     with pytest.raises(SourceError, match=r"clips\.parquet: column 'speaker'"):
         list_source(source)
+    # A save_to_disk folder is Arrow, read by ``datasets``: its rows are checked as a table (used columns only).
+    listing = SourceListing("hf_disk")
+    with pytest.raises(SourceError, match=r"train: column 'speaker'"):
+        _add_table_rows(listing, table.append_column("speaker", pickled(marker, 1)), "train", tmp_path, SourceOptions())
+    _add_table_rows(listing, table.append_column("unused", pickled(marker, 1)), "train", tmp_path, SourceOptions())
+    assert [item.text for item in listing.items] == ["hello"]
 
 
 # Reads that do not go through plain_parquet. Ray's own read_parquet refuses the pickled-object type itself, and the

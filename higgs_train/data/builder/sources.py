@@ -302,6 +302,8 @@ def _list_parquet(path: Path, options: SourceOptions) -> SourceListing:
 
 
 def _add_table_rows(listing: SourceListing, table: Any, name: str, root: Path, options: SourceOptions) -> None:
+    from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema
+
     columns = set(table.column_names)
     for column in (options.audio_column, options.text_column):
         if column not in columns:
@@ -309,8 +311,6 @@ def _add_table_rows(listing: SourceListing, table: Any, name: str, root: Path, o
     has_speaker = options.speaker_column in columns
     # Only the columns used become Python objects, and none of an extension type (Ray's pickled-object type would
     # run code at to_pylist; a save_to_disk folder is Arrow, not Parquet, so plain_parquet has not seen it).
-    from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema
-
     used = [options.audio_column, options.text_column, *([options.speaker_column] if has_speaker else [])]
     table = table.select(list(dict.fromkeys(used)))
     try:
