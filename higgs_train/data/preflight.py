@@ -55,6 +55,8 @@ KEY_SYNONYMS = {
     "speaker": "role",
     "from": "role",
     "value": "content",
+    "text": "content",
+    "message": "content",
 }
 
 
@@ -178,7 +180,7 @@ def check_manifest_syntax(flag: str, path: Path) -> None:
             return  # one JSON object over several lines: check_manifest_format says what it is
         n, line, err = errors[0]
         raise DataSetupError(
-            f"{flag} {path}: none of the first {len(errors)} lines is a JSON object; line {n}: "
+            f"{flag} {path}: none of the first {len(errors)} lines is a JSON object; "
             f"{_json_error(err, line, n - 1)}. A JSONL manifest holds one complete JSON object per line; "
             f"{DATA_FORMAT_HINT}"
         )
