@@ -133,7 +133,7 @@ def _table_kind(first_line: str, path: Path) -> str:
 
 
 def _json_error(err: json.JSONDecodeError, text: str, line_offset: int = 0) -> str:
-    """ "line L column C: <reason>", naming a trailing comma when that is what broke it."""
+    """Where the JSON broke (line L column C) and why, naming a trailing comma when that is what broke it."""
     where = f"line {err.lineno + line_offset} column {err.colno}: {err.msg}"
     before = text[: err.pos].rstrip()
     if before.endswith(",") and text[err.pos : err.pos + 1] in ("]", "}"):
