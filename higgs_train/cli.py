@@ -10,50 +10,17 @@ command line.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from transformers import HfArgumentParser
 
-from higgs_train.config import REMOVED_FIELDS, TrainingConfig, read_config_file
-
-
-class FlagParser(argparse.ArgumentParser):
-    """``argparse`` without prefix matching (``--learning_rat`` is an error, not ``--learning_rate``) and with short
-    errors: the problem, the closest flag for a typo, and where the full list is, instead of the whole usage."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["allow_abbrev"] = False
-        super().__init__(*args, **kwargs)
-
-    def known_flags(self) -> list[str]:
-        return [opt for action in self._actions for opt in action.option_strings if opt.startswith("--")]
-
-    def suggestion(self, message: str) -> str:
-        """' (did you mean --x?)' for each unknown ``--flag`` in an argparse message."""
-        if not message.startswith("unrecognized arguments"):
-            return ""
-        flags = self.known_flags()
-        hints = []
-        for word in message.removeprefix("unrecognized arguments:").split():
-            name = word.split("=", 1)[0]
-            if name.startswith("--") and name not in flags:
-                close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
-                if name[2:] in REMOVED_FIELDS:
-                    hints.append(f"{name}: {REMOVED_FIELDS[name[2:]]}")
-                elif close:
-                    hints.append(f"{name} -> did you mean {close[0]}?")
-        return f" ({'; '.join(hints)})" if hints else ""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(
-            2, f"{self.prog}: error: {message}{self.suggestion(message)}\n(`{self.prog} --help` lists every flag)\n"
-        )
+from higgs_train.config import TrainingConfig, read_config_file
+from higgs_train.flag_parser import FlagParser
 
 
 class ConfigFlagParser(FlagParser, HfArgumentParser):
@@ -171,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         return validate_job(config)
     from higgs_train.driver.cluster import ClusterResourcesError
     from higgs_train.driver.train import JobOutputsMissing, run_training_job
+    from higgs_train.training.checkpoint import CheckpointError
 
     try:
         result = run_training_job(config)
-    except (ClusterResourcesError, JobOutputsMissing) as err:
+    except (ClusterResourcesError, JobOutputsMissing, CheckpointError) as err:  # CheckpointError: --resume_from
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())

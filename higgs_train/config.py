@@ -51,6 +51,52 @@ REMOVED_FIELDS: dict[str, str] = {
 }
 """Settings that existed once: an old config file or command line gets told why, not 'did you mean'."""
 
+COMMON_NAMES: dict[str, str] = {
+    **dict.fromkeys(("lr", "learning-rate", "learningrate"), "learning_rate"),
+    **dict.fromkeys(("epochs", "epoch", "n_epochs", "num_train_epochs", "max_epochs", "train_epochs"), "num_epochs"),
+    **dict.fromkeys(
+        ("bs", "batch", "batchsize", "train_batch_size", "per_device_train_batch_size", "micro_batch_size"),
+        "batch_size",
+    ),
+    **dict.fromkeys(("rank", "r", "lora_rank", "lora_dim"), "lora_r"),
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    **dict.fromkeys(("steps", "max_train_steps", "total_steps", "num_steps", "train_steps"), "max_steps"),
+    **dict.fromkeys(("warmup", "num_warmup_steps", "warmup_iters"), "warmup_steps"),
+    **dict.fromkeys(("grad_accum", "accumulate_grad_batches", "gradient_accumulation"), "gradient_accumulation_steps"),
+    **dict.fromkeys(("grad_clip", "clip_grad_norm", "max_norm", "gradient_clip_val"), "max_grad_norm"),
+    "wd": "weight_decay",
+    **dict.fromkeys(("data", "train", "dataset", "train_file", "train_manifest", "manifest"), "train_data"),
+    **dict.fromkeys(("val", "eval_data", "valid_data", "validation_data", "val_file", "val_manifest"), "val_data"),
+    **dict.fromkeys(("audio_root", "audio_dir", "data_root", "data_dir", "wav_dir"), "audio_base_path"),
+    **dict.fromkeys(("model", "model_name_or_path", "base_model", "pretrained_model"), "model_path"),
+    **dict.fromkeys(("out_dir", "output", "output_path", "save_dir"), "output_dir"),
+    **dict.fromkeys(("resume", "resume_from_checkpoint", "checkpoint"), "resume_from"),
+    **dict.fromkeys(("gpu", "cuda", "use_cuda"), "use_gpu"),
+    **dict.fromkeys(("save_steps", "checkpoint_every", "save_every"), "save_every_steps"),
+    **dict.fromkeys(("eval_steps", "eval_every", "val_every"), "eval_every_steps"),
+    **dict.fromkeys(("logging_steps", "log_every", "log_steps"), "log_every_steps"),
+    **dict.fromkeys(("experiment", "experiment_name"), "mlflow_experiment"),
+    "tracking_uri": "mlflow_tracking_uri",
+    "tokenizer": "tokenizer_path",
+    "audio_tokenizer": "audio_tokenizer_path",
+    **dict.fromkeys(("trials", "num_trials", "n_trials"), "num_samples"),
+}
+"""Names other training tool kits use for these settings (``--lr``, ``--epochs``, ``--bs``, ``--rank``): the answer
+to them is the real name, not the closest spelling (difflib answers ``--lr`` with ``--lora_r``)."""
+
+
+def closest_name(name: str, known: list[str]) -> str | None:
+    """The setting ``name`` most likely stands for: a common name from ``COMMON_NAMES``, else the closest spelling."""
+    key = name.replace("-", "_").lower()
+    for candidate in (name, key):
+        if COMMON_NAMES.get(candidate) in known:
+            return COMMON_NAMES[candidate]
+    if key in known:
+        return key
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None
+
 
 @dataclass
 class TrainingConfig:
@@ -245,11 +291,11 @@ class TrainingConfig:
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(str(key), names, n=1)
+                close = closest_name(str(key), names)
                 if key in REMOVED_FIELDS:
                     hints.append(f"{key!r} ({REMOVED_FIELDS[key]})")
                 else:
-                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                    hints.append(f"{key!r}" + (f" (did you mean {close!r}?)" if close else ""))
             raise ValueError(f"unknown TrainingConfig field(s): {', '.join(hints)}")
         return cls(**data)  # __post_init__ coerces every value to its declared type
 

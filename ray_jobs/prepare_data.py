@@ -14,18 +14,26 @@ import sys
 
 import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
 from higgs_train.data.manifest import ManifestError, convert_manifest
+from higgs_train.flag_parser import FlagParser
 
 
 def main(argv: list[str] | None = None) -> int:
     from higgs_train.data.builder.cli import add_build_arguments
 
-    parser = argparse.ArgumentParser(prog="prepare_data", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = FlagParser(prog="ray_jobs/prepare_data.py", description=__doc__)
+    # Each sub-command reports its own errors (its name, did-you-mean, its --help), not the top-level usage.
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=FlagParser)
     convert = commands.add_parser("convert", help="write the canonical Parquet manifest")
     convert.add_argument("--input", required=True, help="source manifest (.json list, .jsonl or .parquet)")
     convert.add_argument("--output", required=True, help="canonical Parquet to write")
     build = commands.add_parser("build", help="build voice-cloning manifests from recordings")
     add_build_arguments(build)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = {"convert": convert, "build": build}.get(command)
+    unknown = sub.unknown_flags(argv[argv.index(command) + 1 :]) if sub else []
+    if unknown:  # before argparse's check of required flags, which would hide the misspelt one
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}")
     args = parser.parse_args(argv)
 
     if args.command == "build":

@@ -13,7 +13,7 @@ Layout under ``cache_root``::
     <key>/stats.json            rows ok/quarantined, encoder calls, audio seconds, CPU seconds, throughput
     <key>/_SUCCESS              written last; a key directory without it is never read
     audio_codes/<audio_key>/    one .npz of codes per distinct clip content (AudioCodeStore)
-    fingerprints.json           memo of file sha256 by (path, size, mtime_ns)
+    fingerprints.json           memo of file sha256 by (path, size, mtime_ns, ctime_ns, inode): FingerprintMemo
     builds.jsonl                one line per build (hit or miss) with its encoder calls: a ledger across processes
 
 Completeness is atomic: a build writes into ``.staging/<key>-<uuid>/``, writes ``_SUCCESS`` last and renames the
@@ -27,9 +27,10 @@ The key hashes:
   (``fingerprints_as_seen``): a failure that depends on file-system state is never kept under a key that claims the
   file was there. Full hashes rather than size/mtime or head/tail samples: a clip edited in place with equal size, or a
   copy with a fresh mtime, must neither be a stale hit nor a needless miss. The cost (reading each file once) is
-  small next to encoding it and is paid once: ``fingerprints.json`` remembers the hash of an unchanged
-  (path, size, mtime_ns);
-* the text tokenizer's content (vocabulary, added and special tokens; not its path, so a moved copy still hits);
+  small next to encoding it and is paid once: ``fingerprints.json`` remembers the hash of an unchanged file by a
+  stat key that every write changes (``FingerprintMemo``);
+* the text tokenizer's content: its whole serialized pipeline (vocabulary, merges, normalizer, pre-tokenizer,
+  post-processor, added tokens), special tokens and settings; not its path, so a moved copy still hits;
 * the audio tokenizer: sha256 of each small file of a local directory (config, generation markers) and size +
   mtime_ns of large ones (weights; hashing a 1 GB checkpoint per run is the wrong trade), or the id of a hub model.
   The HuBERT teacher the tokenizer loads from the HF cache is not hashed; for the embedded stack its size and seed
@@ -95,16 +96,54 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 # --- identities -----------------------------------------------------------------------------------------------------
+# Tokenizer settings that are paths or decode-only: they never change an id, and a moved copy must still hit.
+_TOKENIZER_KWARGS_IGNORED = frozenset(
+    {"name_or_path", "vocab_file", "merges_file", "tokenizer_file", "special_tokens_map_file", "cache_dir"}
+)
+
+
+def _tokenizer_pipeline_sha256(tokenizer: Any) -> str:
+    """sha256 of everything that turns text into ids: the fast tokenizer's whole serialized pipeline.
+
+    ``backend_tokenizer.to_str()`` is the ``tokenizer.json`` form: model (vocabulary *and* merges), normalizer,
+    pre-tokenizer, post-processor, decoder and added tokens. It is parsed and re-dumped with sorted keys so that
+    key order never matters; ``truncation`` and ``padding`` are left out because transformers resets them on every
+    call (they are call state, not identity). A slow tokenizer has no such form: the files it saves its vocabulary
+    to (vocab, merges, sentencepiece model) are hashed instead.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        pipeline.pop("truncation", None)
+        pipeline.pop("padding", None)
+        return _sha(pipeline)
+    with tempfile.TemporaryDirectory(prefix="higgs-tokenizer-") as tmp:
+        files = sorted(Path(f) for f in tokenizer.save_vocabulary(tmp))
+        return _sha({f.name: file_sha256(f) for f in files})
+
+
 def text_tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
-    """Content identity of a loaded text tokenizer: vocabulary, added tokens and special ids (not its path)."""
-    vocab = sorted(tokenizer.get_vocab().items())
+    """Content identity of a loaded text tokenizer, not its path (a moved copy still hits).
+
+    Why the whole pipeline and not the vocabulary: other merges or an added ``Lowercase`` normalizer give other ids
+    with the same vocabulary, and a key blind to them would serve rows tokenized by the old tokenizer. Besides the
+    pipeline: the special tokens and their ids, and the tokenizer's settings (``init_kwargs`` such as
+    ``add_bos_token``, less paths), which decide ids the pipeline does not.
+    """
     added = sorted((str(k), str(v)) for k, v in getattr(tokenizer, "added_tokens_decoder", {}).items())
+    kwargs = {
+        k: v
+        for k, v in getattr(tokenizer, "init_kwargs", {}).items()
+        if k not in _TOKENIZER_KWARGS_IGNORED and isinstance(v, str | int | float | bool | type(None))
+    }
     return {
         "class": type(tokenizer).__name__,
         "len": len(tokenizer),
-        "vocab_sha256": _sha(vocab),
+        "pipeline_sha256": _tokenizer_pipeline_sha256(tokenizer),
         "added_sha256": _sha(added),
+        "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
         "special_ids": sorted(int(i) for i in tokenizer.all_special_ids),
+        "settings_sha256": _sha(kwargs),
     }
 
 
@@ -123,28 +162,50 @@ def audio_tokenizer_identity(path: str | Path) -> dict[str, Any]:
 
 # --- fingerprints ---------------------------------------------------------------------------------------------------
 class FingerprintMemo:
-    """sha256 of files, remembered by (real path, size, mtime_ns) in one JSON file so unchanged files are not re-read.
+    """sha256 of files, remembered by their stat key in one JSON file so unchanged files are not re-read.
+
+    The stat key is (real path, size, mtime_ns, ctime_ns, inode). Size and mtime alone are not enough: ``cp -p``,
+    ``tar -x`` and ``rsync -t`` write new bytes and set the old mtime back. ctime cannot be set by a user and moves
+    on every write, rename or utime, and a replaced file (written elsewhere and renamed over) has a new inode, so an
+    edit always changes the key. Timestamps tick coarsely (a few ms on Linux, up to seconds on some network
+    mounts), so a file changed within ``RACY_SECONDS`` before it was hashed could change again with the same ctime;
+    such a hash is not remembered (git's "racy clean" rule) and the file is hashed again next time.
+    ``benchmarks/fingerprint_memo.py`` measures what the memo saves against re-hashing every file.
 
     Concurrent builders may overwrite each other's memo (last writer wins); that only costs a re-hash later.
     """
 
-    def __init__(self, path: Path) -> None:
+    RACY_SECONDS = 2.0
+
+    def __init__(self, path: Path, racy_seconds: float | None = None) -> None:
         self.path = path
+        self.racy_ns = int((self.RACY_SECONDS if racy_seconds is None else racy_seconds) * 1e9)
         self._data: dict[str, list] = {}
         if path.exists():
             with contextlib.suppress(ValueError, OSError):
                 self._data = json.loads(path.read_text())
         self._dirty = False
+        self.hashed = 0  # files read and hashed by this memo (not served from it)
+
+    @staticmethod
+    def stat_key(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
     def sha256(self, file: Path) -> str:
         real = str(file.resolve())
+        now = time.time_ns()  # before the stat and the read: a change during the read is never remembered
         st = file.stat()
+        key = self.stat_key(st)
         hit = self._data.get(real)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            return hit[2]
+        if isinstance(hit, list) and hit[:-1] == key:
+            return hit[-1]
         digest = file_sha256(file)
-        self._data[real] = [st.st_size, st.st_mtime_ns, digest]
-        self._dirty = True
+        self.hashed += 1
+        if st.st_ctime_ns + self.racy_ns < now:
+            self._data[real] = [*key, digest]
+            self._dirty = True
+        elif self._data.pop(real, None) is not None:
+            self._dirty = True
         return digest
 
     def save(self) -> None:
@@ -365,11 +426,46 @@ class CacheIncompleteError(FileNotFoundError):
     """The key has no complete cache (absent, or a directory without ``_SUCCESS``)."""
 
 
+class CacheLocationError(ValueError):
+    """``--cache_dir`` names storage the token cache cannot be built on; the message says what to use instead."""
+
+
+def local_cache_root(location: str | Path, flag: str = "--cache_dir") -> Path:
+    """The cache root as a local path: a path as given, a ``file://`` URI as its path; other URIs are refused.
+
+    Why refused rather than taken: a build publishes its entry with an atomic directory rename, serialises encoders
+    with file locks and appends to a ledger, none of which object stores (s3://, gs://) offer, and Ray Data actors
+    write the records with plain paths. Without this check ``Path("s3://bucket/x")`` is the relative folder
+    ``s3:/bucket/x`` in the working directory. Shared storage is reached two ways instead: a folder every node
+    mounts (NFS, a FUSE mount of the bucket) as ``--cache_dir``, or ``--stream_cache_uri``, to which the entry the
+    driver built locally is copied and from which every worker streams its rows (``shard_stream``).
+    """
+    from higgs_train.paths import is_uri
+
+    text = str(location)
+    if not is_uri(text):
+        return Path(text)
+    scheme = text.split("://", 1)[0].lower()
+    if scheme == "file":
+        import pyarrow.fs as pafs
+
+        try:
+            _, path = pafs.FileSystem.from_uri(text)
+        except (ValueError, OSError, pa.ArrowInvalid) as err:
+            raise CacheLocationError(f"{flag} {text}: not a valid file:// URI ({err})") from err
+        return Path(path)
+    raise CacheLocationError(
+        f"{flag} {text}: the token cache must be a local or mounted shared folder (it is built with atomic renames "
+        f"and file locks, which {scheme}:// storage lacks); keep --cache_dir local (or a shared mount) and pass "
+        f"--stream_cache_uri {text} so workers stream the built cache from there"
+    )
+
+
 class TokenCache:
-    """Lookup, staging and atomic publication of cache entries under one root."""
+    """Lookup, staging and atomic publication of cache entries under one root (a local path or ``file://`` URI)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = local_cache_root(root)
 
     def entry_dir(self, key: str) -> Path:
         return self.root / key

@@ -80,10 +80,11 @@ def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, P
     from higgs_train.data.manifest import convert_manifest
     from higgs_train.data.ray_pipeline import build_token_cache, describe
     from higgs_train.data.sources import resolve_sources
+    from higgs_train.data.token_cache import local_cache_root
 
     sources = resolve_sources(config)
     output = Path(config.output_dir)
-    cache_root = Path(config.cache_dir) if config.cache_dir else output.resolve().parent / "token_cache"
+    cache_root = local_cache_root(config.cache_dir) if config.cache_dir else output.resolve().parent / "token_cache"
     limits = AudioLimits(config.min_audio_seconds, config.max_audio_seconds)
     results = []
     for split, manifest, base in (

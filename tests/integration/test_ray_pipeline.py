@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -139,29 +140,90 @@ def test_oversized_actor_pool_fails_fast(ray_cluster):
         check_resources(num_actors=5, cpus_per_actor=0.5)
 
 
+def silence_in_place(clip: Path) -> tuple[bytes, os.stat_result]:
+    """Zero the second half of a clip's bytes in place, keeping its size and mtime (as ``cp -p``/``rsync -t``
+    leave an edited file); returns what ``restore_in_place`` needs."""
+    original, st = clip.read_bytes(), clip.stat()
+    with open(clip, "r+b") as fh:
+        fh.seek(len(original) // 2)
+        fh.write(bytes(len(original) - len(original) // 2))
+    os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (clip.stat().st_size, clip.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    return original, st
+
+
+def restore_in_place(clip: Path, original: bytes, st: os.stat_result) -> None:
+    with open(clip, "r+b") as fh:
+        fh.write(original)
+    os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_editing_one_row_reprocesses_only_that_row(first_build, setup):
-    """Row-level content keys: unchanged rows come from earlier entries, at their new positions."""
+    """Row-level content keys: unchanged rows come from earlier entries, at their new positions. In the same build,
+    an audio file edited in place with the same size and mtime re-encodes that clip and rebuilds exactly the rows
+    that reference it (the fingerprint memo used to trust size + mtime and keep the old codes)."""
     rows = copy.deepcopy(setup["good"])
     rows.insert(0, rows.pop(5))  # a moved row is the same record at a new row_index
     edited = rows[7]
     edited["messages"][3]["content"] = edited["messages"][3]["content"] + " Edited."
+    url = next(u for u in sorted(audio_urls(rows)) if u not in audio_urls([edited]))
+    affected = {r["id"] for r in rows if url in audio_urls([r])}
+    assert 0 < len(affected) < len(rows) - 1
     manifest = write_canonical(rows, setup["root"] / "manifest_one_edit.parquet")
-    result = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
-    assert not result.hit
-    assert result.stats["rows_preprocessed"] == 1 and result.stats["rows_reused"] == len(rows) - 1
-    assert result.stats["rows_ok"] == len(rows) and result.encoder_calls == 0
-    table = result.entry.table()
-    assert table.column("row_index").to_pylist() == list(range(len(rows)))
-    assert table.column("id").to_pylist() == [r["id"] for r in rows]
-    before = {r["id"]: r for r in first_build.entry.table().to_pylist()}
-    for row in table.to_pylist():
-        old = before[row["id"]]
-        same = {k: v for k, v in row.items() if k != "row_index"} == {k: v for k, v in old.items() if k != "row_index"}
-        assert same == (row["id"] != edited["id"]), row["id"]  # only the edited row's record differs
+    clip = Path(setup["audio_base"]) / url
+    original, st = silence_in_place(clip)
+    try:
+        result = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+        assert not result.hit
+        assert result.stats["rows_preprocessed"] == 1 + len(affected)
+        assert result.stats["rows_reused"] == len(rows) - 1 - len(affected)
+        assert result.stats["rows_ok"] == len(rows) and result.encoder_calls == 1  # the edited clip only
+        table = result.entry.table()
+        assert table.column("row_index").to_pylist() == list(range(len(rows)))
+        assert table.column("id").to_pylist() == [r["id"] for r in rows]
+        before = {r["id"]: r for r in first_build.entry.table().to_pylist()}
+        for row in table.to_pylist():
+            old = before[row["id"]]
+            if row["id"] in affected:
+                assert row["audio_codes"] != old["audio_codes"], row["id"]  # the new codes, not the old
+                continue
+            same = {k: v for k, v in row.items() if k != "row_index"} == {
+                k: v for k, v in old.items() if k != "row_index"
+            }
+            assert same == (row["id"] != edited["id"]), row["id"]  # otherwise only the edited row's record differs
 
-    # The same manifest again is an entry hit; a rebuild elsewhere of a manifest whose rows all exist starts no actor.
-    again = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
-    assert again.hit
-    shuffled = write_canonical(rows[::-1], setup["root"] / "manifest_reversed.parquet")
-    reversed_build = build_token_cache(shuffled, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
-    assert reversed_build.stats["rows_preprocessed"] == 0 and reversed_build.stats["rows_ok"] == len(rows)
+        # The same manifest again is an entry hit; a rebuild elsewhere of a manifest whose rows all exist starts no
+        # actor.
+        again = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+        assert again.hit
+        shuffled = write_canonical(rows[::-1], setup["root"] / "manifest_reversed.parquet")
+        reversed_build = build_token_cache(shuffled, setup["cache_root"], setup["paths"], setup["audio_base"], **BUILD)
+        assert reversed_build.stats["rows_preprocessed"] == 0 and reversed_build.stats["rows_ok"] == len(rows)
+    finally:
+        restore_in_place(clip, original, st)
+
+
+def test_another_text_tokenizer_rebuilds_every_row_with_new_ids(first_build, setup, tmp_path):
+    """A ``Lowercase`` normalizer keeps the vocabulary (all the old key hashed) but changes the ids: every row is
+    rebuilt (none encodes audio again: the codes do not depend on the text tokenizer); the original tokenizer
+    finds its entry again."""
+    import dataclasses
+
+    from tokenizer_variants import derived_tokenizer
+
+    rows = setup["good"][:4]  # a few rows and one actor: the cost is the actor's start
+    manifest = write_canonical(rows, setup["root"] / "manifest_tokenizer.parquet")
+    one_actor = {**BUILD, "num_actors": 1}
+    base = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **one_actor)
+    assert base.stats.get("rows_preprocessed", 0) == 0  # every row comes from the first build
+    before = {r["id"]: r for r in base.entry.table().to_pylist()}
+    lowercase = derived_tokenizer(setup["paths"].tokenizer_path, tmp_path / "lowercase", "lowercase")
+    paths = dataclasses.replace(setup["paths"], tokenizer_path=str(lowercase))
+    result = build_token_cache(manifest, setup["cache_root"], paths, setup["audio_base"], **one_actor)
+    assert not result.hit and result.encoder_calls == 0
+    assert result.stats["rows_preprocessed"] == len(rows) and result.stats["rows_reused"] == 0
+    for row in result.entry.table().to_pylist():
+        assert row["input_ids"] != before[row["id"]]["input_ids"], row["id"]
+        assert row["audio_codes"] == before[row["id"]]["audio_codes"], row["id"]
+    again = build_token_cache(manifest, setup["cache_root"], setup["paths"], setup["audio_base"], **one_actor)
+    assert again.hit and again.key == base.key
