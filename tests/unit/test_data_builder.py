@@ -272,6 +272,20 @@ def test_build_errors_show_the_build_usage_in_one_line(tmp_path, capsys):
     ]
 
 
+def test_count_progress_line_rate_and_eta():
+    from higgs_train.console import CountProgress
+
+    now = [100.0]
+    progress = CountProgress(40, "processing audio (Ray)", every_seconds=5.0, clock=lambda: now[0])
+    assert progress.update(0) == "processing audio (Ray): 0/40 files | ? files/s | ETA ?"
+    now[0] = 102.0
+    assert progress.update(4) is None  # shown 2 s ago
+    now[0] = 110.0
+    assert progress.update(20) == "processing audio (Ray): 20/40 files | 2.00 files/s | ETA 10s"
+    now[0] = 111.0
+    assert progress.update(40) == "processing audio (Ray): 40/40 files | 3.64 files/s | ETA 0s"  # always the last
+
+
 def test_system_prompt_override(tmp_path):
     src = write_speaker_folders(tmp_path / "src", count=2, speakers=SPEAKERS[:1])
     result = build(src, tmp_path / "out", pairing=PairingOptions(system_prompt="Speak warmly.", val_fraction=0))

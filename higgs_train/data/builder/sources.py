@@ -359,6 +359,8 @@ def _list_vctk(root: Path, options: SourceOptions, confine: Confinement) -> Sour
     sentence from the other microphone."""
     listing = SourceListing("vctk")
     folders = sorted((d for d in root.glob("wav48*") if d.is_dir()), key=lambda d: ("trimmed" not in d.name, d.name))
+    if not folders:
+        raise SourceError(f"no wav48* folder in {root} (VCTK keeps its audio in wav48_silence_trimmed/ or wav48/)")
     audio_root = folders[0]
     kept: dict[tuple[str, str], Path] = {}
     for audio in sorted(_audio_files(audio_root), key=lambda p: (p.parent.name, p.stem)):
