@@ -186,6 +186,7 @@ def test_vctk_layout_keeps_one_microphone_and_lists_untranscribed_clips(tmp_path
     assert [Path(line.split("\t")[0]).name.split("-")[0] for line in template[1:]] == ["p225_003_mic1", "p226_007_mic1"]
     assert result.unlabelled == 2 and result.to_transcribe == tmp_path / "out" / "to_transcribe.tsv"
     assert_cloning_pairs(rows)
+    assert_valid_for_training(result, tmp_path)
 
 
 def test_common_voice_tsv_with_mp3_clips(tmp_path):

@@ -123,7 +123,7 @@ def cache_key(item: SourceItem, settings: AudioSettings) -> str:
 
 
 def _to_fill(clip: Clip) -> str:
-    """The report's detail for a clip without text (``build`` parses the path back out of it, keep the form)."""
+    """The report's detail for a clip without text: where it is and what to do (tests read the path out of it)."""
     return f"written to {clip.audio_url}; no transcript: fill its line in {TO_TRANSCRIBE} and rerun"
 
 
