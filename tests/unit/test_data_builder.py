@@ -28,6 +28,7 @@ from builder_sources import (
 from higgs_train.data.builder.audio import AudioSettings, Clip
 from higgs_train.data.builder.build import BuildOptions, BuildResult, build_dataset
 from higgs_train.data.builder.pairing import PairingOptions, choose_references, pair_clips
+from higgs_train.data.builder.report import report_figure
 from higgs_train.data.builder.sources import SOURCE_KINDS, SourceOptions, detect_source_kind
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.driver.validate import run_validate_data_only
@@ -238,6 +239,12 @@ def test_a_build_without_samples_writes_no_manifest_and_says_why(tmp_path):
     report = json.loads(result.report.read_text())
     assert report["no_sample_reason"] == result.problem and report["clips_written"] == 0
     assert result.plot.stat().st_size > 0
+    figure = report_figure(report)  # what the PNG shows: the reason, and no empty axes with negative ticks
+    assert figure.get_suptitle() == result.problem
+    hist, per_speaker, rejected = figure.axes
+    assert [t.get_text() for t in hist.texts + per_speaker.texts] == ["no clip written"] * 2
+    assert list(hist.get_yticks()) == list(per_speaker.get_xticks()) == []
+    assert min(rejected.get_xticks()) >= 0 and [t.get_text() for t in rejected.get_yticklabels()] == ["bad transcript"]
 
 
 def prepare_data_main():

@@ -104,6 +104,17 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 def _plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def report_figure(report: dict[str, Any]) -> Any:
+    """The report's three panels (clip lengths, minutes per speaker, rejections by reason); a build without a sample
+    carries its reason as the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,9 +145,7 @@ def _plot(report: dict[str, Any], path: Path) -> Path:
     else:
         _empty(rejected, "nothing rejected")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _empty(axes: Any, message: str) -> None:
