@@ -155,8 +155,10 @@ def test_existing_manifest_is_repaired(tmp_path):
 def test_libritts_layout_prefers_normalized_text_and_takes_the_speaker_two_folders_up(tmp_path):
     corpus = tmp_path / "LibriTTS_R" / "train-clean-100"
     write_libritts(corpus, count=3)
-    for src in (corpus.parent, corpus, corpus / "19"):  # the corpus, a subset, one speaker: same speaker ids
+    for src in (corpus.parent, corpus, corpus / "19", corpus / "19" / "198"):  # corpus, subset, speaker, chapter
         assert detect_source_kind(src) == "libritts"
+    chapter = build(corpus / "84" / "198", tmp_path / "chapter", pairing=PairingOptions(val_fraction=0))
+    assert {r["speaker"] for r in read_jsonl(chapter.train)} == {LIBRI_IDS["spk_mid"]}
     result = build(corpus.parent, tmp_path / "out")
     rows = read_jsonl(result.train) + read_jsonl(result.val)
     assert {r["speaker"] for r in rows} == {LIBRI_IDS["spk_low"], LIBRI_IDS["spk_mid"]} and len(rows) == 6

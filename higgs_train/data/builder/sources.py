@@ -4,7 +4,7 @@ A source becomes ``SourceItem``s (one audio file or one dataset row, its speaker
 ``Rejection``s for what cannot become an item (a missing, empty or non-UTF-8 transcript, an audio file outside any
 speaker folder). Nothing is decoded here: listing a 100 h corpus must stay fast; audio work happens in the actors.
 
-Source kinds (``detect_source_kind``), checked in this order; speakers come from the layout:
+Source kinds (``detect_source_kind`` tells them apart, ``--source_kind`` skips it); speakers come from the layout:
 
 * ``hf_disk``: a folder written by ``datasets.Dataset.save_to_disk`` (``state.json`` or ``dataset_dict.json``);
   e.g. ``--input hf_dataset --text_column sentence --speaker_column client_id``;
@@ -17,7 +17,7 @@ Source kinds (``detect_source_kind``), checked in this order; speakers come from
   per utterance: mic1, else the other); e.g. ``--input VCTK-Corpus-0.92``;
 * ``parquet``: a ``.parquet`` file or a folder of them (a Hugging Face dataset's Parquet export) *without*
   ``messages``: columns ``--audio_column`` (``{"bytes", "path"}`` or ``{"array", "sampling_rate"}``),
-  ``--text_column``, ``--speaker_column``;
+  ``--text_column``, ``--speaker_column``; e.g. ``--input hf_dataset_parquet/ --text_column sentence``;
 * ``manifest``: a training manifest (``.json`` / ``.jsonl``, or Parquet with ``messages``/``messages_json``);
   its clips are re-paired; e.g. ``--input data/train.jsonl``;
 * ``list``: any other text file of ``audio|text`` or ``audio|speaker|text`` lines (paths relative to the file);
@@ -130,15 +130,15 @@ def detect_source_kind(path: Path) -> str:
             return "hf_disk"
         if (path / "metadata.csv").is_file():
             return "ljspeech"
-        if any(path.glob("*.tsv")):
+        first = next((p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS), None)
+        if first is not None and any(_sidecar(first, ext).is_file() for ext in LIBRITTS_TRANSCRIPTS):
+            return "libritts"  # before tsv: a LibriTTS chapter folder holds a .trans.tsv
+        if any(_is_common_voice_tsv(t) for t in path.glob("*.tsv")):
             return "tsv"
         if (path / "txt").is_dir() and any(d.is_dir() for d in path.glob("wav48*")):
             return "vctk"
         if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
             return "manifest" if _parquet_is_manifest(next(iter(sorted(path.rglob("*.parquet"))))) else "parquet"
-        first = next((p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS), None)
-        if first is not None and any(_sidecar(first, ext).is_file() for ext in LIBRITTS_TRANSCRIPTS):
-            return "libritts"
         return "folders"
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -153,6 +153,11 @@ def detect_source_kind(path: Path) -> str:
     if first and Path(first[0]).suffix.lower() not in AUDIO_EXTENSIONS:
         return "ljspeech"
     return "list"
+
+
+def _is_common_voice_tsv(path: Path) -> bool:
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        return COMMON_VOICE_COLUMNS[0] in handle.readline().rstrip("\r\n").split("\t")
 
 
 def _parquet_is_manifest(path: Path) -> bool:
@@ -332,16 +337,11 @@ def _list_folders(root: Path, options: SourceOptions, confine: Confinement) -> S
 
 def _list_libritts(root: Path, options: SourceOptions, confine: Confinement) -> SourceListing:
     """``<speaker>/<chapter>/<utt>.wav``: the speaker is two folders up, whatever level ``--input`` names (the
-    corpus, a subset such as ``train-clean-100``, or one speaker's folder)."""
+    corpus, a subset such as ``train-clean-100``, one speaker's or one chapter's folder)."""
     listing = SourceListing("libritts")
     extensions = (*LIBRITTS_TRANSCRIPTS, *TRANSCRIPT_EXTENSIONS)
     for audio in _audio_files(root):
-        rel = audio.relative_to(root)
-        key = rel.as_posix()
-        if len(rel.parts) < 2 and not options.speaker:
-            detail = "LibriTTS audio must be in <speaker>/<chapter>/"
-            listing.rejections.append(Rejection(key, None, NO_SPEAKER_FOLDER, detail))
-            continue
+        key = audio.relative_to(root).as_posix()
         speaker = options.speaker or audio.parent.parent.name
         transcript = next((t for ext in extensions if (t := _sidecar(audio, ext)).is_file()), None)
         _add_audio_file(listing, key, speaker, audio, transcript, confine)
