@@ -46,6 +46,10 @@ class FlagParser(argparse.ArgumentParser):
         return f" ({'; '.join(hints)})" if hints else ""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(
-            2, f"{self.prog}: error: {message}{self.suggestion(message)}\n(`{self.prog} --help` lists every flag)\n"
-        )
+        """Two lines; a (sub-)command with a short usage of its own (``prepare_data.py build``) names it on one
+        line instead, so its errors show that command's usage, never the top-level one."""
+        more = f"(`{self.prog} --help` lists every flag)"
+        if self.usage:
+            usage = self.format_usage().strip()
+            self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)}; {usage} {more}\n")
+        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)}\n{more}\n")

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_command(args: argparse.Namespace) -> int:
-    """Exit 0 when a training manifest with at least one sample was written, 1 when none, 2 on bad input."""
+    """Exit 0 when a training manifest with at least one sample was written, 1 when none (no manifest is written;
+    the one-line reason is printed and in the report), 2 on bad input."""
     from higgs_train.data.builder.build import build_dataset
     from higgs_train.data.builder.cli import options_from_args
     from higgs_train.data.builder.sources import SourceError
@@ -60,9 +61,16 @@ def build_command(args: argparse.Namespace) -> int:
         return 2
     print(result.describe())
     print(f"report: {result.report} and {result.plot}")
-    if result.train_samples == 0:
-        print("error: no training sample could be built; see the report's rejected list", file=sys.stderr)
+    if result.to_transcribe is not None and result.unlabelled:
+        print(
+            f"{result.unlabelled} clips have no transcript: write their text after the tab in {result.to_transcribe} "
+            "and rerun this command to add them"
+        )
+    if result.problem:
+        print(f"error: {result.problem}", file=sys.stderr)
         return 1
+    if result.val is None:
+        print("note: no validation sample was built (val.jsonl not written); train without --val_data")
     return 0
 
 

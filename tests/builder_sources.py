@@ -6,6 +6,7 @@ holds the root ``conftest.py``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -113,3 +114,62 @@ def write_long_recording(root: Path, sentences: int = 8, pause: float = 0.8) -> 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# LibriTTS-style numeric speaker ids for the synthetic voices.
+LIBRI_IDS = {"spk_low": "19", "spk_mid": "84", "spk_high": "103", "spk_child": "1088"}
+
+
+def write_libritts(root: Path, count: int = 3, speakers=SPEAKERS[:2], chapter: str = "198") -> Path:
+    """``root/<spk>/<chapter>/<spk>_<chapter>_<utt>.wav`` with ``.normalized.txt`` and a different ``.original.txt``
+    (so a test can tell which was used), plus the chapter's ``.trans.tsv`` as LibriTTS ships it."""
+    rows = []
+    for index, (speaker, text, wave) in enumerate(utterances(count, speakers)):
+        spk = LIBRI_IDS[speaker]
+        folder = root / spk / chapter
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{spk}_{chapter}_{index:06d}_000000"
+        sf.write(folder / f"{stem}.wav", wave, RATE, subtype="PCM_16")
+        (folder / f"{stem}.normalized.txt").write_text(text, encoding="utf-8")
+        (folder / f"{stem}.original.txt").write_text(f"ORIGINAL {index}", encoding="utf-8")
+        rows.append((folder, f"{stem}\tORIGINAL {index}\t{text}"))
+    for folder in {f for f, _ in rows}:
+        lines = [line for f, line in rows if f == folder]
+        (folder / f"{folder.parent.name}_{chapter}.trans.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_vctk(root: Path, count: int = 3, speakers=SPEAKERS[:2]) -> Path:
+    """VCTK 0.92: ``txt/<spk>/<spk>_NNN.txt`` and ``wav48_silence_trimmed/<spk>/<spk>_NNN_mic1.flac`` + ``_mic2``;
+    the last utterance of each speaker has no transcript (as some of VCTK's have none)."""
+    for index, (speaker, text, wave) in enumerate(utterances(count, speakers)):
+        spk = f"p{225 + [s.name for s in speakers].index(speaker)}"
+        utt = f"{spk}_{index:03d}"
+        audio = root / "wav48_silence_trimmed" / spk
+        audio.mkdir(parents=True, exist_ok=True)
+        for mic in (1, 2):
+            sf.write(audio / f"{utt}_mic{mic}.flac", wave * (1.0 if mic == 1 else 0.8), RATE, format="FLAC")
+        if index % count != count - 1:
+            (root / "txt" / spk).mkdir(parents=True, exist_ok=True)
+            (root / "txt" / spk / f"{utt}.txt").write_text(text + "\n", encoding="utf-8")
+    return root
+
+
+def cv_client(speaker: str) -> str:
+    """A Common Voice ``client_id`` (a hex hash) for a synthetic speaker."""
+    return hashlib.sha256(speaker.encode()).hexdigest()[:32]
+
+
+def write_common_voice(root: Path, count: int = 3, speakers=SPEAKERS[:2]) -> Path:
+    """Common Voice: ``validated.tsv`` and ``train.tsv`` (a subset) with its columns, MP3 clips in ``clips/``."""
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccent\tlocale\tsegment"
+    lines = []
+    for index, (speaker, text, wave) in enumerate(utterances(count, speakers)):
+        client = cv_client(speaker)
+        name = f"common_voice_en_{1000 + index}.mp3"
+        sf.write(root / "clips" / name, wave, RATE, format="MP3")
+        lines.append(f"{client}\t{name}\t{text}\t2\t0\t\t\t\ten\t")
+    (root / "validated.tsv").write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+    (root / "train.tsv").write_text("\n".join([header, *lines[:2]]) + "\n", encoding="utf-8")
+    return root

@@ -207,20 +207,35 @@ def _control_character(text: str) -> tuple[int, str] | None:
     return None
 
 
+def _text_part_reason(text: str, i: int) -> str | None:
+    if not text.strip():
+        return EMPTY_TEXT.format(i=i)
+    token = next((t for t in CONTROL_TOKENS if t in text), None)
+    if token is not None:
+        return SPECIAL_TOKEN_TEXT.format(i=i, token=token)
+    control = _control_character(text)
+    if control is not None:
+        return CONTROL_CHARACTER_TEXT.format(i=i, char=f"U+{ord(control[1]):04X}", pos=control[0])
+    return None
+
+
+def text_part_reason(text: str) -> str | None:
+    """The checks of ``text_reason`` that need no tokenizer (empty, a control token, a control character) for one
+    text on its own, worded as ``text_reason`` words them without the ``messages[i]: `` prefix. The data builder
+    checks transcripts with it, so a transcript the trainer would quarantine never becomes a clip or a reference."""
+    reason = _text_part_reason(text, 0)
+    return None if reason is None else reason.removeprefix("messages[0]: ")
+
+
 def text_reason(turns: list[tuple[str, list[Part]]], tokenizer: TextEncoder) -> str | None:
     """First empty, control-token- or control-character-carrying, or unencodable text part."""
     for i, (_, parts) in enumerate(turns):
         for kind, text in parts:
             if kind != "text":
                 continue
-            if not text.strip():
-                return EMPTY_TEXT.format(i=i)
-            token = next((t for t in CONTROL_TOKENS if t in text), None)
-            if token is not None:
-                return SPECIAL_TOKEN_TEXT.format(i=i, token=token)
-            control = _control_character(text)
-            if control is not None:
-                return CONTROL_CHARACTER_TEXT.format(i=i, char=f"U+{ord(control[1]):04X}", pos=control[0])
+            reason = _text_part_reason(text, i)
+            if reason is not None:
+                return reason
             if len(tokenizer.encode(text, add_special_tokens=False)) == 0:
                 return TEXT_NO_TOKENS.format(i=i)
     return None

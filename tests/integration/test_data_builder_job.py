@@ -1,8 +1,9 @@
-"""README "Bring your own data", run verbatim: three builds on Ray Data actors, validation, a training job.
+"""README "Bring your own data", run verbatim: three builds on Ray Data actors, a LibriTTS build with ``--local``,
+validation, and a training job (``--quick_test``) on the LibriTTS build.
 
-The sources the commands name (``recordings/``, ``LJSpeech/metadata.csv``, ``hf_dataset/``) are generated from the
-synthetic speakers in a temporary folder that stands in for the repository root (``ray_jobs`` linked in), so the
-README's relative paths resolve exactly as they do for a user.
+The sources the commands name (``recordings/``, ``LJSpeech/metadata.csv``, ``hf_dataset/``,
+``LibriTTS_R/train-clean-100``) are generated from the synthetic speakers in a temporary folder that stands in for
+the repository root (``ray_jobs`` linked in), so the README's relative paths resolve exactly as they do for a user.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from builder_sources import read_jsonl, write_hf_dataset, write_ljspeech, write_speaker_folders
+from builder_sources import (
+    LIBRI_IDS,
+    read_jsonl,
+    write_hf_dataset,
+    write_libritts,
+    write_ljspeech,
+    write_speaker_folders,
+)
 
 from higgs_train.sample_data import SPEAKERS
 
@@ -35,19 +43,24 @@ def readme_commands() -> list[str]:
 
 def test_readme_bring_your_own_data_commands(tmp_path):
     commands = readme_commands()
-    assert [c.split()[:3] for c in commands[:3]] == [["python", "ray_jobs/prepare_data.py", "build"]] * 3
+    assert [c.split()[:3] for c in commands[:4]] == [["python", "ray_jobs/prepare_data.py", "build"]] * 4
     (tmp_path / "ray_jobs").symlink_to(REPO / "ray_jobs")
     write_speaker_folders(tmp_path / "recordings", count=5)
     write_ljspeech(tmp_path / "LJSpeech", count=1, with_speaker=False)
     write_hf_dataset(tmp_path, count=3, name="hf_dataset")
+    write_libritts(tmp_path / "LibriTTS_R" / "train-clean-100", count=5, speakers=SPEAKERS)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("RAY_ADDRESS", None)
 
+    outputs = []
     for command in commands:
         argv = shlex.split(command)
         argv[0] = sys.executable
         done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        outputs.append(done.stdout)
+    # The Ray stage shows its progress in the driver's console (Ray's own bars are off).
+    assert "processing audio (Ray): 20/20 files" in outputs[0] and "ETA 0s" in outputs[0]
 
     speakers = {s.name for s in SPEAKERS}
     folder = tmp_path / "data" / "my-voices"
@@ -65,7 +78,10 @@ def test_readme_bring_your_own_data_commands(tmp_path):
     held_out = {r["speaker"] for r in hf_val}
     assert len(held_out) == 2 and not held_out & {r["speaker"] for r in hf_train}
 
-    validation = json.loads((tmp_path / "outputs" / "my-voices" / "validation_report.json").read_text())
-    assert validation["valid"] == validation["total"] == len(train)
+    libri = tmp_path / "data" / "libritts"
+    libri_train = read_jsonl(libri / "train.jsonl")
+    assert {r["speaker"] for r in libri_train} == set(LIBRI_IDS.values())
+    validation = json.loads((tmp_path / "outputs" / "libritts" / "validation_report.json").read_text())
+    assert validation["valid"] == validation["total"] == len(libri_train)
     adapter = next((tmp_path / "outputs").rglob("adapter_model.safetensors"), None)
     assert adapter is not None, "the --quick_test job wrote no adapter"

@@ -23,7 +23,14 @@ import ray.data  # noqa: F401  (registers ray.data.arrow_pickled_object, as in e
 from ray.data.extensions import ArrowPythonObjectType
 from stand_ins import make_entry
 
-from higgs_train.data.builder.sources import SourceError, SourceListing, SourceOptions, _add_table_rows, list_source
+from higgs_train.data.builder.sources import (
+    Confinement,
+    SourceError,
+    SourceListing,
+    SourceOptions,
+    _add_table_rows,
+    list_source,
+)
 from higgs_train.data.manifest import CANONICAL_SCHEMA, ManifestError, load_canonical, read_manifest_rows
 from higgs_train.data.plain_parquet import (
     UnsafeParquetError,
@@ -234,9 +241,14 @@ def test_a_poisoned_builder_source_is_refused(tmp_path: Path, marker: Path) -> N
         list_source(source)
     # A save_to_disk folder is Arrow, read by ``datasets``: its rows are checked as a table (used columns only).
     listing = SourceListing("hf_disk")
+    confine = Confinement(tmp_path)
     with pytest.raises(SourceError, match=r"train: column 'speaker'"):
-        _add_table_rows(listing, table.append_column("speaker", pickled(marker, 1)), "train", tmp_path, SourceOptions())
-    _add_table_rows(listing, table.append_column("unused", pickled(marker, 1)), "train", tmp_path, SourceOptions())
+        _add_table_rows(
+            listing, table.append_column("speaker", pickled(marker, 1)), "train", tmp_path, SourceOptions(), confine
+        )
+    _add_table_rows(
+        listing, table.append_column("unused", pickled(marker, 1)), "train", tmp_path, SourceOptions(), confine
+    )
     assert [item.text for item in listing.items] == ["hello"]
 
 

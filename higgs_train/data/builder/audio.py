@@ -5,6 +5,14 @@ decode -> downmix -> resample to 24 kHz -> reject non-finite / clipped / silent 
 silence -> cut long recordings at pauses (``--segment``) -> check length -> loudness-normalise (``--loudness``) ->
 write ``DIR/audio/<speaker>/<name>.wav``.
 
+Before anything is read into memory, a file over the caps (``--max_file_seconds`` from its header,
+``--max_file_mb`` from its size) is rejected: a 2 GiB file or a header claiming 12 hours would otherwise be read
+whole and decoded to float32 in the actor (gigabytes, or a MemoryError).
+
+A file without a transcript (``SourceItem.text`` None) is still written, cut at pauses when it is longer than
+``--max_audio_seconds`` (there is no transcript to misalign), and its clips stay unlabelled: ``build`` lists them in
+``DIR/to_transcribe.tsv`` for the user to fill (or ``--asr_model`` transcribes them).
+
 Reruns skip finished files: the result of an item is stored under ``DIR/.build_cache/<key>.json``, where the key is
 the sha256 of the audio bytes, the item's name, transcript, speaker and the settings; a later run with the same key
 reuses it (when its WAVs still exist) without decoding anything: the driver looks results up before it starts any
@@ -17,6 +25,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from higgs_train.data.builder.segment import SegmentPlan, SpeechDetector, cut, forced_split, greedy_split
-from higgs_train.data.builder.sources import UNREADABLE, Rejection, SourceItem
+from higgs_train.data.builder.sources import NO_TRANSCRIPT, UNREADABLE, Rejection, SourceItem
 
 TARGET_SAMPLE_RATE = 24000
 CACHE_DIR = ".build_cache"
@@ -38,6 +47,8 @@ NON_FINITE = "non-finite samples"
 UNLABELLED = "unlabelled segment"
 UNSEGMENTABLE = "no pause to cut at"
 PROCESSING_FAILED = "processing failed"
+FILE_TOO_LARGE = "file too large"
+TO_TRANSCRIBE = "to_transcribe.tsv"
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,13 @@ class AudioSettings:
     silence_rms: float = 1e-4
     clipped_fraction: float = 0.001  # share of samples at full scale above which a file counts as clipped
     asr_model: str | None = None
+    # Caps checked before a file is read (they decide whether it is processed, not what is written: not in the key).
+    max_file_seconds: float = 3600.0
+    max_file_bytes: int = 1 << 30
 
     def identity(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "output_dir"}
+        skip = ("output_dir", "max_file_seconds", "max_file_bytes")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 @dataclass(frozen=True)
@@ -94,11 +109,22 @@ class FileResult:
         return cls(clips=clips, rejections=rejections, **body)
 
 
-def cache_key(item: SourceItem, audio: bytes, settings: AudioSettings) -> str:
-    digest = hashlib.sha256(audio)
+def cache_key(item: SourceItem, settings: AudioSettings) -> str:
+    """sha256 of the audio (streamed from the file: the driver keys every file of a corpus) and the item's meta."""
+    if item.audio_bytes is not None:
+        digest = hashlib.sha256(item.audio_bytes)
+    else:
+        assert item.audio_path is not None
+        with open(item.audio_path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256")
     meta = {"key": item.key, "speaker": item.speaker, "lines": item.text_lines, "settings": settings.identity()}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _to_fill(clip: Clip) -> str:
+    """The report's detail for a clip without text: where it is and what to do (tests read the path out of it)."""
+    return f"written to {clip.audio_url}; no transcript: fill its line in {TO_TRANSCRIBE} and rerun"
 
 
 def _safe_name(text: str) -> str:
@@ -118,13 +144,16 @@ class ClipProcessor:
 
     def __call__(self, item: SourceItem) -> FileResult:
         try:
+            oversized = self.oversized(item)
+            if oversized:
+                return self._rejected(item, FILE_TOO_LARGE, oversized)
+            key = cache_key(item, self.settings)
+            cached = self._cached(key)
+            if cached is not None:
+                return cached
             data = item.read_audio_bytes()
         except OSError as err:
             return self._rejected(item, UNREADABLE, f"cannot read: {err.strerror}")
-        key = cache_key(item, data, self.settings)
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
         try:
             result = self._process(item, data, key)
         except Exception as err:  # one bad file must never stop a 100 h build: report it and go on
@@ -135,9 +164,26 @@ class ClipProcessor:
     def cached_result(self, item: SourceItem) -> FileResult | None:
         """The stored result of an unchanged item, without decoding (the driver skips such items before Ray)."""
         try:
-            return self._cached(cache_key(item, item.read_audio_bytes(), self.settings))
+            return None if self.oversized(item) else self._cached(cache_key(item, self.settings))
         except OSError:
             return None
+
+    def oversized(self, item: SourceItem) -> str | None:
+        """Why the file is over the caps, from its size and header alone (None: within them)."""
+        import soundfile as sf
+
+        s = self.settings
+        size = len(item.audio_bytes) if item.audio_bytes is not None else os.stat(str(item.audio_path)).st_size
+        if size > s.max_file_bytes:
+            return f"{size / 2**20:.0f} MiB > --max_file_mb {s.max_file_bytes / 2**20:.0f}; split it first"
+        try:
+            info = sf.info(io.BytesIO(item.audio_bytes) if item.audio_bytes is not None else str(item.audio_path))
+        except Exception:  # not a header soundfile reads: decoding rejects it with a reason
+            return None
+        seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+        if seconds > s.max_file_seconds:
+            return f"header says {seconds:.0f}s > --max_file_seconds {s.max_file_seconds:g}; split it first"
+        return None
 
     def _rejected(self, item: SourceItem, reason: str, detail: str, seconds: float = 0.0) -> FileResult:
         return FileResult(
@@ -184,9 +230,14 @@ class ClipProcessor:
         if trimmed <= s.max_seconds:
             if trimmed < s.min_seconds:
                 return self._rejected(item, TOO_SHORT, f"{trimmed:.2f}s < {s.min_seconds}s", seconds)
-            clip = self._write(item, name, wave, item.text, "transcript")
-            return FileResult(item.key, item.speaker, (clip,), (), False, seconds)
-        if not s.segment:
+            if item.text is not None:
+                clip = self._write(item, name, wave, item.text, "transcript")
+                return FileResult(item.key, item.speaker, (clip,), (), False, seconds)
+            text = self.transcriber(wave, TARGET_SAMPLE_RATE) if s.asr_model else None
+            clip = self._write(item, name, wave, text, "asr" if text else "none")
+            missing = () if text else (Rejection(item.key, item.speaker, NO_TRANSCRIPT, _to_fill(clip)),)
+            return FileResult(item.key, item.speaker, (clip,), missing, False, seconds)
+        if not s.segment and item.text is not None:
             detail = f"{trimmed:.1f}s > {s.max_seconds}s; use --segment to cut it at pauses"
             return self._rejected(item, TOO_LONG, detail, seconds)
         return self._segmented(item, name, wave, seconds)
@@ -227,7 +278,7 @@ class ClipProcessor:
             clip = self._write(item, f"{name}_{index:03d}", piece, text, text_from, clip_key)
             clips.append(clip)
             if text is None:
-                detail = f"{span.start:.1f}-{span.end:.1f}s written to {clip.audio_url}; no transcript"
+                detail = f"{span.start:.1f}-{span.end:.1f}s {_to_fill(clip)}"
                 rejections.append(Rejection(clip_key, item.speaker, UNLABELLED, detail))
         if not plan.segments:
             rejections.append(Rejection(item.key, item.speaker, UNSEGMENTABLE, "no speech segments found"))

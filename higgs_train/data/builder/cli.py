@@ -12,20 +12,33 @@ from higgs_train.data.builder.sources import SOURCE_KINDS, SourceOptions, descri
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
 
 DESCRIPTION = f"""Build DIR/train.jsonl and DIR/val.jsonl (voice-cloning pairs), DIR/audio/<speaker>/*.wav (24 kHz mono
-16-bit) and DIR/data_report.json + .png from recordings.
+16-bit) and DIR/data_report.json + .png from recordings. For a small set (up to a few hundred files) --local is
+quicker than starting Ray.
 
 {describe_kinds()}
 """
+USAGE = "%(prog)s --input SRC --output DIR [flags]"
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = DESCRIPTION
+    parser.usage = USAGE
     add = parser.add_argument
     add("--input", required=True, help="source folder or file (kind detected, see above)")
     add("--output", required=True, help="output folder DIR")
     add("--source_kind", choices=SOURCE_KINDS, default=None, help="skip detection (default: detect)")
     add("--speaker", default=None, help="speaker name for single-speaker sources (default: the source's name)")
+    add(
+        "--allow_outside",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a folder outside --input that the source's paths (symlinks, CSV/list entries) may name; repeatable "
+        "(default: none, such paths are rejected)",
+    )
+    add("--max_file_seconds", type=float, default=3600.0, help="longer files (by header) are rejected unread (3600)")
+    add("--max_file_mb", type=float, default=1024.0, help="larger files are rejected unread (default 1024)")
     add("--audio_column", default="audio", help="HF dataset / Parquet audio column (default: audio)")
     add("--text_column", default="text", help="HF dataset / Parquet transcript column (default: text)")
     add("--speaker_column", default="speaker", help="HF dataset / Parquet speaker column (default: speaker)")
@@ -57,7 +70,13 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(
         input=args.input,
         output=output,
-        source=SourceOptions(args.audio_column, args.text_column, args.speaker_column, args.speaker),
+        source=SourceOptions(
+            args.audio_column,
+            args.text_column,
+            args.speaker_column,
+            args.speaker,
+            tuple(str(Path(p).resolve()) for p in args.allow_outside),
+        ),
         audio=AudioSettings(
             output_dir=output,
             min_seconds=args.min_audio_seconds,
@@ -68,6 +87,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             loudness_lufs=args.loudness,
             trim_silence=not args.no_trim,
             asr_model=str(Path(args.asr_model).resolve()) if args.asr_model else None,
+            max_file_seconds=args.max_file_seconds,
+            max_file_bytes=int(args.max_file_mb * 2**20),
         ),
         pairing=PairingOptions(
             references_per_target=args.references_per_target,

@@ -2,7 +2,8 @@
 
 ``ray.data.from_items`` -> ``map_batches(ClipActor)`` on ``ActorPoolStrategy(size=num_actors)`` with fractional
 ``num_cpus``, so decode, resample, VAD and loudness run in parallel on a cluster and still fit a 2-CPU machine
-(2 actors x 0.5 CPU by default). Ray Data draws its progress bar. Items and results cross the process boundary
+(2 actors x 0.5 CPU by default). Results stream back as actors finish them, and the driver prints a progress line
+(files done, rate, ETA; ``console.CountProgress``) while Ray's own bars stay off. Items and results cross the process boundary
 as typed objects rebuilt at each end: a ``SourceItem`` as its fields (strings, bytes, a list of strings: Arrow
 columns), a ``FileResult`` as its JSON form (``FileResult.to_json``); Arrow holds both natively, where it would
 have to fall back to pickling the dataclasses.
@@ -66,7 +67,17 @@ def _run(ray, items: list[SourceItem], settings: AudioSettings, num_actors: int,
         batch_size=1,
         batch_format="pyarrow",
     )
-    by_key = {r.key: r for r in (FileResult.from_json(row[RESULT]) for row in processed.take_all())}
+    from higgs_train.console import CountProgress, emit
+
+    progress = CountProgress(len(items), "processing audio (Ray)")
+    emit(progress.line(0))
+    by_key: dict[str, FileResult] = {}
+    for row in processed.iter_rows():
+        result = FileResult.from_json(row[RESULT])
+        by_key[result.key] = result
+        line = progress.update(len(by_key))
+        if line:
+            emit(line)
     return [by_key[item.key] for item in items]
 
 

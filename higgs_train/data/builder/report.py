@@ -78,6 +78,25 @@ def build_report(
     }
 
 
+def no_sample_reason(report: dict[str, Any], template: Path | None, unlabelled: int) -> str:
+    """One line saying why a build paired no training sample and what to do, from the report's own numbers."""
+    rejected = report["rejected_by_reason"]
+    counts = ", ".join(f"{k}: {v}" for k, v in rejected.items())
+    labelled = sum(s["labelled_clips"] for s in report["speakers"].values())
+    if unlabelled and template is not None and labelled == 0:
+        return f"no training sample: {unlabelled} clips have no transcript; fill {template} and rerun the build"
+    if report["input_items"] == 0:
+        return "no training sample: the input lists no audio"
+    if report["clips_written"] == 0:
+        return f"no training sample: every file was rejected ({counts}); see {REPORT_JSON}"
+    if report["pairing"]["val_samples"]:
+        return "no training sample: every pairable speaker is held out for validation (--val_speakers)"
+    return (
+        f"no training sample: {labelled} labelled clips, and no speaker has two (a sample pairs a clip with another "
+        f"of its speaker); rejected: {counts or 'none'}"
+    )
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path = out_dir / REPORT_JSON
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -85,24 +104,52 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 def _plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def report_figure(report: dict[str, Any]) -> Any:
+    """The report's three panels (clip lengths, minutes per speaker, rejections by reason); a build without a sample
+    carries its reason as the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (hist, per_speaker, rejected) = plt.subplots(1, 3, figsize=(15, 4))
+    problem = report.get("no_sample_reason")
+    if problem:
+        fig.suptitle(problem, color="tab:red", fontsize=9, wrap=True)
     edges = report["clip_seconds_histogram"]["edges"]
     labels = [f"{a}-{b}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    hist.bar(labels, report["clip_seconds_histogram"]["counts"])
     hist.set(title="clip length (s)", ylabel="clips")
-    hist.tick_params(axis="x", rotation=45)
+    if sum(report["clip_seconds_histogram"]["counts"]):
+        hist.bar(labels, report["clip_seconds_histogram"]["counts"])
+        hist.tick_params(axis="x", rotation=45)
+    else:
+        _empty(hist, "no clip written")
     names = list(report["speakers"])
-    per_speaker.barh(names, [report["speakers"][n]["hours"] * 60 for n in names])
     per_speaker.set(title="minutes per speaker")
+    if names:
+        per_speaker.barh(names, [report["speakers"][n]["hours"] * 60 for n in names])
+    else:
+        _empty(per_speaker, "no clip written")
     reasons = report["rejected_by_reason"]
-    rejected.barh(list(reasons) or ["none"], list(reasons.values()) or [0])
     rejected.set(title="rejected (by reason)")
+    if reasons:
+        rejected.barh(list(reasons), list(reasons.values()))
+    else:
+        _empty(rejected, "nothing rejected")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _empty(axes: Any, message: str) -> None:
+    """A panel with nothing to draw says so, instead of empty axes with meaningless (negative) ticks."""
+    axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes)
+    axes.set_xticks([])
+    axes.set_yticks([])
