@@ -235,15 +235,27 @@ def export_main(argv: list[str] | None = None) -> int:
     from higgs_train.export import export
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from higgs_train.paths import absolute_model_ref, absolute_path
+    from higgs_train.models import ModelFormatError
+    from higgs_train.paths import absolute_model_ref, absolute_path, missing_model_refs
 
     args = build_export_parser().parse_args(argv)
     args.checkpoint, args.output = absolute_path(args.checkpoint), absolute_path(args.output)
     args.base_model = absolute_model_ref(args.base_model)
+    missing = missing_model_refs({"base_model": args.base_model})
+    if not Path(args.checkpoint).exists():
+        missing.insert(0, f"--checkpoint {args.checkpoint}")
+    if missing:
+        print(f"export failed: {'; '.join(missing)}: no such file or directory", file=sys.stderr)
+        return 2
     try:
         result = export(args.checkpoint, args.output, args.merge, args.base_model, args.allow_base_mismatch)
-    except (AdapterError, FileNotFoundError) as err:
+    except (AdapterError, ModelFormatError, FileNotFoundError) as err:
         print(f"export failed: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a hub id that is not cached offline, a model folder without config.json, ...
+        from higgs_train.evaluation.runner import one_line
+
+        print(f"export failed: the base model cannot be loaded: {one_line(err)}", file=sys.stderr)
         return 2
     print(f"adapter: {result.adapter_dir}")
     if result.merged_dir:
