@@ -218,7 +218,8 @@ def _log_model_run(
         means["eval/flagged_rows"] = summary.get("flagged_rows", 0)
         means["eval/rows"] = summary.get("rows", 0)
         child.log_metrics(means, step=0)
-        child.log_table(rows_table([c.score for c in clips]), "eval_rows.json")
+        if clips:
+            child.log_table(rows_table([c.score for c in clips]), "eval_rows.json")
         for clip in [c for c in clips if c.score.wav][: cfg.logged_wav_rows]:
             child.log_artifact(clip.score.wav, "wavs")
     finally:
