@@ -216,6 +216,7 @@ def _log_model_run(
     try:
         means = {f"eval/{k}": v for k, v in summary.get("mean", {}).items() if not math.isnan(v)}
         means["eval/flagged_rows"] = summary.get("flagged_rows", 0)
+        means["eval/bad_audio_rows"] = summary.get("bad_audio_rows", 0)
         means["eval/rows"] = summary.get("rows", 0)
         child.log_metrics(means, step=0)
         if clips:
