@@ -202,6 +202,18 @@ def test_audio_check_passes_real_speech_and_catches_silence_and_a_quiet_clip() -
     assert "too short for its text" in check_audio(one_second, rate, "x" * int(MAX_CHARS_PER_SECOND + 1))[0]
 
 
+@needs_espeak
+def test_audio_check_passes_fast_speech() -> None:
+    """espeak-ng at 300 words a minute (twice read speech, ~30 characters/s) is still speech to the check."""
+    import soundfile as sf
+
+    text = " ".join(ASR_TEXTS[:2])
+    raw = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "300", "--stdout", text], capture_output=True, check=True)
+    wave, rate = sf.read(io.BytesIO(raw.stdout), dtype="float32")
+    assert 25 < len(text) / (len(wave) / rate) < MAX_CHARS_PER_SECOND
+    assert check_audio(wave, rate, text) == []
+
+
 def test_report_lists_a_failed_model_with_its_reason(tmp_path) -> None:
     import json
 
