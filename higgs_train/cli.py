@@ -203,15 +203,27 @@ def export_main(argv: list[str] | None = None) -> int:
     from higgs_train.export import export
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from higgs_train.paths import absolute_model_ref, absolute_path
+    from higgs_train.models import ModelFormatError
+    from higgs_train.paths import absolute_model_ref, absolute_path, missing_model_refs
 
     args = build_export_parser().parse_args(argv)
     args.checkpoint, args.output = absolute_path(args.checkpoint), absolute_path(args.output)
     args.base_model = absolute_model_ref(args.base_model)
+    missing = missing_model_refs({"base_model": args.base_model})
+    if not Path(args.checkpoint).exists():
+        missing.insert(0, f"--checkpoint {args.checkpoint}")
+    if missing:
+        print(f"export failed: {'; '.join(missing)}: no such file or directory", file=sys.stderr)
+        return 2
     try:
         result = export(args.checkpoint, args.output, args.merge, args.base_model, args.allow_base_mismatch)
-    except (AdapterError, FileNotFoundError) as err:
+    except (AdapterError, ModelFormatError, FileNotFoundError) as err:
         print(f"export failed: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a hub id that is not cached offline, a model folder without config.json, ...
+        from higgs_train.evaluation.runner import one_line
+
+        print(f"export failed: the base model cannot be loaded: {one_line(err)}", file=sys.stderr)
         return 2
     print(f"adapter: {result.adapter_dir}")
     if result.merged_dir:
@@ -262,6 +274,11 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer_path", default=None, help="Text tokenizer; unset: the model dir's.")
     p.add_argument("--ref_audio", help="Reference clip of the voice to clone.")
     p.add_argument("--ref_text", help="Transcript of the reference clip.")
+    p.add_argument(
+        "--speaker",
+        help="Clone this speaker of --data instead of --ref_audio/--ref_text: its longest clean clip of 3-10 s.",
+    )
+    p.add_argument("--data", help="A built data set (prepare_data.py build's output folder) that --speaker is from.")
     p.add_argument("--text", help="Text to speak.")
     p.add_argument("--output", help="Output WAV (single prompt).")
     p.add_argument(
@@ -281,74 +298,126 @@ def build_generate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available.")
     p.add_argument("--allow_base_mismatch", action="store_true", help="Skip the adapter's base identity check.")
+    p.add_argument(
+        "--allow_bad_audio",
+        action="store_true",
+        help="Exit 0 even when a clip fails the audio check (clipped, silent, or too short for its text); the "
+        "problems are still printed.",
+    )
     return p
 
 
 def generate_main(argv: list[str] | None = None) -> int:
+    """``ray_jobs/generate.py``. Exit codes: 0 written and checked; 1 no audio, or audio that failed the audio
+    check (without ``--allow_bad_audio``); 2 a mistake in the inputs (flags, files, adapter, model), found before
+    the model loads wherever it can be."""
     import torch
-
-    from higgs_train.generation import (
-        generate_to_files,
-        load_generation_stack,
-        no_audio_reason,
-        prompt_for_texts,
-        prompts_for_manifest,
-        synthesize,
-        write_wav,
-    )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_generate_parser()
     args = parser.parse_args(argv)
-    single = [args.ref_audio, args.ref_text, args.text, args.output]
+    voice, by_speaker = [args.ref_audio, args.ref_text], [args.speaker, args.data]
     if args.manifest:
-        if not args.output_dir or any(single):
+        if not args.output_dir or any([*voice, *by_speaker, args.text, args.output]):
             parser.error("batch mode takes --manifest and --output_dir only (no --ref_audio/--ref_text/--text)")
-    elif not all(single):
-        parser.error("give --ref_audio, --ref_text, --text and --output, or --manifest and --output_dir")
+    elif any(voice) and any(by_speaker):
+        parser.error("give --ref_audio and --ref_text, or --speaker and --data, not both")
+    elif not ((all(voice) or all(by_speaker)) and args.text and args.output):
+        parser.error(
+            "give --ref_audio and --ref_text (or --speaker and --data), --text and --output; "
+            "or --manifest and --output_dir"
+        )
     from higgs_train.paths import absolute_model_ref, absolute_path
 
     for name in ("model_path", "adapter", "audio_tokenizer_path", "tokenizer_path"):
         setattr(args, name, absolute_model_ref(getattr(args, name)))
-    for name in ("manifest", "output", "output_dir", "audio_base_path"):
+    for name in ("manifest", "output", "output_dir", "audio_base_path", "ref_audio", "data"):
         setattr(args, name, absolute_path(getattr(args, name)) if getattr(args, name) else getattr(args, name))
-    settings = sampling_from_flags(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    stack = load_generation_stack(
-        args.model_path,
-        args.audio_tokenizer_path,
-        adapter=args.adapter,
-        tokenizer_path=args.tokenizer_path,
-        device=device,
-        allow_base_mismatch=args.allow_base_mismatch,
-    )
-    if args.manifest:
-        prompts = prompts_for_manifest(stack, args.manifest, args.audio_base_path)
-        written = generate_to_files(stack, prompts, args.output_dir, settings)
-        summary = [
-            {
-                "id": r.sample_id,
-                "wav": str(path) if path else None,
-                "frames": int(r.codes.shape[1]),
-                "finished": r.finished,
-                "code_agreement": r.code_agreement,
-                "error": no_audio_reason(stack, r),
-            }
-            for path, r in written
-        ]
-        out = f"{args.output_dir}/results.json"
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        with open(out, "w") as fh:
-            json.dump(summary, fh, indent=2)
-        failed = [entry for entry in summary if entry["error"]]
-        print(f"{len(written) - len(failed)} files in {args.output_dir} (summary: {out})")
-        for entry in failed:
-            print(f"error: {entry['id']}: {entry['error']}", file=sys.stderr)
-        if failed:
-            print(f"error: {len(failed)} of {len(summary)} prompts produced no audio", file=sys.stderr)
-        return 1 if failed else 0
-    prompt = prompt_for_texts(stack, args.ref_audio, args.ref_text, args.text, args.audio_base_path, args.system_prompt)
-    result = synthesize(stack, prompt, settings)
+    try:
+        stack = _checked_generation_stack(args, "cuda" if torch.cuda.is_available() else "cpu")
+        return _generate_batch(args, stack) if args.manifest else _generate_single(args, stack)
+    except GenerateInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+class GenerateInputError(ValueError):
+    """A generate.py input that cannot work as given; the message names the flag or file and what to do."""
+
+
+def _checked_generation_stack(args: argparse.Namespace, default_device: str) -> Any:
+    """Check every input that can be checked without the model (files, the reference clip, ``--speaker``), then
+    load the model; every expected failure becomes a ``GenerateInputError`` (one line, no traceback)."""
+    from higgs_train.adapter import AdapterError
+    from higgs_train.data.audio_io import AudioError, decode_audio
+    from higgs_train.evaluation.runner import one_line
+    from higgs_train.generation import load_generation_stack
+    from higgs_train.models import ModelFormatError
+    from higgs_train.paths import missing_model_refs
+
+    refs = {n: getattr(args, n) for n in ("model_path", "adapter", "audio_tokenizer_path", "tokenizer_path")}
+    missing = missing_model_refs(refs)
+    missing += [f"--manifest {args.manifest}"] if args.manifest and not Path(args.manifest).is_file() else []
+    missing += [f"--data {args.data}"] if args.data and not Path(args.data).is_dir() else []
+    missing += [f"--ref_audio {args.ref_audio}"] if args.ref_audio and not Path(args.ref_audio).is_file() else []
+    if missing:
+        raise GenerateInputError(f"{'; '.join(missing)}: no such file or directory")
+    if args.speaker:
+        from higgs_train.speaker_reference import ReferenceError, pick_reference
+
+        try:
+            ref = pick_reference(args.data, args.speaker)
+        except ReferenceError as err:
+            raise GenerateInputError(str(err)) from err
+        args.ref_audio, args.ref_text = str(ref.audio_path), ref.text
+        print(f"voice of {ref.speaker}: {ref.audio_path} ({ref.seconds:.1f} s) {ref.text!r}")
+    if args.ref_audio:
+        try:
+            decode_audio(Path(args.ref_audio))  # the checks the prompt applies, before the model loads
+        except AudioError as err:
+            raise GenerateInputError(f"--ref_audio {args.ref_audio}: {err}") from err
+    try:
+        return load_generation_stack(
+            args.model_path,
+            args.audio_tokenizer_path,
+            adapter=args.adapter,
+            tokenizer_path=args.tokenizer_path,
+            device=args.device or default_device,
+            allow_base_mismatch=args.allow_base_mismatch,
+        )
+    except (AdapterError, ModelFormatError, FileNotFoundError) as err:
+        raise GenerateInputError(str(err)) from err
+    except OSError as err:  # transformers' "not a valid model identifier", a missing config.json, ...
+        raise GenerateInputError(f"--model_path {args.model_path} cannot be loaded: {one_line(err)}") from err
+
+
+def _audio_check_verdict(name: str, problems: list[str], allow: bool) -> bool:
+    """Print the audio check's result for one clip; True when it counts as a failure (problems, not allowed)."""
+    if not problems:
+        print(f"audio check: {name}: ok")
+        return False
+    for problem in problems:
+        print(f"{'warning' if allow else 'error'}: audio check: {name}: {problem}", file=sys.stderr)
+    return not allow
+
+
+BAD_AUDIO_HINT = (
+    "the WAV is written so you can listen to it; --allow_bad_audio accepts such audio (e.g. from the embedded tiny "
+    "model, which makes codec noise)"
+)
+
+
+def _generate_single(args: argparse.Namespace, stack: Any) -> int:
+    from higgs_train.evaluation.suite import check_audio
+    from higgs_train.generation import no_audio_reason, prompt_for_texts, synthesize, write_wav
+
+    try:
+        prompt = prompt_for_texts(
+            stack, args.ref_audio, args.ref_text, args.text, args.audio_base_path, args.system_prompt
+        )
+    except ValueError as err:  # AudioError, an untokenizable prompt
+        raise GenerateInputError(str(err)) from err
+    result = synthesize(stack, prompt, sampling_from_flags(args))
     reason = no_audio_reason(stack, result)
     if reason:
         print(f"error: {reason}; nothing written to {args.output}", file=sys.stderr)
@@ -356,7 +425,52 @@ def generate_main(argv: list[str] | None = None) -> int:
     write_wav(args.output, result.waveform, result.sampling_rate)
     seconds = len(result.waveform) / result.sampling_rate
     print(f"{args.output}: {seconds:.2f}s, {result.codes.shape[1]} frames, finished={result.finished}")
+    problems = check_audio(result.waveform, result.sampling_rate, args.text)
+    if _audio_check_verdict(args.output, problems, args.allow_bad_audio):
+        print(f"error: {args.output} failed the audio check; {BAD_AUDIO_HINT}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _generate_batch(args: argparse.Namespace, stack: Any) -> int:
+    from higgs_train.evaluation.suite import check_audio
+    from higgs_train.generation import generate_to_files, no_audio_reason, prompts_for_manifest
+
+    try:
+        prompts = prompts_for_manifest(stack, args.manifest, args.audio_base_path)
+    except ValueError as err:  # AudioError, an unreadable row, an untokenizable prompt
+        raise GenerateInputError(f"--manifest {args.manifest}: {err}") from err
+    texts = {p.sample_id: p.text for p in prompts}
+    written = generate_to_files(stack, prompts, args.output_dir, sampling_from_flags(args))
+    summary = []
+    for path, r in written:
+        error = no_audio_reason(stack, r)
+        problems = [] if error else check_audio(r.waveform, r.sampling_rate, texts.get(r.sample_id, ""))
+        summary.append(
+            {
+                "id": r.sample_id,
+                "wav": str(path) if path else None,
+                "frames": int(r.codes.shape[1]),
+                "finished": r.finished,
+                "code_agreement": r.code_agreement,
+                "error": error,
+                "audio_problems": problems,
+            }
+        )
+    out = f"{args.output_dir}/results.json"
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(summary, fh, indent=2)
+    failed = [entry for entry in summary if entry["error"]]
+    print(f"{len(written) - len(failed)} files in {args.output_dir} (summary: {out})")
+    for entry in failed:
+        print(f"error: {entry['id']}: {entry['error']}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(summary)} prompts produced no audio", file=sys.stderr)
+    bad = [e for e in summary if e["wav"] and _audio_check_verdict(e["id"], e["audio_problems"], args.allow_bad_audio)]
+    if bad:
+        print(f"error: {len(bad)} of {len(summary)} clips failed the audio check; {BAD_AUDIO_HINT}", file=sys.stderr)
+    return 1 if failed or bad else 0
 
 
 # ----------------------------------------------------------------------------------------------- evaluate.py
@@ -416,6 +530,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         "audio_tokenizer_path": args.audio_tokenizer_path,
         "tokenizer_path": args.tokenizer_path,
     }
+    missing = [f"--{name} {value}" for name, value in [("manifest", args.manifest)] if not Path(value).is_file()]
+    missing += [f"--adapter {a}" for a in args.adapter if not Path(a).exists()]
+    if missing:  # a typo, before Ray starts; an adapter that exists but cannot load is a failed row instead
+        print(f"error: {'; '.join(missing)}: no such file or directory", file=sys.stderr)
+        return 2
     models = [ModelSpec("base", **common)] if args.base else []
     taken = {m.label for m in models}
     for adapter in args.adapter:
@@ -444,10 +563,17 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         mlflow_experiment=args.mlflow_experiment,
         run_name=args.run_name,
     )
-    result = run_evaluation(config)
+    try:
+        result = run_evaluation(config)
+    except (FileNotFoundError, ValueError) as err:  # a missing manifest, no readable row, too small a cluster
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(result.paths["table_md"].read_text())
     print(f"report: {result.paths['json']}; MLflow run {result.mlflow_run_id}")
-    if result.failed_models:
-        print(f"no clip could be generated by: {', '.join(result.failed_models)} (see eval.json)", file=sys.stderr)
+    for label, reason in result.failed_models.items():
+        print(f"error: model {label} failed: {reason}", file=sys.stderr)
+    # Exit 1 only when nothing was scored: a partial report is still the comparison asked for (see job.py).
+    if result.all_failed:
+        print(f"error: every model failed ({len(result.failed_models)}); nothing was scored", file=sys.stderr)
         return 1
     return 0

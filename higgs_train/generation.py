@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, cloning_context, context_of, target_audio_url
+from higgs_train.data.chatml import (
+    AUDIO_OUT_BOS,
+    GENERATION_PREFIX,
+    cloning_context,
+    context_of,
+    target_audio_url,
+    text_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ class GenerationPrompt:
     sample_id: str
     sample: Any  # boson_multimodal ChatMLDatasetSample, label_ids None
     target_codes: np.ndarray | None = None  # (num_codebooks, T) of the target turn, for code agreement
+    text: str = ""  # the target text (the last user turn), what the audio check measures the clip against
 
 
 @dataclass
@@ -202,7 +210,8 @@ def build_prompt(
         audio_sample_rate=torch.full((len(waves),), WHISPER_SAMPLE_RATE, dtype=torch.long),
         audio_speaker_indices=torch.full((len(codes),), -1, dtype=torch.long),
     )
-    return GenerationPrompt(str(context.get("id", "prompt")), sample, target_codes)
+    text = text_of(context["messages"][-1].get("content")) if context["messages"] else ""
+    return GenerationPrompt(str(context.get("id", "prompt")), sample, target_codes, text)
 
 
 def prompt_from_record(record: dict[str, Any], audio_out_bos_id: int) -> GenerationPrompt:

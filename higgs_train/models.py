@@ -101,15 +101,42 @@ def load_text_tokenizer(path: str):
     return tokenizer
 
 
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelFormatError(ValueError):
+    """A model directory this project will not load as it is; the message says why and what to do."""
+
+
+def refuse_pickled_weights(path: str) -> None:
+    """Raise ``ModelFormatError`` for a local model directory whose weights are only pickles (``pytorch_model.bin``).
+
+    Unpickling runs code stored in the file, and a base model may come from anywhere; this project loads weights
+    from safetensors only (``from_pretrained(use_safetensors=True)`` then never falls back to a pickle either).
+    """
+    folder = Path(path)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
+    if pickles:
+        raise ModelFormatError(
+            f"model {path} holds only pickled weights ({', '.join(pickles[:3])}), which are never loaded here "
+            "(unpickling can run code); convert it once, where you trust the file, with "
+            "HiggsAudioModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
+        )
+
+
 def load_model(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """``HiggsAudioModel.from_pretrained`` with SDPA attention set explicitly.
+    """``HiggsAudioModel.from_pretrained`` with SDPA attention set explicitly, from safetensors only.
 
     Without ``attn_implementation="sdpa"`` plain Llama layers in a mixed stack were measured attending to future
     tokens; tests/unit/test_embedded_stack.py keeps a causality check. Every other flag comes from config.json.
+    Pickled weights are refused (``refuse_pickled_weights``).
     """
     from boson_multimodal.model.higgs_audio import HiggsAudioModel
 
-    model = HiggsAudioModel.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa")
+    refuse_pickled_weights(path)
+    model = HiggsAudioModel.from_pretrained(path, torch_dtype=dtype, attn_implementation="sdpa", use_safetensors=True)
     return model.to(device)
 
 

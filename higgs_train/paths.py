@@ -56,3 +56,18 @@ def resolve_user_paths(config: TrainingConfig) -> TrainingConfig:
     changes.update({name: absolute_model_ref(getattr(config, name)) or "" for name in MODEL_FIELDS})
     changed = {k: v for k, v in changes.items() if v != getattr(config, k)}
     return config.replace(**changed) if changed else config
+
+
+def missing_model_refs(refs: dict[str, str | None]) -> list[str]:
+    """``--flag VALUE`` for each model reference (after ``absolute_model_ref``) written as a local path that does not
+    exist: checked by the commands before anything loads, so a typo is one line instead of a hub lookup's
+    traceback. ``embedded``, hub ids (``org/name``) and URIs are not paths and are never listed."""
+    return [
+        f"--{flag} {value}"
+        for flag, value in refs.items()
+        if value
+        and value != "embedded"
+        and not is_uri(value)
+        and Path(value).is_absolute()
+        and not Path(value).exists()
+    ]

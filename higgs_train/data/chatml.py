@@ -83,6 +83,18 @@ def context_of(sample: dict[str, Any]) -> dict[str, Any]:
     return {"id": str(sample.get("id", "prompt")), "speaker": sample.get("speaker"), "messages": context}
 
 
+def text_of(content: Any) -> str:
+    """The text parts of a message's content (a string, a part dict, or a list of either), joined by spaces."""
+    items = content if isinstance(content, list) else [content]
+    parts = []
+    for item in items:
+        if isinstance(item, str):
+            parts.append(item)
+        elif isinstance(item, dict) and item.get("type") == "text":
+            parts.append(str(item.get("text", "")))
+    return " ".join(parts).strip()
+
+
 def target_audio_url(row: dict[str, Any]) -> str | None:
     """The audio_url of a sample's trained (first assistant audio from ``start_index``) turn, if any."""
     messages = row.get("messages") or []

@@ -2,6 +2,11 @@
 parallel, on a GPU with ``use_gpu``), the clips are scored there, and the driver writes WAVs, ``eval.json``, the
 side-by-side table and plots, and logs them to MLflow.
 
+A model that fails as a whole (it cannot be loaded: a truncated adapter, an adapter for another base; or its actor
+dies) is reported as a ``failed`` line with its one-line reason in ``eval.json`` and the tables, and the other
+models are scored as usual. ``ray_jobs/evaluate.py`` exits non-zero only when every model failed: a partial report
+is still the comparison the user asked for, and the failed line says what to fix.
+
 MLflow layout: one parent run per evaluation (the tables, plots and ``eval.json``) and one child run per model
 (its mean metrics as ``eval/<metric>``, the per-row metrics as a table artifact, WAVs of the first rows), so the UI's
 *Compare* on the child runs puts base and fine-tuned models side by side.
@@ -16,9 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from higgs_train.evaluation.report import rows_table, write_report
-from higgs_train.evaluation.runner import EvalRow, ModelEvaluator, ModelSpec, ScoredClip, load_eval_rows
-from higgs_train.evaluation.suite import EvalSettings, RowScore, summarize
+from higgs_train.evaluation.report import ordered_summary, rows_table, write_report
+from higgs_train.evaluation.runner import (
+    EvalRow,
+    ModelEvaluator,
+    ModelRun,
+    ModelSpec,
+    ScoredClip,
+    load_eval_rows,
+    one_line,
+)
+from higgs_train.evaluation.suite import EvalSettings, RowScore
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +61,11 @@ class EvalJobResult:
     summary: dict[str, dict[str, Any]]
     paths: dict[str, Path]
     mlflow_run_id: str | None
-    failed_models: list[str]
+    failed_models: dict[str, str]  # label -> one-line reason, in the order the models were given
+
+    @property
+    def all_failed(self) -> bool:
+        return bool(self.summary) and all(s["status"] == "failed" for s in self.summary.values())
 
 
 def adapter_label(adapter: str, taken: set[str]) -> str:
@@ -81,7 +98,9 @@ def run_evaluation(cfg: EvalJobConfig) -> EvalJobResult:
     models = [_absolute(m) for m in cfg.models]
 
     started = time.perf_counter()
-    clips = _generate_and_score(models, rows, cfg.settings, sampling, base, cfg.use_gpu, cfg.cpus_per_actor)
+    runs = _generate_and_score(models, rows, cfg.settings, sampling, base, cfg.use_gpu, cfg.cpus_per_actor)
+    clips = {label: run.clips for label, run in runs.items()}
+    load_failures = {label: run.error for label, run in runs.items() if run.error}
     for label, scored in clips.items():
         for clip in scored:
             if clip.waveform.size:
@@ -97,9 +116,9 @@ def run_evaluation(cfg: EvalJobConfig) -> EvalJobResult:
         "sampling": asdict(sampling),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    paths = write_report(output, all_rows, meta)
-    summary = summarize(all_rows)
-    failed = [m.label for m in models if not any(not r.error for r in all_rows if r.model == m.label)]
+    paths = write_report(output, all_rows, meta, load_failures)
+    summary = ordered_summary(all_rows, load_failures, meta)
+    failed = {label: s["error"] for label, s in summary.items() if s["status"] == "failed"}
 
     tracker = RunTracker(resolve_tracking_uri(output, cfg.mlflow_tracking_uri))
     run_name = cfg.run_name or f"eval-{manifest.stem}"
@@ -110,7 +129,7 @@ def run_evaluation(cfg: EvalJobConfig) -> EvalJobResult:
         for spec in models:
             _log_model_run(cfg, tracker, spec, clips[spec.label], summary.get(spec.label, {}), meta)
     finally:
-        tracker.end("FAILED" if failed else "FINISHED")
+        tracker.end("FAILED" if len(failed) == len(models) else "FINISHED")
     return EvalJobResult(all_rows, summary, paths, tracker.run_id, failed)
 
 
@@ -122,9 +141,10 @@ def _generate_and_score(
     audio_base_path: Path,
     use_gpu: bool,
     cpus_per_actor: float,
-) -> dict[str, list[ScoredClip]]:
+) -> dict[str, ModelRun]:
     """One Ray actor per model, all started at once; an actor is killed as soon as its model is done, so models
-    that did not fit the cluster at first start when resources free up."""
+    that did not fit the cluster at first start when resources free up. An actor that dies (out of memory, a
+    crash in native code) fails its model only (``collect_model_run``)."""
     import ray
 
     from higgs_train.ray_session import init_ray
@@ -152,14 +172,26 @@ def _generate_and_score(
             spec, settings, sampling, str(audio_base_path), device
         )
         pending[actor.run.remote(rows)] = (spec.label, actor)
-    results: dict[str, list[ScoredClip]] = {}
+    results: dict[str, ModelRun] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         label, actor = pending.pop(done[0])
-        results[label] = ray.get(done[0])
+        results[label] = collect_model_run(label, lambda ref=done[0]: ray.get(ref))
         ray.kill(actor)
-        logger.info("model %s: %d rows generated and scored", label, len(results[label]))
+        if results[label].error:
+            logger.warning("model %s failed: %s", label, results[label].error)
+        else:
+            logger.info("model %s: %d rows generated and scored", label, len(results[label].clips))
     return {spec.label: results[spec.label] for spec in models}
+
+
+def collect_model_run(label: str, fetch: Any) -> ModelRun:
+    """``fetch()``'s ``ModelRun``, or a failed one when fetching raises (the actor died or the task crashed): one
+    model's end is a line in the report, never the end of the evaluation."""
+    try:
+        return fetch()
+    except Exception as exc:
+        return ModelRun(label, [], f"the model's actor failed: {one_line(exc)}")
 
 
 def _log_model_run(
@@ -176,16 +208,19 @@ def _log_model_run(
         "sim_model": meta["sim_model"],
         "asr": meta["asr"],
     }
-    child.start(
-        cfg.mlflow_experiment, spec.label, params=params, parent_run_id=parent.run_id, tags={"kind": "evaluation"}
-    )
+    tags = {"kind": "evaluation"}
+    if summary.get("status") == "failed":
+        tags["error"] = summary.get("error", "")
+    child.start(cfg.mlflow_experiment, spec.label, params=params, parent_run_id=parent.run_id, tags=tags)
     ok = any(not c.score.error for c in clips)
     try:
         means = {f"eval/{k}": v for k, v in summary.get("mean", {}).items() if not math.isnan(v)}
         means["eval/flagged_rows"] = summary.get("flagged_rows", 0)
+        means["eval/bad_audio_rows"] = summary.get("bad_audio_rows", 0)
         means["eval/rows"] = summary.get("rows", 0)
         child.log_metrics(means, step=0)
-        child.log_table(rows_table([c.score for c in clips]), "eval_rows.json")
+        if clips:
+            child.log_table(rows_table([c.score for c in clips]), "eval_rows.json")
         for clip in [c for c in clips if c.score.wav][: cfg.logged_wav_rows]:
             child.log_artifact(clip.score.wav, "wavs")
     finally:

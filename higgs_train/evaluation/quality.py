@@ -4,8 +4,9 @@
   (``dnsmos_p808``) ONNX models, shipped in the ``speechmos`` wheel and run with onnxruntime. A predictor trained
   on noisy real speech: good at "noise / hum / garbage", blind to wrong words or wrong voices, and it predicts
   meaningless mid-range values for digital silence (hence the silence check). Scores are 1 (bad) to 5 (good).
-* ``SignalChecks``: silence ratio, clipping ratio, duration ratio vs the expected length, codec-code repetition,
-  and whether the audio stream ended with EOS.
+* ``SignalChecks``: silence ratio, clipping ratio, peak and RMS level, duration ratio vs the expected length,
+  characters per second of the text, codec-code repetition, and whether the audio stream ended with EOS. The
+  thresholds that turn these numbers into flags, and the audio check ``generate.py`` applies, live in ``suite``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ DNSMOS_RATE = 16000
 SILENCE_DBFS = -45.0  # a 20 ms frame quieter than this (RMS, re full scale) counts as silence
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 CHARS_PER_SECOND = 14.0  # typical read English, used only when no target recording gives the expected length
+LEVEL_FLOOR_DBFS = -200.0  # what peak_dbfs / rms_dbfs report for digital silence (a number, so JSON stays valid)
 
 
 class DnsMos:
@@ -61,6 +63,30 @@ def clipping_ratio(waveform: np.ndarray, level: float = CLIP_LEVEL) -> float:
     return float((np.abs(waveform) >= level).mean()) if len(waveform) else 0.0
 
 
+def dbfs(value: float) -> float:
+    """Amplitude (1.0 = full scale) in dB re full scale, floored at ``LEVEL_FLOOR_DBFS``."""
+    return max(LEVEL_FLOOR_DBFS, 20.0 * math.log10(value)) if value > 0 else LEVEL_FLOOR_DBFS
+
+
+def peak_and_rms_dbfs(waveform: np.ndarray) -> tuple[float, float]:
+    """(peak, RMS) level of a clip in dBFS; both at the floor for an empty clip."""
+    if len(waveform) == 0:
+        return LEVEL_FLOOR_DBFS, LEVEL_FLOOR_DBFS
+    wave = np.asarray(waveform, dtype=np.float64)
+    return dbfs(float(np.abs(wave).max())), dbfs(float(np.sqrt(np.mean(wave**2))))
+
+
+def text_characters(text: str) -> int:
+    """Characters of ``text`` with runs of whitespace counted once (what the speaking-rate bound counts)."""
+    return len(" ".join(text.split()))
+
+
+def chars_per_second(text: str, seconds: float) -> float:
+    """Speaking rate the clip would need for its text; NaN without text or audio."""
+    chars = text_characters(text)
+    return chars / seconds if chars and seconds > 0 else math.nan
+
+
 def expected_seconds(clip: Clip) -> float | None:
     """The target recording's length when known, else an estimate from the text's length."""
     if clip.expected_seconds:
@@ -86,18 +112,23 @@ def code_repetition(codes: np.ndarray | None, n: int = 4) -> float:
 
 
 class SignalChecks:
-    """Cheap checks with no model: ``silence_ratio``, ``clipping_ratio``, ``duration_s``, ``duration_ratio``,
-    ``code_repetition`` and ``finished`` (1.0 when the stream ended with EOS, 0.0 when the length cap cut it)."""
+    """Cheap checks with no model: ``silence_ratio``, ``clipping_ratio``, ``peak_dbfs``, ``rms_dbfs``,
+    ``duration_s``, ``duration_ratio``, ``chars_per_second`` (text characters / duration), ``code_repetition`` and
+    ``finished`` (1.0 when the stream ended with EOS, 0.0 when the length cap cut it)."""
 
     name = "signal"
 
     def score(self, clip: Clip) -> dict[str, float]:
         expected = expected_seconds(clip)
+        peak, rms = peak_and_rms_dbfs(clip.waveform)
         return {
             "duration_s": clip.seconds,
             "duration_ratio": clip.seconds / expected if expected else math.nan,
+            "chars_per_second": chars_per_second(clip.text, clip.seconds),
             "silence_ratio": silence_ratio(clip.waveform, clip.sample_rate),
             "clipping_ratio": clipping_ratio(clip.waveform),
+            "peak_dbfs": peak,
+            "rms_dbfs": rms,
             "code_repetition": code_repetition(clip.codes),
             "finished": math.nan if clip.finished is None else float(clip.finished),
         }

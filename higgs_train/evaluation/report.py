@@ -11,11 +11,17 @@ from typing import Any
 from higgs_train.evaluation.suite import HEADLINE_METRICS, RowScore, summarize
 
 
-def write_report(output_dir: str | Path, rows: list[RowScore], meta: dict[str, Any]) -> dict[str, Path]:
-    """Write every output under ``output_dir``; returns their paths by kind."""
+def write_report(
+    output_dir: str | Path, rows: list[RowScore], meta: dict[str, Any], failures: dict[str, str] | None = None
+) -> dict[str, Path]:
+    """Write every output under ``output_dir``; returns their paths by kind.
+
+    ``failures``: models that produced no rows at all (load error, dead actor) -> the one-line reason; each still
+    gets its line, with status ``failed``, in ``eval.json``'s summary and in the tables.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows)
+    summary = ordered_summary(rows, failures, meta)
     paths = {
         "json": out / "eval.json",
         "table_md": out / "eval_table.md",
@@ -28,11 +34,10 @@ def write_report(output_dir: str | Path, rows: list[RowScore], meta: dict[str, A
     paths["table_md"].write_text(markdown_table(summary, columns, meta))
     with paths["table_csv"].open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["model", "rows", *columns, "flagged_rows", "flags"])
+        writer.writerow(["model", "status", "rows", *columns, "flagged_rows", "bad_audio_rows", "flags"])
         for model, s in summary.items():
-            writer.writerow(
-                [model, s["rows"], *[_fmt(s["mean"].get(c)) for c in columns], s["flagged_rows"], _flags(s)]
-            )
+            means = [_fmt(s["mean"].get(c)) for c in columns]
+            writer.writerow([model, _status(s), s["rows"], *means, s["flagged_rows"], s["bad_audio_rows"], _flags(s)])
     metric_keys = list(dict.fromkeys(k for r in rows for k in r.metrics))
     with paths["rows_csv"].open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -46,6 +51,15 @@ def write_report(output_dir: str | Path, rows: list[RowScore], meta: dict[str, A
     if plot is not None:
         paths["plot"] = plot
     return paths
+
+
+def ordered_summary(
+    rows: list[RowScore], failures: dict[str, str] | None, meta: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``summarize`` with the models in the order they were given (``meta["models"]``), failed ones included."""
+    summary = summarize(rows, failures)
+    order = [m["label"] for m in meta.get("models", []) if m.get("label") in summary]
+    return {**{label: summary[label] for label in order}, **summary}
 
 
 def rows_table(rows: list[RowScore]) -> dict[str, list[Any]]:
@@ -68,7 +82,8 @@ def rows_table(rows: list[RowScore]) -> dict[str, list[Any]]:
 
 def markdown_table(summary: dict[str, dict[str, Any]], columns: list[str], meta: dict[str, Any]) -> str:
     arrows = {k: ("↑" if up else "↓") for k, up in HEADLINE_METRICS.items()}
-    head = ["model", "rows", *[f"{c} {arrows.get(c, '')}".strip() for c in columns], "flagged", "flags"]
+    head = ["model", "status", "rows", *[f"{c} {arrows.get(c, '')}".strip() for c in columns], "flagged"]
+    head += ["bad audio", "flags"]
     lines = [
         f"SIM: {meta.get('sim_model', '?')}; ASR: {meta.get('asr', '?')}; manifest: {meta.get('manifest', '?')}",
         "",
@@ -76,8 +91,9 @@ def markdown_table(summary: dict[str, dict[str, Any]], columns: list[str], meta:
         "|" + "---|" * len(head),
     ]
     for model, s in summary.items():
-        cells = [model, str(s["rows"]), *[_fmt(s["mean"].get(c)) for c in columns], str(s["flagged_rows"]), _flags(s)]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [model, _status(s), str(s["rows"]), *[_fmt(s["mean"].get(c)) for c in columns]]
+        cells += [str(s["flagged_rows"]), str(s["bad_audio_rows"]), _flags(s)]
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -114,6 +130,11 @@ def plot_metrics(rows: list[RowScore], out_png: str | Path) -> Path | None:
 def _columns(summary: dict[str, dict[str, Any]]) -> list[str]:
     present = {k for s in summary.values() for k, v in s["mean"].items() if not math.isnan(v)}
     return [k for k in HEADLINE_METRICS if k in present]
+
+
+def _status(s: dict[str, Any]) -> str:
+    """``ok``, or ``failed: <reason>`` on one line (the reason is already one line; newlines are flattened anyway)."""
+    return "ok" if s["status"] == "ok" else f"failed: {' '.join(s['error'].split())}"
 
 
 def _flags(s: dict[str, Any]) -> str:

@@ -5,7 +5,9 @@ Generation is the project's (``higgs_train.generation``): the same prompt layout
 decoding as ``ray_jobs/generate.py``. Each manifest row is cloned from its own reference turn and target text; the
 clip is scored against that reference (SIM), the target text (WER/CER) and the target recording's length.
 A row whose generation fails is kept with a ``generation_error`` flag and the reason: one bad row never ends an
-evaluation.
+evaluation. A model that cannot be loaded (a truncated adapter, an adapter for another base, a missing file) never
+ends one either: ``ModelEvaluator`` keeps the one-line reason and ``run`` returns it in a ``ModelRun`` without rows,
+so the Ray actor stays alive and the driver reports that model as failed while the others are scored.
 """
 
 from __future__ import annotations
@@ -60,9 +62,24 @@ class ScoredClip:
     sample_rate: int
 
 
+@dataclass
+class ModelRun:
+    """What one model's actor returns: its scored clips, or (``error`` set, no clips) why the model failed."""
+
+    label: str
+    clips: list[ScoredClip]
+    error: str = ""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (Ray and torch errors carry whole tracebacks in their message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"[:limit]
+
+
 def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
     """The first ``max_rows`` (0: all) readable rows of a training-format manifest."""
-    from higgs_train.data.chatml import context_of, target_audio_url
+    from higgs_train.data.chatml import context_of, target_audio_url, text_of
     from higgs_train.data.manifest import load_manifest
 
     rows = []
@@ -75,7 +92,7 @@ def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
             EvalRow(
                 row_id=context["id"],
                 speaker=row.get("speaker"),
-                text=_text_of(context["messages"][-1].get("content")),
+                text=text_of(context["messages"][-1].get("content")),
                 context=context,
                 reference_url=_first_audio_url(context["messages"]),
                 target_url=target_audio_url(row),
@@ -109,17 +126,29 @@ class ModelEvaluator:
         self.spec = spec
         self.sampling = sampling
         self.audio_base_path = Path(audio_base_path).resolve()
-        self.stack = load_generation_stack(
-            spec.model_path,
-            spec.audio_tokenizer_path,
-            adapter=spec.adapter,
-            tokenizer_path=spec.tokenizer_path,
-            device=device,
-        )
+        self.load_error = ""
+        try:
+            self.stack = load_generation_stack(
+                spec.model_path,
+                spec.audio_tokenizer_path,
+                adapter=spec.adapter,
+                tokenizer_path=spec.tokenizer_path,
+                device=device,
+            )
+        except Exception as exc:  # a model that cannot load is this model's failure; raising here kills the actor
+            logger.warning("model %s cannot be loaded: %s", spec.label, exc)
+            self.load_error = one_line(exc)
+            return
         self.evaluator = VoiceEvaluator(replace(settings, device=device))
 
-    def run(self, rows: list[EvalRow]) -> list[ScoredClip]:
-        return [self.run_row(row) for row in rows]
+    def run(self, rows: list[EvalRow]) -> ModelRun:
+        if self.load_error:
+            return ModelRun(self.spec.label, [], self.load_error)
+        try:
+            return ModelRun(self.spec.label, [self.run_row(row) for row in rows])
+        except Exception as exc:  # a metric model that fails to load, say: still only this model's failure
+            logger.warning("model %s: evaluation failed: %s", self.spec.label, exc)
+            return ModelRun(self.spec.label, [], f"evaluation failed: {one_line(exc)}")
 
     def run_row(self, row: EvalRow) -> ScoredClip:
         from higgs_train.generation import build_prompt, synthesize
@@ -168,17 +197,6 @@ class ModelEvaluator:
         except (AudioError, OSError) as exc:
             logger.info("audio %s not usable for scoring: %s", url, exc)
             return None
-
-
-def _text_of(content: Any) -> str:
-    items = content if isinstance(content, list) else [content]
-    parts = []
-    for item in items:
-        if isinstance(item, str):
-            parts.append(item)
-        elif isinstance(item, dict) and item.get("type") == "text":
-            parts.append(str(item.get("text", "")))
-    return " ".join(parts).strip()
 
 
 def _first_audio_url(messages: list[dict[str, Any]]) -> str | None:

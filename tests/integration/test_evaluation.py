@@ -43,18 +43,28 @@ def test_evaluate_compares_base_and_adapter_from_the_repository_root(tmp_path):
 
     data = create_sample_data(tmp_path / "data", utterances_per_speaker=2)
     adapter = _random_adapter(tmp_path / "run-a" / "adapter")
+    truncated = tmp_path / "truncated"  # issue 20.4: one corrupt adapter used to kill its actor and the evaluation
+    truncated.mkdir()
+    for f in adapter.iterdir():
+        cut = f.stat().st_size // 2 if f.name == "adapter_model.safetensors" else None
+        (truncated / f.name).write_bytes(f.read_bytes()[:cut])
     out = tmp_path / "eval"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [
         sys.executable, "ray_jobs/evaluate.py", "--manifest", str(data["val"]), "--base", "--adapter", str(adapter),
-        "--max_rows", "1", "--max_new_tokens", "24", "--output_dir", str(out),
+        "--adapter", str(truncated), "--max_rows", "1", "--max_new_tokens", "24", "--output_dir", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]  # two of three models were scored
 
     doc = json.loads((out / "eval.json").read_text())
-    assert set(doc["summary"]) == {"base", "run-a"}
+    assert list(doc["summary"]) == ["base", "run-a", "truncated"]
+    failed = doc["summary"].pop("truncated")
+    assert failed["status"] == "failed" and "corrupted or truncated" in failed["error"], failed
+    assert f"error: model truncated failed: {failed['error']}" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"| truncated | failed: {failed['error']} | 0 |" in proc.stdout
+    assert all(s["status"] == "ok" for s in doc["summary"].values())
     assert doc["meta"]["asr"] == "pocketsphinx-rough" and doc["meta"]["sim_model"] == "resemblyzer"
     for row in doc["rows"]:
         assert not row["error"], row
@@ -67,8 +77,10 @@ def test_evaluate_compares_base_and_adapter_from_the_repository_root(tmp_path):
 
     runs = find_runs(f"sqlite:///{out / 'mlflow.db'}", "higgs-train-eval")
     children = [r for r in runs if r["tags"].get("mlflow.parentRunId")]
-    assert sorted(r["run_name"] for r in children) == ["base", "run-a"]
-    for child in children:
+    assert sorted(r["run_name"] for r in children) == ["base", "run-a", "truncated"]
+    (failed_run,) = [r for r in children if r["run_name"] == "truncated"]
+    assert failed_run["status"] == "FAILED" and failed_run["tags"]["error"] == failed["error"]
+    for child in [r for r in children if r["run_name"] != "truncated"]:
         artifacts = Path(child["artifact_uri"].removeprefix("file://"))
         assert (artifacts / "eval_rows.json").exists()
         assert list((artifacts / "wavs").glob("*.wav"))

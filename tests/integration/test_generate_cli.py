@@ -37,19 +37,36 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _run(*args: str, allow_no_audio: bool = False) -> str:
+def _run(*args: str, allow_no_audio: bool = False, allow_bad_audio: bool = False) -> str:
     """Run a ray_jobs script from the repository root; fail with its output when it fails.
 
     ``allow_no_audio``: greedy decoding of a random adapter may end the audio stream before its first frame. The
     driver must then say so and exit 1 (never write an empty WAV and exit 0); that outcome is accepted here.
+    ``allow_bad_audio``: the clip failed the audio check (the tiny model's codec noise is clipped): exit 1 with the
+    measurements on stderr is accepted; the caller checks the verdict against its own measurement of the WAV.
     """
     proc = _launch(*args)
     if allow_no_audio and proc.returncode == 1 and "no audio: the model ended the audio stream" in proc.stderr:
         return proc.stdout
+    if allow_bad_audio and proc.returncode == 1 and "failed the audio check" in proc.stderr:
+        return proc.stdout + proc.stderr
     assert proc.returncode == 0, (
         f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-6000:]}"
     )
-    return proc.stdout
+    return proc.stdout + proc.stderr
+
+
+def _problem_kinds(problems: list[str]) -> list[str]:
+    return [p.split(":")[0] for p in problems]
+
+
+def _measured_problems(wav: Path, text: str) -> list[str]:
+    """The audio check of a written WAV, measured here (16-bit PCM read back: the same verdicts as the float clip
+    the command checked, the tiny model's clips being far from every limit)."""
+    from higgs_train.evaluation.suite import check_audio
+
+    audio, rate = sf.read(str(wav), dtype="float32")
+    return _problem_kinds(check_audio(audio, rate, text))
 
 
 def _rel(path: Path) -> str:
@@ -101,6 +118,7 @@ def test_single_prompt_at_default_flags(workspace, kind, decoding):
         _rel(out),
         *decoding,
         allow_no_audio=bool(decoding),  # sampling (the default) must produce sound
+        allow_bad_audio=True,
     )
     if not out.exists():  # greedy ended the audio at once: reported as a failure, see _run
         assert decoding
@@ -108,6 +126,14 @@ def test_single_prompt_at_default_flags(workspace, kind, decoding):
     info = sf.info(str(out))
     assert info.samplerate == 24000 and info.frames > 0
     assert str(out) in printed  # the driver reports the absolute path it wrote
+    # The audio check: exit 1 with each problem named exactly when this test's own measurement finds one.
+    problems = _measured_problems(out, messages[3]["content"])
+    if problems:
+        assert f"error: {out} failed the audio check" in printed, printed
+        assert _problem_kinds([line.split(f"audio check: {out}: ", 1)[1] for line in printed.splitlines()
+                               if f"audio check: {out}: " in line]) == problems  # fmt: skip
+    else:
+        assert f"audio check: {out}: ok" in printed
 
 
 @pytest.mark.parametrize(("kind", "decoding"), [("merged", []), ("adapter", ["--temperature", "0"])])
@@ -115,7 +141,7 @@ def test_batch_at_default_flags(workspace, kind, decoding):
     out_dir = workspace["root"] / f"batch_{kind}"
     manifest = workspace["data"]["val"]
     _run("ray_jobs/generate.py", *_model_args(workspace, kind), "--manifest", _rel(manifest), *decoding,
-         "--output_dir", _rel(out_dir), allow_no_audio=bool(decoding))  # fmt: skip
+         "--output_dir", _rel(out_dir), "--allow_bad_audio", allow_no_audio=bool(decoding))  # fmt: skip
     rows = json.loads(Path(manifest).read_text())
     summary = json.loads((out_dir / "results.json").read_text())
     assert [s["id"] for s in summary] == [r["id"] for r in rows]
@@ -126,6 +152,8 @@ def test_batch_at_default_flags(workspace, kind, decoding):
         info = sf.info(str(REPO / entry["wav"]))
         assert info.samplerate == 24000 and info.frames > 0
         assert entry["frames"] > 0 and 0.0 <= entry["code_agreement"] <= 1.0
+        text = rows[[r["id"] for r in rows].index(entry["id"])]["messages"][3]["content"]
+        assert _problem_kinds(entry["audio_problems"]) == _measured_problems(REPO / entry["wav"], text)
 
 
 def test_a_clip_without_audio_is_a_failure_not_an_empty_wav(workspace):

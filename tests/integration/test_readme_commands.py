@@ -191,6 +191,12 @@ def test_generate_commands_write_wavs(checkout):
     for command in commands_of("ray_jobs/generate.py"):
         done = run_verbatim(command, checkout)
         expect_ok(done, command)
+        # Every clip is checked; with --allow_bad_audio (the tiny model's clipped noise) a failed check is a warning.
+        printed = done.stdout + done.stderr
+        assert "audio check: " in printed, printed[-3000:]
+        assert "--allow_bad_audio" in command.argv or "warning: audio check" not in printed
+        if command.flag("--speaker"):
+            assert f"voice of {command.flag('--speaker')}: " in done.stdout  # the clip it chose, and its transcript
         if command.flag("--output"):
             wav = checkout / command.flag("--output")
             assert wav.is_file() and wav.stat().st_size > 44

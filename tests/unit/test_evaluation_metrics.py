@@ -17,7 +17,16 @@ from higgs_train.evaluation.metrics import Clip
 from higgs_train.evaluation.quality import DnsMos, SignalChecks, code_repetition, silence_ratio
 from higgs_train.evaluation.report import write_report
 from higgs_train.evaluation.speaker import ResemblyzerEncoder, SpeakerSimilarity
-from higgs_train.evaluation.suite import EvalSettings, RowScore, Thresholds, VoiceEvaluator, flags_for, summarize
+from higgs_train.evaluation.suite import (
+    MAX_CHARS_PER_SECOND,
+    EvalSettings,
+    RowScore,
+    Thresholds,
+    VoiceEvaluator,
+    check_audio,
+    flags_for,
+    summarize,
+)
 from higgs_train.sample_data import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
 
 needs_espeak = pytest.mark.skipif(
@@ -158,6 +167,69 @@ def test_signal_checks() -> None:
     assert "silent" not in flags
 
 
+# The issue's case: "finished=True" for a 0.72 s clip of a 67-character sentence with 43 % of samples clipped.
+ISSUE_TEXT = "The quick brown fox jumps over the lazy dog near the riverbank today."[:67]
+
+
+def test_audio_check_reports_the_issue_clip_with_what_it_measured() -> None:
+    rate = 24000
+    rng = np.random.default_rng(0)
+    wave = np.clip(rng.standard_normal(int(0.72 * rate)) * 0.7, -1.0, 1.0).astype(np.float32)
+    assert 0.1 < float((np.abs(wave) >= 0.999).mean()) < 0.2  # a clipped noise clip
+    wave[: int(0.3 * len(wave))] = np.sign(wave[: int(0.3 * len(wave))])  # 30 % more at full scale
+    problems = check_audio(wave, rate, ISSUE_TEXT)
+    assert len(problems) == 2, problems
+    short, clipped = problems
+    assert short.startswith("too short for its text: 0.72 s for 67 characters (93 characters/s")
+    assert f"at least {67 / MAX_CHARS_PER_SECOND:.2f} s" in short
+    assert clipped.startswith("clipped: 4") and "% of samples at full scale (limit 1%)" in clipped
+
+
+def test_audio_check_passes_real_speech_and_catches_silence_and_a_quiet_clip() -> None:
+    rate = 24000
+    for speaker, sentence in zip(SPEAKERS, SENTENCES, strict=False):  # the sample data's voices say their text
+        assert check_audio(synthesize(speaker, sentence, seed=0), rate, sentence) == [], speaker.name
+    speech = synthesize(SPEAKERS[0], SENTENCES[0], seed=0)
+    (silent,) = check_audio(np.zeros(rate * 2, dtype=np.float32), rate, SENTENCES[0])
+    assert silent.startswith("silent: peak -200.0 dBFS, RMS -200.0 dBFS, 100% of 20 ms frames")
+    quiet = speech / np.abs(speech).max() * 0.005  # -46 dBFS peak: speech-shaped but inaudible
+    (problem,) = check_audio(quiet, rate, SENTENCES[0])
+    assert problem.startswith("silent: peak -46.0 dBFS")
+    # The speaking-rate bound counts characters with whitespace runs once; one character more than the bound allows
+    # in a second is flagged, one fewer is not.
+    one_second = speech[:rate]
+    assert check_audio(one_second, rate, "x" * int(MAX_CHARS_PER_SECOND - 1)) == []
+    assert "too short for its text" in check_audio(one_second, rate, "x" * int(MAX_CHARS_PER_SECOND + 1))[0]
+
+
+@needs_espeak
+def test_audio_check_passes_fast_speech() -> None:
+    """espeak-ng at 300 words a minute (twice read speech, ~30 characters/s) is still speech to the check."""
+    import soundfile as sf
+
+    text = " ".join(ASR_TEXTS[:2])
+    raw = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "300", "--stdout", text], capture_output=True, check=True)
+    wave, rate = sf.read(io.BytesIO(raw.stdout), dtype="float32")
+    assert 25 < len(text) / (len(wave) / rate) < MAX_CHARS_PER_SECOND
+    assert check_audio(wave, rate, text) == []
+
+
+def test_report_lists_a_failed_model_with_its_reason(tmp_path) -> None:
+    import json
+
+    rows = [RowScore("base", "a", "t", {"sim": 0.5, "clipping_ratio": 0.4}, ["clipped"])]
+    failures = {"truncated": "AdapterError: adapter_model.safetensors is corrupted or truncated"}
+    meta = {"models": [{"label": "truncated"}, {"label": "base"}]}
+    paths = write_report(tmp_path, rows, meta, failures)
+    summary = json.loads(paths["json"].read_text())["summary"]
+    assert list(summary) == ["truncated", "base"]  # the order the models were given
+    assert summary["truncated"]["status"] == "failed" and "corrupted or truncated" in summary["truncated"]["error"]
+    assert summary["base"]["status"] == "ok" and summary["base"]["bad_audio_rows"] == 1
+    table = paths["table_md"].read_text()
+    assert "| truncated | failed: AdapterError: adapter_model.safetensors is corrupted or truncated | 0 |" in table
+    assert "| base | ok | 1 | 0.500 | 1 | 1 | clipped×1 |" in table
+
+
 def test_report_writes_table_json_and_plot(tmp_path) -> None:
     rows = [
         RowScore("base", "a", "t", {"sim": 0.5, "wer": 1.0, "silence_ratio": 0.9}, ["silent"]),
@@ -171,7 +243,7 @@ def test_report_writes_table_json_and_plot(tmp_path) -> None:
     doc = json.loads(paths["json"].read_text())
     assert doc["rows"][1]["metrics"]["wer"] is None  # NaN is written as null, the file stays valid JSON
     table = paths["table_md"].read_text()
-    assert "| base | 1 | 0.500" in table and "| tuned | 1 | 0.800" in table
+    assert "| base | ok | 1 | 0.500" in table and "| tuned | ok | 1 | 0.800" in table
     assert paths["plot"].stat().st_size > 1000
 
 

@@ -299,3 +299,142 @@ def test_text_token_mask_bans_padding_ids_and_audio_placeholders_from_text_only(
     assert int(masked.argmax()) < 8
     audio = torch.randn(8, 1026)  # upstream passes audio scores with input_ids=None: untouched
     assert mask(None, audio) is audio
+
+
+# ----------------------------------------------------------------------------------------------- one-line errors
+def _no_model_load(monkeypatch):
+    """Inputs that can be checked without the model must be refused before it loads."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr("higgs_train.generation.load_generation_stack", refuse)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_generate_refuses_missing_and_bad_inputs_in_one_line_before_loading(data, tmp_path, monkeypatch, capsys):
+    _no_model_load(monkeypatch)
+    main = _script("generate").main
+    out = ["--text", "Hi there.", "--output", str(tmp_path / "o.wav")]
+    assert main(["--ref_audio", str(tmp_path / "missing.wav"), "--ref_text", "x", *out]) == 2
+    assert _one_error_line(capsys.readouterr().err) == f"error: --ref_audio {tmp_path / 'missing.wav'}: no such " + (
+        "file or directory"
+    )
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF0000WAVEnot audio")
+    assert main(["--ref_audio", str(broken), "--ref_text", "x", *out]) == 2
+    assert "audio file cannot be decoded" in _one_error_line(capsys.readouterr().err)
+    ref = str(data[0] / data[1][0]["messages"][2]["content"]["audio_url"])
+    assert main(["--adapter", str(tmp_path / "no_adapter"), "--ref_audio", ref, "--ref_text", "x", *out]) == 2
+    assert "--adapter" in _one_error_line(capsys.readouterr().err)
+    assert main(["--manifest", str(tmp_path / "none.jsonl"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "--manifest" in _one_error_line(capsys.readouterr().err)
+    assert main(["--speaker", "spk_mid", "--data", str(tmp_path / "no_data"), *out]) == 2
+    assert "--data" in _one_error_line(capsys.readouterr().err)
+
+
+def test_generate_reports_an_adapter_error_in_one_line(adapter, data, tmp_path, capsys):
+    bad = _copy_adapter(adapter[1], tmp_path / "bad")
+    weights = bad / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    ref = str(data[0] / data[1][0]["messages"][2]["content"]["audio_url"])
+    code = _script("generate").main(
+        ["--adapter", str(bad), "--ref_audio", ref, "--ref_text", "x", "--text", "Hi.", "--output", str(tmp_path / "o")]
+    )
+    assert code == 2
+    assert "corrupted or truncated" in _one_error_line(capsys.readouterr().err)
+
+
+def _pickled_copy(model_dir: str, dst: Path) -> Path:
+    """The embedded base model with its weights as a ``pytorch_model.bin`` pickle instead of safetensors."""
+    dst.mkdir()
+    for f in Path(model_dir).iterdir():
+        if f.suffix != ".safetensors":
+            (dst / f.name).write_bytes(f.read_bytes())
+    weights = {}
+    for f in Path(model_dir).glob("*.safetensors"):
+        weights.update(load_file(str(f)))
+    torch.save(weights, dst / "pytorch_model.bin")
+    return dst
+
+
+def test_a_pickled_base_model_is_refused_in_one_line(adapter, paths, tmp_path, capsys):
+    pickled = _pickled_copy(paths.model_path, tmp_path / "pickled")
+    args = ["--checkpoint", str(adapter[1]), "--output", str(tmp_path / "out"), "--base_model", str(pickled)]
+    assert _script("export").main([*args, "--allow_base_mismatch"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "holds only pickled weights (pytorch_model.bin)" in line and "safe_serialization=True" in line
+    assert not (tmp_path / "out").exists()
+    assert _script("export").main(["--checkpoint", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")]) == 2
+    assert "--checkpoint" in _one_error_line(capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------------------------- audio check
+def test_generate_fails_a_clip_that_fails_the_audio_check_unless_allowed(data, tmp_path, monkeypatch, capsys):
+    """The issue's clip (0.72 s of clipped noise for a 67-character sentence) exits 1 with what was measured;
+    ``--allow_bad_audio`` exits 0 and still says it. The WAV is written either way, to be listened to."""
+    import soundfile as sf
+
+    import higgs_train.generation as generation
+    from higgs_train.generation import GenerationResult
+
+    rate = 24000
+    wave = np.sign(np.random.default_rng(0).standard_normal(int(0.72 * rate))).astype(np.float32)
+    result = GenerationResult("prompt", np.zeros((8, 18), dtype=np.int64), wave, rate, True, "")
+    monkeypatch.setattr(generation, "load_generation_stack", lambda *a, **k: None)
+    monkeypatch.setattr(generation, "prompt_for_texts", lambda *a, **k: None)
+    monkeypatch.setattr(generation, "synthesize", lambda *a, **k: result)
+    ref = str(data[0] / data[1][0]["messages"][2]["content"]["audio_url"])
+    text = "x" * 67
+    out = tmp_path / "o.wav"
+    argv = ["--ref_audio", ref, "--ref_text", "x", "--text", text, "--output", str(out)]
+    assert _script("generate").main(argv) == 1
+    err = capsys.readouterr().err
+    assert "too short for its text: 0.72 s for 67 characters (93 characters/s" in err
+    assert "clipped: 100.0% of samples at full scale" in err and "--allow_bad_audio" in err
+    assert sf.info(str(out)).frames == len(wave)
+    assert _script("generate").main([*argv, "--allow_bad_audio"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: audio check:" in captured.err and "clipped" in captured.err
+
+
+# ----------------------------------------------------------------------------------------------- --speaker --data
+def test_speaker_reference_is_the_longest_clean_clip_in_range(tmp_path):
+    """On a built data set layout: the longest clip within 3-10 s wins unless it is clipped (then the next one),
+    clips outside the range only when nothing in range is clean; an unknown speaker lists the known ones."""
+    import soundfile as sf
+
+    from higgs_train.data.chatml import cloning_sample
+    from higgs_train.sample_data import SENTENCES, SPEAKERS, synthesize
+    from higgs_train.speaker_reference import ReferenceError, pick_reference
+
+    rate = 24000
+    voice = synthesize(SPEAKERS[0], SENTENCES[0], seed=0)
+    clips = {"a": 3.5, "b": 6.0, "clipped": 8.0, "long": 14.0, "other": 5.0}
+    for name, seconds in clips.items():
+        wave = np.resize(voice, int(seconds * rate)) * (8.0 if name == "clipped" else 1.0)
+        (tmp_path / "audio").mkdir(exist_ok=True)
+        sf.write(tmp_path / "audio" / f"{name}.wav", np.clip(wave, -1, 1), rate, subtype="PCM_16")
+    text = " ".join(SENTENCES[:3])  # ~100 characters: plausible for every clip above 3 s
+
+    def sample(target: str, ref: str, speaker: str = "anna") -> dict:
+        return cloning_sample(f"{target}~{ref}", speaker, text, f"audio/{ref}.wav", text, f"audio/{target}.wav")
+
+    rows = [sample("a", "clipped"), sample("clipped", "long"), sample("long", "a"), sample("other", "b", "ben")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    (tmp_path / "val.jsonl").write_text(json.dumps(rows[3]) + "\n")
+    (tmp_path / "data_report.json").write_text(json.dumps({"speakers": {"solo": {"clips": 1, "labelled_clips": 1}}}))
+
+    ref = pick_reference(tmp_path, "anna")
+    assert ref.audio_path == (tmp_path / "audio" / "a.wav").resolve() and ref.text == text
+    assert ref.seconds == pytest.approx(3.5) and "clipped" in ref.skipped[0]
+    assert pick_reference(tmp_path, "ben").audio_path.name == "b.wav"  # from val.jsonl, a reference turn
+    with pytest.raises(ReferenceError, match=r"known speakers: anna, ben$"):
+        pick_reference(tmp_path, "carl")
+    with pytest.raises(ReferenceError, match="lists 1 clip.*two labelled clips"):
+        pick_reference(tmp_path, "solo")
