@@ -169,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         from higgs_train.driver.validate import validate_job
 
         return validate_job(config)
-    from higgs_train.driver.cluster import ClusterResourcesError
+    from higgs_train.driver.cluster import ClusterResourcesError, RunSetupError
     from higgs_train.driver.train import JobOutputsMissing, run_training_job
 
     try:
         result = run_training_job(config)
-    except (ClusterResourcesError, JobOutputsMissing) as err:
+    except (ClusterResourcesError, RunSetupError, JobOutputsMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())
