@@ -6,6 +6,9 @@ their ``trainer_state.json`` for the step, and takes the newest one whose manife
 does not verify is skipped with a warning naming it. Storage is reached through pyarrow filesystems, the way Ray
 resolves ``RunConfig(storage_path)``: for S3 the usual AWS variables apply (``AWS_ENDPOINT_URL`` for an S3-compatible
 endpoint).
+
+The run's lock (``RunLock``) lives there too, in ``<storage>/<NAME>/run_lock/``: one live driver per run name,
+whichever machine it runs on, so a run's folder is only ever written and resumed by that run's own drivers.
 """
 
 from __future__ import annotations
@@ -194,6 +197,7 @@ class LockOwner:
     heartbeat_at: float
     lease_s: float
     note: str = ""  # what a refused user is shown about the holder, e.g. its output folder
+    pid_space: str = ""  # boot and pid namespace: containers sharing a host name do not share a process table
 
     @classmethod
     def from_json(cls, text: str) -> LockOwner:
@@ -207,6 +211,7 @@ class LockOwner:
             heartbeat_at=float(data["heartbeat_at"]),
             lease_s=float(data["lease_s"]),
             note=str(data.get("note", "")),
+            pid_space=str(data.get("pid_space", "")),
         )
 
 
@@ -244,16 +249,26 @@ def _process_start_time(pid: int) -> float | None:
         return 0.0
 
 
+def pid_space() -> str:
+    """This process table's identity: the boot id and the pid namespace (empty where Linux's /proc is absent)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
 def stale_reason(owner: LockOwner, now: float, host: str | None = None) -> str | None:
     """Why a claim no longer counts (its driver is gone), or None while it does.
 
-    On the claim's own host the process table decides at once (the pid is gone, or is another process now); from
-    any other host only the lease can tell, so a driver killed there blocks its run until ``lease_s`` after its
-    last heartbeat.
+    Where the claim's process table is this one (same host name, boot and pid namespace) it decides at once: the
+    pid is gone, or is another process now. From anywhere else (another host, another container) only the lease
+    can tell, so a driver killed there blocks its run until ``lease_s`` after its last heartbeat. The lease is
+    read against this host's clock: hosts sharing a storage need clocks within a fraction of it (NTP).
     """
     if now - owner.heartbeat_at > owner.lease_s:
         return f"no heartbeat for {now - owner.heartbeat_at:.0f} s (lease {owner.lease_s:.0f} s)"
-    if owner.host == (host or socket.gethostname()):
+    if owner.host == (host or socket.gethostname()) and owner.pid_space and owner.pid_space == pid_space():
         started = _process_start_time(owner.pid)
         if started is None:
             return f"pid {owner.pid} on {owner.host} has exited"
@@ -289,7 +304,7 @@ class RunLock:
         now = clock()
         started = _process_start_time(os.getpid()) or now
         token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.owner = LockOwner(token, socket.gethostname(), os.getpid(), started, now, now, lease_s, note)
+        self.owner = LockOwner(token, socket.gethostname(), os.getpid(), started, now, now, lease_s, note, pid_space())
         self._held = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -33,6 +33,7 @@ from higgs_train.training.checkpoint_store import (
     RunLockHeld,
     filesystem_and_path,
     join,
+    pid_space,
 )
 
 
@@ -60,6 +61,7 @@ def plant_claim(storage: str, run: str, **fields) -> str:
         "heartbeat_at": now,
         "lease_s": 60.0,
         "note": "output elsewhere",
+        "pid_space": pid_space(),
         **fields,
     }
     fs, root = filesystem_and_path(join(storage, run, RUN_LOCK_DIR))
@@ -139,6 +141,13 @@ def test_a_claim_of_another_host_counts_until_its_lease_ends(tmp_path):
         RunLock(str(tmp_path), "voice", sleep=sleeps.append).acquire()
     assert len(sleeps) == 2  # withdrew and retried (a simultaneous claimant would have withdrawn too), then refused
     assert claims(str(tmp_path), "voice") == ["other.json"]
+
+
+def test_a_claim_from_another_pid_namespace_counts_until_its_lease_ends(tmp_path):
+    """Containers may share the host name (host networking) but not the process table: a pid there is no proof."""
+    plant_claim(str(tmp_path), "voice", pid=dead_pid(), pid_space="another-boot:4026531836")
+    with pytest.raises(RunLockHeld):
+        RunLock(str(tmp_path), "voice", sleep=no_sleep).acquire()
 
 
 def test_an_unreadable_claim_is_removed(tmp_path, caplog):
