@@ -54,7 +54,7 @@ class RunSetupError(ValueError):
 
 
 def hold_run(storage: str, run_name: str, output_dir: str) -> RunLock:
-    """Take the run's lock on its storage for this driver (kept alive by a heartbeat until released).
+    """Take the run's lock on its storage for this driver (kept alive by a heartbeat until ``release``).
 
     A run name already held by a live driver is refused rather than moved to ``<name>-2`` (what a *completed* run
     gets): the two jobs would still share the output folder (adapter, history, reports, MLflow store), which the
@@ -125,18 +125,25 @@ def resolve_run(
         config = config.apply_quick_test()
     run_name = check_run_name(config.run_name or Path(config.output_dir).resolve().name)
     storage = storage_root(config)
-    if not config.resume_from:
-        fresh = next_free_name(run_name, lambda name: has_marker(storage, name, COMPLETED_MARKER))
-        if fresh != run_name:
-            logger.info("run %s already completed; starting %s", run_name, fresh)
-        run_name = fresh
     resume = config.resume_from or None
     if resume is not None:
         if "://" not in resume:
             resume = str(Path(resume).resolve())  # workers may run in another working directory
         check_resume_from(resume)  # refuse a bad --resume_from before any work, where it lies
-    if hold is not None:
-        hold.enter_context(hold_run(storage, run_name, config.output_dir))
+    asked = run_name
+    while True:
+        if resume is None:
+            run_name = next_free_name(run_name, lambda name: has_marker(storage, name, COMPLETED_MARKER))
+        if hold is None:
+            break
+        lock = hold_run(storage, run_name, config.output_dir)
+        if resume is None and has_marker(storage, run_name, COMPLETED_MARKER):
+            lock.release()  # its last driver completed it between the look and the lock: take the next name
+            continue
+        hold.callback(lock.release)
+        break
+    if run_name != asked:
+        logger.info("run %s already completed; starting %s", asked, run_name)
     if resume is None:
         remove_debris(storage, run_name)  # partial uploads left by a crash (Ray never registered them)
         found = find_resume_checkpoint(storage, run_name)

@@ -215,6 +215,25 @@ def test_a_held_run_is_released_when_the_job_ends(tmp_path, monkeypatch):
         assert run_name == "voice-2" and len(claims(str(tmp_path / "s"), "voice-2")) == 1
 
 
+def test_a_run_completed_between_the_look_and_the_lock_is_not_resumed(tmp_path, monkeypatch):
+    """The first job writes COMPLETED and lets go just as the second looks: the second must not resume it."""
+    from higgs_train.driver import cluster
+
+    real = cluster.hold_run
+
+    def completed_meanwhile(storage, run_name, output_dir):
+        if run_name == "voice":
+            (tmp_path / "s" / "voice").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "s" / "voice" / "COMPLETED").write_text("{}")
+        return real(storage, run_name, output_dir)
+
+    monkeypatch.setattr(cluster, "hold_run", completed_meanwhile)
+    with contextlib.ExitStack() as hold:
+        _, run_name, resume = resolve_run(job_config(tmp_path), hold)
+        assert (run_name, resume) == ("voice-2", None)
+        assert claims(str(tmp_path / "s"), "voice") == [] and len(claims(str(tmp_path / "s"), "voice-2")) == 1
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # A bad --resume_from: one line, what is wrong and what to do
 # --------------------------------------------------------------------------------------------------------------------
