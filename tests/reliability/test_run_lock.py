@@ -262,3 +262,48 @@ def test_a_bad_resume_from_is_one_line_with_what_to_do(tmp_path, capsys, case):
     assert err[-1].startswith("error: --resume_from") and reason in err[-1]
     assert "leave --resume_from out" in err[-1]
     assert not out.exists()  # refused before MLflow, Ray or any output
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs written whole
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_an_output_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from higgs_train.paths import write_atomic
+
+    target = tmp_path / "history.json"
+    write_atomic(target, '[{"step": 1}]')
+    assert target.read_text() == '[{"step": 1}]' and oct(target.stat().st_mode & 0o777) == oct(0o666 & ~umask())
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, '[{"step": 1}, {"step": 2}]')
+    assert target.read_text() == '[{"step": 1}]'  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]  # no temporary file left behind
+
+
+def test_an_output_folder_is_published_whole(tmp_path):
+    from higgs_train.paths import replace_dir, staging_dir
+
+    final = tmp_path / "adapter"
+    final.mkdir()
+    (final / "adapter_model.safetensors").write_text("old weights")
+    (final / "stale_extra.bin").write_text("old")
+    staging = staging_dir(final)
+    (staging / "adapter_model.safetensors").write_text("new weights")
+    (staging / "adapter_config.json").write_text("{}")
+    replace_dir(staging, final)
+    assert sorted(p.name for p in final.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert (final / "adapter_model.safetensors").read_text() == "new weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # neither the staging nor the old folder remains
+    assert oct(final.stat().st_mode & 0o777) == oct(0o777 & ~umask())
+
+
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
