@@ -136,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         from higgs_train.driver.validate import validate_job
 
         return validate_job(config)
-    from higgs_train.driver.cluster import ClusterResourcesError
+    from higgs_train.driver.cluster import ClusterResourcesError, RunSetupError
     from higgs_train.driver.train import JobOutputsMissing, run_training_job
     from higgs_train.training.checkpoint import CheckpointError
 
     try:
         result = run_training_job(config)
-    except (ClusterResourcesError, JobOutputsMissing, CheckpointError) as err:  # CheckpointError: --resume_from
+    except (ClusterResourcesError, RunSetupError, JobOutputsMissing, CheckpointError) as err:  # Checkpoint: resume
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())

@@ -308,12 +308,14 @@ class TrainingConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
+        """Write the config as JSON or YAML (by extension), whole: temp file + rename (``paths.write_atomic``)."""
+        from higgs_train.paths import write_atomic
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+            write_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         else:
-            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=True))
+            write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=True))
 
     def replace(self, **changes: Any) -> TrainingConfig:
         return TrainingConfig.from_dict({**self.to_dict(), **changes})

@@ -5,12 +5,18 @@ Starting or joining Ray itself is ``higgs_train.ray_session``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.fs as pafs
 
 from higgs_train.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from higgs_train.training.checkpoint_store import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +48,74 @@ def next_free_name(name: str, taken: Callable[[str], bool]) -> str:
     return f"{name}-{suffix}"
 
 
-def resolve_run(config: TrainingConfig) -> tuple[TrainingConfig, str, str | None]:
+class RunSetupError(ValueError):
+    """The run cannot start as asked (its name is held by a live job, ``--resume_from`` is not a checkpoint);
+    raised in seconds, before MLflow, Ray or any output is touched, with what to do."""
+
+
+def hold_run(storage: str, run_name: str, output_dir: str) -> RunLock:
+    """Take the run's lock on its storage for this driver (kept alive by a heartbeat until ``release``).
+
+    A run name already held by a live driver is refused rather than moved to ``<name>-2`` (what a *completed* run
+    gets): the two jobs would still share the output folder (adapter, history, reports, MLflow store), which the
+    name does not separate, and a second copy of a running job is nearly always a double start.
+    """
+    from higgs_train.training.checkpoint_store import RUN_LOCK_LEASE_S, RunLock, RunLockHeld
+
+    lock = RunLock(storage, run_name, note=f"output {output_dir}")
+    try:
+        lock.acquire()
+    except RunLockHeld as err:
+        raise RunSetupError(
+            f"{err}. Wait for it to finish (rerunning then resumes it or, once it completed, starts "
+            f"{run_name}-2), or run a second job beside it with its own --run_name and --output_dir. A lock whose "
+            f"driver died is taken over at once on the same host, else {RUN_LOCK_LEASE_S:.0f} s after its last "
+            "refresh."
+        ) from None
+    lock.start_heartbeat()
+    return lock
+
+
+def check_resume_from(location: str) -> None:
+    """Refuse a ``--resume_from`` that is not a verified checkpoint folder, in one line saying what to give."""
+    from higgs_train.training.checkpoint import CheckpointError, verify_checkpoint
+    from higgs_train.training.checkpoint_store import filesystem_and_path
+
+    usage = (
+        "give a checkpoint folder (e.g. ray_results/<run>/checkpoint_<timestamp>, or its s3:// URI), or leave "
+        "--resume_from out to resume the run's newest checkpoint automatically"
+    )
+    try:
+        filesystem, path = filesystem_and_path(location)
+        kind = filesystem.get_file_info(path).type
+    except (OSError, ValueError) as err:  # an unknown URI scheme, unreachable storage
+        raise RunSetupError(f"--resume_from {location}: cannot be read ({err}); {usage}") from None
+    if kind == pafs.FileType.NotFound:
+        raise RunSetupError(f"--resume_from {location}: no such file or folder; {usage}")
+    if kind != pafs.FileType.Directory:
+        raise RunSetupError(
+            f"--resume_from {location} is a file, not a checkpoint folder (pickled .pt/.ckpt files are never "
+            f"loaded); {usage}"
+        )
+    try:
+        verify_checkpoint(path, filesystem)
+    except (CheckpointError, OSError) as err:
+        raise RunSetupError(f"--resume_from: {err}; {usage}") from None
+
+
+def resolve_run(
+    config: TrainingConfig, hold: contextlib.ExitStack | None = None
+) -> tuple[TrainingConfig, str, str | None]:
     """Apply --quick_test, pick the run name and the checkpoint to resume from (explicit or the run's latest).
 
-    Auto-resume looks only at the run's own Ray Train checkpoint folders on its storage (local, ``file://``,
-    ``s3://``, ...) and takes the newest that verifies against its manifest (``training.checkpoint_store``).
+    ``hold``: the job's exit stack; the run's lock (``hold_run``) is taken into it before anything in the run's
+    folder is looked at or removed, so auto-resume only sees checkpoints of this run's own earlier drivers, which
+    are all gone, never the in-flight ones of a live job. Auto-resume looks only at the run's own Ray Train
+    checkpoint folders on its storage (local, ``file://``, ``s3://``, ...) and takes the newest that verifies
+    against its manifest (``training.checkpoint_store``).
     """
     from higgs_train.config import check_run_name
-    from higgs_train.training.checkpoint import verify_checkpoint
     from higgs_train.training.checkpoint_store import (
-        filesystem_and_path,
         find_resume_checkpoint,
         has_marker,
         remove_debris,
@@ -61,23 +125,31 @@ def resolve_run(config: TrainingConfig) -> tuple[TrainingConfig, str, str | None
         config = config.apply_quick_test()
     run_name = check_run_name(config.run_name or Path(config.output_dir).resolve().name)
     storage = storage_root(config)
-    if not config.resume_from:
-        fresh = next_free_name(run_name, lambda name: has_marker(storage, name, COMPLETED_MARKER))
-        if fresh != run_name:
-            logger.info("run %s already completed; starting %s", run_name, fresh)
-        run_name = fresh
     resume = config.resume_from or None
+    if resume is not None:
+        if "://" not in resume:
+            resume = str(Path(resume).resolve())  # workers may run in another working directory
+        check_resume_from(resume)  # refuse a bad --resume_from before any work, where it lies
+    asked = run_name
+    while True:
+        if resume is None:
+            run_name = next_free_name(run_name, lambda name: has_marker(storage, name, COMPLETED_MARKER))
+        if hold is None:
+            break
+        lock = hold_run(storage, run_name, config.output_dir)
+        if resume is None and has_marker(storage, run_name, COMPLETED_MARKER):
+            lock.release()  # its last driver completed it between the look and the lock: take the next name
+            continue
+        hold.callback(lock.release)
+        break
+    if run_name != asked:
+        logger.info("run %s already completed; starting %s", asked, run_name)
     if resume is None:
         remove_debris(storage, run_name)  # partial uploads left by a crash (Ray never registered them)
         found = find_resume_checkpoint(storage, run_name)
         resume = found.location if found else None
         if resume:
             logger.info("run %s has checkpoints: resuming from %s (step %d)", run_name, resume, found.global_step)
-    elif "://" not in resume:
-        resume = str(Path(resume).resolve())  # workers may run in another working directory
-    if resume:  # refuse a bad --resume_from before any work, where it lies
-        filesystem, path = filesystem_and_path(resume)
-        verify_checkpoint(path, filesystem)
     return config.replace(run_name=run_name, resume_from=resume or ""), run_name, resume
 
 

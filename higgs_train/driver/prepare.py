@@ -115,6 +115,7 @@ def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, P
 def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[Path]]:
     """Per-split validation reports and one quarantine file, from what preprocessing accepted and rejected."""
     from higgs_train.data.quarantine import Quarantine
+    from higgs_train.paths import write_atomic
 
     quarantine = Quarantine()
     files: list[Path] = []
@@ -130,11 +131,12 @@ def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[
         valid = cache.entry.num_rows
         report = {"total": valid + len(invalid), "valid": valid, "invalid": invalid}
         path = output / ("validation_report.json" if split == "train" else f"{split}_validation_report.json")
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(path, json.dumps(report, indent=2) + "\n")
         files.append(path)
     quarantine_path = quarantine.write(output / "quarantine.parquet")
     summary = output / "quarantine_summary.json"
-    summary.write_text(
+    write_atomic(
+        summary,
         json.dumps(
             {
                 "rows": len(quarantine),
@@ -143,7 +145,7 @@ def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     return len(quarantine), [*files, quarantine_path, summary]
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -68,56 +69,66 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
 
 
 def run_training_job(config: TrainingConfig) -> JobResult:
-    """Run one training job end to end (see the module docstring)."""
+    """Run one training job end to end (see the module docstring).
+
+    The run's lock (``driver.cluster.hold_run``) is held from the run's resolution to its COMPLETED marker, so a
+    second job of the same run name is refused instead of sharing its checkpoints and outputs.
+    """
     from higgs_train.data.shard_stream import stream_root_for_workers
     from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, resolve_run, run_params, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
-    from higgs_train.paths import resolve_user_paths
+    from higgs_train.paths import resolve_user_paths, write_atomic
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
-    from higgs_train.training.checkpoint_store import write_marker
+    from higgs_train.training.checkpoint_store import remove_debris, write_marker
 
-    config, run_name, resume = resolve_run(resolve_user_paths(config))  # absolute before anything runs on Ray
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
-    tracker = RunTracker(tracking_uri)
-    tags = {
-        "model_path": config.model_path,
-        "audio_tokenizer_path": config.audio_tokenizer_path,
-        "run_name": run_name,
-        "resumed_from": resume,
-    }
-    start = tracker.start_or_continue(
-        config.mlflow_experiment, run_name, params=run_params(config), tags=tags, resuming=bool(resume)
-    )
-    with start:
-        init_ray(config.verbose)
-        check_cpu_budget(config)
-        data = prepare_data(config, tracker)
-        (output / "data_keys.json").write_text(json.dumps(data.data_keys, indent=2) + "\n")  # export's model card
-        config.save(output / "resolved_config.yaml")
-        spec = WorkerSpec(
-            config=config,
-            cache_root=str(data.cache_root),
-            train_key=data.train.key,
-            val_key=data.val_key,
-            mlflow_run_id=tracker.run_id,
-            mlflow_tracking_uri=tracking_uri,
-            stream_root=stream_root_for_workers(data.train.entry.path, config.stream_cache_uri),
+    with contextlib.ExitStack() as hold:
+        config, run_name, resume = resolve_run(resolve_user_paths(config), hold)  # absolute before Ray runs anything
+        output = Path(config.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        tracking_uri = resolve_tracking_uri(output, config.mlflow_tracking_uri)
+        tracker = RunTracker(tracking_uri)
+        tags = {
+            "model_path": config.model_path,
+            "audio_tokenizer_path": config.audio_tokenizer_path,
+            "run_name": run_name,
+            "resumed_from": resume,
+        }
+        start = tracker.start_or_continue(
+            config.mlflow_experiment, run_name, params=run_params(config), tags=tags, resuming=bool(resume)
         )
-        result = build_torch_trainer(spec, run_name, storage_root(config)).fit()
-        if result.error:
-            raise RuntimeError(f"training failed: {result.error}") from result.error
-        metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        adapter_dir = output / "adapter"
-        history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
-        curve = tracker.log_loss_curve(history, output / "loss_curve.png") or _plot_untracked(history, output)
-        check_outputs(adapter_dir, output / "history.json", curve)
-        tracker.log_artifact(adapter_dir, "adapter")
-        tracker.log_artifact(output / "resolved_config.yaml")
-        for path in data.report_files:
-            tracker.log_artifact(path, "data")
-        write_marker(storage_root(config), run_name, COMPLETED_MARKER, json.dumps(metrics, sort_keys=True))
+        with start:
+            init_ray(config.verbose)
+            check_cpu_budget(config)
+            data = prepare_data(config, tracker)
+            write_atomic(output / "data_keys.json", json.dumps(data.data_keys, indent=2) + "\n")  # export's card
+            config.save(output / "resolved_config.yaml")
+            storage = storage_root(config)
+            spec = WorkerSpec(
+                config=config,
+                cache_root=str(data.cache_root),
+                train_key=data.train.key,
+                val_key=data.val_key,
+                mlflow_run_id=tracker.run_id,
+                mlflow_tracking_uri=tracking_uri,
+                stream_root=stream_root_for_workers(data.train.entry.path, config.stream_cache_uri),
+                checkpoint_storage=storage,
+            )
+            result = build_torch_trainer(spec, run_name, storage).fit()
+            if result.error:
+                raise RuntimeError(f"training failed: {result.error}") from result.error
+            # A worker restart can leave folders Ray never registered (an upload it did not live to report); the
+            # finished run's newer checkpoints supersede them, and Ray's retention never deletes them.
+            remove_debris(storage, run_name)
+            metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+            adapter_dir = output / "adapter"
+            history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
+            curve = tracker.log_loss_curve(history, output / "loss_curve.png") or _plot_untracked(history, output)
+            check_outputs(adapter_dir, output / "history.json", curve)
+            tracker.log_artifact(adapter_dir, "adapter")
+            tracker.log_artifact(output / "resolved_config.yaml")
+            for path in data.report_files:
+                tracker.log_artifact(path, "data")
+            write_marker(storage, run_name, COMPLETED_MARKER, json.dumps(metrics, sort_keys=True))
     return JobResult(output, adapter_dir, run_name, tracker.run_id, tracking_uri, metrics, data.quarantined, resume)

@@ -85,6 +85,9 @@ class WorkerSpec:
     mlflow_run_id: str | None
     mlflow_tracking_uri: str
     stream_root: str = ""  # where workers stream the training entry from (a URI); empty: cache_root
+    # Ray Train storage of the run (``<storage>/<run_name>/checkpoint_*``): a restarted worker also looks there for
+    # checkpoints Ray did not live to register. Empty (a Tune trial): only Ray's and the driver's choice count.
+    checkpoint_storage: str = ""
     trial_id: str | None = None
     placement_groups: Any = None
 
@@ -117,25 +120,32 @@ def run_worker(spec: WorkerSpec) -> None:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
     trainer = HiggsAudioTrainer(config.replace(resume_from=""), context, train_records, val_records)
     trainer.setup()
-    restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from)
+    stored = (spec.checkpoint_storage, config.run_name) if spec.checkpoint_storage else None
+    restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from, stored)
     trainer.train()
     train_records.close()
 
 
-def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:
-    """Continue from where this run stands: the newer of Ray's latest reported checkpoint and the driver's choice.
+def restore_worker(trainer: Any, reported: Any, resume_from: str, stored: tuple[str, str] | None = None) -> None:
+    """Continue from where this run stands: the newest verified of Ray's latest reported checkpoint, the driver's
+    choice and the run's own checkpoint folders in storage.
 
-    ``reported`` (``ray.train.get_checkpoint()``) is set when Ray restarted the worker group after a failure (then
-    it is the newest state of this run), or when a rerun finds the run's snapshot in storage. ``resume_from`` is
-    the driver's choice: the user's ``--resume_from``, or the newest checkpoint of the run in storage that
-    verifies, which on a rerun can be newer than Ray's snapshot (a crash after the upload, before Ray registered
-    it). Both are verified before anything is loaded; one that does not verify is skipped with a warning. The
-    step restored from is logged as ``train/restored_from_step``, so every restart shows in MLflow.
+    ``reported`` (``ray.train.get_checkpoint()``) is set when Ray restarted the worker group after a failure, or
+    when a rerun finds the run's snapshot in storage; it is the newest checkpoint Ray *registered*. A worker killed
+    after uploading a checkpoint but before Ray registered it leaves a complete, newer folder that Ray does not
+    know of (a SIGKILL at step 5 restored step 2 while step 4 lay verified in storage): ``stored`` = (storage,
+    run name) adds the newest folder of the run that verifies (``checkpoint_store.find_resume_checkpoint``; the
+    run's lock guarantees no live job of another driver writes there). ``resume_from`` is the driver's choice:
+    the user's ``--resume_from``, or the run's newest verified checkpoint when the job started. Every candidate
+    is verified before anything is loaded; one that does not verify is skipped with a warning. Folders left
+    unregistered are removed when the job ends (``checkpoint_store.remove_debris``). The step restored from is
+    logged as ``train/restored_from_step``, so every restart shows in MLflow.
     """
     import json
     import logging
 
     from higgs_train.training.checkpoint import STATE_FILE, CheckpointError
+    from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint
 
     log = logging.getLogger(__name__)
     with contextlib.ExitStack() as stack:
@@ -147,11 +157,13 @@ def restore_worker(trainer: Any, reported: Any, resume_from: str) -> None:
             except (OSError, ValueError, KeyError) as err:
                 log.warning("not restoring Ray's latest checkpoint %s: %s", reported.path, err)
         if resume_from:
-            from higgs_train.training.checkpoint_store import filesystem_and_path
-
             fs, path = filesystem_and_path(resume_from)
             with fs.open_input_stream(f"{path}/{STATE_FILE}") as stream:
                 candidates.append((json.loads(stream.read())["global_step"], resume_from))
+        if stored is not None:
+            newest = find_resume_checkpoint(*stored)
+            if newest is not None and all(newest.global_step > step for step, _ in candidates):
+                candidates.append((newest.global_step, newest.location))
         for step, location in sorted(candidates, key=lambda c: c[0], reverse=True):
             try:
                 state = trainer.load_checkpoint(location)

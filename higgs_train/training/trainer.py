@@ -514,11 +514,15 @@ class HiggsAudioTrainer:
     def _finish(self, metrics: dict[str, float]) -> Path | None:
         if self.context.rank != 0:
             return None
+        from higgs_train.paths import replace_dir, staging_dir, write_atomic
+
         output = Path(self.config.output_dir)
         adapter_dir = output / "adapter"
-        save_adapter(self.model, adapter_dir)
-        self.config.save(adapter_dir / "training_config.yaml")
-        (output / "history.json").write_text(json.dumps(self.state.history, indent=1))
+        staging = staging_dir(adapter_dir)  # published whole: never a mix of this run's files and another's
+        save_adapter(self.model, staging)
+        self.config.save(staging / "training_config.yaml")
+        replace_dir(staging, adapter_dir)
+        write_atomic(output / "history.json", json.dumps(self.state.history, indent=1))
         return adapter_dir
 
     def save_checkpoint(self, path: str | Path) -> Path:

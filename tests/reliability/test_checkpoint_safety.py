@@ -26,7 +26,7 @@ from ckpt_fixtures import (
 )
 
 from higgs_train.config import TrainingConfig
-from higgs_train.driver.cluster import resolve_run
+from higgs_train.driver.cluster import RunSetupError, resolve_run
 from higgs_train.training.checkpoint import (
     CheckpointError,
     load_rng_state,
@@ -88,7 +88,7 @@ def test_a_planted_pickle_checkpoint_is_refused_without_running_anything(tmp_pat
     # Pointing at it explicitly, or loading it into a trainer, is refused with the reason.
     with pytest.raises(CheckpointError, match="pickle-based checkpoint"):
         trainer_for(tmp_path / "t", records).load_checkpoint(planted)
-    with pytest.raises(CheckpointError, match="pickle-based checkpoint"):
+    with pytest.raises(RunSetupError, match="pickle-based checkpoint"):
         resolve_run(job_config(tmp_path, storage, resume_from=str(planted)))
     # A plain rerun of the run: the planted checkpoints (higher steps) are skipped, the real one is chosen; the
     # planted folder among the run's checkpoint folders is removed as debris (Ray never registered it).
@@ -249,14 +249,14 @@ def test_an_unregistered_checkpoint_newer_than_rays_is_resumed_from(tmp_path, ch
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def restored_step(tmp_path, records, reported, resume_from) -> int:
+def restored_step(tmp_path, records, reported, resume_from, stored=None) -> int:
     from ray.train import Checkpoint
 
     from higgs_train.driver.worker import restore_worker
 
     trainer = trainer_for(tmp_path / "w", records)
     trainer.setup()
-    restore_worker(trainer, Checkpoint.from_directory(str(reported)) if reported else None, resume_from)
+    restore_worker(trainer, Checkpoint.from_directory(str(reported)) if reported else None, resume_from, stored)
     return trainer.state.global_step
 
 
@@ -272,3 +272,34 @@ def test_a_restarted_worker_restores_the_newest_checkpoint_that_verifies(tmp_pat
     assert any("not restoring" in r.getMessage() for r in caplog.records)
     with pytest.raises(CheckpointError, match="no checkpoint to resume from verifies"):
         restored_step(tmp_path / "f", records, broken, "")
+
+
+def test_a_restarted_worker_takes_a_newer_verified_checkpoint_ray_never_registered(tmp_path, checkpoints, records):
+    """Issue 20 #5: killed after uploading step 4 but before Ray registered it, the worker came back at step 2.
+
+    Ray hands the restarted worker its newest *registered* checkpoint (step 2); the run's folder also holds the
+    complete step-4 upload and a newer partial one. The worker restores step 4; when the job ends, the unregistered
+    folders go (``remove_debris``) once Ray holds a newer checkpoint, so none is left orphaned.
+    """
+    from higgs_train.training.checkpoint_store import remove_debris
+
+    storage = tmp_path / "ray_results"
+    registered = place(checkpoints[2], storage / "voice", OLDER)
+    unregistered = place(checkpoints[4], storage / "voice", NEWER)
+    partial = place(checkpoints[4], storage / "voice", "checkpoint_2026-01-01_00-00-03.000003")
+    BREAKAGES["truncated file"](partial)
+    stored = (str(storage), "voice")
+    assert restored_step(tmp_path / "a", records, registered, "", stored) == 4
+    assert restored_step(tmp_path / "b", records, registered, "", None) == 2  # what Ray alone offered
+    # The run goes on and Ray registers its later checkpoints; at the end only registered folders remain.
+    final = place(checkpoints[4], storage / "voice", "checkpoint_2026-01-01_00-00-09.000009")
+    snapshot = {
+        "checkpoint_results": [
+            {"checkpoint_dir_name": OLDER, "metrics": {"step": 2}},
+            {"checkpoint_dir_name": final.name, "metrics": {"step": 6}},
+        ]
+    }
+    (storage / "voice" / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    remove_debris(str(storage), "voice")
+    assert sorted(p.name for p in (storage / "voice").glob("checkpoint_*/")) == sorted([OLDER, final.name])
+    assert not unregistered.exists() and not partial.exists()

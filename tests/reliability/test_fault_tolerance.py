@@ -1,4 +1,5 @@
-"""A training worker SIGKILLed mid-run is restarted by Ray Train and the run ends as if nothing happened.
+"""A training worker SIGKILLed mid-run is restarted by Ray Train and the run ends as if nothing happened; a second
+launch of a running job is refused and leaves the first one's run and outputs alone.
 
 Two real jobs (``run_training_job``: local Ray cluster, Ray Data preprocessing, ``TorchTrainer``, MLflow) on the same
 data: one uninterrupted, one whose training worker is killed with SIGKILL after the first checkpoint and a step
@@ -10,17 +11,19 @@ once (history.json and MLflow) and end with the uninterrupted run's adapter.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import ray
-from ray_faults import WorkerKiller, logged_steps
+from ray_faults import SecondJobs, WorkerKiller, logged_steps
 from safetensors.torch import load_file
 
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.train import run_training_job
 from higgs_train.sample_data import create_sample_data
-from higgs_train.training.checkpoint_store import registered_checkpoints
+from higgs_train.tracking import find_runs
+from higgs_train.training.checkpoint_store import RUN_LOCK_DIR, registered_checkpoints
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +56,36 @@ def relative_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a) / scale
 
 
+def second_job_argv(config: TrainingConfig) -> list[str]:
+    """The same job's command line (same data, output folder and so run name); one step, should it ever run."""
+    flags = {"train_data": config.train_data, "val_data": config.val_data, "output_dir": config.output_dir}
+    return [*(a for k, v in flags.items() for a in (f"--{k}", v)), "--cache_dir", config.cache_dir, "--max_steps", "1"]
+
+
 def test_killed_worker_is_restarted_and_no_step_is_lost_or_doubled(tmp_path):
     data = create_sample_data(tmp_path / "data")
     cache = tmp_path / "token_cache"  # shared: the second job reuses the first one's preprocessing
+    first = job_config(data, tmp_path / "out" / "uninterrupted", cache)
+    storage = str(tmp_path / "out" / "uninterrupted" / "ray_results")
+    # Issue 20 #2: the same job launched again from this checkout, seconds after the first and once it has a
+    # checkpoint, while the first runs. Each is refused in one line; the first run ends as if alone.
+    again = SecondJobs(second_job_argv(first), storage, "uninterrupted").start()
     try:
-        reference = run_training_job(job_config(data, tmp_path / "out" / "uninterrupted", cache))
+        reference = run_training_job(first)
     finally:
         ray.shutdown()
+        refused = again.results()
+    for moment, (code, err) in refused.items():
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        assert code == 1 and "Traceback" not in err, (moment, code, err[-3000:])
+        assert last.startswith("error: run 'uninterrupted' is being trained by another job"), (moment, last)
+        assert "--run_name" in last and f"pid {os.getpid()}" in last, last
+    assert len(find_runs(reference.tracking_uri, "higgs-train")) == 1  # neither started an MLflow run
+    assert [h["step"] for h in json.loads((reference.output_dir / "history.json").read_text())] == list(
+        range(1, MAX_STEPS + 1)
+    )
+    assert only_registered_folders(storage, "uninterrupted")
+    assert not list(Path(storage, "uninterrupted", RUN_LOCK_DIR).glob("*.json"))  # released at the end
 
     out = tmp_path / "out" / "killed"
     config = job_config(data, out, cache, max_failures=3)
@@ -74,8 +100,11 @@ def test_killed_worker_is_restarted_and_no_step_is_lost_or_doubled(tmp_path):
     assert killer.killed, "no training worker was killed"
     assert killer.registered_step_at_kill == SAVE_EVERY
     assert SAVE_EVERY < max(killer.steps_logged_at_kill) < MAX_STEPS
-    # Ray restarted the worker group once, and the new worker restored the checkpoint of step 3.
-    assert metric_steps(result.tracking_uri, result.mlflow_run_id, "train/restored_from_step") == [SAVE_EVERY]
+    # Ray restarted the worker group once, and the new worker restored the newest checkpoint that verified in
+    # storage: step 3, or step 6 when the kill came after its upload but before Ray registered it (issue 20 #5).
+    assert killer.newest_verified_at_kill in (SAVE_EVERY, 2 * SAVE_EVERY)
+    restored = metric_steps(result.tracking_uri, result.mlflow_run_id, "train/restored_from_step")
+    assert restored == [killer.newest_verified_at_kill]
     # Every step exactly once: in the run's history and in MLflow.
     history = json.loads((result.output_dir / "history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, MAX_STEPS + 1))
@@ -90,6 +119,13 @@ def test_killed_worker_is_restarted_and_no_step_is_lost_or_doubled(tmp_path):
     # Ray's retention still holds after the restart: best keep_best_k by val_loss plus the latest.
     kept = registered_checkpoints(str(out / "ray_results"), "killed")
     assert len(kept) <= config.keep_best_k + 1 and max(kept.values()) == MAX_STEPS
+    assert only_registered_folders(str(out / "ray_results"), "killed")  # nothing orphaned by the restart
+
+
+def only_registered_folders(storage: str, run_name: str) -> bool:
+    """Every checkpoint folder of the run is one Ray registered (its retention then covers them all)."""
+    folders = {p.name for p in Path(storage, run_name).glob("checkpoint_*") if p.is_dir()}
+    return bool(folders) and folders == set(registered_checkpoints(storage, run_name))
 
 
 def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
