@@ -319,8 +319,9 @@ def check_cache_location(config: Any) -> None:
 def check_local_inputs(config: Any) -> None:
     """Refuse local inputs besides the manifests that do not exist: one line naming the flag, not a traceback later.
 
-    ``--resume_from`` and ``--audio_base_path`` must exist when given as local paths; a model reference written like
-    a path (``./``, ``../``, ``/``, ``~``) must too (anything else may be a hub id, ``org/name``).
+    ``--audio_base_path`` must exist when given as a local path; a model reference written like a path (``./``,
+    ``../``, ``/``, ``~``) must too (anything else may be a hub id, ``org/name``). ``--resume_from`` has its own
+    check, on any storage, in ``driver.cluster.check_resume_from``.
     """
     from higgs_train.paths import is_uri
 
@@ -332,9 +333,9 @@ def check_local_inputs(config: Any) -> None:
         where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
         return f"{absolute}{where} does not exist"
 
-    for flag, value in (("--resume_from", config.resume_from), ("--audio_base_path", config.audio_base_path)):
-        if value and not is_uri(value) and (reason := missing(value)):
-            raise DataSetupError(f"{flag} {value}: {reason}")
+    value = config.audio_base_path
+    if value and not is_uri(value) and (reason := missing(value)):
+        raise DataSetupError(f"--audio_base_path {value}: {reason}")
     for flag in ("--model_path", "--audio_tokenizer_path", "--tokenizer_path"):
         value = getattr(config, flag[2:], "") or ""
         if value.startswith(("/", "./", "../", "~")) and (reason := missing(value)):
