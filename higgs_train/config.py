@@ -394,10 +394,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(TrainingConfig)}
-
-
 def field_defaults() -> dict[str, Any]:
     out = {}
     for f in fields(TrainingConfig):

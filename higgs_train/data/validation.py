@@ -279,10 +279,6 @@ class AudioChecker:
             return str(err), 0.0
         return None, len(data) / sr
 
-    @property
-    def files_decoded(self) -> int:
-        return len(self._decoded)
-
 
 def audio_reason(turns: list[tuple[str, list[Part]]], checker: AudioChecker) -> str | None:
     for i, (_, parts) in enumerate(turns):

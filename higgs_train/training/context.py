@@ -84,15 +84,5 @@ class LocalContext(WorkerContext):
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def best_checkpoint(root: Path) -> Path | None:
-    """The kept checkpoint with the lowest recorded val_loss under ``root``."""
-    best: tuple[float, Path] | None = None
-    for metrics_file in Path(root).rglob("metrics.json"):
-        value = json.loads(metrics_file.read_text()).get("val_loss")
-        if value is not None and (best is None or value < best[0]):
-            best = (value, metrics_file.parent)
-    return best[1] if best else None
-
-
 def as_float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -66,10 +66,6 @@ class SpeechDetector:
         return [Span(float(s["start"]), float(s["end"])) for s in stamps]
 
 
-def _cut_between(left: Span, right: Span) -> float:
-    return (left.end + right.start) / 2
-
-
 def _padded(start: float, end: float, total: float) -> Span:
     return Span(max(0.0, start - EDGE_PAD_SECONDS), min(total, end + EDGE_PAD_SECONDS))
 
