@@ -171,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         return validate_job(config)
     from higgs_train.driver.cluster import ClusterResourcesError
     from higgs_train.driver.train import JobOutputsMissing, run_training_job
+    from higgs_train.tracking import TrackingError
 
     try:
         result = run_training_job(config)
-    except (ClusterResourcesError, JobOutputsMissing) as err:
+    except (ClusterResourcesError, JobOutputsMissing, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())
@@ -202,9 +203,11 @@ def tune_main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     config = resolve_user_paths(given)  # trials run in Ray's cwd: absolute paths only
+    from higgs_train.tracking import TrackingError
+
     try:
         result = run_sweep(config, settings)
-    except (ClusterResourcesError, DataSetupError) as err:
+    except (ClusterResourcesError, DataSetupError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())

@@ -201,8 +201,10 @@ def close_child_runs(tracking_uri: str, experiment: str, parent_run_id: str, tri
     """Link trials to their child runs, log each one's final figures, and end the runs ASHA killed mid-flight."""
     from mlflow import MlflowClient
 
-    from higgs_train.tracking import RunTracker, find_runs
+    from higgs_train.tracking import RunTracker, find_runs, tracking_off
 
+    if tracking_off(tracking_uri) or not parent_run_id:
+        return
     children = {
         r["tags"].get("tune_trial_id"): r
         for r in find_runs(tracking_uri, experiment)

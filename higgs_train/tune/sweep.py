@@ -138,6 +138,9 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         ray.kill(registry)
         trials = [summarize_trial(r, config, output / "trials", lengths) for r in grid]
         close_child_runs(tracking_uri, config.mlflow_experiment, tracker.run_id or "", trials)
+        for trial in trials:  # a trial whose worker could not log fails the sweep (tracking.check_logged)
+            if trial.status != "error" and trial.mlflow_run_id:
+                RunTracker(tracking_uri).attach(trial.mlflow_run_id).check_logged("train/total_loss", trial.step or 0)
         csv_path, json_path = write_trial_table(trials, output)
         for path in (csv_path, json_path):
             tracker.log_artifact(path)
