@@ -202,7 +202,10 @@ def test_keyboard_interrupt_marks_run_killed(tmp_path: Path) -> None:
 
 # --- ranks ----------------------------------------------------------------------------------------------------------
 def test_non_zero_rank_logs_nothing(tmp_path: Path) -> None:
-    for tracker in (RunTracker.for_output_dir(tmp_path / "out", rank=1), RunTracker(embedded_tracking_uri(tmp_path / "out"), rank=3)):
+    for tracker in (
+        RunTracker.for_output_dir(tmp_path / "out", rank=1),
+        RunTracker(embedded_tracking_uri(tmp_path / "out"), rank=3),
+    ):
         with tracker.start(EXPERIMENT, "worker", params={"a": 1}):
             tracker.log_metrics({"train/total_loss": 1.0}, step=1)
             tracker.log_text("x", "x.txt")
