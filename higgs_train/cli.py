@@ -210,6 +210,7 @@ def tune_main(argv: list[str] | None = None) -> int:
     except (ClusterResourcesError, DataSetupError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    print(result.table())
     print(result.summary())
     return 0
 

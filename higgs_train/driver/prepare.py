@@ -105,6 +105,7 @@ def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, P
             num_actors=config.dataloader_num_workers,
             cpus_per_actor=config.cpus_per_data_actor,
             max_tokens_per_row=config.max_tokens_per_row,
+            progress_label=f"token cache ({split})",
         )
         logger.info("%s cache: %s", split, describe(result))
         results.append(result)

@@ -75,6 +75,7 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
 
 def run_training_job(config: TrainingConfig) -> JobResult:
     """Run one training job end to end (see the module docstring)."""
+    from higgs_train.console import quiet_libraries
     from higgs_train.data.shard_stream import stream_root_for_workers
     from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, resolve_run, run_params, storage_root
     from higgs_train.driver.prepare import prepare_data
@@ -84,6 +85,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     from higgs_train.tracking import RunTracker, resolve_tracking_uri, tracking_error_in
     from higgs_train.training.checkpoint_store import write_marker
 
+    quiet_libraries(config.verbose)
     config, run_name, resume = resolve_run(resolve_user_paths(config))  # absolute before anything runs on Ray
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from higgs_train.tune.results import (
     export_best,
     select_best,
     summarize_trial,
+    trial_table_text,
     write_trial_table,
 )
 from higgs_train.tune.space import (
@@ -28,7 +29,13 @@ from higgs_train.tune.space import (
     search_space_path,
     to_param_space,
 )
-from higgs_train.tune.trial import PlacementGroupRegistry, ReleasePlacementGroups, TrialContext, run_trial
+from higgs_train.tune.trial import (
+    PlacementGroupRegistry,
+    ReleasePlacementGroups,
+    TrialContext,
+    TrialResultLines,
+    run_trial,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,10 @@ class SweepResult:
     tracking_uri: str
     trials: list[TrialSummary]
     best: dict[str, Any] | None
+
+    def table(self) -> str:
+        """The final table: one row per trial, best first (what ``trials.csv`` holds, in short)."""
+        return trial_table_text(self.trials)
 
     def summary(self) -> str:
         counts = {s: sum(t.status == s for t in self.trials) for s in ("completed", "early_stopped", "error")}
@@ -71,11 +82,13 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     import ray
     from ray import tune
 
+    from higgs_train.console import quiet_libraries
     from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
 
+    quiet_libraries(config.verbose)
     settings.validate()
     spec = load_search_space(settings.search_space)
     config = resolve_sweep_run(config)
@@ -131,7 +144,10 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=tune.RunConfig(
-                name=sweep_name, storage_path=storage, verbose=1, callbacks=[ReleasePlacementGroups(registry)]
+                name=sweep_name,
+                storage_path=storage,
+                verbose=2 if config.verbose else 0,  # Tune's status tables only with --verbose
+                callbacks=[ReleasePlacementGroups(registry), TrialResultLines(total_steps)],
             ),
         )
         grid = tuner.fit()
