@@ -430,7 +430,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus_per_actor", type=float, default=1.0, help="CPUs reserved by each model's actor.")
     p.add_argument("--logged_wav_rows", type=int, default=3, help="WAVs of the first N rows logged to MLflow.")
     p.add_argument(
-        "--mlflow_tracking_uri", default="", help="Default: sqlite under --output_dir (or MLFLOW_TRACKING_URI)."
+        "--mlflow_tracking_uri",
+        default="",
+        help="Default: the project's sqlite next to --output_dir (or MLFLOW_TRACKING_URI).",
     )
     p.add_argument("--mlflow_experiment", default="higgs-train-eval", help="MLflow experiment.")
     p.add_argument("--run_name", default="", help="MLflow parent run name; default eval-<manifest name>.")
