@@ -119,6 +119,8 @@ def run_training_job(config: TrainingConfig) -> JobResult:
             result = build_torch_trainer(spec, run_name, storage_root(config)).fit()
         except Exception as exc:  # a worker that cannot log says so in one line, not in Ray's nested tracebacks
             raise (tracking_error_in(exc) or exc) from exc
+        finally:
+            tracker.log_metrics(data.metrics, step=0)  # after the loss curves (PreparedData.metrics)
         if result.error:
             raise RuntimeError(f"training failed: {result.error}") from result.error
         metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}

@@ -107,6 +107,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         resources = plan_resources(config, settings, ray.cluster_resources())
         logger.info("trial resources: %s", resources)
         data = prepare_data(config, tracker)
+        tracker.log_metrics(data.metrics, step=0)  # the parent run has no loss curves to show first
         if data.val_key is None:
             raise ValueError("a sweep ranks trials by val_loss: give --val_data with at least one valid row")
         lengths = data.train.entry.lengths()
