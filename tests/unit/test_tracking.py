@@ -271,12 +271,13 @@ def test_plot_loss_curve_handles_partial_and_empty_history(tmp_path: Path) -> No
 
 # --- a job whose metrics did not land fails; tracking off by choice does not ----------------------------------------
 def test_attach_to_a_run_the_store_lacks_fails_naming_the_store(tmp_path: Path) -> None:
-    """What a worker met with a relative URI resolved in its session folder: 'Run not found' at every step."""
+    """What a worker met with a relative URI resolved in its session folder (another, empty database): 'Run not
+    found' at every step. Here the store lacks the run id, the same answer without creating a second database."""
     with RunTracker.for_output_dir(tmp_path / "out").start(EXPERIMENT, "job") as driver:
         RunTracker(driver.tracking_uri).attach(driver.run_id).log_metrics({"train/total_loss": 1.0}, step=1)
-        other = embedded_tracking_uri(tmp_path / "elsewhere" / "out")
-        with pytest.raises(TrackingError, match=rf"{driver.run_id} is not in the tracking store .*elsewhere"):
-            RunTracker(other).attach(driver.run_id)
+        missing = "0" * 32
+        with pytest.raises(TrackingError, match=rf"{missing} is not in the tracking store .*{tmp_path.name}"):
+            RunTracker(driver.tracking_uri).attach(missing)
 
 
 def test_check_logged_fails_when_the_last_steps_are_missing(tmp_path: Path) -> None:
@@ -296,3 +297,33 @@ def test_tracking_off_logs_and_checks_nothing(tmp_path: Path, monkeypatch: pytes
     tracker.log_metrics({"train/total_loss": 1.0}, step=1)
     tracker.check_logged("train/total_loss", 30)  # the user chose no tracking: nothing to miss
     assert tracker.run_id is None and not list(tmp_path.rglob("*.db")) and not (tmp_path / "off").exists()
+
+
+def test_a_workers_tracking_error_reaches_the_console_as_its_one_line() -> None:
+    """Ray wraps a worker's exception (WorkerGroupError -> worker_failures -> RayTaskError cause); the driver
+    shows the TrackingError's own message, not Ray's nested tracebacks."""
+    from higgs_train.tracking import tracking_error_in
+
+    class WorkerGroupError(RuntimeError):
+        def __init__(self, message: str, worker_failures: dict) -> None:
+            super().__init__(message)
+            self.worker_failures = worker_failures
+
+    try:
+        try:
+            raise TrackingError("MLflow run abc is not in the tracking store 'sqlite:///x.db'")
+        except TrackingError as cause:
+            raise RuntimeError("ray::RayTrainWorker.run_train_fn() failed") from cause
+    except RuntimeError as task_error:
+        wrapped = WorkerGroupError(
+            "Training failed due to worker errors:\n[Rank 0 Error Snippet]: ...", {0: task_error}
+        )
+    found = tracking_error_in(wrapped)
+    assert (
+        isinstance(found, TrackingError)
+        and str(found) == "MLflow run abc is not in the tracking store 'sqlite:///x.db'"
+    )
+    assert tracking_error_in(RuntimeError("training failed: out of memory")) is None
+    # Only the text survived (an exception Ray could not rebuild): the message is still found in it.
+    text_only = RuntimeError("...\nhiggs_train.tracking.TrackingError: MLflow run abc is not in the store\n")
+    assert str(tracking_error_in(text_only)) == "MLflow run abc is not in the store"
