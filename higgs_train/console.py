@@ -20,7 +20,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
@@ -157,6 +157,22 @@ def quiet_ray_logs(verbose: bool) -> None:
     detectors = getattr(context, "issue_detectors_config", None)
     if not verbose and detectors is not None and hasattr(detectors, "detectors"):
         detectors.detectors = []  # "uses 1.5GiB per worker" advice, repeated every 30 s, on a smoke-test job
+
+
+@contextlib.contextmanager
+def quiet_tune_output(verbose: bool) -> Iterator[None]:
+    """Tune's console during ``Tuner.fit``: nothing of its own unless ``verbose`` (the sweep prints one line per trial
+    result itself). Tune's new output engine prints its experiment box and result paths at every verbosity; its
+    legacy reporter (``RAY_AIR_NEW_OUTPUT=0``, read by ``ray.tune`` at fit time) at verbose 0 prints nothing. A value
+    the user set wins."""
+    if verbose or "RAY_AIR_NEW_OUTPUT" in os.environ:
+        yield
+        return
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
 
 
 def emit(line: str) -> None:

@@ -82,7 +82,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     import ray
     from ray import tune
 
-    from higgs_train.console import quiet_libraries
+    from higgs_train.console import quiet_libraries, quiet_tune_output
     from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.ray_session import init_ray
@@ -151,7 +151,8 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
                 callbacks=[ReleasePlacementGroups(registry), TrialResultLines(total_steps)],
             ),
         )
-        grid = tuner.fit()
+        with quiet_tune_output(config.verbose):
+            grid = tuner.fit()
         ray.kill(registry)
         trials = [summarize_trial(r, config, output / "trials", lengths) for r in grid]
         close_child_runs(tracking_uri, config.mlflow_experiment, tracker.run_id or "", trials)

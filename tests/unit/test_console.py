@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import pytest
@@ -70,3 +71,18 @@ def test_default_console_drops_library_noise_and_verbose_keeps_it(restore_loggin
     quiet_libraries(verbose=True)
     assert logging.getLogger("mlflow.store.db.utils").level == logging.NOTSET
     assert token_notice.level == logging.NOTSET and worker_env(verbose=True) == {}
+
+
+def test_tune_prints_nothing_of_its_own_unless_verbose(monkeypatch):
+    """Tune's new output engine prints its experiment box at any verbosity; its legacy one at verbose 0 is silent."""
+    from higgs_train.console import quiet_tune_output
+
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    with quiet_tune_output(verbose=False):
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+    with quiet_tune_output(verbose=True):
+        assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # the user's choice wins
+    with quiet_tune_output(verbose=False):
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
