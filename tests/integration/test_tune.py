@@ -205,9 +205,11 @@ def test_a_relative_sqlite_uri_keeps_every_metric(sweep: SweepResult) -> None:
     _, children = _runs(sweep)
     for child in children:
         trial = next(t for t in sweep.trials if t.trial_id == child["tags"]["tune_trial_id"])
-        history = json.loads((Path(trial.output_dir) / "history.json").read_text())
         logged = [int(m.step) for m in client.get_metric_history(child["run_id"], "train/total_loss")]
-        assert logged == [h["step"] for h in history] and logged[-1] >= (trial.step or 1), child["run_name"]
+        assert logged and logged[-1] >= (trial.step or 1), child["run_name"]  # up to its last report, at least
+        history = Path(trial.output_dir) / "history.json"  # written by trials that ran to the end (ASHA stops some)
+        if history.exists():
+            assert logged == [h["step"] for h in json.loads(history.read_text())], child["run_name"]
 
 
 def test_console_is_one_line_per_trial_result_and_the_table(sweep: SweepResult) -> None:
