@@ -65,6 +65,9 @@ NOISE_PATTERNS = (
     re.compile(r"has constructor arguments in the object store and max_restarts > 0"),
     re.compile(r"\[Gloo\] Rank \d+ is connected to"),
     re.compile(r"Reporting training result \d+: TrainingReport\("),
+    # The raylet's advice when fractional CPUs (a sweep's 0.25-CPU trial functions) start many worker processes:
+    # expected by design here, and printed with a dedup notice on every sweep.
+    re.compile(r"PYTHON worker processes have been started on node"),
 )
 # Actors whose every forwarded line is Ray-internal: the cleaner logs only its own State API failures (a warning
 # per second, or a traceback when several Ray instances share a host).
@@ -82,8 +85,9 @@ def forwarded_lines(data: dict[str, Any]) -> list[str]:
 def filter_forwarded_worker_logs(verbose: bool) -> bool:
     """Drop ``NOISE_PATTERNS`` lines from the worker logs Ray forwards to this driver (unless ``verbose``).
 
-    Ray offers no public hook for this; the forwarding handler of ``ray._private.worker`` is wrapped, and if that
-    private API ever changes the logs are simply left unfiltered (returns False)."""
+    Ray offers no public hook for this; the forwarding handler of ``ray._private.worker`` and its printer (which
+    also prints the raylet's warnings) are wrapped, and if that private API ever changes the logs are simply left
+    unfiltered (returns False)."""
     if verbose:
         return False
     try:
@@ -93,12 +97,15 @@ def filter_forwarded_worker_logs(verbose: bool) -> bool:
         ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
         printer = ray_worker.print_to_stdstream
 
-        def forward(data: dict[str, Any]) -> None:
+        def forward(data: dict[str, Any], ignore_prefix: bool = ignore_prefix) -> None:
             lines = forwarded_lines(data)
             if lines:
                 printer({**data, "lines": lines}, ignore_prefix=ignore_prefix)
 
-        if "ray_print_logs" not in [name for name, _ in dispatcher.handlers]:
+        if not getattr(printer, "filtered", False):  # the raylet's warnings reach it directly (listen_error_messages)
+            forward.filtered = True  # type: ignore[attr-defined]
+            ray_worker.print_to_stdstream = forward
+        if "ray_print_logs" not in [name for name, _ in dispatcher.handlers]:  # log_to_driver=False
             return False
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.add_handler("ray_print_logs", forward)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from higgs_train.cli import sweep_config_from_args
+from higgs_train.console import filter_forwarded_worker_logs
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.data.token_cache import TokenCache, referenced_audio
 from higgs_train.tracking import find_runs
@@ -50,6 +51,7 @@ def sweep(tmp_path_factory) -> Iterator[SweepResult]:
     ]
     config, settings = sweep_config_from_args(argv)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    filter_forwarded_worker_logs(verbose=False)  # as init_ray does: the raylet's messages still reach the console
     cwd = os.getcwd()
     os.chdir(root)
     try:

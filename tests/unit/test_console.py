@@ -86,3 +86,11 @@ def test_tune_prints_nothing_of_its_own_unless_verbose(monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # the user's choice wins
     with quiet_tune_output(verbose=False):
         assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
+
+
+def test_the_raylets_fractional_cpu_advice_is_not_shown_on_a_sweeps_console():
+    from higgs_train.console import forwarded_lines
+
+    raylet = {"pid": "raylet", "lines": ["WARNING: 8 PYTHON worker processes have been started on node: d57 with ..."]}
+    assert forwarded_lines(raylet) == []
+    assert forwarded_lines({"pid": "raylet", "lines": ["WARNING: node d57 is running low on memory"]}) != []
