@@ -74,7 +74,13 @@ def main() -> None:
     manifest = work / "train.parquet"
     convert_manifest(sample["train"], manifest)
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     size = "real" if args.real_size else "tiny"
     print(f"{len(rows)} rows, audio tokenizer: {size}, batch_size={args.batch_size}, ray num_cpus={args.num_cpus}")

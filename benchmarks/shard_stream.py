@@ -42,7 +42,7 @@ def prepare(work: Path, rows_list: list[int]) -> dict:
     from higgs_train.models import resolve_paths
     from higgs_train.sample_data import create_sample_data
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     paths = resolve_paths("embedded", "embedded")
     data = create_sample_data(work / "data", utterances_per_speaker=4)
@@ -146,7 +146,7 @@ def edit_one_row(work: Path, info: dict, n: int) -> dict:
         manifest.set_column(manifest.schema.get_field_index("messages_json"), "messages_json", pa.array(messages)),
         edited,
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         t0 = time.perf_counter()
@@ -221,7 +221,7 @@ def data_wait_shares(info: dict, n: int, steps: int) -> dict[str, float]:
     boto3.client("s3").create_bucket(Bucket="bench")
     size = info["sizes"][n]
     publish_entry(size["entry"], "s3://bench/cache")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     shares = {}
     try:
         sources = {

@@ -138,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         return validate_job(config)
     from higgs_train.driver.cluster import ClusterResourcesError, RunSetupError
     from higgs_train.driver.train import JobOutputsMissing, run_training_job
+    from higgs_train.tracking import TrackingError
     from higgs_train.training.checkpoint import CheckpointError
 
     try:
         result = run_training_job(config)
-    except (ClusterResourcesError, RunSetupError, JobOutputsMissing, CheckpointError) as err:  # Checkpoint: resume
+    except (ClusterResourcesError, RunSetupError, JobOutputsMissing, CheckpointError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(result.summary())
@@ -170,11 +171,14 @@ def tune_main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     config = resolve_user_paths(given)  # trials run in Ray's cwd: absolute paths only
+    from higgs_train.tracking import TrackingError
+
     try:
         result = run_sweep(config, settings)
-    except (ClusterResourcesError, DataSetupError) as err:
+    except (ClusterResourcesError, DataSetupError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    print(result.table())
     print(result.summary())
     return 0
 
@@ -508,7 +512,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus_per_actor", type=float, default=1.0, help="CPUs reserved by each model's actor.")
     p.add_argument("--logged_wav_rows", type=int, default=3, help="WAVs of the first N rows logged to MLflow.")
     p.add_argument(
-        "--mlflow_tracking_uri", default="", help="Default: sqlite under --output_dir (or MLFLOW_TRACKING_URI)."
+        "--mlflow_tracking_uri",
+        default="",
+        help="Default: the project's sqlite next to --output_dir (or MLFLOW_TRACKING_URI).",
     )
     p.add_argument("--mlflow_experiment", default="higgs-train-eval", help="MLflow experiment.")
     p.add_argument("--run_name", default="", help="MLflow parent run name; default eval-<manifest name>.")

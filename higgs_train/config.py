@@ -195,7 +195,9 @@ class TrainingConfig:
     quick_test: bool = _f(False, "A handful of steps on small data (smoke test).")
     validate_data_only: bool = _f(False, "Validate the manifests, write the report and exit.")
     create_sample_data: str = _f("", "Write the sample voice-cloning data set to this folder and exit.")
-    mlflow_tracking_uri: str = _f("", "MLflow tracking URI (default: sqlite under output_dir; MLFLOW_TRACKING_URI).")
+    mlflow_tracking_uri: str = _f(
+        "", "MLflow tracking URI (default: the project's sqlite next to output_dir; MLFLOW_TRACKING_URI; off: none)."
+    )
     mlflow_experiment: str = _f("higgs-train", "MLflow experiment name.")
     verbose: bool = _f(False, "Show Ray's own INFO logs and Ray Data progress bars (default: warnings only).")
 

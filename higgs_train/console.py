@@ -11,15 +11,31 @@ to the driver whatever the workers' log level is.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import logging
 import math
+import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
+# Loggers whose WARNING/INFO lines say nothing a user can act on, raised to ERROR by default: the token-auth notice
+# that every ``ray.init`` prints ("Token authentication is enabled for this Ray cluster..."), Ray Data's "Progress
+# bars disabled" (we disabled them), MLflow's "Creating initial MLflow database tables" on a new store.
+QUIET_LOGGERS = (
+    "ray._private.authentication.authentication_token_setup",
+    "ray.data._internal.progress",
+    "mlflow.store.db.utils",
+    "alembic",
+)
+# Library warnings printed by every process that loads the audio tokenizer (upstream's descript codec calls the
+# deprecated ``weight_norm``): ``warnings`` filter specs, for this process and (``PYTHONWARNINGS``) Ray's workers.
+QUIET_WARNINGS = ("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning",)
 
 
 def ray_log_level(verbose: bool) -> int:
@@ -49,6 +65,9 @@ NOISE_PATTERNS = (
     re.compile(r"has constructor arguments in the object store and max_restarts > 0"),
     re.compile(r"\[Gloo\] Rank \d+ is connected to"),
     re.compile(r"Reporting training result \d+: TrainingReport\("),
+    # The raylet's advice when fractional CPUs (a sweep's 0.25-CPU trial functions) start many worker processes:
+    # expected by design here, and printed with a dedup notice on every sweep.
+    re.compile(r"PYTHON worker processes have been started on node"),
 )
 # Actors whose every forwarded line is Ray-internal: the cleaner logs only its own State API failures (a warning
 # per second, or a traceback when several Ray instances share a host).
@@ -66,8 +85,9 @@ def forwarded_lines(data: dict[str, Any]) -> list[str]:
 def filter_forwarded_worker_logs(verbose: bool) -> bool:
     """Drop ``NOISE_PATTERNS`` lines from the worker logs Ray forwards to this driver (unless ``verbose``).
 
-    Ray offers no public hook for this; the forwarding handler of ``ray._private.worker`` is wrapped, and if that
-    private API ever changes the logs are simply left unfiltered (returns False)."""
+    Ray offers no public hook for this; the forwarding handler of ``ray._private.worker`` and its printer (which
+    also prints the raylet's warnings) are wrapped, and if that private API ever changes the logs are simply left
+    unfiltered (returns False)."""
     if verbose:
         return False
     try:
@@ -77,12 +97,15 @@ def filter_forwarded_worker_logs(verbose: bool) -> bool:
         ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
         printer = ray_worker.print_to_stdstream
 
-        def forward(data: dict[str, Any]) -> None:
+        def forward(data: dict[str, Any], ignore_prefix: bool = ignore_prefix) -> None:
             lines = forwarded_lines(data)
             if lines:
                 printer({**data, "lines": lines}, ignore_prefix=ignore_prefix)
 
-        if "ray_print_logs" not in [name for name, _ in dispatcher.handlers]:
+        if not getattr(printer, "filtered", False):  # the raylet's warnings reach it directly (listen_error_messages)
+            forward.filtered = True  # type: ignore[attr-defined]
+            ray_worker.print_to_stdstream = forward
+        if "ray_print_logs" not in [name for name, _ in dispatcher.handlers]:  # log_to_driver=False
             return False
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.add_handler("ray_print_logs", forward)
@@ -91,11 +114,43 @@ def filter_forwarded_worker_logs(verbose: bool) -> bool:
         return False
 
 
+def worker_env(verbose: bool) -> dict[str, str]:
+    """Environment for Ray's worker processes that keeps them as quiet as the driver (empty with ``verbose``).
+
+    Not here: the ``core_worker.cc`` ERROR line ("Actor ... has constructor arguments in the object store and
+    max_restarts > 0", ray-project/ray#53727) that the driver's C++ core worker writes straight to its stderr when
+    Ray Data starts an actor pool (Ray Data itself puts the actors' constructor in the object store). No Python hook
+    reaches it; ``RAY_BACKEND_LOG_LEVEL=fatal`` hides it but makes every Ray process print a "Set ray log level"
+    line instead, and ``max_restarts=0`` would give up restarting a preprocessing actor that dies.
+    """
+    if verbose:
+        return {}
+    return {"PYTHONWARNINGS": ",".join(filter(None, (os.environ.get("PYTHONWARNINGS", ""), *QUIET_WARNINGS)))}
+
+
+def quiet_warnings(verbose: bool) -> None:
+    """This process's share of ``QUIET_WARNINGS`` (the driver loads the audio tokenizer too)."""
+    if verbose:
+        return
+    for spec in QUIET_WARNINGS:
+        action, message, category = spec.split(":")[:3]
+        warnings.filterwarnings(action, message=re.escape(message), category=getattr(builtins, category))
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """``QUIET_LOGGERS`` at ERROR and ``QUIET_WARNINGS`` off in this process, unless ``verbose``; drivers call it
+    first thing (the MLflow store opens before Ray starts)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
+    quiet_warnings(verbose)
+
+
 def quiet_ray_logs(verbose: bool) -> None:
     """Driver side: Ray's loggers at WARNING and no Ray Data progress dumps, unless ``verbose``."""
     level = ray_log_level(verbose)
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    quiet_libraries(verbose)
     try:
         from ray.data import DataContext
     except ImportError:  # pragma: no cover - ray[data] is a dependency
@@ -109,6 +164,22 @@ def quiet_ray_logs(verbose: bool) -> None:
     detectors = getattr(context, "issue_detectors_config", None)
     if not verbose and detectors is not None and hasattr(detectors, "detectors"):
         detectors.detectors = []  # "uses 1.5GiB per worker" advice, repeated every 30 s, on a smoke-test job
+
+
+@contextlib.contextmanager
+def quiet_tune_output(verbose: bool) -> Iterator[None]:
+    """Tune's console during ``Tuner.fit``: nothing of its own unless ``verbose`` (the sweep prints one line per trial
+    result itself). Tune's new output engine prints its experiment box and result paths at every verbosity; its
+    legacy reporter (``RAY_AIR_NEW_OUTPUT=0``, read by ``ray.tune`` at fit time) at verbose 0 prints nothing. A value
+    the user set wins."""
+    if verbose or "RAY_AIR_NEW_OUTPUT" in os.environ:
+        yield
+        return
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
 
 
 def emit(line: str) -> None:
@@ -207,3 +278,97 @@ class CountProgress:
             return None
         self.last_shown = now
         return self.line(done)
+
+
+class RateLine:
+    """Formats ``token cache (train): 1200/20000 rows (6%) | 3.1 rows/s | ETA 1h41m`` for a stage that runs on Ray
+    while the driver waits (the token cache's preprocessing actors, the data builder's per-file actors).
+
+    The rate counts from the stage's start, so the actors' model loading is spread over the stage, as
+    ``ProgressLine`` spreads the first step's."""
+
+    def __init__(self, label: str, total: int, unit: str = "rows", clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.total, self.unit, self.clock = label, total, unit, clock
+        self.started = clock()
+
+    def line(self, done: int) -> str:
+        elapsed = self.clock() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        share = f" ({100 * done / self.total:.0f}%)" if self.total else ""
+        tail = f"done in {_duration(elapsed)}" if done >= self.total else f"ETA {_duration(eta)}"
+        return f"{self.label}: {done}/{self.total} {self.unit}{share} | {rate:.1f} {self.unit}/s | {tail}"
+
+
+class _Counter:
+    """A zero-CPU actor the stage's workers tell how many items they finished (``add.remote(n)``, never awaited)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def add(self, count: int) -> None:
+        self.done += count
+
+    def value(self) -> int:
+        return self.done
+
+
+class RayProgress:
+    """A progress line in the driver's console for work done by Ray actors (Ray Data's own bars are off by default,
+    see the module docstring, and would show blocks, not rows)::
+
+        with RayProgress("token cache (train)", total_rows) as progress:
+            dataset.map_batches(Actor, fn_constructor_kwargs={"progress": progress.counter, ...}).materialize()
+        # in the actor, after each batch: if progress is not None: progress.add.remote(len(batch))
+
+    A driver thread polls the counter and prints a ``RateLine`` when the count moved and ``every_s`` passed since the
+    last line, and once at the end; so a long stage prints a line every ``every_s`` seconds, a short one two or three.
+    """
+
+    def __init__(self, label: str, total: int, unit: str = "rows", every_s: float = 10.0, poll_s: float = 1.0) -> None:
+        self.rate = RateLine(label, total, unit)
+        self.every_s, self.poll_s = every_s, poll_s
+        self.counter: Any = None
+        self._stop = None
+        self._thread = None
+        self._shown = (0, 0.0)
+
+    def __enter__(self) -> RayProgress:
+        import threading
+
+        import ray
+
+        self.counter = ray.remote(num_cpus=0)(_Counter).remote()
+        self.rate.started = self.rate.clock()
+        self._shown = (0, self.rate.started)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="ray-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _count(self) -> int | None:
+        import ray
+
+        try:
+            return int(ray.get(self.counter.value.remote(), timeout=30))
+        except Exception:  # the line is a courtesy: a busy or gone actor never fails the stage
+            return None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            done = self._count()
+            shown, at = self._shown
+            if done is not None and done != shown and self.rate.clock() - at >= self.every_s:
+                emit(self.rate.line(done))
+                self._shown = (done, self.rate.clock())
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        import ray
+
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if exc_type is None:
+            done = self._count()
+            emit(self.rate.line(self.rate.total if done is None else done))
+        with contextlib.suppress(Exception):  # already gone with its job: nothing to free
+            ray.kill(self.counter)

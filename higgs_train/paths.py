@@ -3,8 +3,8 @@
 Ray workers (Train workers, Data actors, Tune trials) run in their own working directory (a Ray session folder),
 so a relative ``--output_dir outputs/my-voice`` read by a worker lands somewhere under Ray's temp folder and the
 user never finds it. Every driver therefore resolves the paths a user gives against *its* working directory once,
-here, and hands only absolute paths on. URIs (``s3://``, ``file://``, ``sqlite:///``...), hub ids and the
-``embedded`` stack are left as they are.
+here, and hands only absolute paths on. URIs (``s3://``, ``file://``...), hub ids and the ``embedded`` stack are
+left as they are; a tracking URI's local path (``sqlite:///outputs/x.db``) is made absolute too.
 
 Output files a job promises (adapter, ``history.json``, reports, manifests) are written whole (``write_atomic``,
 ``replace_dir``): a reader, or a job killed mid-write, sees the old file or the new one, never half of one.
@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from higgs_train.config import TrainingConfig
+from higgs_train.tracking import absolute_tracking_uri
 
 # TrainingConfig fields that always name a local file or folder (or a URI, left alone).
 PATH_FIELDS = (
@@ -61,6 +62,7 @@ def resolve_user_paths(config: TrainingConfig) -> TrainingConfig:
     """The same config with every user path absolute (see the module docstring). Idempotent."""
     changes = {name: absolute_path(getattr(config, name)) for name in PATH_FIELDS}
     changes.update({name: absolute_model_ref(getattr(config, name)) or "" for name in MODEL_FIELDS})
+    changes["mlflow_tracking_uri"] = absolute_tracking_uri(config.mlflow_tracking_uri)  # sqlite:///rel.db too
     changed = {k: v for k, v in changes.items() if v != getattr(config, k)}
     return config.replace(**changed) if changed else config
 

@@ -51,6 +51,7 @@ def init_ray(verbose: bool = False) -> None:
         quiet_ray_logs,
         ray_log_level,
         ray_logging_config,
+        worker_env,
     )
 
     quiet_ray_logs(verbose)
@@ -64,6 +65,7 @@ def init_ray(verbose: bool = False) -> None:
     for name in ("HIGGS_TRAIN_HOME", "HF_HOME", "HF_HUB_CACHE", "MLFLOW_TRACKING_URI"):
         if name in os.environ:
             env[name] = os.environ[name]
+    env.update(worker_env(verbose))
     if os.environ.get("RAY_ADDRESS"):
         if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
             print(f"Joining the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}", flush=True)

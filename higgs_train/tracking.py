@@ -2,14 +2,22 @@
 
 Why this shape:
 
-* Embedded by default. A job must be trackable with no server: the default store is SQLite under the output dir
-  (MLflow 3.17 refuses plain ``file:`` stores), with artifacts in ``<output_dir>/mlartifacts`` next to it, so a run's
-  whole record travels with its outputs. ``--mlflow_tracking_uri`` or ``MLFLOW_TRACKING_URI`` point elsewhere.
+* Embedded by default, one store per project. A job must be trackable with no server: the default store is SQLite
+  (MLflow 3.17 refuses plain ``file:`` stores) *next to* the output dir, ``<output_dir>/../mlflow.db`` with artifacts
+  in ``<output_dir>/../mlartifacts``, where the token cache already lives: every run of a project
+  (``outputs/default``, ``outputs/my-voice``, a sweep in ``outputs/sweep``, a job submitted with
+  ``--output_dir "$PWD/outputs/x"``) lands in ``outputs/mlflow.db``, so one ``mlflow ui`` compares them all. A store
+  in the folder a command starts from would split submitted jobs off (Ray runs them in a throwaway copy of the
+  working directory). ``--mlflow_tracking_uri`` or ``MLFLOW_TRACKING_URI`` point elsewhere; ``off`` tracks nothing.
+* Absolute before Ray. Every relative path or ``sqlite:///relative.db`` is made absolute by the driver: a worker
+  resolves it in its own Ray session folder, opens another database and finds no run there.
 * ``MlflowClient``, not the fluent API. The fluent API keeps a process-global active-run stack and can start
   system-metrics threads; a Ray Train worker (or a test) may hold several trackers, so each tracker owns its run id.
 * Fail loudly early, quietly late. A bad URI at ``start`` raises ``TrackingError`` naming the URI, because a run
   silently untracked is worse than no run. After that, a tracking hiccup (server restart, locked DB) only warns:
-  losing a metric point must never cost hours of GPU time. Repeated failures switch tracking off for the run.
+  losing a metric point must never cost hours of GPU time. Repeated failures switch tracking off for the run, and
+  the driver then fails the job at its end (``check_logged``: the adapter is saved, the exit code says the record
+  is incomplete) unless the user switched tracking off.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
 EMBEDDED_DB_NAME = "mlflow.db"
 EMBEDDED_ARTIFACT_DIR = "mlartifacts"
+TRACKING_OFF = "off"  # --mlflow_tracking_uri off
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 # MLflow's server-side limits (mlflow.utils.validation); exceeding them rejects the whole batch.
@@ -70,28 +79,71 @@ class TrackingError(RuntimeError):
     """The tracking store named in the message cannot be used (raised only by ``RunTracker.start``)."""
 
 
+def tracking_error_in(error: BaseException) -> TrackingError | None:
+    """The ``TrackingError`` a Ray Train worker raised, out of the ``WorkerGroupError`` (or task error) around it,
+    so that the driver can show its one line instead of Ray's nested tracebacks."""
+    pending: list[Any] = [error, *getattr(error, "worker_failures", {}).values()]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TrackingError):
+            return TrackingError(str(current).splitlines()[-1] if "\n" in str(current) else str(current))
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    found = re.search(r"TrackingError: (.+)", str(error))
+    return TrackingError(found.group(1)) if found else None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # URIs
 # --------------------------------------------------------------------------------------------------------------------
+def project_store_dir(output_dir: str | Path) -> Path:
+    """Where the project's default store lives: the folder holding the output dir (see the module docstring)."""
+    return Path(output_dir).expanduser().resolve().parent
+
+
 def embedded_tracking_uri(output_dir: str | Path) -> str:
-    """``sqlite:///<abs output_dir>/mlflow.db``: the store that needs no server."""
-    return f"sqlite:///{(Path(output_dir).expanduser().resolve() / EMBEDDED_DB_NAME).as_posix()}"
+    """``sqlite:///<abs output_dir>/../mlflow.db``: the project's store that needs no server."""
+    return f"sqlite:///{(project_store_dir(output_dir) / EMBEDDED_DB_NAME).as_posix()}"
+
+
+def tracking_off(uri: str) -> bool:
+    """``--mlflow_tracking_uri off``: the user chose a job without tracking (nothing is logged, nothing checked)."""
+    return uri.strip().lower() == TRACKING_OFF
 
 
 def resolve_tracking_uri(output_dir: str | Path, explicit: str = "") -> str:
     """Pick the tracking URI: ``explicit`` (``--mlflow_tracking_uri``) > ``MLFLOW_TRACKING_URI`` > embedded SQLite.
 
-    A bare filesystem path is accepted for convenience and turned into a SQLite URI (a ``.db`` file, or
-    ``mlflow.db`` inside a directory), since MLflow would otherwise treat it as a refused ``file:`` store.
+    The result is absolute (``absolute_tracking_uri``); call it on the driver, in the user's working directory.
     """
     for candidate in (explicit, os.environ.get("MLFLOW_TRACKING_URI", "")):
         candidate = (candidate or "").strip()
         if candidate:
-            return _normalize_uri(candidate)
+            return absolute_tracking_uri(candidate)
     return embedded_tracking_uri(output_dir)
 
 
-def _normalize_uri(uri: str) -> str:
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with any local path in it made absolute against this process's working directory.
+
+    ``sqlite:///rel/x.db`` -> ``sqlite:////abs/rel/x.db`` (query kept), ``file:rel`` -> ``file:///abs/rel``. A bare
+    path becomes a SQLite URI (a ``.db`` file, or ``mlflow.db`` inside a directory), since MLflow would otherwise
+    treat it as a refused ``file:`` store. Server URIs, ``off`` and an empty value are returned as they are.
+    """
+    uri = uri.strip()
+    if not uri or tracking_off(uri):
+        return uri
+    if uri.startswith("sqlite:///"):
+        db = sqlite_db_path(uri)
+        if db is None:  # sqlite:///:memory: and the like
+            return uri
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        return f"sqlite:///{db.as_posix()}" + (f"?{query}" if query else "")
+    if uri.startswith("file:") and not uri.startswith(("file:/", "file:~")):  # file:rel/dir
+        return Path(unquote(uri[len("file:") :])).resolve().as_uri()
     if "://" in uri or uri.startswith(("file:", "databricks", "uc:")):
         return uri
     path = Path(uri).expanduser().resolve()
@@ -331,7 +383,7 @@ class RunTracker:
         artifact_location: str | None = None,
         max_consecutive_failures: int = 5,
     ) -> None:
-        self.enabled = enabled and rank == 0
+        self.enabled = enabled and rank == 0 and not tracking_off(tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location or local_artifact_location(tracking_uri)
         self.max_consecutive_failures = max(1, max_consecutive_failures)
@@ -481,16 +533,49 @@ class RunTracker:
     def attach(self, run_id: str) -> RunTracker:
         """Log into an existing run (the driver creates the run; the rank-0 training worker attaches to it).
 
-        The attached tracker never ends the run: its creator owns the final status.
+        The attached tracker never ends the run: its creator owns the final status. Raises ``TrackingError`` when
+        the store has no such run (a relative path resolved in another working directory, a node that cannot see the
+        driver's SQLite file): logging into it would fail at every step.
         """
         if not self.enabled:
             return self
         from mlflow import MlflowClient
 
-        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        try:
+            client.get_run(run_id)
+        except Exception as exc:
+            raise TrackingError(
+                f"MLflow run {run_id} is not in the tracking store {self.tracking_uri!r} as this process sees it "
+                f"({type(exc).__name__}); give --mlflow_tracking_uri a store every node reaches (an absolute path on "
+                "shared storage, or an MLflow server)"
+            ) from exc
+        self._client = client
         self.run_id = run_id
         self._owner = False
         return self
+
+    def check_logged(self, key: str, last_step: int) -> None:
+        """Raise ``TrackingError`` unless ``key`` was logged up to ``last_step`` in this run (no-op when tracking is
+        off by choice). The driver calls it after training: the rank-0 worker only warns when logging fails, so that
+        a metric hiccup never costs the run, but a job whose curves are not in MLflow must not exit 0."""
+        if not self.enabled or self.run_id is None or last_step <= 0:
+            return
+        from mlflow import MlflowClient
+
+        try:
+            history = MlflowClient(tracking_uri=self.tracking_uri).get_metric_history(self.run_id, key)
+        except Exception as exc:
+            raise TrackingError(
+                f"MLflow run {self.run_id} at {self.tracking_uri} cannot be read back ({type(exc).__name__}: {exc})"
+            ) from exc
+        logged = max((int(m.step) for m in history), default=0)
+        if logged < last_step:
+            raise TrackingError(
+                f"MLflow run {self.run_id} at {self.tracking_uri} has {key} up to step {logged} of {last_step}: the "
+                "training worker could not log its metrics (see its 'MLflow ... failed' warnings); every step is in "
+                "history.json. Fix the store, or pass --mlflow_tracking_uri off to train without tracking"
+            )
 
     def end(self, status: RunStatus = "FINISHED") -> None:
         """Close the run with ``status``. Idempotent; attempted even after tracking was switched off, so a run

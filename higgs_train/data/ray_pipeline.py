@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from higgs_train.console import RayProgress
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.plain_parquet import read_plain_parquet
 from higgs_train.data.preprocess import BatchResult, PreprocessSettings
@@ -146,6 +147,7 @@ class PreprocessActor:
         settings: dict[str, Any],
         code_store_dir: str | None,
         torch_threads: int = 1,
+        progress: Any = None,
     ) -> None:
         import torch
 
@@ -166,8 +168,13 @@ class PreprocessActor:
             max_tokens_per_row=settings.get("max_tokens_per_row", 0),
         )
 
+        self.progress = progress  # console.RayProgress's counter: rows done, for the driver's progress line
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return batch_output(self.preprocessor.process_batch(batch.to_pylist()))
+        out = batch_output(self.preprocessor.process_batch(batch.to_pylist()))
+        if self.progress is not None:
+            self.progress.add.remote(batch.num_rows)
+        return out
 
 
 def _good_rows(batch: pa.Table) -> pa.Table:
@@ -215,6 +222,7 @@ def build_token_cache(
     whisper: bool | None = None,
     encode_audio_in_tokens: bool | None = None,
     max_tokens_per_row: int = 0,
+    progress_label: str = "token cache",
 ) -> CacheResult:
     """Preprocess a canonical manifest into the token cache (or find it there); see the module docstring.
 
@@ -268,6 +276,7 @@ def build_token_cache(
                 num_actors,
                 cpus_per_actor,
                 batch_size,
+                progress_label,
             )
             todo_path.unlink()
         else:  # every row is in an earlier entry: no actor starts
@@ -323,15 +332,53 @@ def _preprocess(
     num_actors: int,
     cpus_per_actor: float,
     batch_size: int,
+    progress_label: str = "token cache",
 ) -> pa.Table:
-    """Run the actor pool over ``manifest_parquet``: good records go to ``out_dir``; returns every row's meta."""
+    """Run the actor pool over ``manifest_parquet``: good records go to ``out_dir``; returns every row's meta.
+
+    The driver's console shows the rows done, rate and ETA meanwhile (``console.RayProgress``): on a real data set
+    this stage is minutes of silence otherwise."""
     import ray
 
     # The driver owns the cluster (higgs_train.ray_session.init_ray); never a stray local one.
     if not ray.is_initialized():
         raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.ray_session.init_ray first")
     check_resources(num_actors, cpus_per_actor)
-    processed = (
+    total = pq.ParquetFile(manifest_parquet).metadata.num_rows
+    with RayProgress(progress_label, total) as progress:
+        processed = _preprocessed(
+            manifest_parquet,
+            code_store,
+            model_paths,
+            audio_base_path,
+            settings,
+            num_actors,
+            cpus_per_actor,
+            batch_size,
+            progress.counter,
+        )
+    meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
+    processed.map_batches(_good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
+        str(out_dir), min_rows_per_file=ROWS_PER_FILE, ray_remote_args={"num_cpus": IO_TASK_CPUS}
+    )
+    return meta
+
+
+def _preprocessed(
+    manifest_parquet: Path,
+    code_store: Any,
+    model_paths: ResolvedPaths,
+    audio_base_path: str | Path,
+    settings: PreprocessSettings,
+    num_actors: int,
+    cpus_per_actor: float,
+    batch_size: int,
+    progress: Any,
+) -> Any:
+    """The actor pool's output, materialized (every row with its meta columns)."""
+    import ray
+
+    return (
         ray.data.read_parquet(str(manifest_parquet), num_cpus=IO_TASK_CPUS)
         .repartition(target_num_rows_per_block=batch_size)
         .map_batches(
@@ -343,6 +390,7 @@ def _preprocess(
                 "settings": {**dataclasses.asdict(settings), "limits": dataclasses.asdict(settings.limits)},
                 "code_store_dir": str(code_store.root),
                 "torch_threads": max(1, math.floor(cpus_per_actor)),
+                "progress": progress,
             },
             compute=ray.data.ActorPoolStrategy(size=num_actors),
             num_cpus=cpus_per_actor,
@@ -351,11 +399,6 @@ def _preprocess(
         )
         .materialize()
     )
-    meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
-    processed.map_batches(_good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
-        str(out_dir), min_rows_per_file=ROWS_PER_FILE, ray_remote_args={"num_cpus": IO_TASK_CPUS}
-    )
-    return meta
 
 
 def _quarantine(meta: pa.Table) -> Quarantine:

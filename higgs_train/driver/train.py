@@ -37,9 +37,10 @@ class JobResult:
     def summary(self) -> str:
         keys = ("total_loss", "text_loss", "audio_loss", "val_loss", "val_audio_accuracy")
         shown = ", ".join(f"{k}={self.metrics[k]:.4f}" for k in keys if k in self.metrics)
+        tracked = f"MLflow run {self.mlflow_run_id} at {self.tracking_uri}" if self.mlflow_run_id else "not tracked"
         return (
             f"run {self.run_name} finished: adapter at {self.adapter_dir}; {shown}; quarantined rows: "
-            f"{self.quarantined}; MLflow run {self.mlflow_run_id} at {self.tracking_uri}"
+            f"{self.quarantined}; {tracked}"
         )
 
 
@@ -52,6 +53,11 @@ def _plot_untracked(history: list[dict[str, Any]], output: Path) -> Path | None:
     from higgs_train.tracking import plot_loss_curve
 
     return plot_loss_curve(history, output / "loss_curve.png", title="loss curve")
+
+
+def last_logged_step(history: list[dict[str, Any]], key: str = "train/total_loss") -> int:
+    """The last step of ``history.json`` that carries ``key``: what MLflow must hold when tracking worked."""
+    return max((int(row["step"]) for row in history if key in row and "step" in row), default=0)
 
 
 def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> None:
@@ -74,15 +80,17 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     The run's lock (``driver.cluster.hold_run``) is held from the run's resolution to its COMPLETED marker, so a
     second job of the same run name is refused instead of sharing its checkpoints and outputs.
     """
+    from higgs_train.console import quiet_libraries
     from higgs_train.data.shard_stream import stream_root_for_workers
     from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, resolve_run, run_params, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
     from higgs_train.paths import resolve_user_paths, write_atomic
     from higgs_train.ray_session import init_ray
-    from higgs_train.tracking import RunTracker, resolve_tracking_uri
+    from higgs_train.tracking import RunTracker, resolve_tracking_uri, tracking_error_in
     from higgs_train.training.checkpoint_store import remove_debris, write_marker
 
+    quiet_libraries(config.verbose)
     with contextlib.ExitStack() as hold:
         config, run_name, resume = resolve_run(resolve_user_paths(config), hold)  # absolute before Ray runs anything
         output = Path(config.output_dir)
@@ -115,7 +123,12 @@ def run_training_job(config: TrainingConfig) -> JobResult:
                 stream_root=stream_root_for_workers(data.train.entry.path, config.stream_cache_uri),
                 checkpoint_storage=storage,
             )
-            result = build_torch_trainer(spec, run_name, storage).fit()
+            try:
+                result = build_torch_trainer(spec, run_name, storage).fit()
+            except Exception as exc:  # a worker that cannot log says so in one line, not in Ray's nested tracebacks
+                raise (tracking_error_in(exc) or exc) from exc
+            finally:
+                tracker.log_metrics(data.metrics, step=0)  # after the loss curves (PreparedData.metrics)
             if result.error:
                 raise RuntimeError(f"training failed: {result.error}") from result.error
             # A worker restart can leave folders Ray never registered (an upload it did not live to report); the
@@ -126,6 +139,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
             history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
             curve = tracker.log_loss_curve(history, output / "loss_curve.png") or _plot_untracked(history, output)
             check_outputs(adapter_dir, output / "history.json", curve)
+            tracker.check_logged("train/total_loss", last_logged_step(history))
             tracker.log_artifact(adapter_dir, "adapter")
             tracker.log_artifact(output / "resolved_config.yaml")
             for path in data.report_files:

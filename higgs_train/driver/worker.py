@@ -29,7 +29,7 @@ class RayWorkerContext(WorkerContext):
     """Rank/device/DDP from Ray Train; reports go through ``ray.train.report`` (rank 0 attaches the checkpoint)."""
 
     @classmethod
-    def current(cls, tracker: Any = None) -> RayWorkerContext:
+    def current(cls, tracker: Any = None, console_lines: bool = True) -> RayWorkerContext:
         """The context of the Ray Train worker this runs in; ``tracker`` (rank 0's RunTracker) receives logs."""
         import ray.train
         import ray.train.torch
@@ -47,6 +47,7 @@ class RayWorkerContext(WorkerContext):
             log_metrics=tracker.log_metrics if tracker else lambda metrics, step: None,
             log_artifact=tracker.log_artifact if tracker else lambda path, artifact_path: None,
             last_logged_step=(lambda: tracker.last_logged_step("train/total_loss")) if tracker else lambda: 0,
+            console_lines=console_lines,
         )
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, save_step: bool = False) -> None:
@@ -110,7 +111,7 @@ def run_worker(spec: WorkerSpec) -> None:
     tracker = RunTracker.disabled()
     if ray.train.get_context().get_world_rank() == 0 and spec.mlflow_run_id:
         tracker = RunTracker(spec.mlflow_tracking_uri).attach(spec.mlflow_run_id)
-    context = RayWorkerContext.current(tracker)
+    context = RayWorkerContext.current(tracker, console_lines=spec.trial_id is None)
     world = context.world_size
     cache = TokenCache(spec.cache_root)
     # Only this worker's rows, one step ahead, from wherever the driver published the entry (data/shard_stream.py).

@@ -28,6 +28,9 @@ class WorkerContext:
     log_artifact: Callable[[str, str | None], None] = lambda path, artifact_path: None
     # The highest step whose metrics already reached the tracker (after a restart: possibly past the checkpoint).
     last_logged_step: Callable[[], int] = lambda: 0
+    # Rank 0 prints a progress line per logged step; a Tune trial's workers do not (trials would interleave: the
+    # sweep prints one line per trial result instead, tune.trial.TrialResultLines).
+    console_lines: bool = True
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over workers (identity for one process)."""

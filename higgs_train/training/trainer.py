@@ -408,7 +408,7 @@ class HiggsAudioTrainer:
             self.state.history.append(metrics)
             if step > self._logged_through:  # a step repeated after a restart is logged already, same values
                 self.context.log_metrics(metrics, step)
-            if self.context.rank == 0:  # printed, not logged: Ray forwards worker stdout at any log level
+            if self.context.rank == 0 and self.context.console_lines:  # printed: Ray forwards worker stdout
                 emit(self._progress.line(step, metrics))
                 if final:
                     emit(self._progress.summary(step, metrics))

@@ -183,6 +183,28 @@ def export_best(best: TrialSummary, dest: Path) -> dict[str, Any]:
     return record
 
 
+def trial_table_text(trials: list[TrialSummary]) -> str:
+    """The trials as an aligned text table for the console, lowest val_loss first (errors last)."""
+    order = sorted(trials, key=lambda t: (t.val_loss is None, t.val_loss if t.val_loss is not None else 0.0))
+    keys = sorted({k for t in trials for k in t.params})
+    header = ["trial", "status", "step", "val_loss", "acc", *keys]
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    rows = [
+        [t.trial_id, t.status, cell(t.step), cell(t.val_loss), cell(t.val_audio_accuracy)]
+        + [cell(t.params.get(k)) for k in keys]
+        for t in order
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
 def write_trial_table(trials: list[TrialSummary], output: Path) -> tuple[Path, Path]:
     """``trials.csv`` (one row per trial) and ``trials.json`` (the same plus drawn params and checkpoints)."""
     rows = [t.row() for t in trials]
@@ -201,8 +223,10 @@ def close_child_runs(tracking_uri: str, experiment: str, parent_run_id: str, tri
     """Link trials to their child runs, log each one's final figures, and end the runs ASHA killed mid-flight."""
     from mlflow import MlflowClient
 
-    from higgs_train.tracking import RunTracker, find_runs
+    from higgs_train.tracking import RunTracker, find_runs, tracking_off
 
+    if tracking_off(tracking_uri) or not parent_run_id:
+        return
     children = {
         r["tags"].get("tune_trial_id"): r
         for r in find_runs(tracking_uri, experiment)

@@ -17,6 +17,7 @@ from higgs_train.tune.results import (
     export_best,
     select_best,
     summarize_trial,
+    trial_table_text,
     write_trial_table,
 )
 from higgs_train.tune.space import (
@@ -28,7 +29,13 @@ from higgs_train.tune.space import (
     search_space_path,
     to_param_space,
 )
-from higgs_train.tune.trial import PlacementGroupRegistry, ReleasePlacementGroups, TrialContext, run_trial
+from higgs_train.tune.trial import (
+    PlacementGroupRegistry,
+    ReleasePlacementGroups,
+    TrialContext,
+    TrialResultLines,
+    run_trial,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,10 @@ class SweepResult:
     tracking_uri: str
     trials: list[TrialSummary]
     best: dict[str, Any] | None
+
+    def table(self) -> str:
+        """The final table: one row per trial, best first (what ``trials.csv`` holds, in short)."""
+        return trial_table_text(self.trials)
 
     def summary(self) -> str:
         counts = {s: sum(t.status == s for t in self.trials) for s in ("completed", "early_stopped", "error")}
@@ -71,11 +82,13 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     import ray
     from ray import tune
 
+    from higgs_train.console import quiet_libraries, quiet_tune_output
     from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking import RunTracker, resolve_tracking_uri
 
+    quiet_libraries(config.verbose)
     settings.validate()
     spec = load_search_space(settings.search_space)
     config = resolve_sweep_run(config)
@@ -94,6 +107,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         resources = plan_resources(config, settings, ray.cluster_resources())
         logger.info("trial resources: %s", resources)
         data = prepare_data(config, tracker)
+        tracker.log_metrics(data.metrics, step=0)  # the parent run has no loss curves to show first
         if data.val_key is None:
             raise ValueError("a sweep ranks trials by val_loss: give --val_data with at least one valid row")
         lengths = data.train.entry.lengths()
@@ -131,13 +145,20 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=tune.RunConfig(
-                name=sweep_name, storage_path=storage, verbose=1, callbacks=[ReleasePlacementGroups(registry)]
+                name=sweep_name,
+                storage_path=storage,
+                verbose=2 if config.verbose else 0,  # Tune's status tables only with --verbose
+                callbacks=[ReleasePlacementGroups(registry), TrialResultLines(total_steps)],
             ),
         )
-        grid = tuner.fit()
+        with quiet_tune_output(config.verbose):
+            grid = tuner.fit()
         ray.kill(registry)
         trials = [summarize_trial(r, config, output / "trials", lengths) for r in grid]
         close_child_runs(tracking_uri, config.mlflow_experiment, tracker.run_id or "", trials)
+        for trial in trials:  # a trial whose worker could not log fails the sweep (tracking.check_logged)
+            if trial.status != "error" and trial.mlflow_run_id:
+                RunTracker(tracking_uri).attach(trial.mlflow_run_id).check_logged("train/total_loss", trial.step or 0)
         csv_path, json_path = write_trial_table(trials, output)
         for path in (csv_path, json_path):
             tracker.log_artifact(path)

@@ -39,7 +39,7 @@ def _random_adapter(out: Path) -> Path:
 
 
 def test_evaluate_compares_base_and_adapter_from_the_repository_root(tmp_path):
-    from higgs_train.tracking import find_runs
+    from higgs_train.tracking import embedded_tracking_uri, find_runs
 
     data = create_sample_data(tmp_path / "data", utterances_per_speaker=2)
     adapter = _random_adapter(tmp_path / "run-a" / "adapter")
@@ -75,7 +75,7 @@ def test_evaluate_compares_base_and_adapter_from_the_repository_root(tmp_path):
     assert (out / "plots" / "eval_metrics.png").stat().st_size > 1000
     assert "| base |" in proc.stdout  # the table is printed
 
-    runs = find_runs(f"sqlite:///{out / 'mlflow.db'}", "higgs-train-eval")
+    runs = find_runs(embedded_tracking_uri(out), "higgs-train-eval")
     children = [r for r in runs if r["tags"].get("mlflow.parentRunId")]
     assert sorted(r["run_name"] for r in children) == ["base", "run-a", "truncated"]
     (failed_run,) = [r for r in children if r["run_name"] == "truncated"]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from higgs_train.tracking import embedded_tracking_uri
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,7 +168,7 @@ def test_quick_test_job_succeeds(cluster: dict[str, str], tmp_path: Path) -> Non
     assert any(float(t.abs().max()) > 0 for k, t in saved.items() if "lora_B" in k), "lora_B still zero: no training"
 
     # The MLflow run, read back from the embedded store the driver wrote.
-    uri = f"sqlite:///{output}/mlflow.db"
+    uri = embedded_tracking_uri(output)  # the project store, in the folder that holds the output dir
     run = only_run(uri)
     assert run["status"] == "FINISHED"
     assert run["run_name"] == "run"
@@ -205,7 +207,7 @@ def test_job_with_missing_manifest_fails(cluster: dict[str, str], tmp_path: Path
     assert "--train_data /nonexistent/train.json: the manifest" in logs and "does not exist" in logs, logs[-8000:]
     assert "Traceback" not in logs
     # Caught before any MLflow run was opened (issue 10 item 8): nothing half-made is left behind.
-    assert not (output / "mlflow.db").exists()
+    assert not (output.parent / "mlflow.db").exists()
 
 
 def test_client_without_token_is_refused(cluster: dict[str, str]) -> None:

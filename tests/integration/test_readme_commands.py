@@ -19,7 +19,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,11 +120,38 @@ def checkout(tmp_path_factory) -> Path:
     return dst
 
 
-def run_verbatim(command: ReadmeCommand, cwd: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def ray_head_on_the_machine(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A `ray start` head alive while the commands run, recorded where a plain ``ray.init()`` looks for one
+    (``<RAY_TMPDIR>/ray/ray_current_cluster``, i.e. /tmp/ray/... when RAY_TMPDIR is unset): the commands must start
+    their own Ray anyway (issue 19 item 1: they used to die with "When connecting to an existing cluster, num_cpus
+    and num_gpus must not be provided"). A private RAY_TMPDIR and free ports keep other users' Ray out of it;
+    ``scripts/local_cluster.sh stop`` ends only this head's processes. Yields the env the commands run with."""
+    from conftest import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="hr-readme-", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    env = {**os.environ, "RAY_TMPDIR": str(tmp), "HIGGS_RAY_TEMP_DIR": str(tmp / "ray"), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1"]
+    start += [f"--port={free_port()}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
+    started = subprocess.run([*start, f"--temp-dir={tmp / 'ray'}"], env=env, capture_output=True, text=True)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert (tmp / "ray" / "ray_current_cluster").is_file()
+        yield {"RAY_TMPDIR": str(tmp)}
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "local_cluster.sh"), "stop"], env=env, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_verbatim(
+    command: ReadmeCommand, cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(cwd)  # the copy's higgs_train, also for Ray workers (an editable install may point away)
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)  # the quick start starts its own local Ray
+    env.update(extra_env or {})
     argv = [sys.executable, *command.argv[1:]]  # "python" of this environment
     start = time.monotonic()
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
@@ -138,14 +167,18 @@ def commands_of(script: str) -> list[ReadmeCommand]:
     return [c for c in runnable(readme_commands()) if c.script == script]
 
 
-def test_training_commands_write_the_adapter_where_the_readme_says(checkout):
+def test_training_commands_write_the_adapter_where_the_readme_says(checkout, ray_head_on_the_machine):
+    jobs = []
     for command in commands_of("ray_jobs/train.py"):
-        done = run_verbatim(command, checkout)
+        done = run_verbatim(command, checkout, ray_head_on_the_machine)
         expect_ok(done, command)
         sample = command.flag("--create_sample_data")
         if sample:
             assert (checkout / sample).is_file()
             continue
+        jobs.append(command)
+        assert "A Ray cluster is running on this machine" in done.stdout  # said once, then its own Ray
+        assert_quiet_console(done, command)
         output = checkout / command.flag("--output_dir", "outputs/default")
         for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "history.json"):
             assert (output / name).is_file(), f"{command}: no {output / name}"
@@ -158,6 +191,39 @@ def test_training_commands_write_the_adapter_where_the_readme_says(checkout):
         assert "training done:" in done.stdout
         if command.flag("--output_dir") is None:  # the README's first command: the user must see it learn
             assert_default_job_learned(json.loads((output / "history.json").read_text()))
+    assert_runs_side_by_side_in_one_store(checkout, jobs)
+
+
+def assert_quiet_console(done: subprocess.CompletedProcess, command: ReadmeCommand) -> None:
+    """The job's own lines, a progress line while the token cache is built, none of Ray's or torch's noise."""
+    console = done.stdout + done.stderr
+    for noise in ("Token authentication is enabled", "weight_norm", "Creating initial MLflow database tables"):
+        assert noise not in console, f"{command}: {noise!r} on the default console"
+    assert re.search(r"token cache \(train\): \d+/\d+ rows \(100%\) \| [\d.]+ rows/s \| done in", done.stdout)
+    steps = len([line for line in done.stdout.splitlines() if re.search(r"step \d+/\d+ \| loss", line)])
+    others = len(console.splitlines()) - steps
+    assert others <= 20, f"{command}: {others} lines besides the {steps} step lines:\n{console[-4000:]}"
+
+
+def assert_runs_side_by_side_in_one_store(checkout: Path, jobs: list[ReadmeCommand]) -> None:
+    """Both jobs (outputs/default, outputs/my-voice) landed in the project's store, the one the README's
+    `mlflow ui` line opens, each with every step of its loss curve (read back through MLflow's client)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{checkout / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("higgs-train")
+    runs = client.search_runs([experiment.experiment_id])
+    names = [Path(c.flag("--output_dir", "outputs/default")).name for c in jobs]
+    assert sorted(r.info.run_name for r in runs) == sorted(names)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's "Machine learning"
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        # MLflow's compare page plots the first-logged metric by default: a loss, not data/train_rows.
+        assert next(iter(run.data.metrics)).startswith("train/"), list(run.data.metrics)[:5]
+        history = json.loads((checkout / "outputs" / run.info.run_name / "history.json").read_text())
+        logged = [int(m.step) for m in client.get_metric_history(run.info.run_id, "train/total_loss")]
+        assert logged == [h["step"] for h in history], run.info.run_name
+    assert not list((checkout / "outputs").glob("*/mlflow.db"))  # no per-output-dir store any more
 
 
 def assert_default_job_learned(history: list[dict]) -> None:

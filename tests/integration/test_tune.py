@@ -6,7 +6,11 @@ adapter, and the token cache's encoder ledger (each audio file encoded once over
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import pytest
 import yaml
 
 from higgs_train.cli import sweep_config_from_args
+from higgs_train.console import filter_forwarded_worker_logs
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.data.token_cache import TokenCache, referenced_audio
 from higgs_train.tracking import find_runs
@@ -24,6 +29,7 @@ from higgs_train.tune.sweep import SweepResult, run_sweep
 pytestmark = pytest.mark.integration
 
 NUM_SAMPLES = 3
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +45,47 @@ def sweep(tmp_path_factory) -> Iterator[SweepResult]:
         "--output_dir",
         str(output),
         "--mlflow_tracking_uri",
-        str(output / "mlflow.db"),
+        "sqlite:///sweep/mlflow.db",  # relative to the folder the sweep starts from (issue 19 item 2)
         "--search_space",
-        "configs/tune_search_space.yaml",
+        str(ROOT / "configs" / "tune_search_space.yaml"),
     ]
     config, settings = sweep_config_from_args(argv)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    filter_forwarded_worker_logs(verbose=False)  # as init_ray does: the raylet's messages still reach the console
+    cwd = os.getcwd()
+    os.chdir(root)
     try:
-        result = run_sweep(config, settings)
+        with console_captured() as console:
+            result = run_sweep(config, settings)
+        CONSOLE.extend(console)
         LEFTOVER["groups"] = _live_placement_groups()
         LEFTOVER["cpus"] = ray.available_resources().get("CPU", 0.0)
         yield result
     finally:
+        os.chdir(cwd)
         ray.shutdown()
+
+
+CONSOLE: list[str] = []
+
+
+@contextlib.contextmanager
+def console_captured() -> Iterator[list[str]]:
+    """The driver's console lines (fd 1, where ``console.emit`` and Tune print), collected after the block."""
+    lines: list[str] = []
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(sys.__stdout__):
+                yield lines
+        finally:
+            sys.__stdout__.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
 LEFTOVER: dict[str, object] = {}
@@ -161,3 +195,32 @@ def test_no_trial_leaves_cpus_reserved(sweep: SweepResult) -> None:
     # sweep releases it, so the cluster is whole again. A leak here is what deadlocks longer sweeps on small clusters.
     assert LEFTOVER["groups"] == []
     assert LEFTOVER["cpus"] == pytest.approx(2.0)
+
+
+def test_a_relative_sqlite_uri_keeps_every_metric(sweep: SweepResult) -> None:
+    """``sqlite:///sweep/mlflow.db`` is the sweep folder's store, made absolute by the driver: every trial's worker
+    logged every step there (it used to open a second database in its Ray session folder and log nothing)."""
+    assert sweep.tracking_uri == f"sqlite:///{(sweep.output_dir / 'mlflow.db').as_posix()}"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    _, children = _runs(sweep)
+    for child in children:
+        trial = next(t for t in sweep.trials if t.trial_id == child["tags"]["tune_trial_id"])
+        logged = [int(m.step) for m in client.get_metric_history(child["run_id"], "train/total_loss")]
+        assert logged and logged[-1] >= (trial.step or 1), child["run_name"]  # up to its last report, at least
+        history = Path(trial.output_dir) / "history.json"  # written by trials that ran to the end (ASHA stops some)
+        if history.exists():
+            assert logged == [h["step"] for h in json.loads(history.read_text())], child["run_name"]
+
+
+def test_console_is_one_line_per_trial_result_and_the_table(sweep: SweepResult) -> None:
+    """No Tune status tables: one line per result Tune received (validation steps), nothing else."""
+    results = [line for line in CONSOLE if line.startswith("trial ") and " step " in line]
+    tune_dir = sweep.output_dir / "ray_results" / sweep.sweep_name  # Tune's own record: a JSON line per result
+    reported = sum(len((tune_dir / t.trial_id / "result.json").read_text().splitlines()) for t in sweep.trials)
+    others = [line for line in CONSOLE if line not in results and "token cache (" not in line]
+    assert len(results) == reported >= NUM_SAMPLES, CONSOLE
+    assert others == [], others
+    table = sweep.table().splitlines()
+    assert len(table) == 1 + NUM_SAMPLES and table[0].split()[:4] == ["trial", "status", "step", "val_loss"]

@@ -38,11 +38,14 @@ def train_worker_pids() -> list[int]:
     return pids
 
 
-def logged_steps(tracking_uri: str, experiment: str = "higgs-train", key: str = "train/total_loss") -> list[int]:
-    """Every step at which ``key`` was logged in the experiment's only run, duplicates included, in order."""
+def logged_steps(
+    tracking_uri: str, run_name: str, experiment: str = "higgs-train", key: str = "train/total_loss"
+) -> list[int]:
+    """Every step at which ``key`` was logged in the run named ``run_name``, duplicates included, in order (the
+    project's store holds the runs of every output dir beside it)."""
     from mlflow import MlflowClient
 
-    runs = find_runs(tracking_uri, experiment)
+    runs = [r for r in find_runs(tracking_uri, experiment) if r["run_name"] == run_name]
     if not runs:
         return []
     history = MlflowClient(tracking_uri=tracking_uri).get_metric_history(runs[0]["run_id"], key)
@@ -88,7 +91,7 @@ class WorkerKiller:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             try:
-                steps = logged_steps(self.tracking_uri)
+                steps = logged_steps(self.tracking_uri, self.run_name)
             except Exception:  # the store may not exist yet or be mid-write
                 steps = []
             registered = max(registered_checkpoints(self.storage, self.run_name).values(), default=0)

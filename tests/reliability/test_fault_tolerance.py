@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.train import run_training_job
 from higgs_train.sample_data import create_sample_data
-from higgs_train.tracking import find_runs
+from higgs_train.tracking import embedded_tracking_uri, find_runs
 from higgs_train.training.checkpoint_store import RUN_LOCK_DIR, registered_checkpoints
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ def test_killed_worker_is_restarted_and_no_step_is_lost_or_doubled(tmp_path):
 
     out = tmp_path / "out" / "killed"
     config = job_config(data, out, cache, max_failures=3)
-    killer = WorkerKiller(f"sqlite:///{out / 'mlflow.db'}", str(out / "ray_results"), "killed").start()
+    killer = WorkerKiller(embedded_tracking_uri(out), str(out / "ray_results"), "killed").start()
     try:
         result = run_training_job(config)
     finally:
@@ -108,7 +108,7 @@ def test_killed_worker_is_restarted_and_no_step_is_lost_or_doubled(tmp_path):
     # Every step exactly once: in the run's history and in MLflow.
     history = json.loads((result.output_dir / "history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, MAX_STEPS + 1))
-    assert logged_steps(result.tracking_uri) == list(range(1, MAX_STEPS + 1))
+    assert logged_steps(result.tracking_uri, "killed") == list(range(1, MAX_STEPS + 1))
     # The same losses and the same final adapter as the uninterrupted run.
     expected = json.loads((reference.output_dir / "history.json").read_text())
     for want, got in zip(expected, history, strict=True):

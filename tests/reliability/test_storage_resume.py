@@ -25,6 +25,7 @@ from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import resolve_run
 from higgs_train.driver.train import run_training_job
 from higgs_train.sample_data import create_sample_data
+from higgs_train.tracking import embedded_tracking_uri
 from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint, run_checkpoints
 
 
@@ -104,7 +105,7 @@ def test_a_rerun_on_s3_resumes_from_the_runs_checkpoints(tmp_path, s3):
         eval_every_steps=SAVE_EVERY,
         warmup_steps=1,
     )
-    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
+    tracking_uri = embedded_tracking_uri(out)
     killer = WorkerKiller(tracking_uri, storage, "voice").start()
     try:
         with pytest.raises(ray.train.WorkerGroupError, match="worker"):

@@ -145,7 +145,7 @@ def test_a_wrong_manifest_path_is_a_clear_error_in_validate_mode(in_tmp, capsys)
 def test_a_wrong_manifest_path_fails_before_mlflow_or_ray_start(in_tmp, capsys):
     assert main(["--train_data", "data/missing.json", "--output_dir", "outputs/x"]) == 2
     assert "--train_data data/missing.json" in capsys.readouterr().err
-    assert not (in_tmp / "outputs" / "x" / "mlflow.db").exists()  # no MLflow run was opened
+    assert not (in_tmp / "outputs" / "mlflow.db").exists()  # no MLflow run was opened
 
 
 def _one_sample_row(audio_url: str) -> dict:

@@ -31,7 +31,7 @@ def _no_env_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_each_metric_once_and_step_epoch_are_not_metrics(tmp_path: Path) -> None:
     step_metrics = {"step": 3, "epoch": 1, "train/total_loss": 2.0, "total_loss": 2.0, "val_loss": 1.5}
     assert metrics_to_log(step_metrics) == {"train/total_loss": 2.0, "val_loss": 1.5}
-    uri = embedded_tracking_uri(tmp_path)
+    uri = embedded_tracking_uri(tmp_path / "out")
     with RunTracker(uri).start(EXPERIMENT, "job") as tracker:
         tracker.log_metrics(step_metrics, step=3)
     (run,) = find_runs(uri, EXPERIMENT)
@@ -39,7 +39,7 @@ def test_each_metric_once_and_step_epoch_are_not_metrics(tmp_path: Path) -> None
 
 
 def test_experiment_opens_in_the_model_training_view(tmp_path: Path) -> None:
-    uri = embedded_tracking_uri(tmp_path)
+    uri = embedded_tracking_uri(tmp_path / "out")
     client = MlflowClient(tracking_uri=uri)
     client.create_experiment("older", artifact_location=(tmp_path / "a").as_uri())  # made by an earlier version
     for name in (EXPERIMENT, "older"):
@@ -61,7 +61,7 @@ def _run_killed_driver(uri: str, run_name: str) -> None:
 
 
 def test_a_run_left_running_by_a_killed_driver_is_closed_on_the_next_start(tmp_path: Path) -> None:
-    uri = embedded_tracking_uri(tmp_path)
+    uri = embedded_tracking_uri(tmp_path / "out")
     _run_killed_driver(uri, "voice")
     (stuck,) = find_runs(uri, EXPERIMENT)
     assert stuck["status"] == "RUNNING"
@@ -74,7 +74,7 @@ def test_a_run_left_running_by_a_killed_driver_is_closed_on_the_next_start(tmp_p
 
 
 def test_a_resumed_job_continues_its_mlflow_run(tmp_path: Path) -> None:
-    uri = embedded_tracking_uri(tmp_path)
+    uri = embedded_tracking_uri(tmp_path / "out")
     first = RunTracker(uri)
     # interrupted (Ctrl-C): closed as KILLED
     with pytest.raises(KeyboardInterrupt), first.start_or_continue(EXPERIMENT, "voice", params={"lora_r": 16}):
@@ -102,7 +102,7 @@ def test_a_resumed_job_continues_its_mlflow_run(tmp_path: Path) -> None:
 
 
 def test_a_live_driver_run_is_left_alone(tmp_path: Path) -> None:
-    uri = embedded_tracking_uri(tmp_path)
+    uri = embedded_tracking_uri(tmp_path / "out")
     live = RunTracker(uri).start_or_continue(EXPERIMENT, "shared")  # this process: alive
     with RunTracker(uri).start_or_continue(EXPERIMENT, "shared"):
         pass
