@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 
 from higgs_train.console import RayProgress
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.plain_parquet import read_plain_parquet
+from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
 from higgs_train.data.preprocess import BatchResult, PreprocessSettings
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
@@ -344,7 +344,7 @@ def _preprocess(
     if not ray.is_initialized():
         raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.ray_session.init_ray first")
     check_resources(num_actors, cpus_per_actor)
-    total = pq.ParquetFile(manifest_parquet).metadata.num_rows
+    total = open_plain_parquet_file(manifest_parquet).metadata.num_rows
     with RayProgress(progress_label, total) as progress:
         processed = _preprocessed(
             manifest_parquet,
