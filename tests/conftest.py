@@ -1,13 +1,19 @@
 """Shared test setup. Importing higgs_train first puts Hugging Face into offline mode before anything reads it."""
 
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import higgs_train  # noqa: F401  (sets HF_HUB_OFFLINE=1 unless the environment says otherwise)
 
 BUCKET = "higgs-ckpt"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -43,3 +49,25 @@ def s3():
             else:
                 os.environ[key] = value
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_head_on_the_machine(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A `ray start` head alive while the commands run, recorded where a plain ``ray.init()`` looks for one
+    (``<RAY_TMPDIR>/ray/ray_current_cluster``, i.e. /tmp/ray/... when RAY_TMPDIR is unset): the commands must start
+    their own Ray anyway (issue 19 item 1: they used to die with "When connecting to an existing cluster, num_cpus
+    and num_gpus must not be provided"). A private RAY_TMPDIR and free ports keep other users' Ray out of it;
+    ``scripts/local_cluster.sh stop`` ends only this head's processes. Yields the env the commands run with."""
+    tmp = Path(tempfile.mkdtemp(prefix="hr-readme-", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    env = {**os.environ, "RAY_TMPDIR": str(tmp), "HIGGS_RAY_TEMP_DIR": str(tmp / "ray"), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1"]
+    start += [f"--port={free_port()}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
+    started = subprocess.run([*start, f"--temp-dir={tmp / 'ray'}"], env=env, capture_output=True, text=True)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert (tmp / "ray" / "ray_current_cluster").is_file()
+        yield {"RAY_TMPDIR": str(tmp)}
+    finally:
+        subprocess.run([str(REPO_ROOT / "scripts" / "local_cluster.sh"), "stop"], env=env, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""README "Bring your own data", run verbatim: three builds on Ray Data actors, a LibriTTS build with ``--local``,
-validation, and a training job (``--quick_test``) on the LibriTTS build.
+"""README "Bring your own data", run verbatim with a `ray start` head alive on the machine: three builds on Ray Data
+actors, a LibriTTS build with ``--local``, validation, and a training job (``--quick_test``) on the LibriTTS build.
 
 The sources the commands name (``recordings/``, ``LJSpeech/metadata.csv``, ``hf_dataset/``,
 ``LibriTTS_R/train-clean-100``) are generated from the synthetic speakers in a temporary folder that stands in for
@@ -41,7 +41,7 @@ def readme_commands() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
-def test_readme_bring_your_own_data_commands(tmp_path):
+def test_readme_bring_your_own_data_commands(tmp_path, ray_head_on_the_machine):
     commands = readme_commands()
     assert [c.split()[:3] for c in commands[:4]] == [["python", "ray_jobs/prepare_data.py", "build"]] * 4
     (tmp_path / "ray_jobs").symlink_to(REPO / "ray_jobs")
@@ -51,6 +51,7 @@ def test_readme_bring_your_own_data_commands(tmp_path):
     write_libritts(tmp_path / "LibriTTS_R" / "train-clean-100", count=5, speakers=SPEAKERS)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    env.update(ray_head_on_the_machine)  # a `ray start` head alive: the Ray-stage builds start their own Ray anyway
 
     outputs = []
     for command in commands:
@@ -61,6 +62,7 @@ def test_readme_bring_your_own_data_commands(tmp_path):
         outputs.append(done.stdout)
     # The Ray stage shows its progress in the driver's console (Ray's own bars are off).
     assert "processing audio (Ray): 20/20 files" in outputs[0] and "ETA 0s" in outputs[0]
+    assert "A Ray cluster is running on this machine" in outputs[0]  # said once; the build used its own Ray
 
     speakers = {s.name for s in SPEAKERS}
     folder = tmp_path / "data" / "my-voices"

@@ -19,9 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,30 +116,6 @@ def checkout(tmp_path_factory) -> Path:
 
     shutil.copytree(ROOT, dst, ignore=ignore)
     return dst
-
-
-@pytest.fixture(scope="module")
-def ray_head_on_the_machine(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A `ray start` head alive while the commands run, recorded where a plain ``ray.init()`` looks for one
-    (``<RAY_TMPDIR>/ray/ray_current_cluster``, i.e. /tmp/ray/... when RAY_TMPDIR is unset): the commands must start
-    their own Ray anyway (issue 19 item 1: they used to die with "When connecting to an existing cluster, num_cpus
-    and num_gpus must not be provided"). A private RAY_TMPDIR and free ports keep other users' Ray out of it;
-    ``scripts/local_cluster.sh stop`` ends only this head's processes. Yields the env the commands run with."""
-    from conftest import free_port
-
-    tmp = Path(tempfile.mkdtemp(prefix="hr-readme-", dir="/tmp"))  # short: Ray's socket paths are length-limited
-    env = {**os.environ, "RAY_TMPDIR": str(tmp), "HIGGS_RAY_TEMP_DIR": str(tmp / "ray"), "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1"]
-    start += [f"--port={free_port()}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
-    started = subprocess.run([*start, f"--temp-dir={tmp / 'ray'}"], env=env, capture_output=True, text=True)
-    try:
-        assert started.returncode == 0, started.stderr[-2000:]
-        assert (tmp / "ray" / "ray_current_cluster").is_file()
-        yield {"RAY_TMPDIR": str(tmp)}
-    finally:
-        subprocess.run([str(ROOT / "scripts" / "local_cluster.sh"), "stop"], env=env, capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_verbatim(
