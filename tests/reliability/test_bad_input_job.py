@@ -36,6 +36,11 @@ def _tone(seconds: float, sr: int, amplitude: float = 0.3, hz: float = 220.0) ->
     return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
+def run_of(result) -> dict:
+    """The MLflow record of one job's run (the project's store holds every run of the folder)."""
+    return next(r for r in find_runs(result.tracking_uri, "higgs-train") if r["run_id"] == result.mlflow_run_id)
+
+
 def test_job_quarantines_planted_rows_trains_the_rest_and_retrains_a_restored_file(tmp_path, monkeypatch):
     data = tmp_path / "data"
     paths = create_sample_data(data, utterances_per_speaker=2)
@@ -117,7 +122,7 @@ def test_job_quarantines_planted_rows_trains_the_rest_and_retrains_a_restored_fi
     assert quarantine["too_long"]["stage"] == "train:length"
     history = json.loads((tmp_path / "out" / "first" / "history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, len(good) // 2 + 1))  # every good row, once
-    run_record = find_runs(first.tracking_uri, "higgs-train")[0]
+    run_record = run_of(first)
     assert run_record["status"] == "FINISHED" and run_record["metrics"]["data/train_rows"] == len(good)
 
     # Restored: the next run must not reuse the failure (same manifest, same cache root) and trains the row.
@@ -125,7 +130,8 @@ def test_job_quarantines_planted_rows_trains_the_rest_and_retrains_a_restored_fi
     monkeypatch.setattr(ray_pipeline, "audio_fingerprints", real)
     second = run("second")
     assert second.quarantined == len(planted)
-    run_record = find_runs(second.tracking_uri, "higgs-train")[0]
+    run_record = run_of(second)
+    assert second.tracking_uri == first.tracking_uri and len(find_runs(second.tracking_uri, "higgs-train")) == 2
     assert run_record["metrics"]["data/train_rows"] == len(good) + 1
     assert run_record["metrics"]["data/encoder_calls"] == 1  # only the restored clip; the rest come from the store
     assert (second.adapter_dir / "adapter_model.safetensors").exists()
