@@ -244,9 +244,9 @@ class ProgressLine:
 
 
 class CountProgress:
-    """``processing audio: 12/32 files | 1.4 files/s | ETA 14s`` for a stage that works through a known number of
-    items, at most one line every ``every_seconds`` (and always the last), for the driver's console while Ray's own
-    progress bars are off (``quiet_ray_logs``). The rate is the mean since ``start``."""
+    """A ``RateLine`` for a stage whose results the driver counts itself (the data builder's Ray stage iterates its
+    actors' outputs), shown at most once every ``every_seconds`` and always at the end: the token cache's actors
+    report through ``RayProgress`` instead, since their rows never pass the driver."""
 
     def __init__(
         self,
@@ -256,25 +256,17 @@ class CountProgress:
         every_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.total, self.label, self.unit, self.every = total, label, unit, every_seconds
-        self.clock = clock
-        self.started = clock()
+        self.rate = RateLine(label, total, unit, clock)
+        self.every = every_seconds
         self.last_shown: float | None = None
 
     def line(self, done: int) -> str:
-        elapsed = self.clock() - self.started
-        rate = done / elapsed if elapsed > 0 else float("nan")
-        eta = (self.total - done) / rate if done and rate > 0 else float("nan")
-        shown_rate = f"{rate:.2f}" if math.isfinite(rate) else "?"
-        return (
-            f"{self.label}: {done}/{self.total} {self.unit} | {shown_rate} {self.unit}/s | "
-            f"ETA {_duration(eta) if done < self.total else '0s'}"
-        )
+        return self.rate.line(done)
 
     def update(self, done: int) -> str | None:
         """The line to show now, or None when the last one is recent (the final count is always shown)."""
-        now = self.clock()
-        if done < self.total and self.last_shown is not None and now - self.last_shown < self.every:
+        now = self.rate.clock()
+        if done < self.rate.total and self.last_shown is not None and now - self.last_shown < self.every:
             return None
         self.last_shown = now
         return self.line(done)

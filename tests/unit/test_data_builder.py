@@ -287,13 +287,13 @@ def test_count_progress_line_rate_and_eta():
 
     now = [100.0]
     progress = CountProgress(40, "processing audio (Ray)", every_seconds=5.0, clock=lambda: now[0])
-    assert progress.update(0) == "processing audio (Ray): 0/40 files | ? files/s | ETA ?"
+    assert progress.update(0) == "processing audio (Ray): 0/40 files (0%) | 0.0 files/s | ETA ?"
     now[0] = 102.0
     assert progress.update(4) is None  # shown 2 s ago
     now[0] = 110.0
-    assert progress.update(20) == "processing audio (Ray): 20/40 files | 2.00 files/s | ETA 10s"
+    assert progress.update(20) == "processing audio (Ray): 20/40 files (50%) | 2.0 files/s | ETA 10s"
     now[0] = 111.0
-    assert progress.update(40) == "processing audio (Ray): 40/40 files | 3.64 files/s | ETA 0s"  # always the last
+    assert progress.update(40) == "processing audio (Ray): 40/40 files (100%) | 3.6 files/s | done in 11s"  # the last
 
 
 def test_system_prompt_override(tmp_path):
