@@ -4,9 +4,8 @@
 ``num_cpus``, so decode, resample, VAD and loudness run in parallel on a cluster and still fit a 2-CPU machine
 (2 actors x 0.5 CPU by default). Results stream back as actors finish them, and the driver prints a progress line
 (files done, rate, ETA; ``console.CountProgress`` over ``console.RateLine``) while Ray's own bars stay off. Items
-and results cross the process boundary
-as typed objects rebuilt at each end: a ``SourceItem`` as its fields (strings, bytes, a list of strings: Arrow
-columns), a ``FileResult`` as its JSON form (``FileResult.to_json``); Arrow holds both natively, where it would
+and results cross the process boundary as typed objects rebuilt at each end: a ``SourceItem`` as its fields
+(strings, bytes, a list of strings: Arrow columns), a ``FileResult`` as its JSON form (``FileResult.to_json``); Arrow holds both natively, where it would
 have to fall back to pickling the dataclasses.
 """
 
