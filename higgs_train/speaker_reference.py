@@ -47,6 +47,7 @@ class _AnyText:
 
 def speaker_clips(data_dir: str | Path) -> dict[str, dict[str, str]]:
     """``speaker -> {audio_url: transcript}`` over the folder's manifests (first transcript seen per clip)."""
+    from higgs_train.data.chatml import clips_with_transcripts
     from higgs_train.data.manifest import load_manifest
     from higgs_train.data.validation import structural_reason
 
@@ -64,14 +65,9 @@ def speaker_clips(data_dir: str | Path) -> dict[str, dict[str, str]]:
             speaker = row.get("speaker")
             if reason or not speaker:
                 continue
-            text: str | None = None
-            for role, parts in turns:
-                for kind, value in parts:
-                    if kind == "text" and role == "user":
-                        text = value
-                    elif kind == "audio" and role == "assistant" and text:
-                        clips.setdefault(speaker, {}).setdefault(value, text)
-                        text = None
+            for text, audio in clips_with_transcripts(turns):
+                if text:
+                    clips.setdefault(speaker, {}).setdefault(audio, text)
     return clips
 
 

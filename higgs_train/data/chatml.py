@@ -16,6 +16,7 @@ A generation prompt is the context turns (``context_of``: everything before ``st
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 # The scene description upstream's examples use for clean speech; the builder's ``--system_prompt`` overrides it.
@@ -105,3 +106,19 @@ def target_audio_url(row: dict[str, Any]) -> str | None:
             if message.get("role") == "assistant" and isinstance(item, dict) and item.get("type") == "audio":
                 return item.get("audio_url")
     return None
+
+
+def clips_with_transcripts(turns: Iterable[tuple[str, list[tuple[str, str]]]]) -> Iterator[tuple[str | None, str]]:
+    """``(transcript, audio_url)`` for each assistant audio turn of a parsed sample (``validation.structural_reason``'s
+    turns): the user text just before it is what the prompt says that clip speaks (None if no text came first).
+
+    One reading of the cloning layout for everything that harvests clips from manifests (the builder's manifest
+    source, ``generate.py --speaker``)."""
+    text: str | None = None
+    for role, parts in turns:
+        for kind, value in parts:
+            if kind == "text" and role == "user":
+                text = value
+            elif kind == "audio" and role == "assistant":
+                yield text, value
+                text = None

@@ -600,6 +600,7 @@ def _row_audio(value: Any, root: Path, confine: Confinement) -> tuple[bytes | No
 
 def _list_manifest(path: Path, options: SourceOptions, confine: Confinement) -> SourceListing:
     """Every distinct (audio, transcript) of a training manifest, by speaker: targets and references alike."""
+    from higgs_train.data.chatml import clips_with_transcripts
     from higgs_train.data.manifest import load_manifest
     from higgs_train.data.validation import structural_reason
 
@@ -616,14 +617,10 @@ def _list_manifest(path: Path, options: SourceOptions, confine: Confinement) -> 
         if not speaker:
             listing.rejections.append(Rejection(key, None, UNREADABLE, "row has no speaker (use --speaker)"))
             continue
-        text: str | None = None
-        for role, parts in turns:
-            for kind, value in parts:
-                if kind == "text" and role == "user":
-                    text = value
-                elif kind == "audio" and role == "assistant" and value not in seen:
-                    seen.add(value)
-                    _add_confined_row(listing, confine, f"{key}:{value}", speaker, text or "", value, root)
+        for text, value in clips_with_transcripts(turns):
+            if value not in seen:
+                seen.add(value)
+                _add_confined_row(listing, confine, f"{key}:{value}", speaker, text or "", value, root)
     return listing
 
 
