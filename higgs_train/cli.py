@@ -249,6 +249,12 @@ def add_sampling_flags(
     p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens, help=max_new_tokens_help)
     p.add_argument("--seed", type=int, default=seed, help=seed_help)
     p.add_argument("--ras_win_len", type=int, default=d.ras_win_len, help="Repetition-aware sampling; 0 disables.")
+    p.add_argument(
+        "--min_audio_frames",
+        type=int,
+        default=d.min_audio_frames,
+        help="The audio may not end before this many frames (25 per second); 0 leaves the end to the model.",
+    )
 
 
 def sampling_from_flags(args: argparse.Namespace) -> Any:
@@ -262,6 +268,7 @@ def sampling_from_flags(args: argparse.Namespace) -> Any:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         ras_win_len=args.ras_win_len or None,
+        min_audio_frames=max(0, args.min_audio_frames),
     )
 
 

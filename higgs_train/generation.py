@@ -60,6 +60,10 @@ class SamplingSettings:
     seed: int | None = None
     ras_win_len: int | None = 7
     ras_win_max_num_repeat: int = 2
+    # The audio stream may not end before this many complete frames (5 = 0.2 s at 25 frames/s): no utterance is
+    # shorter, and an under-trained adapter that ends the stream at once still yields a clip the audio check can
+    # measure (it is then reported as too short) instead of nothing. 0 leaves the end entirely to the model.
+    min_audio_frames: int = 5
 
     @property
     def greedy(self) -> bool:
@@ -287,6 +291,39 @@ class TextTokenMask:
         return scores.masked_fill(banned, float("-inf"))
 
 
+class AudioEndFloor:
+    """Keeps the audio stream open until ``min_frames`` frames are complete.
+
+    Upstream ends the stream as soon as any codebook draws ``audio_stream_eos_id`` and fills the rest of the delay
+    tail itself, so a single early EOS yields a 0-frame clip. This processor sees the audio scores (upstream passes
+    them with ``input_ids=None``) and, for the first ``min_frames + delay`` audio steps, bans the stream's EOS and
+    BOS ids (BOS is only ever placed by upstream's delay pattern, never drawn). Text scores pass untouched. One
+    instance per ``generate`` call: it counts that call's audio steps.
+    """
+
+    def __init__(self, min_frames: int, num_codebooks: int, stream_ids: Sequence[int], use_delay_pattern: bool) -> None:
+        delay = num_codebooks - 1 if use_delay_pattern else 0
+        self.remaining = int(min_frames) + delay if min_frames > 0 else 0
+        self.banned = sorted({int(i) for i in stream_ids})
+
+    @classmethod
+    def for_stack(cls, model_config: Any, min_frames: int) -> AudioEndFloor:
+        return cls(
+            min_frames,
+            int(model_config.audio_num_codebooks),
+            (model_config.audio_stream_bos_id, model_config.audio_stream_eos_id),
+            bool(model_config.use_delay_pattern),
+        )
+
+    def __call__(self, input_ids: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids is not None or self.remaining <= 0:
+            return scores
+        self.remaining -= 1
+        banned = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        banned[[i for i in self.banned if i < scores.shape[-1]]] = True
+        return scores.masked_fill(banned, float("-inf"))
+
+
 def sampling_kwargs(settings: SamplingSettings) -> dict[str, Any]:
     """``generate`` arguments for ``settings``; greedy passes no sampling knobs (transformers warns on them)."""
     if settings.greedy:
@@ -343,7 +380,12 @@ def generate_codes(
             use_cache=True,
             stop_strings=list(STOP_STRINGS),
             tokenizer=stack.tokenizer,
-            logits_processor=LogitsProcessorList([TextTokenMask.for_stack(stack.tokenizer, stack.model_config)]),
+            logits_processor=LogitsProcessorList(
+                [
+                    TextTokenMask.for_stack(stack.tokenizer, stack.model_config),
+                    AudioEndFloor.for_stack(stack.model_config, settings.min_audio_frames),
+                ]
+            ),
             seed=settings.seed,
             **sampling_kwargs(settings),
         )
@@ -466,8 +508,7 @@ def prompts_for_manifest(
 
 NO_AUDIO = (
     "no audio: the model ended the audio stream before its first complete frame (the delay pattern needs "
-    "{codebooks} steps per frame); sample instead of greedy decoding (--temperature > 0), raise "
-    "--max_new_tokens, or check the adapter"
+    "{codebooks} steps per frame); raise --max_new_tokens or --min_audio_frames, or check the adapter"
 )
 
 

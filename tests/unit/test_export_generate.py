@@ -289,6 +289,34 @@ def test_validation_samples_write_wavs_and_restore_training_mode(adapter, record
     assert samples.metrics() == {"val/sample_failures": 1.0, "val/sample_code_agreement": agreement}
 
 
+def test_audio_end_floor_keeps_the_stream_open_for_the_asked_frames(adapter, record, tokenizers):
+    """A model that always draws the stream EOS ends with 0 frames on its own, and with exactly the floor's frames
+    when ``min_audio_frames`` holds the stream open (greedy, so the only thing that differs is the floor)."""
+    from higgs_train.generation import GenerationStack, SamplingSettings, generate_codes
+
+    model, _ = adapter
+    config = model.get_base_model().config
+    stack = GenerationStack(model, *tokenizers, generation_collator(config), config)
+    prompt = prompt_from_record(record, config.audio_out_bos_token_id)
+    eos = config.audio_stream_eos_id
+
+    def favour_eos(module, inputs, output):
+        logits = output.view(*output.shape[:-1], config.audio_num_codebooks, -1).clone()
+        logits[..., eos] += 1e4
+        return logits.view(output.shape)
+
+    hook = model.get_base_model().audio_decoder_proj.audio_lm_head.register_forward_hook(favour_eos)
+    try:
+        frames = {}
+        for floor in (0, 1, 6):
+            settings = SamplingSettings(temperature=0.0, max_new_tokens=64, min_audio_frames=floor)
+            codes, finished, _ = generate_codes(stack, prompt, settings)
+            frames[floor] = (codes.shape[1], finished)
+    finally:
+        hook.remove()
+    assert frames == {0: (0, True), 1: (1, True), 6: (6, True)}
+
+
 def test_text_token_mask_bans_padding_ids_and_audio_placeholders_from_text_only():
     vocab, width = 10, 16  # the model's text head is padded beyond the tokenizer
     mask = TextTokenMask(vocab, placeholder_ids=(8, 9))
