@@ -168,6 +168,8 @@ def print_ratios(measured: dict[tuple[int, float, int], tuple[float, float]]) ->
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
