@@ -268,7 +268,7 @@ class TrainingConfig:
             except ValueError:
                 need(False, "run_name", "letters, digits, '.', '_' or '-' (no path separators, no '..')")
         need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
-        need(0 <= self.data_actor_gpus <= 8, "data_actor_gpus", "a number of GPUs per actor from 0 to 8")
+        need(0 <= self.data_actor_gpus <= 1, "data_actor_gpus", "a share of one GPU per actor, from 0 to 1")
         need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
         need(self.checkpoint_metric in ("val_loss", "sim", "wer"), "checkpoint_metric", "val_loss, sim or wer")
         need(

@@ -34,6 +34,7 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -55,6 +56,8 @@ from higgs_train.data.audio_io import (
     unreadable_reason,
 )
 from higgs_train.data.reasons import Reason
+
+logger = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = "2"  # bump whenever a record's content for the same inputs would change
 WHISPER_SAMPLE_RATE = 16_000  # Whisper's feature extractor rate; upstream resamples to it anyway
@@ -676,7 +679,12 @@ class SamplePreprocessor:
         records: list[dict[str, Any]] = []
         failures: list[RowFailure] = []
         try:
-            self._encode_ahead(rows, decoded or {})
+            try:
+                self._encode_ahead(rows, decoded or {})
+            except Exception as err:  # e.g. a code store that cannot lock: the rows still run, each on its own
+                logger.warning(
+                    "encoding the batch's clips together failed (%s: %s); encoding row by row", type(err).__name__, err
+                )
             self._process_rows(rows, records, failures)
         finally:
             self._ahead.clear()
