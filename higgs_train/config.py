@@ -185,6 +185,9 @@ class TrainingConfig:
     compile_layers: bool = _f(False, "torch.compile every decoder layer (speed on GPU; the first steps compile).")
     dataloader_num_workers: int = _f(1, "Ray Data preprocessing actors (audio tokenizer instances).")
     cpus_per_data_actor: float = _f(0.5, "CPUs reserved per preprocessing actor (fractions allowed).")
+    data_actor_gpus: float = _f(
+        0.0, "GPUs per audio-encoder actor (fractions share a GPU); 0 encodes on CPUs. Decoding stays on CPUs."
+    )
     cpus_per_train_worker: float = _f(0.5, "CPUs reserved per training worker (fractions allowed).")
     max_failures: int = _f(3, "Worker failures Ray Train survives by restarting from the latest checkpoint.")
     storage_path: str = _f("", "Ray Train storage for checkpoints (local dir, s3://, gs://, NFS); default output_dir.")
@@ -265,6 +268,7 @@ class TrainingConfig:
             except ValueError:
                 need(False, "run_name", "letters, digits, '.', '_' or '-' (no path separators, no '..')")
         need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
+        need(0 <= self.data_actor_gpus <= 1, "data_actor_gpus", "a share of one GPU per actor, from 0 to 1")
         need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
         need(self.checkpoint_metric in ("val_loss", "sim", "wer"), "checkpoint_metric", "val_loss, sim or wer")
         need(

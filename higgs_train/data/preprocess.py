@@ -34,6 +34,7 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -55,6 +56,8 @@ from higgs_train.data.audio_io import (
     unreadable_reason,
 )
 from higgs_train.data.reasons import Reason
+
+logger = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = "2"  # bump whenever a record's content for the same inputs would change
 WHISPER_SAMPLE_RATE = 16_000  # Whisper's feature extractor rate; upstream resamples to it anyway
@@ -98,17 +101,19 @@ class EncodedAudio:
 class EncoderStats:
     """Counts of real ``audio_tokenizer.encode`` calls (cache hits are not counted)."""
 
-    calls: int = 0
+    calls: int = 0  # clips encoded
     seconds: float = 0.0  # audio seconds passed to the encoder
     cpu_seconds: float = 0.0  # process CPU time spent inside the encoder
+    batches: int = 0  # encoder forward passes (a batched pass encodes several clips)
 
-    def add(self, calls: int, seconds: float, cpu_seconds: float) -> None:
+    def add(self, calls: int, seconds: float, cpu_seconds: float, batches: int | None = None) -> None:
         self.calls += calls
         self.seconds += seconds
         self.cpu_seconds += cpu_seconds
+        self.batches += calls if batches is None else batches
 
     def copy(self) -> EncoderStats:
-        return EncoderStats(self.calls, self.seconds, self.cpu_seconds)
+        return EncoderStats(self.calls, self.seconds, self.cpu_seconds, self.batches)
 
 
 _PROCESS_ENCODER_STATS = EncoderStats()
@@ -250,6 +255,152 @@ def audio_contents_in_order(messages: list[Any]) -> list[tuple[int, str, dict[st
     return out
 
 
+def row_audio_urls(row: dict[str, Any]) -> list[str]:
+    """The audio URLs of a row in the order ``SamplePreprocessor`` encodes them, up to the first content it would
+    refuse; [] for a row it cannot read. Never raises: the row's own pass reports what is wrong with it."""
+    from higgs_train.data.row_length import chatml_sample
+
+    try:
+        layout = audio_contents_in_order(chatml_sample(row_to_chatml(row))["messages"])
+    except Exception:
+        return []
+    urls = []
+    for _, _, content in layout:
+        try:
+            urls.append(SamplePreprocessor._check_content(content))
+        except (PreprocessError, AudioError):
+            break
+    return urls
+
+
+def decode_clips(
+    rows: Iterable[dict[str, Any]],
+    audio_base_path: str | Path,
+    sampling_rate: int,
+    limits: AudioLimits,
+    code_store: CodeStore | None = None,
+) -> dict[str, np.ndarray]:
+    """sha256 -> waveform (mono float32 at ``sampling_rate``) of every clip the rows reference that the code store
+    does not hold: the decode/resample half of preprocessing, which needs no model, so a pipeline can run it on
+    CPU workers of its own size ahead of the encoder (``SamplePreprocessor.process_batch(rows, decoded)``).
+    A clip that cannot be read is left out; the encoding stage meets the same error and quarantines the row."""
+    out: dict[str, np.ndarray] = {}
+    for row in rows:
+        for url in row_audio_urls(row):
+            try:
+                sha = file_sha256(resolve_audio_path(url, audio_base_path))
+                if sha in out or (code_store is not None and code_store.get(sha) is not None):
+                    continue
+                out[sha] = load_audio(url, audio_base_path, sampling_rate, limits)
+            except (OSError, AudioError):  # the row stops at this clip, as its own pass will
+                break
+    return out
+
+
+class ClipEncoder:
+    """Upstream's audio tokenizer over many clips: several clips per encoder call wherever that gives the solo codes.
+
+    Why exact, and why only clips of equal length: generation encodes a reference clip alone, so the codes a model
+    trains on must be those solo codes, bit for bit. Zero padding cannot give them: upstream's semantic teacher
+    (HuBERT) normalises its first conv layer over the whole time axis (GroupNorm) and attends over every frame
+    without a mask, so padding moves every frame's features, not only the tail (on the tiny stack 31% of a padded
+    1.8 s clip's codes changed). Clips of the same sample count need no padding: they are stacked and go through
+    upstream's ``_xcodec_encode`` in one call, whose codes equal the solo ones (``tests/unit/test_batched_encoding``).
+
+    One more exclusion: for most lengths upstream finds its acoustic and semantic frame counts differ and runs the
+    acoustic encoder a second time on a padded copy, reshaping the input in a way that only holds for one clip.
+    So the first clip of every length goes alone, a forward hook counts the acoustic passes it took, and that
+    length is batched afterwards only if it took one. Whether batching pays depends on the device: on CPU, stacking
+    long clips measured slower than one by one (``benchmarks/preprocess_throughput.py``), so CPU actors default to
+    ``max_batch`` 1; on a GPU it fills the device.
+    """
+
+    def __init__(self, audio_tokenizer: Any, max_batch: int = 1) -> None:
+        self.tokenizer = audio_tokenizer
+        self.max_batch = max(1, int(max_batch))
+        self.sampling_rate = int(audio_tokenizer.sampling_rate)
+        self.num_codebooks = int(audio_tokenizer.num_codebooks)
+        self.stats = EncoderStats()
+        self._single_pass: dict[int, bool] = {}  # clip length -> upstream's acoustic encoder ran once on it
+        self._passes = 0
+        self._hooked = False
+
+    def encode_one(self, wave: np.ndarray, url: str) -> EncodedAudio:
+        """One clip through upstream's public ``encode``; a failure becomes the row's ``PreprocessError``."""
+        return self._solo(wave, url)
+
+    def encode_many(self, waves: dict[str, np.ndarray], urls: dict[str, str]) -> dict[str, EncodedAudio]:
+        """Codes for every key whose clip encodes; a clip that fails is left out (its row encodes it alone again
+        and reports the reason)."""
+        by_length: dict[int, list[str]] = {}
+        for key, wave in waves.items():
+            by_length.setdefault(len(wave), []).append(key)
+        out: dict[str, EncodedAudio] = {}
+        for length, keys in by_length.items():
+            pending = list(keys)
+            while pending:
+                if self.max_batch == 1 or len(pending) == 1 or not self._single_pass.get(length, False):
+                    key = pending.pop(0)
+                    with contextlib.suppress(PreprocessError):
+                        out[key] = self._solo(waves[key], urls[key])
+                    continue
+                group, pending = pending[: self.max_batch], pending[self.max_batch :]
+                try:
+                    out.update(
+                        zip(group, self._stacked([waves[k] for k in group], [urls[k] for k in group]), strict=True)
+                    )
+                except Exception:  # a failed stack is retried clip by clip: each clip's own error is the reason
+                    for key in group:
+                        with contextlib.suppress(PreprocessError):
+                            out[key] = self._solo(waves[key], urls[key])
+        return out
+
+    def _count_pass(self, *_: Any) -> None:
+        self._passes += 1
+
+    def _solo(self, wave: np.ndarray, url: str) -> EncodedAudio:
+        import torch
+
+        if not self._hooked and isinstance(getattr(self.tokenizer, "encoder", None), torch.nn.Module):
+            self.tokenizer.encoder.register_forward_hook(self._count_pass)
+            self._hooked = True
+        self._passes = 0
+        start = time.process_time()
+        try:
+            with torch.inference_mode():
+                codes = self.tokenizer.encode(wave, self.sampling_rate)
+        except Exception as err:  # a model failure on one clip must not take the whole job down
+            error = f"{type(err).__name__}: {err}"
+            raise PreprocessError("encode", Reason.ENCODE_FAILED.format(url=url, error=error)) from err
+        self._single_pass[len(wave)] = self._hooked and self._passes == 1
+        seconds = len(wave) / self.sampling_rate
+        self._count(1, seconds, time.process_time() - start)
+        return self._checked(codes, url, seconds)
+
+    def _stacked(self, waves: list[np.ndarray], urls: list[str]) -> list[EncodedAudio]:
+        import torch
+
+        x = torch.from_numpy(np.stack(waves).astype(np.float32))[:, None, :].to(self.tokenizer.device)
+        start = time.process_time()
+        with torch.inference_mode():
+            codes = self.tokenizer._xcodec_encode(x).audio_codes  # (clips, codebooks, frames)
+        seconds = len(waves[0]) / self.sampling_rate
+        self._count(len(waves), seconds * len(waves), time.process_time() - start, batches=1)
+        return [self._checked(c, url, seconds) for c, url in zip(codes, urls, strict=True)]
+
+    def _count(self, clips: int, seconds: float, cpu: float, batches: int | None = None) -> None:
+        self.stats.add(clips, seconds, cpu, batches)
+        _PROCESS_ENCODER_STATS.add(clips, seconds, cpu, batches)
+
+    def _checked(self, codes: Any, url: str, seconds: float) -> EncodedAudio:
+        codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes)
+        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
+            raise PreprocessError("encode", Reason.ENCODE_BAD_SHAPE.format(shape=codes.shape, url=url))
+        if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.int16).max):
+            raise PreprocessError("encode", Reason.ENCODE_OUT_OF_RANGE.format(url=url))
+        return EncodedAudio(codes.astype(np.int16), float(seconds))
+
+
 class SamplePreprocessor:
     """Canonical row -> record: tokenize text, load + encode audio, prepare Whisper input, estimate length.
 
@@ -269,6 +420,7 @@ class SamplePreprocessor:
         code_store: CodeStore | None = None,
         memo_size: int = 256,
         max_tokens_per_row: int = 0,
+        encode_batch_size: int = 1,
     ) -> None:
         self.tokenizer = text_tokenizer
         self.audio_tokenizer = audio_tokenizer
@@ -284,9 +436,15 @@ class SamplePreprocessor:
         self.num_codebooks = int(audio_tokenizer.num_codebooks)
         self.audio_in_id = text_tokenizer.convert_tokens_to_ids(AUDIO_IN_TOKEN)
         self.audio_out_id = text_tokenizer.convert_tokens_to_ids(AUDIO_OUT_TOKEN)
-        self.encoder_stats = EncoderStats()
+        self.clip_encoder = ClipEncoder(audio_tokenizer, encode_batch_size)
         self._memo: OrderedDict[str, EncodedAudio] = OrderedDict()
         self._memo_size = memo_size
+        self._ahead: dict[str, EncodedAudio] = {}  # this batch's clips, encoded together before its rows run
+        self._sha_of: dict[Path, str] = {}  # this batch's file hashes, so each file is read once per batch
+
+    @property
+    def encoder_stats(self) -> EncoderStats:
+        return self.clip_encoder.stats
 
     @property
     def limits(self) -> AudioLimits:
@@ -375,15 +533,22 @@ class SamplePreprocessor:
         return str(url)
 
     # --- audio ---
+    def _sha(self, path: Path) -> str:
+        sha = self._sha_of.get(path)
+        return sha if sha is not None else file_sha256(path)
+
     def _encoded(self, url: str) -> EncodedAudio:
         path = resolve_audio_path(url, self.audio_base_path)
         try:
-            sha = file_sha256(path)
+            sha = self._sha(path)
         except OSError as err:  # e.g. permission denied: this row's problem, worded as the validator words it
             raise AudioUnavailable(unreadable_reason(err, display_name(path, self.audio_base_path)), url) from err
-        hit = self._memo.get(sha)
+        hit = self._memo.get(sha) or self._ahead.get(sha)
         if hit is not None:
+            self._memo[sha] = hit
             self._memo.move_to_end(sha)
+            if len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
             return hit
         if self.code_store is None:
             enc = self._load_and_encode(url)
@@ -401,26 +566,58 @@ class SamplePreprocessor:
         return enc
 
     def _load_and_encode(self, url: str) -> EncodedAudio:
-        import torch
-
         wave = load_audio(url, self.audio_base_path, self.sampling_rate, self.limits)
-        seconds = len(wave) / self.sampling_rate
-        start = time.process_time()
+        return self.clip_encoder.encode_one(wave, url)
+
+    def _clips_of(self, row: dict[str, Any]) -> list[str]:
+        """The audio URLs the row pass (``__call__``) would encode, in its order; [] for a row it rejects first."""
         try:
-            with torch.inference_mode():
-                codes = self.audio_tokenizer.encode(wave, self.sampling_rate)
-        except Exception as err:  # a model failure on one clip must not take the whole job down
-            error = f"{type(err).__name__}: {err}"
-            raise PreprocessError("encode", Reason.ENCODE_FAILED.format(url=url, error=error)) from err
-        cpu = time.process_time() - start
-        self.encoder_stats.add(1, seconds, cpu)
-        _PROCESS_ENCODER_STATS.add(1, seconds, cpu)
-        codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes)
-        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
-            raise PreprocessError("encode", Reason.ENCODE_BAD_SHAPE.format(shape=codes.shape, url=url))
-        if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.int16).max):
-            raise PreprocessError("encode", Reason.ENCODE_OUT_OF_RANGE.format(url=url))
-        return EncodedAudio(codes.astype(np.int16), float(seconds))
+            self._check_structure(row_to_chatml(row))
+        except Exception:  # the row pass raises the same error and quarantines the row with its reason
+            return []
+        return row_audio_urls(row)
+
+    def _encode_ahead(self, rows: list[dict[str, Any]], decoded: dict[str, np.ndarray]) -> None:
+        """Encode the clips these rows need that no cache holds, together (``ClipEncoder.encode_many``).
+
+        Only what succeeds is kept: a clip that cannot be read, decoded or encoded is left to its row's own pass,
+        which raises the error with the reason the row is quarantined for. Code-store locks are taken in sorted
+        order, so two actors sharing clips cannot deadlock, and each clip is still encoded by one actor only.
+        """
+        wanted: dict[str, str] = {}  # sha -> url
+        for row in rows:
+            for url in self._clips_of(row):
+                try:
+                    path = resolve_audio_path(url, self.audio_base_path)
+                    sha = self._sha_of[path] = self._sha(path)
+                except (OSError, AudioError):
+                    break
+                if sha not in self._memo and sha not in wanted:
+                    wanted[sha] = url
+        if not wanted:
+            return
+        with contextlib.ExitStack() as locks:
+            if self.code_store is not None:
+                for sha in sorted(wanted):
+                    locks.enter_context(self.code_store.lock(sha))
+                for sha in list(wanted):
+                    stored = self.code_store.get(sha)
+                    if stored is not None:
+                        self._ahead[sha] = stored
+                        del wanted[sha]
+            waves: dict[str, np.ndarray] = {}
+            for sha, url in wanted.items():
+                wave = decoded.get(sha)
+                if wave is None:
+                    try:
+                        wave = load_audio(url, self.audio_base_path, self.sampling_rate, self.limits)
+                    except AudioError:
+                        continue
+                waves[sha] = wave
+            for sha, enc in self.clip_encoder.encode_many(waves, wanted).items():
+                self._ahead[sha] = enc
+                if self.code_store is not None:
+                    self.code_store.put(sha, enc)
 
     # --- record ---
     def _record(
@@ -467,12 +664,45 @@ class SamplePreprocessor:
         }
 
     # --- many rows ---
-    def process_batch(self, rows: Iterable[dict[str, Any]]) -> BatchResult:
-        """Preprocess rows, keeping failures (with stage and reason) instead of raising, plus the batch's cost."""
+    def process_batch(
+        self, rows: Iterable[dict[str, Any]], decoded: dict[str, np.ndarray] | None = None
+    ) -> BatchResult:
+        """Preprocess rows, keeping failures (with stage and reason) instead of raising, plus the batch's cost.
+
+        The batch's clips are encoded first, together (``_encode_ahead``); ``decoded`` maps a file's sha256 to its
+        waveform at the tokenizer's rate when an earlier stage already decoded it (``decode_clips``), so this
+        stage only encodes.
+        """
+        rows = list(rows)
         before = self.encoder_stats.copy()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         records: list[dict[str, Any]] = []
         failures: list[RowFailure] = []
+        try:
+            try:
+                self._encode_ahead(rows, decoded or {})
+            except Exception as err:  # e.g. a code store that cannot lock: the rows still run, each on its own
+                logger.warning(
+                    "encoding the batch's clips together failed (%s: %s); encoding row by row", type(err).__name__, err
+                )
+            self._process_rows(rows, records, failures)
+        finally:
+            self._ahead.clear()
+            self._sha_of.clear()
+        stats = {
+            "rows": len(records) + len(failures),
+            "rows_ok": len(records),
+            "rows_failed": len(failures),
+            "encoder_calls": self.encoder_stats.calls - before.calls,
+            "encoder_batches": self.encoder_stats.batches - before.batches,
+            "encoded_seconds": self.encoder_stats.seconds - before.seconds,
+            "audio_seconds": float(sum(r["audio_seconds"] for r in records)),
+            "cpu_seconds": time.process_time() - cpu0,
+            "wall_seconds": time.perf_counter() - wall0,
+        }
+        return BatchResult(records, failures, stats)
+
+    def _process_rows(self, rows: list[dict[str, Any]], records: list, failures: list[RowFailure]) -> None:
         for row in rows:
             rid, ridx = str(row.get("id", "")), row.get("row_index")
             ridx = int(ridx) if ridx is not None else -1
@@ -487,14 +717,3 @@ class SamplePreprocessor:
                 failures.append(RowFailure(rid, ridx, "audio", str(err)))
             except Exception as err:  # unexpected: quarantined under its own stage so it stays visible
                 failures.append(RowFailure(rid, ridx, "unexpected", f"{type(err).__name__}: {err}"))
-        stats = {
-            "rows": len(records) + len(failures),
-            "rows_ok": len(records),
-            "rows_failed": len(failures),
-            "encoder_calls": self.encoder_stats.calls - before.calls,
-            "encoded_seconds": self.encoder_stats.seconds - before.seconds,
-            "audio_seconds": float(sum(r["audio_seconds"] for r in records)),
-            "cpu_seconds": time.process_time() - cpu0,
-            "wall_seconds": time.perf_counter() - wall0,
-        }
-        return BatchResult(records, failures, stats)

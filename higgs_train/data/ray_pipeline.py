@@ -9,10 +9,13 @@ Flow (``build_token_cache``):
 1. The driver reads the manifest's key columns, fingerprints the referenced audio and computes the cache key
    (``token_cache``). A complete entry for the key is a hit: returned without starting any actor.
 2. ``read_parquet`` -> ``repartition(target_num_rows_per_block=batch_size)`` (a one-file manifest is a single block,
-   and Ray hands a whole block to one actor; small blocks spread rows over the pool) -> ``map_batches``
-   (``PreprocessActor``, ``ActorPoolStrategy(size=num_actors)``, fractional ``num_cpus``). Every input row comes
-   back: good rows as records, failed rows with ``error_stage``/``error_reason`` set and null data. Each batch's
-   cost (encoder calls, encoded audio seconds, CPU seconds) rides on its first output row.
+   and Ray hands a whole block to one actor; small blocks spread rows over the pool) -> the decode stage
+   (``decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the encode stage
+   (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``, ``num_gpus``
+   with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, several per call where that is exact,
+   then each row becomes a record). Every input row comes back: good rows as records, failed rows with
+   ``error_stage``/``error_reason`` set and null data. Each batch's cost (clips encoded, encoder calls, encoded
+   audio seconds, encode and decode CPU seconds) rides on its first output row.
 3. Before any actor starts, every row's content key (``row_reuse.row_keys``) is looked up in the newest earlier
    entries: only rows found nowhere are preprocessed (a one-row edit of a 100k-row manifest preprocesses one row;
    a build whose rows are all known starts no actor at all).
@@ -27,9 +30,11 @@ Flow (``build_token_cache``):
 
 Resource sizing (the job's total must fit the Ray cluster; on this machine ``ray.init(num_cpus=2)``):
 
-* each actor reserves ``cpus_per_actor`` (default 0.5) and runs torch with ``max(1, floor(cpus_per_actor))``
-  intra-op threads, so N actors never oversubscribe the cores they reserved by more than rounding;
-* read/filter/write tasks reserve ``IO_TASK_CPUS`` (0.25) each;
+* each encoder actor reserves ``cpus_per_actor`` (default 0.5) and runs torch with ``max(1, floor(cpus_per_actor))``
+  intra-op threads (``StageSizing.torch_threads``), so N actors never oversubscribe the cores they reserved by more
+  than rounding; with ``gpus_per_actor`` it also reserves that share of a GPU and encodes there (refused up front
+  when the cluster has too few GPUs: ``data_actor_gpu_reason``);
+* read/decode/filter/write tasks reserve ``IO_TASK_CPUS`` (0.25) each;
 * ``num_actors * cpus_per_actor + IO_TASK_CPUS`` must not exceed the cluster's CPUs, checked up front: Ray would
   otherwise wait forever for an actor it cannot place, which looks like a hang;
 * the cache is built before training starts, so training workers (``cpus_per_train_worker`` each) do not compete
@@ -48,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -80,7 +86,12 @@ IO_TASK_CPUS = 0.25
 ERROR_STAGE = "error_stage"
 ERROR_REASON = "error_reason"
 UNAVAILABLE = "_unavailable_audio"  # JSON {url: state} of files a failed row could not reach (file-system state)
-STAT_COLUMNS = ("_encoder_calls", "_encoded_seconds", "_cpu_seconds")
+STAT_COLUMNS = ("_encoder_calls", "_encoder_batches", "_encoded_seconds", "_cpu_seconds", "_decode_cpu_seconds")
+DECODED = "_decoded"  # decode stage -> encode stage: the clips each row needs encoded, decoded (sha256, waveform)
+DECODED_TYPE = pa.large_list(pa.struct([("sha256", pa.string()), ("wave", pa.large_list(pa.float32()))]))
+DECODE_CPU = "_decode_cpu_seconds"  # the decode stage's CPU time for its batch, on the batch's first row
+CPU_ENCODE_BATCH = 1  # clips per encoder call on CPU actors: stacking measured slower there (ClipEncoder)
+GPU_ENCODE_BATCH = 16  # on a GPU actor: stacking equal-length clips fills the device (unmeasured here)
 OUTPUT_SCHEMA = pa.schema(
     [
         *RECORD_SCHEMA,
@@ -88,8 +99,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field(ERROR_REASON, pa.string()),
         pa.field(UNAVAILABLE, pa.string()),
         pa.field("_encoder_calls", pa.int64()),
+        pa.field("_encoder_batches", pa.int64()),
         pa.field("_encoded_seconds", pa.float64()),
         pa.field("_cpu_seconds", pa.float64()),
+        pa.field(DECODE_CPU, pa.float64()),
     ]
 )
 NEW_RECORDS_DIR = "_new"  # staging: records this build preprocessed, before write_entry merges them with reused ones
@@ -110,7 +123,24 @@ class CacheResult:
     entry: CacheEntry
 
 
-def batch_output(result: BatchResult) -> pa.Table:
+@dataclass(frozen=True)
+class StageSizing:
+    """How the build's two stages are sized: decode tasks (``IO_TASK_CPUS`` each) and the encoder actor pool."""
+
+    num_actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    batch_size: int  # manifest rows per batch (both stages)
+    encode_batch_size: int  # most clips per encoder call (ClipEncoder)
+
+    @property
+    def torch_threads(self) -> int:
+        """Intra-op threads per encoder actor: its whole reserved CPUs, at least one, so N actors never
+        oversubscribe the cores they reserved by more than rounding."""
+        return max(1, math.floor(self.cpus_per_actor))
+
+
+def batch_output(result: BatchResult, decode_cpu_seconds: float = 0.0) -> pa.Table:
     """One Arrow table per batch: good records, then failed rows (id, row_index, error), costs on the first row."""
     good = records_to_table(result.records)
     n_good, n_bad = good.num_rows, len(result.failures)
@@ -131,9 +161,49 @@ def batch_output(result: BatchResult) -> pa.Table:
     first = [1.0] + [0.0] * (n - 1) if n else []
     s = result.stats
     columns["_encoder_calls"] = pa.array([int(s.get("encoder_calls", 0) * w) for w in first], pa.int64())
+    columns["_encoder_batches"] = pa.array([int(s.get("encoder_batches", 0) * w) for w in first], pa.int64())
     columns["_encoded_seconds"] = pa.array([s.get("encoded_seconds", 0.0) * w for w in first], pa.float64())
     columns["_cpu_seconds"] = pa.array([s.get("cpu_seconds", 0.0) * w for w in first], pa.float64())
+    columns[DECODE_CPU] = pa.array([decode_cpu_seconds * w for w in first], pa.float64())
     return pa.table(columns, schema=OUTPUT_SCHEMA)
+
+
+def decode_batch(
+    batch: pa.Table, audio_base_path: str, sampling_rate: int, limits: dict[str, Any], code_store_dir: str | None
+) -> pa.Table:
+    """The decode stage (Ray Data CPU tasks, no model): the batch plus each row's clips decoded and resampled.
+
+    Why a stage of its own: decoding and resampling need CPUs only, encoding wants the encoder's device; kept apart,
+    each is sized by itself (``decode_cpus`` per task, ``cpus_per_actor``/``gpus_per_actor`` per encoder actor)
+    and encoder actors (possibly on GPUs) never wait on file I/O. A clip appears once per batch, on the first row
+    needing it; clips the code store holds are not decoded at all.
+    """
+    from higgs_train.data.preprocess import decode_clips
+    from higgs_train.data.token_cache import AudioCodeStore
+
+    start = time.process_time()
+    store = AudioCodeStore(code_store_dir) if code_store_dir else None
+    seen: set[str] = set()
+    per_row = []
+    for row in batch.to_pylist():
+        clips = decode_clips([row], audio_base_path, sampling_rate, AudioLimits(**limits), store)
+        per_row.append([{"sha256": sha, "wave": wave} for sha, wave in clips.items() if sha not in seen])
+        seen.update(clips)
+    cpu = time.process_time() - start
+    out = batch.append_column(DECODED, pa.array(per_row, DECODED_TYPE))
+    return out.append_column(DECODE_CPU, pa.array([cpu] + [0.0] * (batch.num_rows - 1), pa.float64()))
+
+
+def decoded_waves(batch: pa.Table) -> dict[str, np.ndarray]:
+    """sha256 -> waveform from a decode-stage batch, read as numpy slices (no Python float per sample)."""
+    clips = pc.list_flatten(batch.column(DECODED).combine_chunks())
+    if len(clips) == 0:
+        return {}
+    shas = clips.field("sha256").to_pylist()
+    waves = clips.field("wave")
+    offsets = waves.offsets.to_numpy()
+    values = waves.values.to_numpy(zero_copy_only=False)
+    return {sha: values[offsets[i] : offsets[i + 1]] for i, sha in enumerate(shas)}
 
 
 class PreprocessActor:
@@ -148,6 +218,8 @@ class PreprocessActor:
         code_store_dir: str | None,
         torch_threads: int = 1,
         progress: Any = None,
+        device: str = "cpu",
+        encode_batch_size: int = CPU_ENCODE_BATCH,
     ) -> None:
         import torch
 
@@ -159,19 +231,24 @@ class PreprocessActor:
         limits = AudioLimits(**settings["limits"])
         self.preprocessor = SamplePreprocessor(
             load_text_tokenizer(tokenizer_path),
-            load_audio_tokenizer(audio_tokenizer_path, device="cpu"),
+            load_audio_tokenizer(audio_tokenizer_path, device=device),
             audio_base_path,
             limits,
             settings["whisper"],
             encode_audio_in_tokens=settings["encode_audio_in_tokens"],
             code_store=AudioCodeStore(code_store_dir) if code_store_dir else None,
             max_tokens_per_row=settings.get("max_tokens_per_row", 0),
+            encode_batch_size=encode_batch_size,
         )
-
         self.progress = progress  # console.RayProgress's counter: rows done, for the driver's progress line
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = batch_output(self.preprocessor.process_batch(batch.to_pylist()))
+        decoded, decode_cpu = {}, 0.0
+        if DECODED in batch.column_names:  # from the decode stage
+            decoded = decoded_waves(batch)
+            decode_cpu = float(pc.sum(batch.column(DECODE_CPU)).as_py() or 0.0)
+            batch = batch.drop_columns([DECODED, DECODE_CPU])
+        out = batch_output(self.preprocessor.process_batch(batch.to_pylist(), decoded), decode_cpu)
         if self.progress is not None:
             self.progress.add.remote(batch.num_rows)
         return out
@@ -196,17 +273,39 @@ def model_max_positions(model_path: str) -> int:
     return int(HiggsAudioConfig.from_pretrained(model_path).text_config.max_position_embeddings)
 
 
-def check_resources(num_actors: int, cpus_per_actor: float) -> None:
+def data_actor_gpu_reason(num_actors: int, gpus_per_actor: float, cluster: dict[str, float]) -> str | None:
+    """Why encoder actors asking ``gpus_per_actor`` GPUs each cannot be placed on ``cluster``; None when they can.
+
+    The one rule for ``--data_actor_gpus``, used by the train driver's resource check and the pipeline's own."""
+    if gpus_per_actor <= 0:
+        return None
+    have = float(cluster.get("GPU", 0.0))
+    need = num_actors * gpus_per_actor
+    if need <= have + 1e-9:
+        return None
+    where = "has no GPUs" if have == 0 else f"has {have:g}"
+    return (
+        f"--data_actor_gpus {gpus_per_actor:g} with {num_actors} data actor(s) needs {need:g} GPU(s) but the Ray "
+        f"cluster {where}; drop --data_actor_gpus to encode on CPUs, or lower dataloader_num_workers"
+    )
+
+
+def check_resources(num_actors: int, cpus_per_actor: float, gpus_per_actor: float = 0.0) -> None:
     """Fail fast instead of waiting forever for actors the cluster cannot place."""
     import ray
 
-    total = float(ray.cluster_resources().get("CPU", 0.0))
+    cluster = ray.cluster_resources()
+    total = float(cluster.get("CPU", 0.0))
     need = num_actors * cpus_per_actor + IO_TASK_CPUS
     if need > total + 1e-9:
         raise ValueError(
             f"token-cache build needs {need:g} CPUs ({num_actors} actors x {cpus_per_actor:g} + {IO_TASK_CPUS:g} for "
-            f"read/write tasks) but the Ray cluster has {total:g}; lower dataloader_num_workers or cpus_per_data_actor"
+            f"read/decode/write tasks) but the Ray cluster has {total:g}; lower dataloader_num_workers or "
+            "cpus_per_data_actor"
         )
+    reason = data_actor_gpu_reason(num_actors, gpus_per_actor, cluster)
+    if reason:
+        raise ValueError(reason)
 
 
 def build_token_cache(
@@ -223,6 +322,8 @@ def build_token_cache(
     encode_audio_in_tokens: bool | None = None,
     max_tokens_per_row: int = 0,
     progress_label: str = "token cache",
+    gpus_per_actor: float = 0.0,
+    encode_batch_size: int | None = None,
 ) -> CacheResult:
     """Preprocess a canonical manifest into the token cache (or find it there); see the module docstring.
 
@@ -230,11 +331,17 @@ def build_token_cache(
     config's ``encode_whisper_embed``/``encode_audio_in_tokens``; ``max_tokens_per_row`` 0 means the model's
     ``max_position_embeddings`` (longer rows are quarantined, stage ``length``). Ray must be initialised by the
     caller (or is auto-initialised by Ray Data with every local CPU).
+
+    ``gpus_per_actor`` > 0 puts the encoder actors on GPUs (decode stays on CPU tasks); ``encode_batch_size`` is
+    the most clips per encoder call (default ``CPU_ENCODE_BATCH`` on CPU, ``GPU_ENCODE_BATCH`` on GPU).
     """
     from higgs_train.models import load_text_tokenizer
 
-    if num_actors < 1 or cpus_per_actor <= 0 or batch_size < 1:
-        raise ValueError("num_actors and batch_size must be >= 1 and cpus_per_actor > 0")
+    if num_actors < 1 or cpus_per_actor <= 0 or batch_size < 1 or gpus_per_actor < 0:
+        raise ValueError("num_actors and batch_size must be >= 1, cpus_per_actor > 0 and gpus_per_actor >= 0")
+    if encode_batch_size is None:
+        encode_batch_size = GPU_ENCODE_BATCH if gpus_per_actor > 0 else CPU_ENCODE_BATCH
+    stage = StageSizing(num_actors, cpus_per_actor, gpus_per_actor, batch_size, encode_batch_size)
     t0 = time.perf_counter()
     cache = TokenCache(cache_root)
     cfg_whisper, cfg_audio_in = model_flags(model_paths.model_path)
@@ -273,9 +380,7 @@ def build_token_cache(
                 model_paths,
                 audio_base_path,
                 settings,
-                num_actors,
-                cpus_per_actor,
-                batch_size,
+                stage,
                 progress_label,
             )
             todo_path.unlink()
@@ -296,7 +401,7 @@ def build_token_cache(
         seen = fingerprints_as_seen(fingerprints, _unavailable(meta))
         if seen != fingerprints:  # a file vanished mid-build: key the entry by what the build saw (token_cache)
             key = compute_cache_key(manifest, seen, text_identity, audio_identity, settings)
-        stats = _stats(meta, quarantine, time.perf_counter() - t0, num_actors, cpus_per_actor, batch_size)
+        stats = _stats(meta, quarantine, time.perf_counter() - t0, stage)
         stats.update(
             key=key,
             settings=settings.identity(),
@@ -329,9 +434,7 @@ def _preprocess(
     model_paths: ResolvedPaths,
     audio_base_path: str | Path,
     settings: PreprocessSettings,
-    num_actors: int,
-    cpus_per_actor: float,
-    batch_size: int,
+    stage: StageSizing,
     progress_label: str = "token cache",
 ) -> pa.Table:
     """Run the actor pool over ``manifest_parquet``: good records go to ``out_dir``; returns every row's meta.
@@ -343,7 +446,7 @@ def _preprocess(
     # The driver owns the cluster (higgs_train.ray_session.init_ray); never a stray local one.
     if not ray.is_initialized():
         raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.ray_session.init_ray first")
-    check_resources(num_actors, cpus_per_actor)
+    check_resources(stage.num_actors, stage.cpus_per_actor, stage.gpus_per_actor)
     total = open_plain_parquet_file(manifest_parquet).metadata.num_rows
     with RayProgress(progress_label, total) as progress:
         processed = _preprocessed(
@@ -352,9 +455,7 @@ def _preprocess(
             model_paths,
             audio_base_path,
             settings,
-            num_actors,
-            cpus_per_actor,
-            batch_size,
+            stage,
             progress.counter,
         )
     meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
@@ -370,35 +471,60 @@ def _preprocessed(
     model_paths: ResolvedPaths,
     audio_base_path: str | Path,
     settings: PreprocessSettings,
-    num_actors: int,
-    cpus_per_actor: float,
-    batch_size: int,
+    stage: StageSizing,
     progress: Any,
 ) -> Any:
-    """The actor pool's output, materialized (every row with its meta columns)."""
+    """The pipeline's output, materialized (every row with its meta columns): read -> decode (CPU tasks) ->
+    encode + records (the actor pool, on GPUs with ``gpus_per_actor``)."""
     import ray
 
-    return (
+    decoded = (
         ray.data.read_parquet(str(manifest_parquet), num_cpus=IO_TASK_CPUS)
-        .repartition(target_num_rows_per_block=batch_size)
+        .repartition(target_num_rows_per_block=stage.batch_size)
         .map_batches(
-            PreprocessActor,
-            fn_constructor_kwargs={
-                "tokenizer_path": model_paths.tokenizer_path,
-                "audio_tokenizer_path": model_paths.audio_tokenizer_path,
+            decode_batch,
+            fn_kwargs={
                 "audio_base_path": str(audio_base_path),
-                "settings": {**dataclasses.asdict(settings), "limits": dataclasses.asdict(settings.limits)},
+                "sampling_rate": audio_tokenizer_sampling_rate(model_paths.audio_tokenizer_path),
+                "limits": dataclasses.asdict(settings.limits),
                 "code_store_dir": str(code_store.root),
-                "torch_threads": max(1, math.floor(cpus_per_actor)),
-                "progress": progress,
             },
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
-            num_cpus=cpus_per_actor,
-            batch_size=batch_size,
+            num_cpus=IO_TASK_CPUS,
+            batch_size=stage.batch_size,
             batch_format="pyarrow",
         )
-        .materialize()
     )
+    gpu = {"num_gpus": stage.gpus_per_actor} if stage.gpus_per_actor > 0 else {}
+    return decoded.map_batches(
+        PreprocessActor,
+        fn_constructor_kwargs={
+            "tokenizer_path": model_paths.tokenizer_path,
+            "audio_tokenizer_path": model_paths.audio_tokenizer_path,
+            "audio_base_path": str(audio_base_path),
+            "settings": {**dataclasses.asdict(settings), "limits": dataclasses.asdict(settings.limits)},
+            "code_store_dir": str(code_store.root),
+            "torch_threads": stage.torch_threads,
+            "progress": progress,
+            "device": "cuda" if stage.gpus_per_actor > 0 else "cpu",
+            "encode_batch_size": stage.encode_batch_size,
+        },
+        compute=ray.data.ActorPoolStrategy(size=stage.num_actors),
+        num_cpus=stage.cpus_per_actor,
+        batch_size=stage.batch_size,
+        batch_format="pyarrow",
+        **gpu,
+    ).materialize()
+
+
+def audio_tokenizer_sampling_rate(path: str) -> int:
+    """The audio tokenizer's sample rate from its ``config.json`` (a directory or a hub id, as upstream's loader
+    takes), so the decode stage loads no model."""
+    config_path = Path(path) / "config.json"
+    if not Path(path).is_dir():
+        from huggingface_hub import hf_hub_download
+
+        config_path = Path(hf_hub_download(path, "config.json"))
+    return int(json.loads(config_path.read_text())["sample_rate"])
 
 
 def _quarantine(meta: pa.Table) -> Quarantine:
@@ -421,15 +547,14 @@ def _unavailable(meta: pa.Table) -> dict[str, str]:
     return out
 
 
-def _stats(
-    meta: pa.Table, quarantine: Quarantine, wall: float, num_actors: int, cpus_per_actor: float, batch_size: int
-) -> dict[str, Any]:
+def _stats(meta: pa.Table, quarantine: Quarantine, wall: float, stage: StageSizing) -> dict[str, Any]:
     def total(name: str) -> float:
         return float(pc.sum(meta.column(name)).as_py() or 0.0) if meta.num_rows else 0.0
 
     rows_total = meta.num_rows
     rows_bad = len(quarantine)
     cpu = total("_cpu_seconds")
+    decode_cpu = total(DECODE_CPU)
     encoded = total("_encoded_seconds")
     return {
         "rows_total": rows_total,
@@ -437,15 +562,15 @@ def _stats(
         "rows_quarantined": rows_bad,
         "quarantine_counts": quarantine.counts(),
         "encoder_calls": int(total("_encoder_calls")),
+        "encoder_batches": int(total("_encoder_batches")),
         "encoded_audio_seconds": encoded,
         "audio_seconds": total("audio_seconds"),
-        "cpu_seconds": cpu,
+        "cpu_seconds": cpu,  # the encoder actors' (encode + records)
+        "decode_cpu_seconds": decode_cpu,
         "wall_seconds": wall,
-        "audio_seconds_per_cpu_second": encoded / cpu if cpu > 0 else None,
+        "audio_seconds_per_cpu_second": encoded / (cpu + decode_cpu) if cpu + decode_cpu > 0 else None,
         "rows_per_second": rows_total / wall if wall > 0 else None,
-        "num_actors": num_actors,
-        "cpus_per_actor": cpus_per_actor,
-        "batch_size": batch_size,
+        **dataclasses.asdict(stage),
     }
 
 

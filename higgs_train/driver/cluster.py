@@ -194,8 +194,13 @@ def check_cpu_budget(config: TrainingConfig) -> None:
     """Refuse a configuration that cannot be scheduled on the cluster instead of hanging in the pending state."""
     import ray
 
+    from higgs_train.data.ray_pipeline import data_actor_gpu_reason
+
     cluster = ray.cluster_resources()
     check_gpus(config, cluster)
+    reason = data_actor_gpu_reason(config.dataloader_num_workers, config.data_actor_gpus, cluster)
+    if reason:
+        raise ClusterResourcesError(reason)
     available = cluster.get("CPU", 0)
     training = config.num_workers * config.cpus_per_train_worker
     data = config.dataloader_num_workers * config.cpus_per_data_actor
