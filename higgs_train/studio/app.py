@@ -1,0 +1,397 @@
+"""The Studio's HTTP server: the page (``static/``) and the JSON API it uses, one endpoint per action.
+
+``create_app(StudioSettings)`` builds the FastAPI app (tests drive it with ``TestClient``); ``main`` parses the
+flags of ``ray_jobs/studio.py`` and serves it with uvicorn. Every failure a user can cause is answered with JSON
+``{"error": one line, "field": ...}`` and a 4xx status; anything else with a one-line 500, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from higgs_train.studio.jobs import JobError, JobStore
+from higgs_train.studio.roots import PathRefused, Roots, check_audio_bytes, checked_upload_name
+from higgs_train.studio.runs import RunNotFound, RunStore, data_sets
+from higgs_train.studio.settings import PRESETS, SettingsError, field_catalogue, training_config, write_config
+from higgs_train.studio.speak import Speaker, SpeakError, SpeakRequest
+
+logger = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+DATASETS_DIR = "datasets"
+EXPORTS_DIR = "exports"
+AUTH_COOKIE = "studio_auth"
+MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
+               ".png": "image/png", ".json": "application/json", ".jsonl": "text/plain", ".txt": "text/plain",
+               ".tsv": "text/plain", ".md": "text/plain", ".yaml": "text/plain"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    data_root: str
+    output_root: str
+    host: str = "127.0.0.1"
+    port: int = 7860
+    ray_address: str = ""
+    auth: str = ""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: StudioSettings) -> None:
+    """A page that starts jobs must not be open to a network without a password or token."""
+    if not is_loopback(settings.host) and not settings.auth:
+        raise ValueError(
+            f"--host {settings.host} exposes the Studio beyond this machine: give --auth TOKEN (every request must "
+            "then carry it), or keep --host 127.0.0.1 and forward the port (ssh -L 7860:127.0.0.1:7860 HOST)"
+        )
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:400] if lines else type(err).__name__
+
+
+def create_app(settings: StudioSettings, ray_client: Any = None) -> FastAPI:
+    check_exposure(settings)
+    roots = Roots.create(settings.data_root, settings.output_root)
+    jobs = JobStore(roots.output, settings.ray_address, ray_client)
+    store = RunStore(roots)
+    speaker = Speaker(roots.output)
+    app = FastAPI(title="higgs-train Studio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.roots, app.state.jobs, app.state.store = roots, jobs, store
+
+    # ------------------------------------------------------------------ errors and auth
+    @app.exception_handler(_Refused)
+    async def refused(_: Request, err: _Refused) -> JSONResponse:
+        return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, err: Exception) -> JSONResponse:
+        logger.error("%s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, _one_line(err))
+        return JSONResponse({"error": f"{type(err).__name__}: {_one_line(err)}", "field": ""}, status_code=500)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        if not settings.auth:
+            return await call_next(request)
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = given or request.cookies.get(AUTH_COOKIE, "") or request.query_params.get("token", "")
+        if not hmac.compare_digest(given.encode(), settings.auth.encode()):
+            return JSONResponse({"error": "authentication required: open the page with ?token=<the --auth value> "
+                                 "or send 'Authorization: Bearer <token>'", "field": ""}, status_code=401)  # fmt: skip
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(AUTH_COOKIE, settings.auth, httponly=True, samesite="strict")
+        return response
+
+    def guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn``; the expected mistakes become a 4xx with their one line."""
+        try:
+            return fn(*args, **kwargs)
+        except PathRefused as err:
+            raise _Refused(403, str(err), "path") from err
+        except SettingsError as err:
+            raise _Refused(422, str(err), err.field) from err
+        except (JobError, RunNotFound) as err:
+            raise _Refused(404, str(err)) from err
+        except SpeakError as err:
+            raise _Refused(400, str(err)) from err
+
+    async def body(request: Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except ValueError as err:
+            raise _Refused(400, f"request body: not JSON ({_one_line(err)})") from err
+        if not isinstance(data, dict):
+            raise _Refused(400, "request body: expected a JSON object")
+        return data
+
+    def root_path(value: Any, field: str, must_exist: bool = True) -> Path:
+        text = str(value or "")
+        root, sep, rel = text.partition(":")
+        if not sep:
+            raise _Refused(400, f"{field}: give data:<path> or output:<path> (got {text!r})", field)
+        return guard(roots.resolve, root, rel, must_exist)
+
+    # ------------------------------------------------------------------ page and files
+    @app.get("/")
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}")
+    def static(name: str) -> FileResponse:
+        path = STATIC / Path(name).name
+        if not path.is_file():
+            raise _Refused(404, f"static/{name}: no such file")
+        return FileResponse(path)
+
+    @app.get("/files/{root}/{rel:path}")
+    def files(root: str, rel: str) -> FileResponse:
+        path = guard(roots.resolve, root, rel, True)
+        if not path.is_file() or path.suffix.lower() not in MEDIA_TYPES:
+            raise _Refused(403, f"{root}:{rel}: only audio, images and reports are served")
+        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()], filename=path.name,
+                            content_disposition_type="inline")  # fmt: skip
+
+    @app.get("/api/browse")
+    def browse(root: str = "data", path: str = "") -> dict[str, Any]:
+        folder = guard(roots.resolve, root, path, True)
+        if not folder.is_dir():
+            raise _Refused(400, f"{root}:{path}: not a folder")
+        entries = []
+        for child in sorted(folder.iterdir())[:2000]:
+            if child.name.startswith(".") or roots.locate(child) is None:  # symlinks out of the root are not listed
+                continue
+            entries.append({"name": child.name, "dir": child.is_dir(), "path": f"{root}:{roots.locate(child)[1]}",
+                            "url": None if child.is_dir() else roots.file_url(child)})  # fmt: skip
+        return {"root": root, "path": path, "entries": entries}
+
+    @app.post("/api/upload")
+    async def upload(request: Request, name: str, folder: str = "uploads") -> dict[str, Any]:
+        """The raw file as the body (no multipart: python-multipart is not in the lock); goes to data:<folder>."""
+        clean = guard(checked_upload_name, name)
+        target_dir = root_path(f"data:{folder}", "folder", must_exist=False)
+        data = await request.body()
+        guard(check_audio_bytes, clean, data)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = guard(roots.resolve, "data", f"{roots.locate(target_dir)[1]}/{clean}".lstrip("/"))
+        target.write_bytes(data)
+        return {"path": f"data:{roots.locate(target)[1]}", "url": roots.file_url(target), "bytes": len(data)}
+
+    # ------------------------------------------------------------------ data
+    @app.post("/api/sample_recordings")
+    async def sample_recordings(request: Request) -> dict[str, Any]:
+        from higgs_train.studio.samples import write_sample_recordings
+
+        data = await body(request)
+        folder = root_path(f"data:{data.get('name') or 'sample_recordings'}", "name", must_exist=False)
+        written = write_sample_recordings(folder)
+        return {"path": f"data:{roots.locate(folder)[1]}", "files": written}
+
+    @app.post("/api/build")
+    async def build(request: Request) -> dict[str, Any]:
+        data = await body(request)
+        source = root_path(data.get("input"), "input")
+        name = str(data.get("name") or source.name)
+        output = guard(roots.resolve, "output", f"{DATASETS_DIR}/{name}")
+        if output.parent != roots.output / DATASETS_DIR:
+            raise _Refused(400, f"name {name!r}: one folder name, not a path", "name")
+        argv = ["ray_jobs/prepare_data.py", "build", "--input", str(source), "--output", str(output), "--local"]
+        if data.get("segment"):
+            argv.append("--segment")
+        record = guard(jobs.start, "build", lambda _: argv, output, f"build {name}", data)
+        return job_view(record)
+
+    @app.get("/api/datasets")
+    def datasets() -> dict[str, Any]:
+        return {"datasets": data_sets(roots)}
+
+    @app.get("/api/datasets/clips")
+    def dataset_clips(path: str) -> dict[str, Any]:
+        """Every (speaker, clip, transcript) of a data set's manifests, with a URL to play each clip."""
+        from higgs_train.data.audio_io import resolve_audio_path
+        from higgs_train.speaker_reference import ReferenceError, speaker_clips
+
+        folder = root_path(path, "path")
+        try:
+            clips = speaker_clips(folder)
+        except ReferenceError as err:
+            raise _Refused(400, str(err), "path") from err
+        out = []
+        for spk, items in sorted(clips.items()):
+            for url, text in items.items():
+                try:
+                    audio = resolve_audio_path(url, folder)
+                except Exception:  # noqa: BLE001 -- a clip outside the folder is listed without a player
+                    audio = None
+                out.append({"speaker": spk, "clip": url, "text": text,
+                            "url": roots.file_url(audio) if audio else None})  # fmt: skip
+        return {"path": path, "speakers": sorted(clips), "clips": out}
+
+    # ------------------------------------------------------------------ train and jobs
+    @app.get("/api/settings")
+    def settings_catalogue() -> dict[str, Any]:
+        return {"presets": PRESETS, "fields": field_catalogue()}
+
+    @app.post("/api/train/check")
+    async def train_check(request: Request) -> dict[str, Any]:
+        """Validate settings only (the form's inline errors)."""
+        data = await body(request)
+        config, run_name = guard(training_config, roots, data.get("settings") or {}, str(data.get("preset") or ""))
+        return {"ok": True, "run_name": run_name, "output_dir": config.output_dir}
+
+    @app.post("/api/train")
+    async def train(request: Request) -> dict[str, Any]:
+        data = await body(request)
+        config, run_name = guard(training_config, roots, data.get("settings") or {}, str(data.get("preset") or ""))
+        running = [r for r in jobs.records() if r.kind == "train" and r.output_dir == config.output_dir]
+        if any(jobs.state(r).state == "running" for r in running):
+            raise _Refused(409, f"run {run_name} is already training in a Studio job; stop it or pick another "
+                           "run_name", "run_name")  # fmt: skip
+
+        def argv(folder: Path) -> list[str]:
+            return ["ray_jobs/train.py", "--config", str(write_config(config, folder / "config.json"))]
+
+        record = guard(jobs.start, "train", argv, Path(config.output_dir), f"train {run_name}", data)
+        return job_view(record)
+
+    @app.post("/api/export")
+    async def export(request: Request) -> dict[str, Any]:
+        data = await body(request)
+        source = root_path(data.get("adapter"), "adapter")
+        name = str(data.get("name") or source.parent.name)
+        output = guard(roots.resolve, "output", f"{EXPORTS_DIR}/{name}")
+        if output.parent != roots.output / EXPORTS_DIR:
+            raise _Refused(400, f"name {name!r}: one folder name, not a path", "name")
+        argv = ["ray_jobs/export.py", "--checkpoint", str(source), "--output", str(output)]
+        argv += ["--merge"] if data.get("merge") else []
+        record = guard(jobs.start, "export", lambda _: argv, output, f"export {name}", data)
+        return job_view(record)
+
+    def job_view(record: Any, detail: bool = False) -> dict[str, Any]:
+        state = jobs.state(record)
+        view = {"job_id": record.job_id, "kind": record.kind, "title": record.title, "created": record.created,
+                "state": state.state, "error": state.error, "last_line": state.last_line,
+                "output": roots.locate(record.output_dir) and f"{roots.locate(record.output_dir)[0]}:"
+                          f"{roots.locate(record.output_dir)[1]}",
+                "settings": record.settings, "ray": record.submission_id or None}  # fmt: skip
+        if record.kind == "train":
+            run = store.run_for_output_dir(record.output_dir)
+            view["run"] = run
+            if run:
+                steps = [int(v) for k, v in run["metrics"].items() if k == "train/global_step"]
+                view["progress"] = {"max_steps": run["max_steps"], **{k: run["metrics"].get(k) for k in
+                                    ("train/total_loss", "train/tokens_per_second", "val_loss")}}  # fmt: skip
+                if detail:
+                    view["history"] = store.history(run["run_id"])
+                    last = max((p[0] for p in view["history"].get("train/total_loss", [])), default=0)
+                    view["progress"]["step"] = steps[0] if steps else last
+        if record.kind == "build" and detail:
+            report = Path(record.output_dir) / "data_report.json"
+            view["report_url"] = roots.file_url(report) if report.is_file() else None
+            plot = Path(record.output_dir) / "data_report.png"
+            view["plot_url"] = roots.file_url(plot) if plot.is_file() else None
+        if detail:
+            view["log"] = jobs.log_text(record)[-4000:]
+        return view
+
+    @app.get("/api/jobs")
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [job_view(r) for r in jobs.records()]}
+
+    @app.get("/api/jobs/{job_id}")
+    def job(job_id: str) -> dict[str, Any]:
+        return job_view(guard(jobs.get, job_id), detail=True)
+
+    @app.post("/api/jobs/{job_id}/stop")
+    def stop(job_id: str) -> dict[str, Any]:
+        record = guard(jobs.get, job_id)
+        try:
+            jobs.stop(record)
+        except JobError as err:
+            raise _Refused(409, str(err)) from err
+        return job_view(record)
+
+    # ------------------------------------------------------------------ runs
+    @app.get("/api/runs")
+    def runs() -> dict[str, Any]:
+        return {"store": str(store.db), "runs": store.runs()}
+
+    @app.get("/api/runs/{run_id}/metrics")
+    def metrics(run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, "history": guard(store.history, run_id),
+                "checkpoints": guard(store.checkpoints, run_id)}  # fmt: skip
+
+    @app.get("/api/runs/{run_id}/samples")
+    def samples(run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, "samples": guard(store.samples, run_id)}
+
+    # ------------------------------------------------------------------ speak
+    @app.post("/api/speak")
+    async def speak(request: Request, format: str = "json") -> Any:
+        data = await body(request)
+        adapter = None
+        if data.get("adapter"):
+            adapter = root_path(data["adapter"], "adapter")
+        elif data.get("run_id"):
+            run = guard(store.run, str(data["run_id"]))
+            adapter = guard(roots.inside, Path(run.data.params.get("output_dir", "/nonexistent")) / "adapter")
+        try:
+            temperature, seed = float(data.get("temperature", 0.7)), int(data.get("seed", 0))
+        except (TypeError, ValueError) as err:
+            raise _Refused(400, f"temperature/seed: {_one_line(err)}") from err
+        req = SpeakRequest(
+            text=str(data.get("text") or ""),
+            adapter=adapter,
+            speaker=str(data.get("speaker") or ""),
+            data=root_path(data["data"], "data") if data.get("data") else None,
+            ref_audio=root_path(data["ref_audio"], "ref_audio") if data.get("ref_audio") else None,
+            ref_text=str(data.get("ref_text") or ""),
+            temperature=temperature,
+            seed=seed,
+        )
+        result = guard(speaker.speak, req)
+        if format == "wav":
+            return FileResponse(result.wav, media_type="audio/wav", filename=result.wav.name,
+                                headers={"X-Audio-Check": "; ".join(result.problems) or "ok"})  # fmt: skip
+        return {"url": roots.file_url(result.wav), "path": f"output:{roots.locate(result.wav)[1]}",
+                "seconds": result.seconds, "problems": result.problems, "voice": result.voice}  # fmt: skip
+
+    return app
+
+
+def build_parser() -> Any:
+    from higgs_train.flag_parser import FlagParser
+
+    parser = FlagParser(prog="ray_jobs/studio.py", description="Serve the Studio page and its JSON API.")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (another than loopback needs --auth)."
+    )
+    parser.add_argument("--port", type=int, default=7860, help="Port to listen on.")
+    parser.add_argument("--data_root", default="data", help="Recordings and data sets: the only folder browsed.")
+    parser.add_argument("--output_root", default="outputs", help="Runs, the MLflow store, exports, Studio jobs.")
+    parser.add_argument("--ray_address", default="", help="Submit jobs to this Ray job server (http://HEAD:8265).")
+    parser.add_argument("--auth", default="", help="Token every request must carry (required off loopback).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    settings = StudioSettings(args.data_root, args.output_root, args.host, args.port, args.ray_address, args.auth)
+    try:
+        app = create_app(settings)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    roots = app.state.roots
+    where = f"http://{args.host}:{args.port}/" + ("?token=<the --auth value>" if args.auth else "")
+    print(f"Studio on {where} (data: {roots.data}, outputs: {roots.output}"
+          f"{', jobs on Ray at ' + args.ray_address if args.ray_address else ''})")  # fmt: skip
+    print("authentication: every request must carry the --auth token" if args.auth else
+          "authentication: none (loopback only; forward the port to reach it from elsewhere)", flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
