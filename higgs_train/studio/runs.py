@@ -42,9 +42,34 @@ class RunStore:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
+    def ready(self) -> bool:
+        """The store exists and its schema is complete. Opening it earlier would make this process run MLflow's
+        migrations at the same time as the job creating it, and one of the two fails ("table _alembic_tmp_...
+        already exists"); so until a job has finished creating the store, the Studio sees no runs."""
+        import sqlite3
+
+        if self._client is not None:
+            return True
+        if not self.db.is_file():
+            return False
+        try:
+            with sqlite3.connect(f"{self.db.as_uri()}?mode=ro", uri=True, timeout=5) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                version = db.execute("SELECT version_num FROM alembic_version").fetchall() if tables else []
+        except sqlite3.Error:
+            return False
+        if not version or any(t.startswith("_alembic_tmp") for t in tables):
+            return False
+        try:  # mid-migration the version is an older one; a store of a newer MLflow is left to MLflow's own error
+            from mlflow.store.db.utils import _get_latest_schema_revision
+
+            return version[0][0] == _get_latest_schema_revision()
+        except ImportError:  # pragma: no cover - another MLflow layout: the table check above has to do
+            return True
+
     def runs(self) -> list[dict[str, Any]]:
         """Every run of every experiment, newest first, with its latest metrics."""
-        if not self.db.is_file():
+        if not self.ready():
             return []
         client = self.client()
         experiments = {e.experiment_id: e.name for e in client.search_experiments()}

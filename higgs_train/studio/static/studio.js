@@ -21,7 +21,7 @@ function showTab(name) {
   document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.id === `tab-${name}`));
   location.hash = name;
-  ({data: refreshData, train: refreshJobs, listen: refreshRuns, speak: refreshSpeak, export: refreshExport}[name] || (() => {}))();
+  ({data: refreshData, train: () => { fillDatasetSelects(); refreshJobs(); }, listen: refreshRuns, speak: refreshSpeak, export: refreshExport}[name] || (() => {}))();
 }
 
 // ---------------------------------------------------------------- data
@@ -55,7 +55,7 @@ $("build").addEventListener("click", async () => {
   try {
     const job = await api("/api/build", {json: {input: $("build-input").value, name: $("build-name").value,
                                                  segment: $("build-segment").checked}});
-    watchJob(job.job_id, $("build-job"), refreshData);
+    watchJob(job.job_id, $("build-job"), () => { refreshData(); fillDatasetSelects(); });
   } catch (e) { $("build-job").innerHTML = `<span class="error">${esc(e.message)}</span>`; }
 });
 let datasetCache = [];
@@ -86,7 +86,10 @@ function watchJob(jobId, element, onDone) {
   clearTimeout(watchers[element.id]);
   const tick = async () => {
     let job;
-    try { job = await api(`/api/jobs/${jobId}`); } catch (e) { element.textContent = e.message; return; }
+    try { job = await api(`/api/jobs/${jobId}`); } catch (e) {  // a hiccup (server restart): say so, keep watching
+      element.querySelector(".status")?.replaceChildren(`(${e.message}; retrying)`);
+      watchers[element.id] = setTimeout(tick, 4000); return;
+    }
     element.innerHTML = jobHtml(job);
     element.querySelector("button.stop")?.addEventListener("click", () => api(`/api/jobs/${jobId}/stop`, {method: "POST"}).catch((e) => alert(e.message)));
     if (job.state === "running") watchers[element.id] = setTimeout(tick, 2000);
@@ -168,7 +171,7 @@ function lossChart(histories, key = "train/total_loss") {
   const all = series.flatMap(([, pts]) => pts);
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs) || 1, Math.min(...ys), Math.max(...ys)];
-  const W = 480, H = 200, sx = (x) => 40 + (W - 50) * (x - x0) / ((x1 - x0) || 1), sy = (y) => H - 20 - (H - 30) * (y - y0) / ((y1 - y0) || 1);
+  const W = 480, H = 200, sx = (x) => 40 + (W - 50) * (x - x0) / ((x1 - x0) || 1), sy = (y) => H - 20 - (H - 44) * (y - y0) / ((y1 - y0) || 1);
   const lines = series.map(([name, pts], i) => `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2"
       points="${pts.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" ")}"><title>${esc(name)}</title></polyline>
       <text x="${W - 150}" y="${14 + 14 * i}" fill="${COLORS[i % COLORS.length]}" font-size="11">${esc(name)}</text>`).join("");
