@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,13 +74,27 @@ def _one_line(err: BaseException) -> str:
     return lines[0][:400] if lines else type(err).__name__
 
 
-def create_app(settings: StudioSettings, ray_client: Any = None) -> FastAPI:
+def _warm_imports() -> None:
+    """Import torch, transformers and MLflow's store in the background at start: the first Speak or runs listing
+    would otherwise wait for them (tens of seconds on a busy machine)."""
+    try:
+        import mlflow.store.db.utils  # noqa: F401
+
+        import higgs_train.generation  # noqa: F401
+    except Exception:  # noqa: BLE001 -- only a head start; the request that needs them reports any error
+        logger.debug("warm imports failed", exc_info=True)
+
+
+def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = False) -> FastAPI:
+    """``warm``: start importing the heavy modules now (the server does; tests that never speak do not)."""
     check_exposure(settings)
     roots = Roots.create(settings.data_root, settings.output_root)
     jobs = JobStore(roots.output, settings.ray_address, ray_client)
     store = RunStore(roots)
     speaker = Speaker(roots.output)
     app = FastAPI(title="higgs-train Studio", docs_url=None, redoc_url=None, openapi_url=None)
+    if warm:
+        threading.Thread(target=_warm_imports, name="studio-warm-imports", daemon=True).start()
     app.state.roots, app.state.jobs, app.state.store = roots, jobs, store
 
     # ------------------------------------------------------------------ errors and auth
@@ -293,6 +308,9 @@ def create_app(settings: StudioSettings, ray_client: Any = None) -> FastAPI:
             view["report_url"] = roots.file_url(report) if report.is_file() else None
             plot = Path(record.output_dir) / "data_report.png"
             view["plot_url"] = roots.file_url(plot) if plot.is_file() else None
+        if record.kind == "export" and detail:
+            card = Path(record.output_dir) / "adapter" / "README.md"
+            view["card_url"] = roots.file_url(card) if card.is_file() else None
         if detail:
             view["log"] = jobs.log_text(record)[-4000:]
         return view
@@ -383,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = StudioSettings(args.data_root, args.output_root, args.host, args.port, args.ray_address, args.auth)
     try:
-        app = create_app(settings)
+        app = create_app(settings, warm=True)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -103,7 +103,8 @@ function jobHtml(job) {
     val_loss ${fmt(p.val_loss)} | tokens/s ${fmt(p["train/tokens_per_second"])} | run ${esc(job.run.run_name)} (${esc(job.run.status)})</div>` : "";
   const chart = job.history ? lossChart({[job.run?.run_name || "run"]: job.history}) : "";
   const report = job.plot_url ? `<div><a href="${esc(job.report_url)}" target="_blank">data_report.json</a><br><img src="${esc(job.plot_url)}" width="480"></div>` : "";
-  return `<div><b>${esc(job.title)}</b> <span class="state state-${esc(job.state)}" data-state="${esc(job.state)}">${esc(job.state)}</span>
+  const card = job.card_url ? `<div><a href="${esc(job.card_url)}" target="_blank">model card</a> (in ${esc(job.output)})</div>` : "";
+  return card + `<div><b>${esc(job.title)}</b> <span class="state state-${esc(job.state)}" data-state="${esc(job.state)}">${esc(job.state)}</span>
     ${job.state === "running" ? '<button class="stop">Stop</button>' : ""}
     ${job.error ? `<div class="error job-error">${esc(job.error)}</div>` : ""}
     <div class="status">${esc(job.last_line)}</div></div>${progress}${chart}${report}
