@@ -82,15 +82,13 @@ class Speaker:
         return self._stack
 
     def speak(self, request: SpeakRequest) -> SpeakResult:
-        from higgs_train.data.audio_io import AudioError
-        from higgs_train.evaluation.runner import auto_max_new_tokens
-        from higgs_train.evaluation.suite import check_audio
-        from higgs_train.generation import SamplingSettings, no_audio_reason, prompt_for_texts, synthesize, write_wav
-        from higgs_train.speaker_reference import ReferenceError, pick_reference
-
         text = request.text.strip()
         if not text or len(text) > MAX_TEXT_CHARS:
             raise SpeakError(f"text: give 1 to {MAX_TEXT_CHARS} characters (got {len(text)})")
+        if not request.speaker and not (request.ref_audio is not None and request.ref_text.strip()):
+            raise SpeakError("reference: give a speaker of a data set, or a reference clip and its transcript")
+        from higgs_train.speaker_reference import ReferenceError, pick_reference
+
         if request.speaker:
             if request.data is None:
                 raise SpeakError("speaker: give the data set folder it comes from")
@@ -99,10 +97,18 @@ class Speaker:
             except ReferenceError as err:
                 raise SpeakError(str(err)) from err
             ref_audio, ref_text, voice = ref.audio_path, ref.text, f"{ref.speaker} ({ref.audio_path.name})"
-        elif request.ref_audio is not None and request.ref_text.strip():
-            ref_audio, ref_text, voice = request.ref_audio, request.ref_text.strip(), request.ref_audio.name
         else:
-            raise SpeakError("reference: give a speaker of a data set, or a reference clip and its transcript")
+            ref_audio, ref_text, voice = request.ref_audio, request.ref_text.strip(), request.ref_audio.name
+        from higgs_train.data.audio_io import AudioError, decode_audio
+
+        try:
+            decode_audio(Path(ref_audio))  # the checks the prompt applies, before any model loads
+        except (AudioError, OSError) as err:
+            raise SpeakError(f"reference {Path(ref_audio).name}: {str(err).splitlines()[0]}") from err
+        from higgs_train.evaluation.runner import auto_max_new_tokens
+        from higgs_train.evaluation.suite import check_audio
+        from higgs_train.generation import SamplingSettings, no_audio_reason, prompt_for_texts, synthesize, write_wav
+
         with self._lock:
             stack = self._stack_for(request.adapter)
             try:

@@ -160,6 +160,7 @@ def test_speak_refuses_bad_requests_before_loading_a_model(studio):
         ({"text": "Hello.", "speaker": "spk", "data": "data:voices"}, 400, "no train.jsonl"),
         ({"text": "Hello.", "run_id": "nope", "ref_audio": "data:voices/a.wav", "ref_text": "hi"}, 404, "nope"),
         ({"text": "Hello."}, 400, "reference"),
+        ({"text": "Hello.", "ref_audio": "data:notes.py", "ref_text": "hi"}, 400, "reference notes.py"),
     ]
     for request, status, words in cases:
         response = client.post("/api/speak", json=request)
@@ -267,3 +268,37 @@ def test_the_shim_answers_help_without_a_server():
     done = subprocess.run([sys.executable, "ray_jobs/studio.py", "--help"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2], timeout=120)  # fmt: skip
     assert done.returncode == 0 and "--auth" in done.stdout and "--ray_address" in done.stdout
+
+
+def test_a_store_being_created_is_not_touched(studio):
+    """A job creating <output_root>/mlflow.db runs MLflow's migrations; the Studio must neither run them too (the
+    two race: "table _alembic_tmp_experiments already exists") nor fail: it shows no runs until the schema is done."""
+    import sqlite3
+
+    client, _, out = studio
+    with sqlite3.connect(out / "mlflow.db") as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        db.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")  # MLflow's first migration
+        db.execute("CREATE TABLE experiments (experiment_id INTEGER)")
+    assert client.get("/api/runs").json()["runs"] == []
+    with sqlite3.connect(out / "mlflow.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"alembic_version", "experiments"}
+
+
+def test_other_endpoints_refuse_what_is_outside_or_unknown(studio):
+    client, _, _ = studio
+    assert client.post("/api/export", json={"adapter": "data:../x"}).status_code == 403
+    refused = client.post("/api/export", json={"adapter": "data:voices", "name": "../up"})
+    assert refused.status_code in (400, 403) and "'..'" in refused.json()["error"]
+    assert client.get("/api/datasets/clips", params={"path": "data:../"}).status_code == 403
+    assert "no train.jsonl" in client.get("/api/datasets/clips", params={"path": "data:voices"}).json()["error"]
+    for path in ("/api/jobs/nope", "/api/jobs/build-20260101-000000-abcdef", "/api/jobs/..%2F..%2Fetc"):
+        assert client.get(path).status_code == 404, path
+    assert client.post("/api/jobs/nope/stop").status_code == 404
+    assert client.post("/api/sample_recordings", json={"name": "../x"}).status_code == 403
+    made = client.post("/api/sample_recordings", json={"name": "samples"}).json()
+    assert made == {"path": "data:samples", "files": 16}
+    clips = client.get("/api/browse", params={"root": "data", "path": "samples/spk_mid"}).json()["entries"]
+    assert sorted(e["name"] for e in clips)[:2] == ["utt_00.txt", "utt_00.wav"]
+    assert client.get(next(e["url"] for e in clips if e["name"] == "utt_00.wav")).status_code == 200
