@@ -202,7 +202,11 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
 
         data = await body(request)
         folder = root_path(f"data:{data.get('name') or 'sample_recordings'}", "name", must_exist=False)
-        written = write_sample_recordings(folder)
+        per_speaker = data.get("per_speaker", 4)
+        if not isinstance(per_speaker, int) or not 3 <= per_speaker <= 12:
+            raise _Refused(400, "per_speaker: an integer from 3 to 12 (a speaker needs 3 clips to be paired "
+                           "and to spare one for validation)", "per_speaker")  # fmt: skip
+        written = write_sample_recordings(folder, per_speaker)
         return {"path": f"data:{roots.locate(folder)[1]}", "files": written}
 
     @app.post("/api/build")

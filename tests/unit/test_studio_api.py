@@ -297,6 +297,7 @@ def test_other_endpoints_refuse_what_is_outside_or_unknown(studio):
         assert client.get(path).status_code == 404, path
     assert client.post("/api/jobs/nope/stop").status_code == 404
     assert client.post("/api/sample_recordings", json={"name": "../x"}).status_code == 403
+    assert client.post("/api/sample_recordings", json={"per_speaker": 2}).json()["field"] == "per_speaker"
     made = client.post("/api/sample_recordings", json={"name": "samples"}).json()
     assert made == {"path": "data:samples", "files": 16}
     clips = client.get("/api/browse", params={"root": "data", "path": "samples/spk_mid"}).json()["entries"]

@@ -39,7 +39,7 @@ async function browse(path) {
 $("make-samples").addEventListener("click", async () => {
   $("upload-status").textContent = "writing sample recordings...";
   try {
-    const r = await api("/api/sample_recordings", {json: {}});
+    const r = await api("/api/sample_recordings", {json: {per_speaker: Number($("samples-per-speaker").value)}});
     $("upload-status").textContent = `${r.files} recordings in ${r.path}`;
     $("build-input").value = r.path; browse("");
   } catch (e) { $("upload-status").textContent = e.message; }
