@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -109,6 +110,9 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Response:
+        refused = foreign_request(request)
+        if refused:
+            return JSONResponse({"error": refused, "field": ""}, status_code=403)
         if not settings.auth:
             return await call_next(request)
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -120,6 +124,19 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
         if request.query_params.get("token"):
             response.set_cookie(AUTH_COOKIE, settings.auth, httponly=True, samesite="strict")
         return response
+
+    def foreign_request(request: Request) -> str:
+        """Why a request from another site must be refused, or "". Without a token, any page open in the user's
+        browser could otherwise start jobs here: a cross-site form POST (it carries an ``Origin`` of its own site),
+        or a DNS-rebound name pointing at 127.0.0.1 (its ``Host`` is not a loopback name)."""
+        host = request.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if is_loopback(settings.host) and name.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+            return f"Host {host!r}: the Studio answers only to 127.0.0.1 or localhost (use an SSH tunnel)"
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD") and origin and urlparse(origin).netloc != host:
+            return f"Origin {origin!r}: requests from another site are refused"
+        return ""
 
     def guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn``; the expected mistakes become a 4xx with their one line."""
@@ -135,6 +152,8 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
             raise _Refused(400, str(err)) from err
 
     async def body(request: Request) -> dict[str, Any]:
+        if "application/json" not in request.headers.get("content-type", ""):
+            raise _Refused(415, "request body: send JSON with 'Content-Type: application/json'")
         try:
             data = await request.json()
         except ValueError as err:

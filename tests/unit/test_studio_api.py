@@ -9,6 +9,7 @@ entry point that no setting can break out of, and no open page off loopback.
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def studio(tmp_path: Path):
     (tmp_path / "secret.wav").write_bytes(wav_bytes())
     (data / "escape.wav").symlink_to(tmp_path / "secret.wav")
     (data / "outside").symlink_to(tmp_path, target_is_directory=True)
-    return TestClient(app), data, out
+    return TestClient(app, base_url="http://127.0.0.1:7860"), data, out
 
 
 def test_files_are_served_only_inside_the_roots(studio):
@@ -106,7 +107,9 @@ def test_training_settings_go_through_training_config(studio):
             assert response.status_code in (403, 422), (field, response.json())
             assert response.json()["field"] == field and words in response.json()["error"], response.json()
     assert client.post("/api/train", json={"preset": "huge"}).json()["field"] == "preset"
-    assert client.post("/api/train", content=b"{not json").status_code == 400
+    assert (
+        client.post("/api/train", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    )
     assert client.get("/api/jobs").json()["jobs"] == []  # nothing was started by a refused request
     good = client.post("/api/train/check", json={"preset": "quick_test", "settings": {"run_name": "v1"}}).json()
     assert good == {"ok": True, "run_name": "v1", "output_dir": str(out / "v1")}
@@ -303,3 +306,18 @@ def test_other_endpoints_refuse_what_is_outside_or_unknown(studio):
     clips = client.get("/api/browse", params={"root": "data", "path": "samples/spk_mid"}).json()["entries"]
     assert sorted(e["name"] for e in clips)[:2] == ["utt_00.txt", "utt_00.wav"]
     assert client.get(next(e["url"] for e in clips if e["name"] == "utt_00.wav")).status_code == 200
+
+
+def test_requests_from_other_sites_are_refused(studio):
+    """No token on loopback: a page of another site open in the same browser must not start jobs here."""
+    client, _, _ = studio
+    request = {"preset": "quick_test", "settings": {"lora_r": 0}}  # refused anyway, but only after the origin check
+    evil = client.post("/api/train/check", json=request, headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403 and "another site" in evil.json()["error"]
+    form = client.post("/api/train", content=json.dumps(request), headers={"content-type": "text/plain"})
+    assert form.status_code == 415  # a cross-site <form enctype=text/plain> cannot send JSON
+    rebound = client.get("/api/runs", headers={"Host": "evil.example:7860"})
+    assert rebound.status_code == 403 and "127.0.0.1 or localhost" in rebound.json()["error"]
+    same = client.post("/api/train/check", json=request, headers={"Origin": "http://127.0.0.1:7860"})
+    assert same.status_code == 422 and same.json()["field"] == "lora_r"
+    assert client.get("/api/runs", headers={"Host": "localhost:7860"}).status_code == 200
