@@ -268,6 +268,38 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
                             "url": roots.file_url(audio) if audio else None})  # fmt: skip
         return {"path": path, "speakers": sorted(clips), "clips": out}
 
+    @app.get("/api/datasets/to_transcribe")
+    def to_transcribe(path: str) -> dict[str, Any]:
+        """The clips a build left without a transcript (``to_transcribe.tsv``), with the text filled so far."""
+        folder = root_path(path, "path")
+        return {"path": path, "rows": [{**row, "url": roots.file_url(folder / row["clip"])}
+                                       for row in read_to_transcribe(folder)]}  # fmt: skip
+
+    @app.post("/api/datasets/to_transcribe")
+    async def fill_transcripts(request: Request) -> dict[str, Any]:
+        """Write typed transcripts into the data set's ``to_transcribe.tsv``; building it again pairs the filled
+        clips (the builder reads the file back, and its content-hash cache redoes no finished file)."""
+        from higgs_train.data.builder.audio import TO_TRANSCRIBE
+        from higgs_train.data.builder.build import TEMPLATE_HEADER
+        from higgs_train.paths import write_atomic
+
+        data = await body(request)
+        folder = root_path(data.get("path"), "path")
+        texts = data.get("texts")
+        if not isinstance(texts, dict):
+            raise _Refused(400, "texts: expected an object of clip -> transcript", "texts")
+        rows = {row["clip"]: row["text"] for row in read_to_transcribe(folder)}
+        for clip, text in texts.items():
+            if clip not in rows:
+                raise _Refused(400, f"{clip}: not a clip of {TO_TRANSCRIBE} in {data.get('path')}", "texts")
+            if not isinstance(text, str) or any(ord(c) < 32 for c in text):
+                raise _Refused(422, f"{clip}: a transcript is one line of text (no tabs or control characters)",
+                               "texts")  # fmt: skip
+            rows[clip] = " ".join(text.split())
+        lines = [TEMPLATE_HEADER, *(f"{clip}\t{text}" for clip, text in rows.items())]
+        write_atomic(folder / TO_TRANSCRIBE, "\n".join(lines) + "\n")
+        return {"filled": sum(1 for t in rows.values() if t), "open": sum(1 for t in rows.values() if not t)}
+
     # ------------------------------------------------------------------ train and jobs
     @app.get("/api/settings")
     def settings_catalogue() -> dict[str, Any]:
@@ -401,6 +433,21 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
                 "seconds": result.seconds, "problems": result.problems, "voice": result.voice}  # fmt: skip
 
     return app
+
+
+def read_to_transcribe(folder: Path) -> list[dict[str, str]]:
+    """``[{clip, text}]`` of a data set's ``to_transcribe.tsv`` in file order (none when there is no file)."""
+    from higgs_train.data.builder.audio import TO_TRANSCRIBE
+
+    path = folder / TO_TRANSCRIBE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines()[1:]:
+        clip, _, text = line.partition("\t")
+        if clip.strip():
+            rows.append({"clip": clip.strip(), "text": " ".join(text.split())})
+    return rows
 
 
 def build_parser() -> Any:

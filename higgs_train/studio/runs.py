@@ -206,6 +206,9 @@ def data_sets(roots: Roots) -> list[dict[str, Any]]:
             summary = json.loads(report.read_text())
         except (OSError, ValueError):
             summary = {}
+        report = summary.get("summary", summary)
+        source = roots.locate(report["source"]) if isinstance(report.get("source"), str) else None
         out.append({"name": roots.locate(folder)[1], "train": (folder / "train.jsonl").is_file(),
-                    "val": (folder / "val.jsonl").is_file(), "report": summary.get("summary", summary)})  # fmt: skip
+                    "val": (folder / "val.jsonl").is_file(), "report": report,
+                    "source": f"{source[0]}:{source[1]}" if source else None})  # fmt: skip
     return out

@@ -321,3 +321,25 @@ def test_requests_from_other_sites_are_refused(studio):
     same = client.post("/api/train/check", json=request, headers={"Origin": "http://127.0.0.1:7860"})
     assert same.status_code == 422 and same.json()["field"] == "lora_r"
     assert client.get("/api/runs", headers={"Host": "localhost:7860"}).status_code == 200
+
+
+def test_unlabelled_clips_get_their_transcripts_typed_in(studio):
+    """The build's to_transcribe.tsv, filled from the page: only its clips, one line each, written whole."""
+    client, _, out = studio
+    folder = out / "datasets" / "x"
+    (folder / "audio" / "spk").mkdir(parents=True)
+    (folder / "audio" / "spk" / "seg_0.wav").write_bytes(wav_bytes())
+    (folder / "to_transcribe.tsv").write_text("path\ttext\naudio/spk/seg_0.wav\t\naudio/spk/seg_1.wav\told text\n")
+    rows = client.get("/api/datasets/to_transcribe", params={"path": "output:datasets/x"}).json()["rows"]
+    assert [(r["clip"], r["text"]) for r in rows] == [("audio/spk/seg_0.wav", ""), ("audio/spk/seg_1.wav", "old text")]
+    assert client.get(rows[0]["url"]).status_code == 200
+    fill = {"path": "output:datasets/x", "texts": {"audio/spk/seg_0.wav": "  The sun rose  slowly. "}}
+    assert client.post("/api/datasets/to_transcribe", json=fill).json() == {"filled": 2, "open": 0}
+    assert (folder / "to_transcribe.tsv").read_text() == (
+        "path\ttext\naudio/spk/seg_0.wav\tThe sun rose slowly.\naudio/spk/seg_1.wav\told text\n"
+    )
+    for texts, status in [({"audio/spk/other.wav": "hi"}, 400), ({"audio/spk/seg_0.wav": "a\tb"}, 422),
+                          ({"audio/spk/seg_0.wav": "line\nbreak"}, 422)]:  # fmt: skip
+        response = client.post("/api/datasets/to_transcribe", json={"path": "output:datasets/x", "texts": texts})
+        assert response.status_code == status, texts
+    assert "The sun rose slowly." in (folder / "to_transcribe.tsv").read_text()  # refused edits changed nothing

@@ -75,9 +75,27 @@ async function refreshData() {
   $("datasets").querySelectorAll("a[data-ds]").forEach((a) => a.addEventListener("click", (ev) => { ev.preventDefault(); showClips(a.dataset.ds); }));
 }
 async function showClips(name) {
-  const d = await api(`/api/datasets/clips?path=${encodeURIComponent("output:" + name)}`);
-  $("clips").innerHTML = `<h3>${esc(name)}: ${d.clips.length} clips</h3><table class="grid"><tr><th>speaker</th><th>clip</th><th>transcript</th><th>listen</th></tr>` +
+  const path = "output:" + name;
+  const d = await api(`/api/datasets/clips?path=${encodeURIComponent(path)}`).catch((e) => ({clips: [], error: e.message}));
+  const open = await api(`/api/datasets/to_transcribe?path=${encodeURIComponent(path)}`);
+  const todo = open.rows.length ? `<h3>Clips without a transcript (${open.rows.length})</h3><table class="grid" id="to-transcribe">` +
+    open.rows.map((r) => `<tr><td>${esc(r.clip)}</td><td>${audio(r.url)}</td><td><input size="60" data-clip="${esc(r.clip)}" value="${esc(r.text)}"></td></tr>`).join("") +
+    `</table><button id="save-transcripts">Save and rebuild</button> <span id="transcripts-status" class="status"></span>` : "";
+  $("clips").innerHTML = `<h3>${esc(name)}: ${d.clips.length} clips</h3>${d.error ? `<p class="error">${esc(d.error)}</p>` : ""}` + todo +
+    `<table class="grid"><tr><th>speaker</th><th>clip</th><th>transcript</th><th>listen</th></tr>` +
     d.clips.map((c) => `<tr><td>${esc(c.speaker)}</td><td>${esc(c.clip)}</td><td>${esc(c.text)}</td><td>${audio(c.url)}</td></tr>`).join("") + "</table>";
+  $("save-transcripts")?.addEventListener("click", async () => {
+    const texts = Object.fromEntries([...document.querySelectorAll("#to-transcribe input")].map((i) => [i.dataset.clip, i.value]));
+    try {
+      const r = await api("/api/datasets/to_transcribe", {json: {path, texts}});
+      const source = (datasetCache.find((s) => s.name === name) || {}).source;
+      $("transcripts-status").textContent = `${r.filled} filled, ${r.open} open` + (source ? "; rebuilding" : "; build the data set again to pair them");
+      if (source) {
+        const job = await api("/api/build", {json: {input: source, name: name.split("/").pop()}});
+        watchJob(job.job_id, $("build-job"), () => { refreshData(); showClips(name); });
+      }
+    } catch (e) { $("transcripts-status").textContent = e.message; }
+  });
 }
 
 // ---------------------------------------------------------------- jobs (build, train, export)
