@@ -351,13 +351,12 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
             run = store.run_for_output_dir(record.output_dir)
             view["run"] = run
             if run:
-                steps = [int(v) for k, v in run["metrics"].items() if k == "train/global_step"]
                 view["progress"] = {"max_steps": run["max_steps"], **{k: run["metrics"].get(k) for k in
                                     ("train/total_loss", "train/tokens_per_second", "val_loss")}}  # fmt: skip
-                if detail:
+                if detail:  # the step is the last point of the loss curve (the trainer logs it at every step)
                     view["history"] = store.history(run["run_id"])
-                    last = max((p[0] for p in view["history"].get("train/total_loss", [])), default=0)
-                    view["progress"]["step"] = steps[0] if steps else last
+                    curve = view["history"].get("train/total_loss", [])
+                    view["progress"]["step"] = int(curve[-1][0]) if curve else 0
         if record.kind == "build" and detail:
             report = Path(record.output_dir) / "data_report.json"
             view["report_url"] = roots.file_url(report) if report.is_file() else None
