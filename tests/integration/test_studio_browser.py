@@ -45,6 +45,7 @@ def wait_for_port(server: subprocess.Popen, port: int) -> None:
 def studio_url(tmp_path_factory):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is in requirements/lock.txt")
     root = tmp_path_factory.mktemp("studio")
     ray_tmp = tempfile.mkdtemp(prefix="hr-studio-", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
