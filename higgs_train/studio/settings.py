@@ -1,0 +1,112 @@
+"""Training settings from the page -> a checked ``TrainingConfig`` file for ``ray_jobs/train.py --config``.
+
+Every value goes through ``TrainingConfig.from_dict`` (types, ranges, unknown names with did-you-mean), the same
+check as a config file or a flag; its one-line error is returned with the field it names, for the page to show
+next to that field. Path fields must name a file under a root (``data:...`` or ``output:...``); the output folder
+is always ``<output_root>/<run name>``, so the run's record lands in the project's store under ``--output_root``.
+Settings that are not a training run (``create_sample_data``, ``validate_data_only``) or that would move the
+record out of the Studio's sight (``mlflow_tracking_uri``) are refused.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from higgs_train.config import TrainingConfig, check_run_name
+from higgs_train.paths import MODEL_FIELDS, PATH_FIELDS
+from higgs_train.studio.roots import PathRefused, Roots
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick_test": {"quick_test": True, "num_validation_samples": 1, "validation_sample_max_new_tokens": 64},
+    "standard_lora": {"lora_r": 16, "lora_alpha": 32, "num_validation_samples": 2},
+}
+NOT_SETTABLE = {
+    "create_sample_data": "writes sample data and exits; the Studio's Data tab does that",
+    "validate_data_only": "validates and exits; build the data set in the Data tab (its report lists every rejection)",
+    "mlflow_tracking_uri": "the Studio reads the project's store under --output_root; runs elsewhere would vanish",
+    "output_dir": "set by the Studio: <output_root>/<run_name>",
+}
+_FIELD_IN_ERROR = re.compile(r"TrainingConfig\.(\w+)=|field\(s\): '(\w+)'")
+
+
+class SettingsError(ValueError):
+    """A setting the page must correct; ``field`` names it (empty when the error is not about one field)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def field_catalogue() -> list[dict[str, Any]]:
+    """Every settable field with its type, default and help text (the Train tab's form)."""
+    hints = typing.get_type_hints(TrainingConfig)
+    out = []
+    for f in fields(TrainingConfig):
+        if f.name in NOT_SETTABLE:
+            continue
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(hints[f.name], "list")
+        out.append({"name": f.name, "type": kind, "default": default, "help": f.metadata.get("help", "")})
+    return out
+
+
+def _resolve_path(roots: Roots, name: str, value: Any) -> str:
+    """``data:rel`` / ``output:rel`` -> an absolute path inside that root; anything else is refused."""
+    text = str(value or "").strip()
+    if not text or (name in MODEL_FIELDS and text == "embedded"):
+        return text
+    root, sep, rel = text.partition(":")
+    if not sep or root not in ("data", "output"):
+        raise SettingsError(f"{name}: give a path under a root as data:<path> or output:<path> (got {text!r})", name)
+    try:
+        return str(roots.resolve(root, rel, must_exist=name != "storage_path" and name != "cache_dir"))
+    except PathRefused as err:
+        raise SettingsError(f"{name}: {err}", name) from err
+
+
+def training_config(roots: Roots, settings: dict[str, Any], preset: str = "") -> tuple[TrainingConfig, str]:
+    """``(checked config, run name)`` for the page's settings on top of ``preset``; ``SettingsError`` otherwise."""
+    if preset and preset not in PRESETS:
+        raise SettingsError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}", "preset")
+    if not isinstance(settings, dict):
+        raise SettingsError("settings: expected an object of field names to values")
+    data = {**PRESETS.get(preset, {}), **settings}
+    for name, why in NOT_SETTABLE.items():
+        if name in data:
+            raise SettingsError(f"{name}: not settable in the Studio ({why})", name)
+    for name in (*PATH_FIELDS, *MODEL_FIELDS):
+        if name in data:
+            data[name] = _resolve_path(roots, name, data[name])
+    run_name = str(data.get("run_name") or f"studio-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        check_run_name(run_name)
+    except ValueError as err:
+        raise SettingsError(str(err), "run_name") from err
+    data["run_name"] = run_name
+    data["output_dir"] = str(roots.output / run_name)
+    try:
+        config = TrainingConfig.from_dict(data)
+    except (ValueError, TypeError) as err:
+        message = str(err).splitlines()[0]
+        found = _FIELD_IN_ERROR.search(message)
+        raise SettingsError(message, next((g for g in found.groups() if g), "") if found else "") from err
+    return config, run_name
+
+
+def write_config(config: TrainingConfig, path: Path) -> Path:
+    """The fields that differ from the defaults (and the output folder): what the page set, nothing pinned else."""
+    import json
+
+    from higgs_train.config import field_defaults
+    from higgs_train.paths import write_atomic
+
+    defaults = field_defaults()
+    keep = {k: v for k, v in config.to_dict().items() if v != defaults.get(k)}
+    keep.update(output_dir=config.output_dir, run_name=config.run_name)
+    write_atomic(path, json.dumps(keep, indent=1, sort_keys=True))
+    return path
