@@ -19,11 +19,14 @@ from pathlib import Path
 import pytest
 from builder_sources import (
     LIBRI_IDS,
+    cv_client,
     read_jsonl,
+    write_common_voice,
     write_hf_dataset,
     write_libritts,
     write_ljspeech,
     write_speaker_folders,
+    write_vctk,
 )
 
 from higgs_train.sample_data import SPEAKERS
@@ -87,3 +90,35 @@ def test_readme_bring_your_own_data_commands(tmp_path, ray_head_on_the_machine):
     assert validation["valid"] == validation["total"] == len(libri_train)
     adapter = next((tmp_path / "outputs").rglob("adapter_model.safetensors"), None)
     assert adapter is not None, "the --quick_test job wrote no adapter"
+
+
+@pytest.mark.parametrize("layout", ["vctk", "common_voice"])
+def test_public_corpus_layout_builds_and_trains(tmp_path, layout):
+    """VCTK and Common Voice as they ship (the README's LibriTTS commands cover LibriTTS): `build --local`, then a
+    `--quick_test` job on the result, from the corpus's parent folder with relative paths, as a user runs them."""
+    (tmp_path / "ray_jobs").symlink_to(REPO / "ray_jobs")
+    speakers = SPEAKERS[:3]
+    if layout == "vctk":
+        write_vctk(tmp_path / "VCTK-Corpus-0.92", count=4, speakers=speakers)
+        source, expected = "VCTK-Corpus-0.92", {f"p{225 + i}" for i in range(len(speakers))}
+    else:
+        write_common_voice(tmp_path / "cv-corpus" / "en", count=3, speakers=speakers)
+        source, expected = "cv-corpus/en", {cv_client(s.name) for s in speakers}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    commands = [
+        f"ray_jobs/prepare_data.py build --input {source} --output data/{layout} --local --val_speakers 1",
+        f"ray_jobs/train.py --train_data data/{layout}/train.jsonl --val_data data/{layout}/val.jsonl "
+        f"--output_dir outputs/{layout} --quick_test",
+    ]
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, *shlex.split(command)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    rows = read_jsonl(tmp_path / "data" / layout / "train.jsonl") + read_jsonl(tmp_path / "data" / layout / "val.jsonl")
+    assert {r["speaker"] for r in rows} == expected
+    history = json.loads((tmp_path / "outputs" / layout / "history.json").read_text())
+    steps = [h["step"] for h in history if "train/total_loss" in h]  # --quick_test: at most 4, one epoch
+    assert len(steps) >= 2 and steps == list(range(1, len(steps) + 1)), steps
+    assert (tmp_path / "outputs" / layout / "adapter" / "adapter_model.safetensors").stat().st_size > 0
