@@ -130,6 +130,40 @@ def test_merged_export_matches_base_plus_adapter(adapter, paths, batch, tmp_path
     )
 
 
+def test_merge_of_a_bf16_base_loads_it_in_bf16_and_rounds_once(adapter, paths, tmp_path):
+    """A released base is bf16 (11.5 GB; 23 GB in fp32): the merge keeps it in bf16 and must still equal the fp32
+    merge cast back, bit for bit (one rounding of W + BA, not two)."""
+    _, adapter_dir = adapter
+    base = tmp_path / "bf16-base"
+    load_model(paths.model_path).to(torch.bfloat16).save_pretrained(str(base), safe_serialization=True)
+    load_text_tokenizer(paths.tokenizer_path).save_pretrained(str(base))
+    loads: list[torch.dtype] = []
+    import higgs_train.models as models
+
+    real_load = models.load_model
+
+    def spying_load(path, device="cpu", dtype=torch.float32):
+        loads.append(dtype)
+        return real_load(path, device=device, dtype=dtype)
+
+    models.load_model = spying_load
+    try:
+        result = export(
+            adapter_dir, tmp_path / "export", merge=True, base_model_path=str(base), allow_base_mismatch=True
+        )
+    finally:
+        models.load_model = real_load
+    assert loads == [torch.bfloat16]
+    reference = load_adapter(load_model(str(base)), adapter_dir, str(base), allow_base_mismatch=True)
+    expected = reference.merge_and_unload().to(torch.bfloat16).state_dict()
+    merged = load_model(str(result.merged_dir), dtype=torch.bfloat16).state_dict()
+    assert merged.keys() == expected.keys()
+    differing = [k for k in expected if not torch.equal(merged[k], expected[k])]
+    assert not differing, differing[:5]
+    base_weights = load_model(str(base), dtype=torch.bfloat16).state_dict()
+    assert not torch.equal(merged["layers.0.self_attn.q_proj.weight"], base_weights["layers.0.self_attn.q_proj.weight"])
+
+
 def test_merged_dir_check_rejects_unmerged_weights(adapter, paths, tmp_path):
     trained, _ = adapter
     trained.base_model.model.save_pretrained(str(tmp_path / "bad"), safe_serialization=True)
