@@ -372,6 +372,26 @@ def test_generate_refuses_missing_and_bad_inputs_in_one_line_before_loading(data
     assert "--data" in _one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(("flags", "dtype"), [([], torch.float32), (["--precision", "bf16"], torch.bfloat16)])
+def test_generate_loads_the_model_in_the_precision_asked_for(data, tmp_path, monkeypatch, flags, dtype):
+    """``--precision bf16`` on CPU: a released 3B model is 11.5 GB in bf16 and 23 GB in fp32 (auto on CPU)."""
+    asked: list[torch.dtype] = []
+
+    class Loaded(Exception):
+        pass
+
+    def capture(*args, dtype=None, **kwargs):
+        asked.append(dtype)
+        raise Loaded
+
+    monkeypatch.setattr("higgs_train.generation.load_generation_stack", capture)
+    ref = str(data[0] / data[1][0]["messages"][2]["content"]["audio_url"])
+    argv = ["--ref_audio", ref, "--ref_text", "x", "--text", "Hi.", "--output", str(tmp_path / "o.wav"), *flags]
+    with pytest.raises(Loaded):
+        _script("generate").main([*argv, "--device", "cpu"])
+    assert asked == [dtype]
+
+
 def test_generate_reports_an_adapter_error_in_one_line(adapter, data, tmp_path, capsys):
     bad = _copy_adapter(adapter[1], tmp_path / "bad")
     weights = bad / "adapter_model.safetensors"
