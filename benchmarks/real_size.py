@@ -28,7 +28,7 @@ Peak RSS is sampled every 0.2 s over the stage's process tree (the command and e
 workers, the data actors): ``peak_rss_gib`` is the largest sum (it counts shared pages once per process, so it is an
 upper bound), ``peak_process_rss_gib`` the largest single process (the training worker, which holds the weights).
 
-    nice -n 10 python benchmarks/real_size.py                 # full size: ~12 GB RAM, 2x11.5 GB on disk, minutes
+    nice -n 10 python benchmarks/real_size.py                 # full size: ~15 GiB RAM, 2x11.5 GB on disk, ~13 minutes
     python benchmarks/real_size.py --tiny --root /tmp/rs-tiny # the CPU-size twin CI runs (2 layers, width 64)
 
 ``--tiny``: the same stages and code path with a 2-layer, 64-wide model (real vocabulary and codebooks, small shards so
