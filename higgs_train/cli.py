@@ -308,6 +308,13 @@ def build_generate_parser() -> argparse.ArgumentParser:
         p, seed=None, seed_help="Makes sampling repeatable.", max_new_tokens_help="About 25 per second of audio."
     )
     p.add_argument("--device", default=None, help="cpu or cuda; unset: cuda if available.")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp32"),
+        help="Model weights' dtype, as train.py's: auto = bf16 on CUDA, fp32 on CPU (a 3B model is 23 GB in fp32, "
+        "11.5 GB in bf16).",
+    )
     p.add_argument("--allow_base_mismatch", action="store_true", help="Skip the adapter's base identity check.")
     p.add_argument(
         "--allow_bad_audio",
@@ -387,13 +394,19 @@ def _checked_generation_stack(args: argparse.Namespace, default_device: str) -> 
             decode_audio(Path(args.ref_audio))  # the checks the prompt applies, before the model loads
         except AudioError as err:
             raise GenerateInputError(f"--ref_audio {args.ref_audio}: {err}") from err
+    import torch
+
+    from higgs_train.training.precision import weight_dtype
+
+    device = torch.device(args.device or default_device)
     try:
         return load_generation_stack(
             args.model_path,
             args.audio_tokenizer_path,
             adapter=args.adapter,
             tokenizer_path=args.tokenizer_path,
-            device=args.device or default_device,
+            device=device,
+            dtype=weight_dtype(args.precision, device),
             allow_base_mismatch=args.allow_base_mismatch,
         )
     except (AdapterError, ModelFormatError, FileNotFoundError) as err:

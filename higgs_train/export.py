@@ -108,7 +108,13 @@ def check_merged_dir(merged_dir: str | Path, base_dir: str | Path) -> None:
 def merge_to_dir(
     source: AdapterSource, base_model_path: str, output_dir: str | Path, allow_base_mismatch: bool = False
 ) -> Path:
-    """Merge the adapter into the base in fp32, cast to the base's stored dtype and save a loadable directory."""
+    """Merge the adapter into the base, rounding once to the base's stored dtype, and save a loadable directory.
+
+    The base loads in its stored dtype, not fp32: a released 3B checkpoint is 11.5 GB in bf16 and 23 GB in fp32,
+    which no longer fit next to each other on a 24 GB machine. The result is the same as an fp32 merge cast back:
+    peft's merge adds the fp32 delta ``B @ A * scale`` (fp32 adapters) to the weight in place, which computes
+    ``W + delta`` in fp32 and rounds once on the store; a bf16 weight widened to fp32 and cast back is unchanged.
+    """
     from higgs_train.models import load_model, load_text_tokenizer, resolve_paths
 
     paths = resolve_paths(base_model_path, "", source.training_config.get("tokenizer_path") or None)
@@ -117,10 +123,12 @@ def merge_to_dir(
         shutil.rmtree(out)
     base_dir = local_model_dir(paths.model_path)
     dtype = stored_dtype(base_dir)
-    model = load_model(paths.model_path, dtype=torch.float32)  # merge in fp32: W + BA rounds once, at the cast
+    model = load_model(paths.model_path, dtype=dtype)
     model = load_adapter(model, source.adapter_dir, base_model_path, allow_base_mismatch)
+    for name, param in model.named_parameters():  # what makes the in-place merge round once (docstring)
+        if "lora_" in name and param.dtype != torch.float32:
+            param.data = param.data.float()
     merged = model.merge_and_unload()
-    merged = merged.to(dtype)
     merged.config.use_cache = True  # training turns it off; generation wants it
     merged.save_pretrained(str(out), safe_serialization=True)
     load_text_tokenizer(paths.tokenizer_path).save_pretrained(str(out))

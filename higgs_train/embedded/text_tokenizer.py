@@ -49,10 +49,13 @@ def training_corpus() -> list[str]:
     return [SYSTEM_PROMPT, *SENTENCES, *pangrams] * 4
 
 
-def build_text_tokenizer_dir(out_dir: Path) -> Path:
-    """Train the BPE deterministically and save it in ``AutoTokenizer`` format."""
+RELEASED_BASE_VOCAB_SIZE = 128000
+RELEASED_VOCAB_SIZE = 128256
+
+
+def _trained_bpe():
+    """The byte-level BPE trained on ``training_corpus()`` (deterministic), without special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -65,11 +68,12 @@ def build_text_tokenizer_dir(out_dir: Path) -> Path:
         special_tokens=[],
     )
     tokenizer.train_from_iterator(training_corpus(), trainer=trainer)
-    # Pad the base vocabulary to a fixed size so the special-token ids do not depend on how many merges exist.
-    filler = [f"<|unused_{i}|>" for i in range(BASE_VOCAB_SIZE - tokenizer.get_vocab_size())]
-    if filler:
-        tokenizer.add_tokens(filler)
-    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    return tokenizer
+
+
+def _save_fast(tokenizer, out_dir: Path) -> Path:
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|begin_of_text|>",
@@ -81,3 +85,36 @@ def build_text_tokenizer_dir(out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return out_dir
+
+
+def build_text_tokenizer_dir(out_dir: Path) -> Path:
+    """Train the BPE deterministically and save it in ``AutoTokenizer`` format."""
+    tokenizer = _trained_bpe()
+    # Pad the base vocabulary to a fixed size so the special-token ids do not depend on how many merges exist.
+    filler = [f"<|unused_{i}|>" for i in range(BASE_VOCAB_SIZE - tokenizer.get_vocab_size())]
+    if filler:
+        tokenizer.add_tokens(filler)
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    return _save_fast(tokenizer, out_dir)
+
+
+def build_released_size_text_tokenizer_dir(out_dir: Path) -> Path:
+    """The same BPE with the released tokenizer's size and special-token ids (``benchmarks/real_size.py``).
+
+    The base vocabulary is padded to 128,000 with entries no merge produces (plain vocabulary, not added tokens:
+    127k added tokens would make every load and every call slow), so ``<|begin_of_text|>`` is 128000 and
+    ``<|AUDIO_OUT|>`` 128016 as released, and reserved special tokens fill the rest up to 128,256 entries: a model
+    with the released embedding size and token ids takes it unchanged.
+    """
+    import json
+
+    from tokenizers import Tokenizer
+
+    state = json.loads(_trained_bpe().to_str())
+    vocab = state["model"]["vocab"]
+    for i in range(RELEASED_BASE_VOCAB_SIZE - len(vocab)):
+        vocab[f"<|unused_{i}|>"] = len(vocab)
+    tokenizer = Tokenizer.from_str(json.dumps(state))
+    reserved = RELEASED_VOCAB_SIZE - RELEASED_BASE_VOCAB_SIZE - len(SPECIAL_TOKENS)
+    tokenizer.add_special_tokens(SPECIAL_TOKENS + [f"<|reserved_special_token_{3 + i}|>" for i in range(reserved)])
+    return _save_fast(tokenizer, out_dir)

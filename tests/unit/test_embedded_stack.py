@@ -68,6 +68,22 @@ def test_tokenizer_ids_match_model_config(stack):
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
+def test_released_size_tokenizer_has_the_released_ids_and_the_tiny_ones_text(stack, tmp_path):
+    """The full-size pass (benchmarks/real_size.py) pairs this tokenizer with the released config's ids unchanged."""
+    from higgs_train.embedded.text_tokenizer import RELEASED_VOCAB_SIZE, build_released_size_text_tokenizer_dir
+
+    tok = load_text_tokenizer(str(build_released_size_text_tokenizer_dir(tmp_path / "released")))
+    released = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|start_header_id|>": 128006}
+    released |= {"<|end_header_id|>": 128007, "<|eot_id|>": 128009, "<|audio_bos|>": 128011}
+    released |= {"<|audio_eos|>": 128012, "<|audio_out_bos|>": 128013, "<|AUDIO|>": 128015, "<|AUDIO_OUT|>": 128016}
+    assert {name: tok.convert_tokens_to_ids(name) for name in released} == released
+    assert len(tok) == RELEASED_VOCAB_SIZE
+    tiny = load_text_tokenizer(str(stack.tokenizer_dir))
+    text = "Hello there, quick brown fox."
+    assert tok.encode(text, add_special_tokens=False) == tiny.encode(text, add_special_tokens=False)
+    assert tok.decode(tok.encode(f"{text}<|AUDIO_OUT|>", add_special_tokens=False)) == f"{text}<|AUDIO_OUT|>"
+
+
 def _cloning_batch(
     tok, cfg, codes_ref, codes_tgt, target_text="Turn left at the light.", whisper_processor=None, user_audio=None
 ):

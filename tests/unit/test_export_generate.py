@@ -130,6 +130,40 @@ def test_merged_export_matches_base_plus_adapter(adapter, paths, batch, tmp_path
     )
 
 
+def test_merge_of_a_bf16_base_loads_it_in_bf16_and_rounds_once(adapter, paths, tmp_path):
+    """A released base is bf16 (11.5 GB; 23 GB in fp32): the merge keeps it in bf16 and must still equal the fp32
+    merge cast back, bit for bit (one rounding of W + BA, not two)."""
+    _, adapter_dir = adapter
+    base = tmp_path / "bf16-base"
+    load_model(paths.model_path).to(torch.bfloat16).save_pretrained(str(base), safe_serialization=True)
+    load_text_tokenizer(paths.tokenizer_path).save_pretrained(str(base))
+    loads: list[torch.dtype] = []
+    import higgs_train.models as models
+
+    real_load = models.load_model
+
+    def spying_load(path, device="cpu", dtype=torch.float32):
+        loads.append(dtype)
+        return real_load(path, device=device, dtype=dtype)
+
+    models.load_model = spying_load
+    try:
+        result = export(
+            adapter_dir, tmp_path / "export", merge=True, base_model_path=str(base), allow_base_mismatch=True
+        )
+    finally:
+        models.load_model = real_load
+    assert loads == [torch.bfloat16]
+    reference = load_adapter(load_model(str(base)), adapter_dir, str(base), allow_base_mismatch=True)
+    expected = reference.merge_and_unload().to(torch.bfloat16).state_dict()
+    merged = load_model(str(result.merged_dir), dtype=torch.bfloat16).state_dict()
+    assert merged.keys() == expected.keys()
+    differing = [k for k in expected if not torch.equal(merged[k], expected[k])]
+    assert not differing, differing[:5]
+    base_weights = load_model(str(base), dtype=torch.bfloat16).state_dict()
+    assert not torch.equal(merged["layers.0.self_attn.q_proj.weight"], base_weights["layers.0.self_attn.q_proj.weight"])
+
+
 def test_merged_dir_check_rejects_unmerged_weights(adapter, paths, tmp_path):
     trained, _ = adapter
     trained.base_model.model.save_pretrained(str(tmp_path / "bad"), safe_serialization=True)
@@ -364,6 +398,26 @@ def test_generate_refuses_missing_and_bad_inputs_in_one_line_before_loading(data
     assert "--manifest" in _one_error_line(capsys.readouterr().err)
     assert main(["--speaker", "spk_mid", "--data", str(tmp_path / "no_data"), *out]) == 2
     assert "--data" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("flags", "dtype"), [([], torch.float32), (["--precision", "bf16"], torch.bfloat16)])
+def test_generate_loads_the_model_in_the_precision_asked_for(data, tmp_path, monkeypatch, flags, dtype):
+    """``--precision bf16`` on CPU: a released 3B model is 11.5 GB in bf16 and 23 GB in fp32 (auto on CPU)."""
+    asked: list[torch.dtype] = []
+
+    class Loaded(Exception):
+        pass
+
+    def capture(*args, dtype=None, **kwargs):
+        asked.append(dtype)
+        raise Loaded
+
+    monkeypatch.setattr("higgs_train.generation.load_generation_stack", capture)
+    ref = str(data[0] / data[1][0]["messages"][2]["content"]["audio_url"])
+    argv = ["--ref_audio", ref, "--ref_text", "x", "--text", "Hi.", "--output", str(tmp_path / "o.wav"), *flags]
+    with pytest.raises(Loaded):
+        _script("generate").main([*argv, "--device", "cpu"])
+    assert asked == [dtype]
 
 
 def test_generate_reports_an_adapter_error_in_one_line(adapter, data, tmp_path, capsys):
