@@ -22,6 +22,10 @@ DEFAULT_LORA_TARGETS = (
 )
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD")
+"""Ray placement-group strategies a training job may ask for (STRICT_PACK would put every worker on one node, which
+``--num_workers`` on CPUs rarely wants; it is left out so a typo-free choice always means "nodes may differ")."""
+
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -187,6 +191,11 @@ class TrainingConfig:
     cpus_per_data_actor: float = _f(0.5, "CPUs reserved per preprocessing actor (fractions allowed).")
     cpus_per_train_worker: float = _f(0.5, "CPUs reserved per training worker (fractions allowed).")
     max_failures: int = _f(3, "Worker failures Ray Train survives by restarting from the latest checkpoint.")
+    placement_strategy: str = _f(
+        "PACK",
+        "Where Ray places the training workers: PACK (fewest nodes), SPREAD (across nodes when it can) or "
+        "STRICT_SPREAD (one worker per node; waits for enough nodes).",
+    )
     storage_path: str = _f("", "Ray Train storage for checkpoints (local dir, s3://, gs://, NFS); default output_dir.")
     # --- run ---
     output_dir: str = _f("outputs/default", "Where the final adapter, reports and the MLflow store go.")
@@ -266,6 +275,7 @@ class TrainingConfig:
                 need(False, "run_name", "letters, digits, '.', '_' or '-' (no path separators, no '..')")
         need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
         need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
+        need(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy", ", ".join(PLACEMENT_STRATEGIES))
         need(self.checkpoint_metric in ("val_loss", "sim", "wer"), "checkpoint_metric", "val_loss, sim or wer")
         need(
             self.checkpoint_metric == "val_loss" or self.eval_rows > 0,

@@ -206,7 +206,10 @@ def build_torch_trainer(
         train_loop_config={WORKER_SPEC: spec},
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(
             logging_config=train_logging_config(config.verbose),

@@ -59,6 +59,22 @@ def test_the_worker_spec_is_typed_frozen_and_survives_the_process_boundary():
     assert back == spec and isinstance(back.config, TrainingConfig) and back.config.lora_r == 4
 
 
+def test_the_placement_strategy_reaches_ray_train_and_a_bad_one_is_refused_naming_the_choices():
+    """``--placement_strategy`` is what Ray's placement group gets (STRICT_SPREAD: one worker per node); the default
+    keeps the single-node behaviour (PACK)."""
+    from higgs_train.driver.worker import build_torch_trainer
+
+    assert TrainingConfig().placement_strategy == "PACK"
+    config = config_from_args(["--placement_strategy", "STRICT_SPREAD", "--num_workers", "2"])
+    spec = WorkerSpec(
+        config, cache_root="/cache", train_key="k", val_key=None, mlflow_run_id=None, mlflow_tracking_uri=""
+    )
+    scaling = build_torch_trainer(spec, "run", "/tmp/storage").scaling_config
+    assert (scaling.placement_strategy, scaling.num_workers) == ("STRICT_SPREAD", 2)
+    with pytest.raises(ValueError, match=r"placement_strategy='spread'.*PACK, SPREAD, STRICT_SPREAD"):
+        config_from_args(["--placement_strategy", "spread"])
+
+
 # --------------------------------------------------------------------------------------------------- layout
 @pytest.mark.parametrize(
     ("source", "target"),
