@@ -116,7 +116,7 @@ class TrainingConfig:
     stream_cache_uri: str = _f(
         "",
         "Where training workers stream the token cache from (s3://, gs://, file://, a shared path); the built "
-        "entry is copied there. Empty: cache_dir.",
+        "entries are copied there. Empty: <storage_path>/_token_cache when storage_path is a URI, else cache_dir.",
     )
     max_tokens_per_row: int = _f(
         0, "Quarantine rows whose merged text + audio length exceeds this (0: the model's max_position_embeddings)."

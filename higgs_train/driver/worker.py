@@ -7,12 +7,20 @@ Data reaches workers through the token cache (Parquet written by the Ray Data pr
 plans the epoch from the lengths column alone and streams only the rows of its own share of that deterministic plan
 (``data/shard_stream.py``), which guarantees equal step counts per worker (Ray Data's streaming split gives equal
 *rows*, not equal token-budget batches, and unequal step counts hang DDP). The entry is read from
-``stream_cache_uri`` (``s3://``, ``gs://``, ``file://``) when set, else from ``cache_dir``.
+``stream_cache_uri`` (``s3://``, ``gs://``, ``file://``) when set (by default ``<storage_path>/_token_cache`` when the
+run's storage is a URI), else from ``cache_dir``; the validation entry is read whole from the same place.
+
+Nothing a worker writes has to reach the driver through a disk: with ``WorkerSpec.node_local_outputs`` rank 0
+writes its own files (validation samples, evaluation rows, the adapter it saves at the end) into a scratch folder
+of its node (``worker_scratch_dir``), and the driver takes the final adapter and history from the run's final
+checkpoint in storage (``driver.train.publish_final_outputs``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +99,22 @@ class WorkerSpec:
     checkpoint_storage: str = ""
     trial_id: str | None = None
     placement_groups: Any = None
+    # True (the training driver): rank 0 writes into its node's scratch folder, never into ``config.output_dir``,
+    # a path of the driver's machine. False (a Tune trial): into ``config.output_dir``, where the sweep looks first.
+    node_local_outputs: bool = False
+
+
+WORKER_SCRATCH_ENV = "HIGGS_WORKER_SCRATCH"
+
+
+def worker_scratch_dir(run_name: str) -> Path:
+    """Rank 0's writable folder on its own node: ``$HIGGS_WORKER_SCRATCH/<run>`` (else under the node's temp dir).
+
+    Files there are evidence only (they are logged to MLflow as they are written); what the job promises in
+    ``--output_dir`` reaches the driver through the run's storage.
+    """
+    root = os.environ.get(WORKER_SCRATCH_ENV) or str(Path(tempfile.gettempdir()) / "higgs-train-worker")
+    return Path(root) / run_name
 
 
 def train_loop_per_worker(loop_config: dict[str, WorkerSpec]) -> None:
@@ -102,21 +126,23 @@ def run_worker(spec: WorkerSpec) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
 
-    from higgs_train.data.shard_stream import open_shard_stream
-    from higgs_train.data.token_cache import TokenCache
+    from higgs_train.data.shard_stream import open_shard_stream, read_entry
     from higgs_train.tracking import RunTracker
     from higgs_train.training.trainer import HiggsAudioTrainer
 
     config = spec.config
+    if spec.node_local_outputs:
+        config = config.replace(output_dir=str(worker_scratch_dir(config.run_name)))
     tracker = RunTracker.disabled()
     if ray.train.get_context().get_world_rank() == 0 and spec.mlflow_run_id:
         tracker = RunTracker(spec.mlflow_tracking_uri).attach(spec.mlflow_run_id)
     context = RayWorkerContext.current(tracker, console_lines=spec.trial_id is None)
     world = context.world_size
-    cache = TokenCache(spec.cache_root)
-    # Only this worker's rows, one step ahead, from wherever the driver published the entry (data/shard_stream.py).
-    train_records = open_shard_stream(spec.stream_root or spec.cache_root, spec.train_key)
-    val_records = cache.open(spec.val_key).records() if spec.val_key else []
+    # Only this worker's rows, one step ahead, from wherever the driver published the entries (data/shard_stream.py);
+    # the validation entry, small and needed whole, from the same place (not the driver's cache_root).
+    stream_root = spec.stream_root or spec.cache_root
+    train_records = open_shard_stream(stream_root, spec.train_key)
+    val_records = read_entry(stream_root, spec.val_key) if spec.val_key else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
     trainer = HiggsAudioTrainer(config.replace(resume_from=""), context, train_records, val_records)
