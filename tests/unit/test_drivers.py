@@ -75,6 +75,15 @@ def test_the_placement_strategy_reaches_ray_train_and_a_bad_one_is_refused_namin
         config_from_args(["--placement_strategy", "spread"])
 
 
+def test_workers_stream_the_token_cache_from_the_runs_storage_when_it_is_a_uri():
+    """Only --storage_path needs to be shared: a URI storage carries the token cache too, unless told otherwise."""
+    from higgs_train.driver.cluster import stream_cache_location
+
+    assert stream_cache_location(TrainingConfig(), "s3://bucket/runs") == "s3://bucket/runs/_token_cache"
+    assert stream_cache_location(TrainingConfig(stream_cache_uri="gs://b/c"), "s3://bucket/runs") == "gs://b/c"
+    assert stream_cache_location(TrainingConfig(), "/local/ray_results") == ""  # one node: the local cache root
+
+
 # --------------------------------------------------------------------------------------------------- layout
 @pytest.mark.parametrize(
     ("source", "target"),
