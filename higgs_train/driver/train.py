@@ -75,9 +75,12 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
         )
 
 
-def publish_final_outputs(checkpoint: str, output: Path, config: TrainingConfig) -> list[dict[str, Any]]:
+def publish_final_outputs(
+    checkpoint: str, output: Path, config: TrainingConfig, last_step: int | None = None
+) -> list[dict[str, Any]]:
     """Write the final adapter (with ``training_config.yaml``) and ``history.json`` into the driver's ``output``
     from the run's final checkpoint (``checkpoint``: a folder or URI in the run's storage); returns the history.
+    ``last_step``: the step training last reported; a checkpoint of another step is refused, never published.
 
     Every run ends with a checkpoint at its last step (``HiggsAudioTrainer._after_step``), reported to Ray and
     uploaded to storage, and Ray's retention always keeps the latest one. Reading it here instead of what rank 0
@@ -92,6 +95,11 @@ def publish_final_outputs(checkpoint: str, output: Path, config: TrainingConfig)
 
     with open_checkpoint(checkpoint) as local:
         state = TrainerState.from_json((local / STATE_FILE).read_text())
+        if last_step is not None and state.global_step != last_step:
+            raise JobOutputsMissing(
+                f"training ended at step {last_step} but the run's latest checkpoint {checkpoint} is of step "
+                f"{state.global_step}: the final adapter is not in storage; rerun the job (it resumes the run)"
+            )
         staging = staging_dir(output / "adapter")
         shutil.copytree(local / ADAPTER_DIR, staging, dirs_exist_ok=True)
     config.replace(resume_from="").save(staging / "training_config.yaml")  # what the workers trained with
@@ -183,7 +191,8 @@ def run_training_job(config: TrainingConfig) -> JobResult:
             remove_debris(storage, run_name)
             metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
             adapter_dir = output / "adapter"
-            history = publish_final_outputs(final_checkpoint(result, storage, run_name), output, config)
+            last_step = int(metrics["step"]) if "step" in metrics else None
+            history = publish_final_outputs(final_checkpoint(result, storage, run_name), output, config, last_step)
             curve = tracker.log_loss_curve(history, output / "loss_curve.png") or _plot_untracked(history, output)
             check_outputs(adapter_dir, output / "history.json", curve)
             tracker.check_logged("train/total_loss", last_logged_step(history))

@@ -76,6 +76,27 @@ def test_a_completed_run_on_s3_is_not_resumed(tmp_path, s3, checkpoints):
     assert (run_name, resume) == ("voice-2", None)
 
 
+def test_the_driver_takes_the_final_outputs_from_the_checkpoint_in_storage(tmp_path, s3, checkpoints):
+    """What the driver writes into --output_dir comes from the run's final checkpoint on S3, not from a worker's
+    disk; a checkpoint of another step than the last reported one is refused, and nothing is published."""
+    from higgs_train.driver.train import JobOutputsMissing, publish_final_outputs
+
+    location = f"{s3}/final/voice/{NEWER}"
+    upload(checkpoints[4], location)
+    out = tmp_path / "driver-out"
+    config = TrainingConfig(output_dir=str(out), lora_r=4)
+    with pytest.raises(JobOutputsMissing, match="step 5 but .* of step 4"):
+        publish_final_outputs(location, out, config, last_step=5)
+    assert not (out / "adapter").exists() and not (out / "history.json").exists()
+
+    history = publish_final_outputs(location, out, config, last_step=4)
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert json.loads((out / "history.json").read_text()) == history
+    stored = checkpoints[4] / "adapter" / "adapter_model.safetensors"
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == stored.read_bytes()
+    assert TrainingConfig.load(out / "adapter" / "training_config.yaml") == config
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Whole jobs: fail after a checkpoint, rerun, resume
 # --------------------------------------------------------------------------------------------------------------------
