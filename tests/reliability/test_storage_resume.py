@@ -97,6 +97,17 @@ def test_the_driver_takes_the_final_outputs_from_the_checkpoint_in_storage(tmp_p
     assert TrainingConfig.load(out / "adapter" / "training_config.yaml") == config
 
 
+def test_a_worker_restored_at_the_last_step_reports_the_final_checkpoint_again(tmp_path, checkpoints, records):
+    """A worker lost after its final checkpoint reached storage, but before Ray registered it, is restored at the
+    last step and runs none: it must report that state again, or Ray's latest checkpoint (where the driver takes the
+    final adapter and history from) would be an older step."""
+    trainer = trainer_for(tmp_path / "t", records, max_steps=4)
+    trainer.load_checkpoint(checkpoints[4])
+    result = trainer.train()
+    assert result.state.global_step == 4 and trainer.context.reported[-1]["step"] == 4
+    assert (tmp_path / "t" / "checkpoints" / "step_0000004" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Whole jobs: fail after a checkpoint, rerun, resume
 # --------------------------------------------------------------------------------------------------------------------

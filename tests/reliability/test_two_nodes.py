@@ -41,7 +41,7 @@ from higgs_train.training.checkpoint_store import filesystem_and_path, join
 
 pytestmark = pytest.mark.integration
 
-MAX_STEPS = 6
+MAX_STEPS = 10  # steps take about a second: enough of them for the kill to land between two checkpoints
 SAVE_EVERY = 2
 SCRIPT = str(ROOT / "scripts" / "local_cluster.sh")
 
@@ -102,7 +102,7 @@ def two_nodes(s3):
 
 
 def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tmp_path, s3, two_nodes, monkeypatch):
-    data = create_sample_data(tmp_path / "data", utterances_per_speaker=4)
+    data = create_sample_data(tmp_path / "data", utterances_per_speaker=3)  # 8 training rows: 2 steps an epoch
     storage = f"{s3}/two-nodes"
     out = tmp_path / "driver" / "voice"
     cache = tmp_path / "driver" / "token_cache"
@@ -116,7 +116,7 @@ def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tm
         placement_strategy="STRICT_SPREAD",
         max_failures=3,
         batch_size=2,
-        num_epochs=3,
+        num_epochs=5,
         max_steps=MAX_STEPS,
         save_every_steps=SAVE_EVERY,
         eval_every_steps=SAVE_EVERY,
