@@ -137,7 +137,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         stream_cache_location,
     )
     from higgs_train.driver.prepare import prepare_data
-    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
+    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer, start_tracker_relay
     from higgs_train.paths import resolve_user_paths, write_atomic
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking import RunTracker, resolve_tracking_uri, tracking_error_in
@@ -177,12 +177,17 @@ def run_training_job(config: TrainingConfig) -> JobResult:
                 stream_root=stream_root_for_workers(entries, stream_cache_location(config, storage)),
                 checkpoint_storage=storage,
                 node_local_outputs=True,
+                tracker_relay=start_tracker_relay(tracking_uri, tracker.run_id),  # rank 0 logs via this node
             )
             try:
                 result = build_torch_trainer(spec, run_name, storage).fit()
             except Exception as exc:  # a worker that cannot log says so in one line, not in Ray's nested tracebacks
                 raise (tracking_error_in(exc) or exc) from exc
             finally:
+                if spec.tracker_relay is not None:
+                    import ray
+
+                    ray.kill(spec.tracker_relay)
                 tracker.log_metrics(data.metrics, step=0)  # after the loss curves (PreparedData.metrics)
             if result.error:
                 raise RuntimeError(f"training failed: {result.error}") from result.error
