@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ import pyarrow.fs as pafs
 import pytest
 import ray
 import yaml
+from local_ports import free_port
 from ray_faults import ROOT, WorkerKiller, logged_steps
 
 from higgs_train.config import TrainingConfig
@@ -44,12 +44,6 @@ pytestmark = pytest.mark.integration
 MAX_STEPS = 10  # steps take about a second: enough of them for the kill to land between two checkpoints
 SAVE_EVERY = 2
 SCRIPT = str(ROOT / "scripts" / "local_cluster.sh")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def raylet_pids(node_temp_dir: Path) -> list[int]:
