@@ -40,6 +40,21 @@ def _head_left_on_this_machine() -> str | None:
         return None
 
 
+# Actors of a Ray Data pool (the token cache's encoders, the data builder's file workers) that die before they
+# started are replaced this many times in a row before the stage fails. Ray Data's default, 0, failed a whole cache
+# build on a loaded two-node cluster when one encoder actor was cancelled before it ran; Ray Core restarts an actor
+# whose process crashes, never one whose creation failed. A constructor that always raises (a wrong model path)
+# still fails the stage, after this many replacements.
+ACTOR_START_DEATHS_TOLERATED = 3
+
+
+def replace_actors_lost_at_start() -> None:
+    """Set ``ACTOR_START_DEATHS_TOLERATED`` on this process's Ray Data context, where the driver builds its datasets."""
+    from ray.data import DataContext
+
+    DataContext.get_current().max_consecutive_actor_init_deaths = ACTOR_START_DEATHS_TOLERATED
+
+
 def init_ray(verbose: bool = False) -> None:
     """Join the cluster this process runs in (``ray job submit`` sets RAY_ADDRESS; a user may set it too, e.g.
     ``RAY_ADDRESS=auto`` to join a ``ray start`` head on purpose), else start a private local instance, whatever
@@ -55,6 +70,7 @@ def init_ray(verbose: bool = False) -> None:
     )
 
     quiet_ray_logs(verbose)
+    replace_actors_lost_at_start()
     if ray.is_initialized():
         return
     quiet = {"logging_level": ray_log_level(verbose), "logging_config": ray_logging_config(verbose)}

@@ -18,6 +18,7 @@ from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.ray_pipeline import build_token_cache, check_resources
 from higgs_train.data.token_cache import TokenCache
 from higgs_train.models import resolve_paths
+from higgs_train.ray_session import ACTOR_START_DEATHS_TOLERATED, replace_actors_lost_at_start
 from higgs_train.sample_data import create_sample_data
 
 pytestmark = pytest.mark.integration
@@ -141,6 +142,42 @@ def test_two_epochs_and_a_second_run_encode_each_audio_file_once(first_build, se
 def test_oversized_actor_pool_fails_fast(ray_cluster):
     with pytest.raises(ValueError, match="needs 2.75 CPUs"):
         check_resources(num_actors=5, cpus_per_actor=0.5)
+
+
+def test_a_pool_actor_that_dies_before_it_starts_is_replaced(ray_cluster, tmp_path):
+    """The two-node CI run once failed its cache build because one encoder actor died before it started (Ray:
+    "The actor never ran - it was cancelled before it started running"). Ray restarts an actor whose process
+    crashes, but an actor that dies in creation goes to Ray Data's init-death budget, 0 by default: the whole stage
+    failed. ``init_ray`` now has Ray Data replace such actors (``replace_actors_lost_at_start``). A constructor that
+    fails once takes the same path (Ray Core never restarts a failed creation), so it stands in for the lost start."""
+    import ray
+
+    marker = tmp_path / "first_start"
+
+    class DiesOnFirstStart:  # local: cloudpickle ships it by value to the actor's process
+        def __init__(self, marker: str) -> None:
+            if not os.path.exists(marker):
+                Path(marker).touch()
+                raise RuntimeError("this actor dies in creation, once")
+
+        def __call__(self, batch):
+            return batch
+
+    def doubled_ids(tolerated: int) -> list[int]:
+        ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = tolerated
+        dataset = ray.data.range(4).map_batches(
+            DiesOnFirstStart, fn_constructor_kwargs={"marker": str(marker)}, compute=ray.data.ActorPoolStrategy(size=1)
+        )
+        return sorted(row["id"] for row in dataset.take_all())
+
+    try:
+        with pytest.raises(Exception, match="dies in creation"):  # Ray Data's default: one such death fails the stage
+            doubled_ids(0)
+        marker.unlink()
+        replace_actors_lost_at_start()
+        assert doubled_ids(ACTOR_START_DEATHS_TOLERATED) == [0, 1, 2, 3] and marker.exists()
+    finally:
+        ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = 0
 
 
 def silence_in_place(clip: Path) -> tuple[bytes, os.stat_result]:
