@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST_NAMES = ("train.jsonl", "val.jsonl", "train.json", "val.json")
-REPORT_NAME = "data_report.json"  # the builder's report (data.builder.report.REPORT_JSON)
+REPORT_NAME = "data_report.json"  # the builder's report (builder.report.REPORT_JSON)
 
 
 class ReferenceError(ValueError):
@@ -80,6 +80,7 @@ def _rank(seconds: float, low: float, high: float) -> tuple[int, float]:
 
 def pick_reference(data_dir: str | Path, speaker: str) -> SpeakerReference:
     """``speaker``'s best clean reference clip in ``data_dir`` (see the module docstring), or ``ReferenceError``."""
+    from higgs_train.builder.pairing import PREFERRED_REFERENCE_SECONDS
     from higgs_train.data.audio_io import (
         AudioError,
         AudioLimits,
@@ -89,7 +90,6 @@ def pick_reference(data_dir: str | Path, speaker: str) -> SpeakerReference:
         resolve_audio_path,
         to_mono,
     )
-    from higgs_train.data.builder.pairing import PREFERRED_REFERENCE_SECONDS
     from higgs_train.data.validation import text_reason
     from higgs_train.evaluation.suite import check_audio
 

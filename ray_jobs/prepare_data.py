@@ -4,7 +4,7 @@
 ``build``: recordings (speaker folders, LJSpeech metadata.csv, audio|text lists, a Hugging Face dataset, a
 manifest) -> ``train.jsonl`` / ``val.jsonl`` voice-cloning pairs and a data report (``build --help``).
 
-Thin by design: parsing lives in ``higgs_train.data.manifest`` and ``higgs_train.data.builder``.
+Thin by design: parsing lives in ``higgs_train.data.manifest`` and ``higgs_train.builder``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from higgs_train.flag_parser import FlagParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from higgs_train.data.builder.cli import add_build_arguments
+    from higgs_train.builder.cli import add_build_arguments
 
     parser = FlagParser(prog="ray_jobs/prepare_data.py", description=__doc__)
     # Each sub-command reports its own errors (its name, did-you-mean, its --help), not the top-level usage.
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 def build_command(args: argparse.Namespace) -> int:
     """Exit 0 when a training manifest with at least one sample was written, 1 when none (no manifest is written;
     the one-line reason is printed and in the report), 2 on bad input."""
-    from higgs_train.data.builder.build import build_dataset
-    from higgs_train.data.builder.cli import options_from_args
-    from higgs_train.data.builder.sources import SourceError
+    from higgs_train.builder.build import build_dataset
+    from higgs_train.builder.cli import options_from_args
+    from higgs_train.builder.sources import SourceError
 
     try:
         result = build_dataset(options_from_args(args))

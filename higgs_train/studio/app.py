@@ -279,8 +279,8 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     async def fill_transcripts(request: Request) -> dict[str, Any]:
         """Write typed transcripts into the data set's ``to_transcribe.tsv``; building it again pairs the filled
         clips (the builder reads the file back, and its content-hash cache redoes no finished file)."""
-        from higgs_train.data.builder.audio import TO_TRANSCRIBE
-        from higgs_train.data.builder.build import TEMPLATE_HEADER
+        from higgs_train.builder.audio import TO_TRANSCRIBE
+        from higgs_train.builder.build import TEMPLATE_HEADER
         from higgs_train.paths import write_atomic
 
         data = await body(request)
@@ -436,7 +436,7 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
 
 def read_to_transcribe(folder: Path) -> list[dict[str, str]]:
     """``[{clip, text}]`` of a data set's ``to_transcribe.tsv`` in file order (none when there is no file)."""
-    from higgs_train.data.builder.audio import TO_TRANSCRIBE
+    from higgs_train.builder.audio import TO_TRANSCRIBE
 
     path = folder / TO_TRANSCRIBE
     if not path.is_file():

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_train.data.builder.segment import SegmentPlan, SpeechDetector, cut, forced_split, greedy_split
-from higgs_train.data.builder.sources import NO_TRANSCRIPT, UNREADABLE, Rejection, SourceItem
+from higgs_train.builder.segment import SegmentPlan, SpeechDetector, cut, forced_split, greedy_split
+from higgs_train.builder.sources import NO_TRANSCRIPT, UNREADABLE, Rejection, SourceItem
 
 TARGET_SAMPLE_RATE = 24000
 CACHE_DIR = ".build_cache"
@@ -310,7 +310,7 @@ class ClipProcessor:
     @property
     def transcriber(self):
         if self._transcriber is None:
-            from higgs_train.data.builder.asr import Transcriber
+            from higgs_train.builder.asr import Transcriber
 
             assert self.settings.asr_model is not None
             self._transcriber = Transcriber(self.settings.asr_model)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from higgs_train.data.builder.audio import AudioSettings
-from higgs_train.data.builder.build import BuildOptions
-from higgs_train.data.builder.pairing import PairingOptions
-from higgs_train.data.builder.sources import SOURCE_KINDS, SourceOptions, describe_kinds
+from higgs_train.builder.audio import AudioSettings
+from higgs_train.builder.build import BuildOptions
+from higgs_train.builder.pairing import PairingOptions
+from higgs_train.builder.sources import SOURCE_KINDS, SourceOptions, describe_kinds
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
 
 DESCRIPTION = f"""Build DIR/train.jsonl and DIR/val.jsonl (voice-cloning pairs), DIR/audio/<speaker>/*.wav (24 kHz mono

@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 
-from higgs_train.data.builder.audio import AudioSettings, ClipProcessor, FileResult
-from higgs_train.data.builder.sources import SourceItem
+from higgs_train.builder.audio import AudioSettings, ClipProcessor, FileResult
+from higgs_train.builder.sources import SourceItem
 
 RESULT = "result_json"
 
