@@ -90,7 +90,7 @@ def test_pre_decoded_batch_gives_the_same_records(stack, tmp_path):
 def test_data_actor_gpus_is_validated_and_refused_on_a_cluster_without_gpus(monkeypatch):
     import ray
 
-    from higgs_train.cli import config_from_args
+    from higgs_train.commands.train import config_from_args
     from higgs_train.driver.cluster import ClusterResourcesError, check_cpu_budget
 
     assert config_from_args(["--data_actor_gpus", "0.5"]).data_actor_gpus == 0.5

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from higgs_train.cli import build_parser, build_sweep_parser, config_from_args, sweep_config_from_args
+from higgs_train.commands.train import build_parser, config_from_args
+from higgs_train.commands.tune import build_sweep_parser, sweep_config_from_args
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import next_free_name, resolve_sweep_run
 from higgs_train.driver.worker import WorkerSpec
@@ -66,7 +67,7 @@ def test_the_worker_spec_is_typed_frozen_and_survives_the_process_boundary():
         ("higgs_train.training", "higgs_train.export"),
         ("higgs_train.generation", "higgs_train.export"),
         ("higgs_train.adapter", "higgs_train.training"),
-        ("higgs_train.tune", "higgs_train.cli"),
+        ("higgs_train.tune", "higgs_train.commands"),
         ("higgs_train.tune", "higgs_train.driver.train"),
         ("higgs_train.data", "higgs_train.driver"),
         ("higgs_train.training", "higgs_train.driver"),
