@@ -19,9 +19,15 @@ from urllib.parse import urlparse
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from higgs_train.builder.audio import TO_TRANSCRIBE
+from higgs_train.builder.build import TEMPLATE_HEADER
+from higgs_train.data.audio_io import resolve_audio_path
+from higgs_train.paths import write_atomic
+from higgs_train.speaker_reference import ReferenceError, speaker_clips
 from higgs_train.studio.jobs import JobError, JobStore
 from higgs_train.studio.roots import PathRefused, Roots, check_audio_bytes, checked_upload_name
 from higgs_train.studio.runs import RunNotFound, RunStore, data_sets
+from higgs_train.studio.samples import write_sample_recordings
 from higgs_train.studio.settings import PRESETS, SettingsError, field_catalogue, training_config, write_config
 from higgs_train.studio.speak import Speaker, SpeakError, SpeakRequest
 
@@ -216,8 +222,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     # ------------------------------------------------------------------ data
     @app.post("/api/sample_recordings")
     async def sample_recordings(request: Request) -> dict[str, Any]:
-        from higgs_train.studio.samples import write_sample_recordings
-
         data = await body(request)
         folder = root_path(f"data:{data.get('name') or 'sample_recordings'}", "name", must_exist=False)
         per_speaker = data.get("per_speaker", 4)
@@ -248,8 +252,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     @app.get("/api/datasets/clips")
     def dataset_clips(path: str) -> dict[str, Any]:
         """Every (speaker, clip, transcript) of a data set's manifests, with a URL to play each clip."""
-        from higgs_train.data.audio_io import resolve_audio_path
-        from higgs_train.speaker_reference import ReferenceError, speaker_clips
 
         folder = root_path(path, "path")
         try:
@@ -278,9 +280,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     async def fill_transcripts(request: Request) -> dict[str, Any]:
         """Write typed transcripts into the data set's ``to_transcribe.tsv``; building it again pairs the filled
         clips (the builder reads the file back, and its content-hash cache redoes no finished file)."""
-        from higgs_train.builder.audio import TO_TRANSCRIBE
-        from higgs_train.builder.build import TEMPLATE_HEADER
-        from higgs_train.paths import write_atomic
 
         data = await body(request)
         folder = root_path(data.get("path"), "path")
@@ -435,7 +434,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
 
 def read_to_transcribe(folder: Path) -> list[dict[str, str]]:
     """``[{clip, text}]`` of a data set's ``to_transcribe.tsv`` in file order (none when there is no file)."""
-    from higgs_train.builder.audio import TO_TRANSCRIBE
 
     path = folder / TO_TRANSCRIBE
     if not path.is_file():

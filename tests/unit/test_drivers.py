@@ -71,6 +71,12 @@ def test_the_worker_spec_is_typed_frozen_and_survives_the_process_boundary():
         ("higgs_train.tune", "higgs_train.driver.train"),
         ("higgs_train.data", "higgs_train.driver"),
         ("higgs_train.training", "higgs_train.driver"),
+        # Commands parse flags; the data path and the builder below them parse none (issue 22.3).
+        ("higgs_train.data", "higgs_train.builder"),
+        ("higgs_train.data", "higgs_train.commands"),
+        ("higgs_train.data", "higgs_train.flag_parser"),
+        ("higgs_train.builder", "higgs_train.commands"),
+        ("higgs_train.builder", "higgs_train.flag_parser"),
     ],
 )
 def test_no_import_arrow_against_the_layout(source, target):
