@@ -1,7 +1,7 @@
 """The Studio's HTTP server: the page (``static/``) and the JSON API it uses, one endpoint per action.
 
-``create_app(StudioSettings)`` builds the FastAPI app (tests drive it with ``TestClient``); ``main`` parses the
-flags of ``ray_jobs/studio.py`` and serves it with uvicorn. Every failure a user can cause is answered with JSON
+``create_app(StudioSettings)`` builds the FastAPI app (tests drive it with ``TestClient``);
+``higgs_train.commands.studio`` parses the flags of ``ray_jobs/studio.py`` and serves it with uvicorn. Every failure a user can cause is answered with JSON
 ``{"error": one line, "field": ...}`` and a 4xx status; anything else with a one-line 500, never a traceback.
 """
 
