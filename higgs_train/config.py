@@ -22,6 +22,10 @@ DEFAULT_LORA_TARGETS = (
 )
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD")
+"""Ray placement-group strategies a training job may ask for (STRICT_PACK would put every worker on one node, which
+``--num_workers`` on CPUs rarely wants; it is left out so a typo-free choice always means "nodes may differ")."""
+
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -112,7 +116,7 @@ class TrainingConfig:
     stream_cache_uri: str = _f(
         "",
         "Where training workers stream the token cache from (s3://, gs://, file://, a shared path); the built "
-        "entry is copied there. Empty: cache_dir.",
+        "entries are copied there. Empty: <storage_path>/_token_cache when storage_path is a URI, else cache_dir.",
     )
     max_tokens_per_row: int = _f(
         0, "Quarantine rows whose merged text + audio length exceeds this (0: the model's max_position_embeddings)."
@@ -190,6 +194,11 @@ class TrainingConfig:
     )
     cpus_per_train_worker: float = _f(0.5, "CPUs reserved per training worker (fractions allowed).")
     max_failures: int = _f(3, "Worker failures Ray Train survives by restarting from the latest checkpoint.")
+    placement_strategy: str = _f(
+        "PACK",
+        "Where Ray places the training workers: PACK (fewest nodes), SPREAD (across nodes when it can) or "
+        "STRICT_SPREAD (one worker per node; waits for enough nodes).",
+    )
     storage_path: str = _f("", "Ray Train storage for checkpoints (local dir, s3://, gs://, NFS); default output_dir.")
     # --- run ---
     output_dir: str = _f("outputs/default", "Where the final adapter, reports and the MLflow store go.")
@@ -270,6 +279,7 @@ class TrainingConfig:
         need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
         need(0 <= self.data_actor_gpus <= 1, "data_actor_gpus", "a share of one GPU per actor, from 0 to 1")
         need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
+        need(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy", ", ".join(PLACEMENT_STRATEGIES))
         need(self.checkpoint_metric in ("val_loss", "sim", "wer"), "checkpoint_metric", "val_loss, sim or wer")
         need(
             self.checkpoint_metric == "val_loss" or self.eval_rows > 0,

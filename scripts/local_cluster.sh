@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# A single-node Ray head on loopback, for `ray job submit` against http://127.0.0.1:8265 (see docs/ray_jobs.md).
+# A Ray head on loopback, for `ray job submit` against http://127.0.0.1:8265 (see docs/ray_jobs.md), and optionally
+# more Ray nodes on the same machine, so multi-node placement and a lost node can be tried without a cluster.
 #
-#   scripts/local_cluster.sh start    # head + dashboard (the job server lives in the dashboard)
-#   scripts/local_cluster.sh status   # `ray status` of this head
-#   scripts/local_cluster.sh token    # only make sure the auth token exists, mode 0600; print its path
-#   scripts/local_cluster.sh stop     # stop this head only
+#   scripts/local_cluster.sh start             # head + dashboard (the job server lives in the dashboard)
+#   scripts/local_cluster.sh start --nodes 2   # head + a second node; on a running head: start the missing nodes
+#   scripts/local_cluster.sh status            # `ray status` of this cluster
+#   scripts/local_cluster.sh token             # only make sure the auth token exists, mode 0600; print its path
+#   scripts/local_cluster.sh stop              # stop this head and its nodes only
 #
 # Why these choices:
 # * Everything that Ray lets us bind is bound to 127.0.0.1: the job API runs arbitrary code for whoever reaches it.
@@ -22,6 +24,12 @@
 #   test run; use it only on a machine that is yours alone.)
 # * --num-cpus=2: one quick-test job needs 0.5 CPU for the data actor and 0.5 for the training worker; the
 #   driver and the job supervisor reserve none.
+# * --nodes N: node k (2..N) is `ray start --address=<head>` with its own --num-cpus (HIGGS_RAY_NUM_CPUS each) and
+#   its own temp dir <temp dir>-n<k>, which identifies its processes (`stop` and a test that kills one node's
+#   raylet find them by it). Every node, the head included, carries a custom resource naming it (higgs_node_<k>: 1),
+#   so a task or a test can pin work to one node. Its other ports are chosen by Ray (0: free ones), since two
+#   nodes on one machine cannot share them. `start --nodes N` on a running head starts only the nodes that are not
+#   running: that is how a lost node comes back.
 #
 # Overrides (environment): HIGGS_RAY_PORT (GCS, 6390), HIGGS_RAY_DASHBOARD_PORT (8265),
 # HIGGS_RAY_NUM_CPUS (2), HIGGS_RAY_TEMP_DIR (/tmp/higgs-ray), RAY_AUTH_MODE (token).
@@ -39,9 +47,12 @@ case "$RAY_AUTH_MODE" in
   *) echo "RAY_AUTH_MODE must be 'token' or 'disabled', got '$RAY_AUTH_MODE'" >&2; exit 2 ;;
 esac
 
-# PIDs of this head's processes: those whose command line names TEMP_DIR, plus all their descendants.
+NODES=1
+
+# PIDs of one node's processes: those whose command line names its temp dir ($1, default the head's), plus all
+# their descendants.
 head_pids() {
-  python - "$TEMP_DIR" <<'PY'
+  python - "${1:-$TEMP_DIR}" <<'PY'
 import sys
 
 import psutil
@@ -93,8 +104,57 @@ ensure_token() {
   chmod 600 "$path"
 }
 
+node_dir() {
+  echo "${TEMP_DIR}-n$1"
+}
+
+# Node $1 (>= 2) joins the head; its temp dir names its processes.
+start_node() {
+  local dir
+  dir="$(node_dir "$1")"
+  mkdir -p "$dir"
+  ray start --address="127.0.0.1:$PORT" \
+    --node-ip-address=127.0.0.1 \
+    --num-cpus="$NUM_CPUS" \
+    --num-gpus=0 \
+    --resources="{\"higgs_node_$1\": 1}" \
+    --dashboard-agent-listen-port=0 \
+    --temp-dir="$dir" \
+    --disable-usage-stats >/dev/null
+  echo "Ray node $1 up: $NUM_CPUS CPUs, resource higgs_node_$1, temp dir $dir"
+}
+
+# Whether node $1's raylet runs (a node whose raylet died is lost to the cluster, even if helpers of it remain).
+raylet_running() {
+  python - "$(node_dir "$1")/" <<'PY'
+import sys
+
+import psutil
+
+for proc in psutil.process_iter(["cmdline"]):
+    args = proc.info["cmdline"] or []
+    if args and args[0].endswith("/raylet") and any(sys.argv[1] in arg for arg in args):
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+start_missing_nodes() {
+  local k
+  for k in $(seq 2 "$NODES"); do
+    if ! raylet_running "$k"; then
+      stop_one "$(node_dir "$k")" "node $k (leftovers)" >/dev/null  # e.g. its log monitor, after a lost raylet
+      start_node "$k"
+    fi
+  done
+}
+
 start() {
   if [[ -n "$(head_pids)" ]]; then
+    if [[ "$NODES" -gt 1 ]]; then
+      start_missing_nodes
+      return 0
+    fi
     echo "a Ray head with temp dir $TEMP_DIR is already running; run '$0 stop' first" >&2
     exit 1
   fi
@@ -111,12 +171,14 @@ start() {
     --dashboard-agent-listen-port=0 \
     --num-cpus="$NUM_CPUS" \
     --num-gpus=0 \
+    --resources='{"higgs_node_1": 1}' \
     --temp-dir="$TEMP_DIR" \
     --disable-usage-stats
   # `ray start` returns before the job server answers; wait for it so a following `ray job submit` cannot race.
   for _ in $(seq 1 60); do
     if ray job list --address "http://127.0.0.1:$DASHBOARD_PORT" >/dev/null 2>&1; then
       echo "Ray head up: jobs at http://127.0.0.1:$DASHBOARD_PORT, GCS port $PORT, RAY_AUTH_MODE=$RAY_AUTH_MODE, temp dir $TEMP_DIR"
+      start_missing_nodes
       return 0
     fi
     sleep 1
@@ -125,30 +187,54 @@ start() {
   exit 1
 }
 
-stop() {
+# Stop the processes of the node whose temp dir is $1 ($2 names it in messages).
+stop_one() {
   local pids
-  pids="$(head_pids)"
+  pids="$(head_pids "$1")"
   if [[ -z "$pids" ]]; then
-    echo "no Ray head with temp dir $TEMP_DIR is running"
+    echo "no Ray $2 with temp dir $1 is running"
     return 0
   fi
   # shellcheck disable=SC2086  # word splitting of the PID list is intended
   kill -TERM $pids 2>/dev/null || true
   # gcs_server and the autoscaler monitor were seen ignoring SIGTERM for over 15 s: give a short grace, then kill.
   for _ in $(seq 1 5); do
-    pids="$(head_pids)"
-    [[ -z "$pids" ]] && { echo "Ray head stopped"; return 0; }
+    pids="$(head_pids "$1")"
+    [[ -z "$pids" ]] && { echo "Ray $2 stopped"; return 0; }
     sleep 1
   done
   # shellcheck disable=SC2086
   kill -KILL $pids 2>/dev/null || true
-  echo "Ray head stopped (SIGKILL after 5 s for: $pids)"
+  echo "Ray $2 stopped (SIGKILL after 5 s for: $pids)"
 }
 
-case "${1:-}" in
+stop() {
+  local dir
+  # Nodes first: a node whose head is gone first spends its time reconnecting. Every <temp dir>-n<k> is one.
+  for dir in "${TEMP_DIR}"-n*; do
+    [[ -d "$dir" ]] && stop_one "$dir" "node ${dir##*-n}"
+  done
+  stop_one "$TEMP_DIR" head
+}
+
+command="${1:-}"
+shift || true
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --nodes) NODES="${2:-}"; shift 2 || { echo "--nodes needs a number" >&2; exit 2; } ;;
+    --nodes=*) NODES="${1#--nodes=}"; shift ;;
+    *) echo "unknown option '$1' (usage: $0 start [--nodes N]|stop|status|token)" >&2; exit 2 ;;
+  esac
+done
+if ! [[ "$NODES" =~ ^[1-9][0-9]*$ ]]; then
+  echo "--nodes must be a whole number >= 1, got '$NODES'" >&2
+  exit 2
+fi
+
+case "$command" in
   start) start ;;
   stop) stop ;;
   status) ray status --address "127.0.0.1:$PORT" ;;
   token) ensure_token; token_path ;;
-  *) echo "usage: $0 start|stop|status|token" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--nodes N]|stop|status|token" >&2; exit 2 ;;
 esac

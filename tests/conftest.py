@@ -2,24 +2,18 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from local_ports import free_port
 
 import higgs_train  # noqa: F401  (sets HF_HUB_OFFLINE=1 unless the environment says otherwise)
 
 BUCKET = "higgs-ckpt"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

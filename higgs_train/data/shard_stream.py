@@ -341,11 +341,23 @@ def publish_entry(local_entry: str | Path, root: str) -> str:
     return target
 
 
-def stream_root_for_workers(local_entry: str | Path, stream_cache_uri: str) -> str:
-    """The root workers stream the entry from: ``stream_cache_uri`` after publishing the entry there, else the
-    local cache root (which multi-node jobs must put on storage every node sees)."""
-    local_entry = Path(local_entry).resolve()
+def stream_root_for_workers(local_entries: Sequence[str | Path], stream_cache_uri: str) -> str:
+    """The root workers stream the entries (training, validation) from: ``stream_cache_uri`` after publishing them
+    there, else the local cache root (a single node, or a cache on a mount every node sees)."""
+    local_entries = [Path(entry).resolve() for entry in local_entries]
     if not stream_cache_uri:
-        return str(local_entry.parent)
-    publish_entry(local_entry, stream_cache_uri)
+        return str(local_entries[0].parent)
+    for entry in local_entries:
+        publish_entry(entry, stream_cache_uri)
     return stream_cache_uri
+
+
+def read_entry(root: str, key: str) -> list[dict[str, Any]]:
+    """Every record of entry ``key`` under ``root`` (a local path or a URI), in the entry's order: for a small entry
+    that each worker needs whole (the validation set), read from wherever the training entry streams from, so no
+    worker needs the driver's disk."""
+    reader = EntryReader(join(root, key))
+    try:
+        return reader.read(range(len(reader)))
+    finally:
+        reader.close()

@@ -30,6 +30,20 @@ def storage_root(config: TrainingConfig) -> str:
     return str((Path(config.output_dir) / "ray_results").resolve())
 
 
+STREAM_CACHE_DIR = "_token_cache"  # under a URI storage; no run name can start with "_", so no run's folder is it
+
+
+def stream_cache_location(config: TrainingConfig, storage: str) -> str:
+    """Where workers stream the token cache from: ``--stream_cache_uri``, else ``<storage>/_token_cache`` when the
+    run's storage is a URI (``s3://``, ``gs://``: the one place every node reads, so a cluster needs no other shared
+    storage), else "" (the local cache root: one node, or ``--cache_dir`` on a mount every node sees)."""
+    from higgs_train.training.checkpoint_store import is_uri, join
+
+    if config.stream_cache_uri:
+        return config.stream_cache_uri
+    return join(storage, STREAM_CACHE_DIR) if is_uri(storage) else ""
+
+
 def run_params(config: TrainingConfig) -> dict[str, Any]:
     """The MLflow parameters of a run: the config, plus the learning rate ``--learning_rate 0`` resolves to."""
     from higgs_train.models import effective_learning_rate

@@ -4,7 +4,9 @@
    join or start Ray and check its resources;
 2. prepare the data (``driver.prepare``: manifests -> token caches in Ray Data CPU actors, reports, data metrics);
 3. fit a ``TorchTrainer`` whose workers run ``HiggsAudioTrainer`` (``driver.worker``);
-4. finalize: log the final adapter, resolved config, loss curve, data reports; end the MLflow run FINISHED or FAILED.
+4. finalize: take the final adapter and history from the run's final checkpoint in storage (workers may run on
+   other machines: nothing they write on their disks is read here), write them and the loss curve into
+   ``--output_dir``, log them with the resolved config and data reports; end the MLflow run FINISHED or FAILED.
 """
 
 from __future__ import annotations
@@ -69,9 +71,53 @@ def check_outputs(adapter_dir: Path, history: Path, loss_curve: Path | None) -> 
     if missing:
         raise JobOutputsMissing(
             "training finished but these outputs are missing: " + ", ".join(missing) + " (a worker may have written "
-            "them relative to its own working directory, or on another node: give --output_dir on storage every "
-            "node sees)"
+            "them relative to its own working directory, or the run's final checkpoint did not reach storage)"
         )
+
+
+def publish_final_outputs(
+    checkpoint: str, output: Path, config: TrainingConfig, last_step: int | None = None
+) -> list[dict[str, Any]]:
+    """Write the final adapter (with ``training_config.yaml``) and ``history.json`` into the driver's ``output``
+    from the run's final checkpoint (``checkpoint``: a folder or URI in the run's storage); returns the history.
+    ``last_step``: the step training last reported; a checkpoint of another step is refused, never published.
+
+    Every run ends with a checkpoint at its last step (``HiggsAudioTrainer._after_step``), reported to Ray and
+    uploaded to storage, and Ray's retention always keeps the latest one. Reading it here instead of what rank 0
+    wrote means the driver needs no disk in common with the workers; it is verified against its manifest first.
+    """
+    import shutil
+
+    from higgs_train.adapter import ADAPTER_DIR, STATE_FILE
+    from higgs_train.paths import replace_dir, staging_dir, write_atomic
+    from higgs_train.training.checkpoint import TrainerState
+    from higgs_train.training.checkpoint_store import open_checkpoint
+
+    with open_checkpoint(checkpoint) as local:
+        state = TrainerState.from_json((local / STATE_FILE).read_text())
+        if last_step is not None and state.global_step != last_step:
+            raise JobOutputsMissing(
+                f"training ended at step {last_step} but the run's latest checkpoint {checkpoint} is of step "
+                f"{state.global_step}: the final adapter is not in storage; rerun the job (it resumes the run)"
+            )
+        staging = staging_dir(output / "adapter")
+        shutil.copytree(local / ADAPTER_DIR, staging, dirs_exist_ok=True)
+    config.replace(resume_from="").save(staging / "training_config.yaml")  # what the workers trained with
+    replace_dir(staging, output / "adapter")
+    write_atomic(output / "history.json", json.dumps(state.history, indent=1))
+    return state.history
+
+
+def final_checkpoint(result: Any, storage: str, run_name: str) -> str:
+    """The run's final checkpoint as a location in ``storage``: Ray's ``Result.checkpoint`` (the latest reported)."""
+    from higgs_train.training.checkpoint_store import join
+
+    if result.checkpoint is None:
+        raise JobOutputsMissing(
+            f"training finished but Ray reported no checkpoint for run {run_name} in {storage}: the final adapter "
+            "and history.json cannot be collected; rerun the job (it resumes from the run's checkpoints)"
+        )
+    return join(storage, run_name, Path(result.checkpoint.path).name)
 
 
 def run_training_job(config: TrainingConfig) -> JobResult:
@@ -82,9 +128,16 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     """
     from higgs_train.console import quiet_libraries
     from higgs_train.data.shard_stream import stream_root_for_workers
-    from higgs_train.driver.cluster import COMPLETED_MARKER, check_cpu_budget, resolve_run, run_params, storage_root
+    from higgs_train.driver.cluster import (
+        COMPLETED_MARKER,
+        check_cpu_budget,
+        resolve_run,
+        run_params,
+        storage_root,
+        stream_cache_location,
+    )
     from higgs_train.driver.prepare import prepare_data
-    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
+    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer, start_tracker_relay
     from higgs_train.paths import resolve_user_paths, write_atomic
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking import RunTracker, resolve_tracking_uri, tracking_error_in
@@ -113,6 +166,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
             write_atomic(output / "data_keys.json", json.dumps(data.data_keys, indent=2) + "\n")  # export's card
             config.save(output / "resolved_config.yaml")
             storage = storage_root(config)
+            entries = [data.train.entry.path, *([data.val.entry.path] if data.val_key else [])]
             spec = WorkerSpec(
                 config=config,
                 cache_root=str(data.cache_root),
@@ -120,14 +174,20 @@ def run_training_job(config: TrainingConfig) -> JobResult:
                 val_key=data.val_key,
                 mlflow_run_id=tracker.run_id,
                 mlflow_tracking_uri=tracking_uri,
-                stream_root=stream_root_for_workers(data.train.entry.path, config.stream_cache_uri),
+                stream_root=stream_root_for_workers(entries, stream_cache_location(config, storage)),
                 checkpoint_storage=storage,
+                node_local_outputs=True,
+                tracker_relay=start_tracker_relay(tracking_uri, tracker.run_id),  # rank 0 logs via this node
             )
             try:
                 result = build_torch_trainer(spec, run_name, storage).fit()
             except Exception as exc:  # a worker that cannot log says so in one line, not in Ray's nested tracebacks
                 raise (tracking_error_in(exc) or exc) from exc
             finally:
+                if spec.tracker_relay is not None:
+                    import ray
+
+                    ray.kill(spec.tracker_relay)
                 tracker.log_metrics(data.metrics, step=0)  # after the loss curves (PreparedData.metrics)
             if result.error:
                 raise RuntimeError(f"training failed: {result.error}") from result.error
@@ -136,7 +196,8 @@ def run_training_job(config: TrainingConfig) -> JobResult:
             remove_debris(storage, run_name)
             metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
             adapter_dir = output / "adapter"
-            history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
+            last_step = int(metrics["step"]) if "step" in metrics else None
+            history = publish_final_outputs(final_checkpoint(result, storage, run_name), output, config, last_step)
             curve = tracker.log_loss_curve(history, output / "loss_curve.png") or _plot_untracked(history, output)
             check_outputs(adapter_dir, output / "history.json", curve)
             tracker.check_logged("train/total_loss", last_logged_step(history))

@@ -7,12 +7,20 @@ Data reaches workers through the token cache (Parquet written by the Ray Data pr
 plans the epoch from the lengths column alone and streams only the rows of its own share of that deterministic plan
 (``data/shard_stream.py``), which guarantees equal step counts per worker (Ray Data's streaming split gives equal
 *rows*, not equal token-budget batches, and unequal step counts hang DDP). The entry is read from
-``stream_cache_uri`` (``s3://``, ``gs://``, ``file://``) when set, else from ``cache_dir``.
+``stream_cache_uri`` (``s3://``, ``gs://``, ``file://``) when set (by default ``<storage_path>/_token_cache`` when the
+run's storage is a URI), else from ``cache_dir``; the validation entry is read whole from the same place.
+
+Nothing a worker writes has to reach the driver through a disk: with ``WorkerSpec.node_local_outputs`` rank 0
+writes its own files (validation samples, evaluation rows, the adapter it saves at the end) into a scratch folder
+of its node (``worker_scratch_dir``), and the driver takes the final adapter and history from the run's final
+checkpoint in storage (``driver.train.publish_final_outputs``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +76,76 @@ class RayWorkerContext(WorkerContext):
         ray.train.report(as_float_metrics(metrics), checkpoint=checkpoint)
 
 
+class TrackerRelay:
+    """Rank 0's MLflow logging, done on the driver's node: a Ray actor there holds the run's tracker.
+
+    Why: rank 0 may run on a node that cannot reach the tracking store the driver opened (the default store is an
+    SQLite file next to ``--output_dir`` on the driver's disk). Metrics, the last logged step and artifact files
+    (sent as bytes) travel through Ray instead, so a cluster needs no shared disk for MLflow either.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from higgs_train.tracking import RunTracker
+
+        self._tracker = RunTracker(tracking_uri).attach(run_id)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        self._tracker.log_metrics(metrics, step)
+
+    def last_logged_step(self, key: str) -> int:
+        return self._tracker.last_logged_step(key)
+
+    def log_files(self, name: str, files: dict[str, bytes], is_dir: bool, artifact_path: str | None) -> None:
+        """Log what rank 0 had at ``name`` (a file, or a folder's ``files`` by relative path) under
+        ``artifact_path``."""
+        with tempfile.TemporaryDirectory(prefix="higgs-relay-") as tmp:
+            root = Path(tmp) / name
+            for relative, data in files.items():
+                target = root / relative if is_dir else root
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            self._tracker.log_artifact(root, artifact_path)
+
+
+def start_tracker_relay(tracking_uri: str, run_id: str | None) -> Any:
+    """A ``TrackerRelay`` actor pinned to this (the driver's) node, or None when the job is not tracked."""
+    if not run_id:
+        return None
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy=here)(TrackerRelay)
+    return actor.remote(tracking_uri, run_id)
+
+
+@dataclass(frozen=True)
+class RelayedTracker:
+    """What rank 0 logs through (``RayWorkerContext.current``): a ``TrackerRelay`` on the driver's node."""
+
+    relay: Any
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        import ray
+
+        ray.get(self.relay.log_metrics.remote(as_float_metrics(metrics), step))
+
+    def last_logged_step(self, key: str) -> int:
+        import ray
+
+        return ray.get(self.relay.last_logged_step.remote(key))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import ray
+
+        path = Path(path)
+        if path.is_dir():
+            files = {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        else:
+            files = {path.name: path.read_bytes()}
+        ray.get(self.relay.log_files.remote(path.name, files, path.is_dir(), artifact_path))
+
+
 WORKER_SPEC = "worker_spec"  # the one key of Ray Train's ``train_loop_config``
 
 
@@ -91,6 +169,25 @@ class WorkerSpec:
     checkpoint_storage: str = ""
     trial_id: str | None = None
     placement_groups: Any = None
+    # True (the training driver): rank 0 writes into its node's scratch folder, never into ``config.output_dir``,
+    # a path of the driver's machine. False (a Tune trial): into ``config.output_dir``, where the sweep looks first.
+    node_local_outputs: bool = False
+    # A ``TrackerRelay`` actor on the driver's node (the training driver): rank 0 logs through it, not into the
+    # tracking store itself. None (a Tune trial): rank 0 attaches to ``mlflow_tracking_uri``.
+    tracker_relay: Any = None
+
+
+WORKER_SCRATCH_ENV = "HIGGS_WORKER_SCRATCH"
+
+
+def worker_scratch_dir(run_name: str) -> Path:
+    """Rank 0's writable folder on its own node: ``$HIGGS_WORKER_SCRATCH/<run>`` (else under the node's temp dir).
+
+    Files there are evidence only (they are logged to MLflow as they are written); what the job promises in
+    ``--output_dir`` reaches the driver through the run's storage.
+    """
+    root = os.environ.get(WORKER_SCRATCH_ENV) or str(Path(tempfile.gettempdir()) / "higgs-train-worker")
+    return Path(root) / run_name
 
 
 def train_loop_per_worker(loop_config: dict[str, WorkerSpec]) -> None:
@@ -102,21 +199,25 @@ def run_worker(spec: WorkerSpec) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
 
-    from higgs_train.data.shard_stream import open_shard_stream
-    from higgs_train.data.token_cache import TokenCache
+    from higgs_train.data.shard_stream import open_shard_stream, read_entry
     from higgs_train.tracking import RunTracker
     from higgs_train.training.trainer import HiggsAudioTrainer
 
     config = spec.config
+    if spec.node_local_outputs:
+        config = config.replace(output_dir=str(worker_scratch_dir(config.run_name)))
     tracker = RunTracker.disabled()
-    if ray.train.get_context().get_world_rank() == 0 and spec.mlflow_run_id:
+    if ray.train.get_context().get_world_rank() == 0 and spec.tracker_relay is not None:
+        tracker = RelayedTracker(spec.tracker_relay)
+    elif ray.train.get_context().get_world_rank() == 0 and spec.mlflow_run_id:
         tracker = RunTracker(spec.mlflow_tracking_uri).attach(spec.mlflow_run_id)
     context = RayWorkerContext.current(tracker, console_lines=spec.trial_id is None)
     world = context.world_size
-    cache = TokenCache(spec.cache_root)
-    # Only this worker's rows, one step ahead, from wherever the driver published the entry (data/shard_stream.py).
-    train_records = open_shard_stream(spec.stream_root or spec.cache_root, spec.train_key)
-    val_records = cache.open(spec.val_key).records() if spec.val_key else []
+    # Only this worker's rows, one step ahead, from wherever the driver published the entries (data/shard_stream.py);
+    # the validation entry, small and needed whole, from the same place (not the driver's cache_root).
+    stream_root = spec.stream_root or spec.cache_root
+    train_records = open_shard_stream(stream_root, spec.train_key)
+    val_records = read_entry(stream_root, spec.val_key) if spec.val_key else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
     trainer = HiggsAudioTrainer(config.replace(resume_from=""), context, train_records, val_records)
@@ -206,7 +307,10 @@ def build_torch_trainer(
         train_loop_config={WORKER_SPEC: spec},
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(
             logging_config=train_logging_config(config.verbose),

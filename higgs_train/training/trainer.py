@@ -264,6 +264,7 @@ class HiggsAudioTrainer:
         last_metrics: dict[str, float] = {}
         interrupted = False
         start_epoch = self.state.epoch
+        restored_step = self.state.global_step
         for epoch in range(start_epoch, cfg.num_epochs):
             steps = self._epoch_steps(epoch)
             first = self.state.step_in_epoch if epoch == start_epoch else 0
@@ -286,6 +287,12 @@ class HiggsAudioTrainer:
                 break
         if interrupted:
             return TrainResult(self.state, None, last_metrics)
+        if restored_step and self.state.global_step == restored_step:
+            # Restored at the last step (a worker lost after its final checkpoint reached storage but before Ray
+            # registered it): report that state again, so the run's latest registered checkpoint -- where the
+            # driver takes the final adapter and history from -- is the final one.
+            last_metrics = dict(self.state.metrics)
+            self._save_and_report(last_metrics)
         adapter_dir = self._finish(last_metrics)
         return TrainResult(self.state, adapter_dir, last_metrics)
 

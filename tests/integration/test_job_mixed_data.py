@@ -65,5 +65,8 @@ def test_job_quarantines_bad_rows_and_trains_every_good_row(tmp_path):
     # One epoch of batch 2 over the good rows: every good row is trained exactly once (see test_batching).
     assert [h["step"] for h in history] == list(range(1, good // 2 + 1))
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
-    # The driver published the training entry (complete, _SUCCESS last) where the workers streamed it from.
-    assert len(list((tmp_path / "published").glob("*/_SUCCESS"))) == 1
+    # The driver published the training and validation entries (complete, _SUCCESS last) where the workers streamed
+    # them from: the very entries it built in its local cache (default <output_dir>/../token_cache).
+    published = {p.parent.name for p in (tmp_path / "published").glob("*/_SUCCESS")}
+    built = {p.parent.name for p in (tmp_path / "out" / "token_cache").glob("*/_SUCCESS")}
+    assert len(published) == 2 and published == built

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,10 @@ class WorkerKiller:
     storage: str
     run_name: str
     timeout_s: float = 900.0
+    # What to kill (default: this process's Ray Train workers; the two-node test: one node's raylet), and what to do
+    # once they are gone (the two-node test: start the lost node again).
+    targets: Callable[[], list[int]] = train_worker_pids
+    then: Callable[[], None] | None = None
     killed: list[int] = field(default_factory=list)
     steps_logged_at_kill: list[int] = field(default_factory=list)
     registered_step_at_kill: int = -1
@@ -96,7 +101,7 @@ class WorkerKiller:
                 steps = []
             registered = max(registered_checkpoints(self.storage, self.run_name).values(), default=0)
             if registered and steps and max(steps) > registered:
-                pids = train_worker_pids()
+                pids = self.targets()
                 if pids:
                     self.steps_logged_at_kill = steps
                     self.registered_step_at_kill = registered
@@ -107,6 +112,8 @@ class WorkerKiller:
                     newest = find_resume_checkpoint(self.storage, self.run_name)
                     self.newest_verified_at_kill = newest.global_step if newest else -1
                     self.killed = pids
+                    if self.then is not None:
+                        self.then()
                     return
             self._stop.wait(0.2)
 

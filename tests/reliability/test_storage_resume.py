@@ -76,6 +76,38 @@ def test_a_completed_run_on_s3_is_not_resumed(tmp_path, s3, checkpoints):
     assert (run_name, resume) == ("voice-2", None)
 
 
+def test_the_driver_takes_the_final_outputs_from_the_checkpoint_in_storage(tmp_path, s3, checkpoints):
+    """What the driver writes into --output_dir comes from the run's final checkpoint on S3, not from a worker's
+    disk; a checkpoint of another step than the last reported one is refused, and nothing is published."""
+    from higgs_train.driver.train import JobOutputsMissing, publish_final_outputs
+
+    location = f"{s3}/final/voice/{NEWER}"
+    upload(checkpoints[4], location)
+    out = tmp_path / "driver-out"
+    config = TrainingConfig(output_dir=str(out), lora_r=4)
+    with pytest.raises(JobOutputsMissing, match="step 5 but .* of step 4"):
+        publish_final_outputs(location, out, config, last_step=5)
+    assert not (out / "adapter").exists() and not (out / "history.json").exists()
+
+    history = publish_final_outputs(location, out, config, last_step=4)
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert json.loads((out / "history.json").read_text()) == history
+    stored = checkpoints[4] / "adapter" / "adapter_model.safetensors"
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == stored.read_bytes()
+    assert TrainingConfig.load(out / "adapter" / "training_config.yaml") == config
+
+
+def test_a_worker_restored_at_the_last_step_reports_the_final_checkpoint_again(tmp_path, checkpoints, records):
+    """A worker lost after its final checkpoint reached storage, but before Ray registered it, is restored at the
+    last step and runs none: it must report that state again, or Ray's latest checkpoint (where the driver takes the
+    final adapter and history from) would be an older step."""
+    trainer = trainer_for(tmp_path / "t", records, max_steps=4)
+    trainer.load_checkpoint(checkpoints[4])
+    result = trainer.train()
+    assert result.state.global_step == 4 and trainer.context.reported[-1]["step"] == 4
+    assert (tmp_path / "t" / "checkpoints" / "step_0000004" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Whole jobs: fail after a checkpoint, rerun, resume
 # --------------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,31 @@ def test_the_worker_spec_is_typed_frozen_and_survives_the_process_boundary():
     assert back == spec and isinstance(back.config, TrainingConfig) and back.config.lora_r == 4
 
 
+def test_the_placement_strategy_reaches_ray_train_and_a_bad_one_is_refused_naming_the_choices():
+    """``--placement_strategy`` is what Ray's placement group gets (STRICT_SPREAD: one worker per node); the default
+    keeps the single-node behaviour (PACK)."""
+    from higgs_train.driver.worker import build_torch_trainer
+
+    assert TrainingConfig().placement_strategy == "PACK"
+    config = config_from_args(["--placement_strategy", "STRICT_SPREAD", "--num_workers", "2"])
+    spec = WorkerSpec(
+        config, cache_root="/cache", train_key="k", val_key=None, mlflow_run_id=None, mlflow_tracking_uri=""
+    )
+    scaling = build_torch_trainer(spec, "run", "/tmp/storage").scaling_config
+    assert (scaling.placement_strategy, scaling.num_workers) == ("STRICT_SPREAD", 2)
+    with pytest.raises(ValueError, match=r"placement_strategy='spread'.*PACK, SPREAD, STRICT_SPREAD"):
+        config_from_args(["--placement_strategy", "spread"])
+
+
+def test_workers_stream_the_token_cache_from_the_runs_storage_when_it_is_a_uri():
+    """Only --storage_path needs to be shared: a URI storage carries the token cache too, unless told otherwise."""
+    from higgs_train.driver.cluster import stream_cache_location
+
+    assert stream_cache_location(TrainingConfig(), "s3://bucket/runs") == "s3://bucket/runs/_token_cache"
+    assert stream_cache_location(TrainingConfig(stream_cache_uri="gs://b/c"), "s3://bucket/runs") == "gs://b/c"
+    assert stream_cache_location(TrainingConfig(), "/local/ray_results") == ""  # one node: the local cache root
+
+
 # --------------------------------------------------------------------------------------------------- layout
 @pytest.mark.parametrize(
     ("source", "target"),

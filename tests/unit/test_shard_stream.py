@@ -18,6 +18,8 @@ from higgs_train.data.shard_stream import (
     StreamError,
     open_shard_stream,
     publish_entry,
+    read_entry,
+    stream_root_for_workers,
 )
 
 
@@ -116,3 +118,21 @@ def test_publish_to_a_file_uri_and_stream_from_it(entry, tmp_path):
     assert [int(stream[i]["row_index"]) for i in (3, 4)] == [3, 4]
     np.testing.assert_array_equal(stream.lengths(), EntryReader(str(entry)).locations.num_tokens)
     stream.close()
+
+
+def test_workers_read_the_validation_entry_from_where_the_training_entry_streams(entry, tmp_path):
+    """Both entries are published to the stream root, and the validation set is read whole from there: a worker on
+    another node never opens the driver's cache folder (which is then gone here)."""
+    import shutil
+
+    from higgs_train.data.token_cache import TokenCache
+
+    cache = tmp_path / "cache"
+    train, val = (shutil.copytree(entry, cache / name) for name in ("train-key", "val-key"))
+    expected = TokenCache(cache).open("val-key").records()
+    root = stream_root_for_workers([train, val], f"file://{tmp_path / 'remote'}")
+    shutil.rmtree(cache)
+    records = read_entry(root, "val-key")
+    assert [int(r["row_index"]) for r in records] == [int(r["row_index"]) for r in expected] == list(range(300))
+    np.testing.assert_array_equal(records[42]["audio_codes"], expected[42]["audio_codes"])
+    assert stream_root_for_workers([entry], "") == str(entry.parent)  # no stream URI: the local cache root

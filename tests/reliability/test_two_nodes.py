@@ -1,0 +1,179 @@
+"""Two Ray nodes, one of them lost mid-run, and nothing shared but the run's storage.
+
+A head and a second node on loopback (``scripts/local_cluster.sh start --nodes 2``, one CPU each), a 2-worker job
+placed with ``--placement_strategy STRICT_SPREAD`` (one worker per node), checkpoints and the token cache on
+``s3://`` (moto's server). Once Ray has registered a checkpoint and a step past it is logged, the second node's
+raylet is SIGKILLed (the node is lost, its worker with it) and the node is started again; Ray Train restarts the
+worker group (``--max_failures``) on the head and the new node from the newest checkpoint. The job must finish
+with every step exactly once in ``history.json`` and in MLflow.
+
+The same run proves that outputs travel through Ray (issue 21 item 4): the workers write only into their node's
+scratch folder (``HIGGS_WORKER_SCRATCH``), the driver's token cache is moved away before any worker starts (so the
+validation rows, too, come from the run's storage), and the adapter, history, loss curve and reports still land
+in the driver's ``--output_dir``, taken from the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.fs as pafs
+import pytest
+import ray
+import yaml
+from local_ports import free_port
+from ray_faults import ROOT, WorkerKiller, logged_steps
+
+from higgs_train.config import TrainingConfig
+from higgs_train.driver import worker as worker_module
+from higgs_train.driver.cluster import STREAM_CACHE_DIR
+from higgs_train.driver.train import run_training_job
+from higgs_train.sample_data import create_sample_data
+from higgs_train.tracking import embedded_tracking_uri
+from higgs_train.training.checkpoint_store import filesystem_and_path, join
+
+pytestmark = pytest.mark.integration
+
+MAX_STEPS = 10  # steps take about a second: enough of them for the kill to land between two checkpoints
+SAVE_EVERY = 2
+SCRIPT = str(ROOT / "scripts" / "local_cluster.sh")
+
+
+def raylet_pids(node_temp_dir: Path) -> list[int]:
+    """The raylet of the node whose temp dir is ``node_temp_dir`` (found by it: other clusters are never touched)."""
+    needle = f"{node_temp_dir}/"
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        args = proc.info["cmdline"] or []
+        if args and args[0].endswith("/raylet") and any(needle in arg for arg in args):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def alive_nodes() -> list[dict]:
+    return [n for n in ray.nodes() if n["Alive"]]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3):
+    """Head + node 2 (one CPU each), started after the S3 server so both nodes' workers get its AWS_* variables.
+
+    Node loss is noticed in about a second (GCS health checks every 500 ms) instead of Ray's default ~15 s. A
+    private RAY_TMPDIR keeps the head out of /tmp/ray/ray_current_cluster, where others' plain ``ray.init()`` looks.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="hr-2n-", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": str(tmp),
+        "HIGGS_RAY_TEMP_DIR": str(tmp / "ray"),
+        "HIGGS_RAY_PORT": str(port),
+        "HIGGS_RAY_DASHBOARD_PORT": str(free_port()),
+        "HIGGS_RAY_NUM_CPUS": "1",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_health_check_period_ms": "500",
+        "RAY_health_check_failure_threshold": "2",
+        "HIGGS_WORKER_SCRATCH": str(tmp / "scratch"),
+    }
+    env.pop("RAY_ADDRESS", None)
+    try:
+        started = subprocess.run([SCRIPT, "start", "--nodes", "2"], env=env, capture_output=True, text=True)
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield {"env": env, "address": f"127.0.0.1:{port}", "node2": tmp / "ray-n2", "scratch": tmp / "scratch"}
+    finally:
+        ray.shutdown()
+        stopped = subprocess.run([SCRIPT, "stop"], env=env, capture_output=True, text=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert "node 2 stopped" in stopped.stdout and "head stopped" in stopped.stdout, stopped.stdout
+    assert not raylet_pids(tmp / "ray") and not raylet_pids(tmp / "ray-n2")
+
+
+def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tmp_path, s3, two_nodes, monkeypatch):
+    data = create_sample_data(tmp_path / "data", utterances_per_speaker=3)  # 8 training rows: 2 steps an epoch
+    storage = f"{s3}/two-nodes"
+    out = tmp_path / "driver" / "voice"
+    cache = tmp_path / "driver" / "token_cache"
+    config = TrainingConfig(
+        train_data=str(data["train"]),
+        val_data=str(data["val"]),
+        output_dir=str(out),
+        cache_dir=str(cache),
+        storage_path=storage,
+        num_workers=2,
+        placement_strategy="STRICT_SPREAD",
+        max_failures=3,
+        batch_size=2,
+        num_epochs=5,
+        max_steps=MAX_STEPS,
+        save_every_steps=SAVE_EVERY,
+        eval_every_steps=SAVE_EVERY,
+        warmup_steps=1,
+    )
+    monkeypatch.setenv("RAY_ADDRESS", two_nodes["address"])
+    ray.init(address=two_nodes["address"])  # the job joins it (init_ray); here first, to wait for both nodes
+    deadline = time.monotonic() + 60
+    while len(alive_nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {r for n in alive_nodes() for r in n["Resources"] if r.startswith("higgs_node_")} == {
+        "higgs_node_1",
+        "higgs_node_2",
+    }
+    ray.shutdown()
+
+    # Once the caches are built, the driver's copy goes away: a worker that reads it fails the job.
+    build = worker_module.build_torch_trainer
+
+    def build_without_the_drivers_cache(*args, **kwargs):
+        shutil.move(cache, tmp_path / "driver" / "moved_away")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "build_torch_trainer", build_without_the_drivers_cache)
+
+    def start_node_again() -> None:
+        subprocess.run([SCRIPT, "start", "--nodes", "2"], env=two_nodes["env"], capture_output=True, check=True)
+
+    tracking_uri = embedded_tracking_uri(out)
+    killer = WorkerKiller(
+        tracking_uri, storage, "voice", targets=lambda: raylet_pids(two_nodes["node2"]), then=start_node_again
+    ).start()
+    try:
+        result = run_training_job(config)
+        nodes_after = alive_nodes()
+    finally:
+        ray.shutdown()
+        killer.join()
+
+    # Node 2 was lost mid-run (after a registered checkpoint and a step past it) and came back as a new node.
+    assert killer.killed, "node 2's raylet was never killed"
+    assert SAVE_EVERY <= killer.registered_step_at_kill < max(killer.steps_logged_at_kill) < MAX_STEPS
+    assert {r for n in nodes_after for r in n["Resources"] if r.startswith("higgs_node_")} == {
+        "higgs_node_1",
+        "higgs_node_2",
+    }
+    # Every step exactly once, in the history and in MLflow; the restart restored a checkpoint.
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, MAX_STEPS + 1))
+    assert logged_steps(tracking_uri, "voice") == list(range(1, MAX_STEPS + 1))
+    from mlflow import MlflowClient
+
+    restored = MlflowClient(tracking_uri).get_metric_history(result.mlflow_run_id, "train/restored_from_step")
+    assert [int(m.step) for m in restored] == [killer.newest_verified_at_kill]
+
+    # Outputs came through storage: the driver's folder has them all, rank 0 wrote only into its scratch folder.
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "history.json", "loss_curve.png"):
+        assert (out / name).is_file(), name
+    assert yaml.safe_load((out / "adapter" / "training_config.yaml").read_text())["output_dir"] == str(out)
+    scratch = two_nodes["scratch"] / "voice"
+    assert (scratch / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((scratch / "history.json").read_text()) == history
+    assert not (tmp_path / "driver" / "token_cache").exists()  # never recreated: no worker looked for it
+    fs, root = filesystem_and_path(join(storage, STREAM_CACHE_DIR))
+    published = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.Directory]
+    assert len(published) == 2  # the training and the validation entry, which the workers read from there
