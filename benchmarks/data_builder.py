@@ -39,8 +39,8 @@ def write_corpus(root: Path, minutes: float) -> float:
 
 def main() -> None:
     import higgs_train  # noqa: F401  (offline Hugging Face)
-    from higgs_train.data.builder.audio import AudioSettings
-    from higgs_train.data.builder.build import BuildOptions, build_dataset
+    from higgs_train.builder.audio import AudioSettings
+    from higgs_train.builder.build import BuildOptions, build_dataset
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=5.0)

@@ -1,7 +1,7 @@
 """``FlagParser``: the argparse parser of every command line, with short errors and real suggestions.
 
-Kept apart from ``higgs_train.cli`` (which needs transformers for the config-generated flags) so that light commands
-(``prepare_data.py``) answer a mistyped flag in a fraction of a second.
+Kept apart from ``higgs_train.commands.shared_flags`` (which needs transformers for the config-generated flags) so
+that light commands (``prepare_data.py``) answer a mistyped flag in a fraction of a second.
 """
 
 from __future__ import annotations

@@ -19,8 +19,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from higgs_train.builder.pairing import PREFERRED_REFERENCE_SECONDS
+from higgs_train.data.audio_io import (
+    AudioError,
+    AudioLimits,
+    audio_header_seconds,
+    display_name,
+    read_checked,
+    resolve_audio_path,
+    to_mono,
+)
+from higgs_train.data.chatml import clips_with_transcripts
+from higgs_train.data.manifest import load_manifest
+from higgs_train.data.validation import structural_reason, text_reason
+
 MANIFEST_NAMES = ("train.jsonl", "val.jsonl", "train.json", "val.json")
-REPORT_NAME = "data_report.json"  # the builder's report (data.builder.report.REPORT_JSON)
+REPORT_NAME = "data_report.json"  # the builder's report (builder.report.REPORT_JSON)
 
 
 class ReferenceError(ValueError):
@@ -47,10 +61,6 @@ class _AnyText:
 
 def speaker_clips(data_dir: str | Path) -> dict[str, dict[str, str]]:
     """``speaker -> {audio_url: transcript}`` over the folder's manifests (first transcript seen per clip)."""
-    from higgs_train.data.chatml import clips_with_transcripts
-    from higgs_train.data.manifest import load_manifest
-    from higgs_train.data.validation import structural_reason
-
     folder = Path(data_dir)
     manifests = [folder / name for name in MANIFEST_NAMES if (folder / name).is_file()]
     if not manifests:
@@ -80,17 +90,7 @@ def _rank(seconds: float, low: float, high: float) -> tuple[int, float]:
 
 def pick_reference(data_dir: str | Path, speaker: str) -> SpeakerReference:
     """``speaker``'s best clean reference clip in ``data_dir`` (see the module docstring), or ``ReferenceError``."""
-    from higgs_train.data.audio_io import (
-        AudioError,
-        AudioLimits,
-        audio_header_seconds,
-        display_name,
-        read_checked,
-        resolve_audio_path,
-        to_mono,
-    )
-    from higgs_train.data.builder.pairing import PREFERRED_REFERENCE_SECONDS
-    from higgs_train.data.validation import text_reason
+    # Deferred on purpose: the audio check imports torch; the Studio lists speakers (``speaker_clips``) without it.
     from higgs_train.evaluation.suite import check_audio
 
     folder = Path(data_dir).resolve()

@@ -10,8 +10,7 @@ others are still scored, and the exit code is 1 only when every model failed. Ou
 
 import sys
 
-import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
-from higgs_train.cli import evaluate_main as main
+from higgs_train.commands.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

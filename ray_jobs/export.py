@@ -8,8 +8,7 @@ See docs/export_generate.md.
 
 import sys
 
-import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
-from higgs_train.cli import export_main as main
+from higgs_train.commands.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,8 +22,7 @@ The prompt is built like a training sample (see higgs_train/generation.py). ``--
 
 import sys
 
-import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
-from higgs_train.cli import generate_main as main
+from higgs_train.commands.generate import main
 
 if __name__ == "__main__":
     sys.exit(main())

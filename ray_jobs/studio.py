@@ -3,13 +3,12 @@
 Open http://127.0.0.1:7860/ (from another machine: ``ssh -L 7860:127.0.0.1:7860 HEAD`` first). ``--host``
 other than loopback needs ``--auth TOKEN``. Files are served only under ``--data_root`` and ``--output_root``.
 
-Thin by design: the app lives in ``higgs_train.studio``.
+The app lives in ``higgs_train.studio``.
 """
 
 import sys
 
-import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
-from higgs_train.studio.app import main
+from higgs_train.commands.studio import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,8 +5,7 @@ With no flags it trains the embedded tiny Higgs stack on generated sample data. 
 
 import sys
 
-import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
-from higgs_train.cli import main
+from higgs_train.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

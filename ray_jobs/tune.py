@@ -5,8 +5,7 @@ A Ray Tune sweep over the training job (train.py's flags plus --search_space, --
 
 import sys
 
-import higgs_train  # noqa: F401  (first: puts Hugging Face offline before transformers is imported)
-from higgs_train.cli import tune_main as main
+from higgs_train.commands.tune import main
 
 if __name__ == "__main__":
     sys.exit(main())

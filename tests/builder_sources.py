@@ -1,6 +1,6 @@
 """Recordings in every layout the dataset builder reads, generated from the project's synthetic speakers.
 
-Shared by the unit and integration tests of ``higgs_train.data.builder`` (``tests/`` is on ``sys.path`` because it
+Shared by the unit and integration tests of ``higgs_train.builder`` (``tests/`` is on ``sys.path`` because it
 holds the root ``conftest.py``).
 """
 

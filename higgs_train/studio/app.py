@@ -1,7 +1,7 @@
 """The Studio's HTTP server: the page (``static/``) and the JSON API it uses, one endpoint per action.
 
-``create_app(StudioSettings)`` builds the FastAPI app (tests drive it with ``TestClient``); ``main`` parses the
-flags of ``ray_jobs/studio.py`` and serves it with uvicorn. Every failure a user can cause is answered with JSON
+``create_app(StudioSettings)`` builds the FastAPI app (tests drive it with ``TestClient``);
+``higgs_train.commands.studio`` parses the flags of ``ray_jobs/studio.py`` and serves it with uvicorn. Every failure a user can cause is answered with JSON
 ``{"error": one line, "field": ...}`` and a 4xx status; anything else with a one-line 500, never a traceback.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,15 @@ from urllib.parse import urlparse
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from higgs_train.builder.audio import TO_TRANSCRIBE
+from higgs_train.builder.build import TEMPLATE_HEADER
+from higgs_train.data.audio_io import resolve_audio_path
+from higgs_train.paths import write_atomic
+from higgs_train.speaker_reference import ReferenceError, speaker_clips
 from higgs_train.studio.jobs import JobError, JobStore
 from higgs_train.studio.roots import PathRefused, Roots, check_audio_bytes, checked_upload_name
 from higgs_train.studio.runs import RunNotFound, RunStore, data_sets
+from higgs_train.studio.samples import write_sample_recordings
 from higgs_train.studio.settings import PRESETS, SettingsError, field_catalogue, training_config, write_config
 from higgs_train.studio.speak import Speaker, SpeakError, SpeakRequest
 
@@ -217,8 +222,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     # ------------------------------------------------------------------ data
     @app.post("/api/sample_recordings")
     async def sample_recordings(request: Request) -> dict[str, Any]:
-        from higgs_train.studio.samples import write_sample_recordings
-
         data = await body(request)
         folder = root_path(f"data:{data.get('name') or 'sample_recordings'}", "name", must_exist=False)
         per_speaker = data.get("per_speaker", 4)
@@ -249,8 +252,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     @app.get("/api/datasets/clips")
     def dataset_clips(path: str) -> dict[str, Any]:
         """Every (speaker, clip, transcript) of a data set's manifests, with a URL to play each clip."""
-        from higgs_train.data.audio_io import resolve_audio_path
-        from higgs_train.speaker_reference import ReferenceError, speaker_clips
 
         folder = root_path(path, "path")
         try:
@@ -279,9 +280,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     async def fill_transcripts(request: Request) -> dict[str, Any]:
         """Write typed transcripts into the data set's ``to_transcribe.tsv``; building it again pairs the filled
         clips (the builder reads the file back, and its content-hash cache redoes no finished file)."""
-        from higgs_train.data.builder.audio import TO_TRANSCRIBE
-        from higgs_train.data.builder.build import TEMPLATE_HEADER
-        from higgs_train.paths import write_atomic
 
         data = await body(request)
         folder = root_path(data.get("path"), "path")
@@ -436,7 +434,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
 
 def read_to_transcribe(folder: Path) -> list[dict[str, str]]:
     """``[{clip, text}]`` of a data set's ``to_transcribe.tsv`` in file order (none when there is no file)."""
-    from higgs_train.data.builder.audio import TO_TRANSCRIBE
 
     path = folder / TO_TRANSCRIBE
     if not path.is_file():
@@ -447,38 +444,3 @@ def read_to_transcribe(folder: Path) -> list[dict[str, str]]:
         if clip.strip():
             rows.append({"clip": clip.strip(), "text": " ".join(text.split())})
     return rows
-
-
-def build_parser() -> Any:
-    from higgs_train.flag_parser import FlagParser
-
-    parser = FlagParser(prog="ray_jobs/studio.py", description="Serve the Studio page and its JSON API.")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="Address to listen on (another than loopback needs --auth)."
-    )
-    parser.add_argument("--port", type=int, default=7860, help="Port to listen on.")
-    parser.add_argument("--data_root", default="data", help="Recordings and data sets: the only folder browsed.")
-    parser.add_argument("--output_root", default="outputs", help="Runs, the MLflow store, exports, Studio jobs.")
-    parser.add_argument("--ray_address", default="", help="Submit jobs to this Ray job server (http://HEAD:8265).")
-    parser.add_argument("--auth", default="", help="Token every request must carry (required off loopback).")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    args = build_parser().parse_args(argv)
-    settings = StudioSettings(args.data_root, args.output_root, args.host, args.port, args.ray_address, args.auth)
-    try:
-        app = create_app(settings, warm=True)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    roots = app.state.roots
-    where = f"http://{args.host}:{args.port}/" + ("?token=<the --auth value>" if args.auth else "")
-    print(f"Studio on {where} (data: {roots.data}, outputs: {roots.output}"
-          f"{', jobs on Ray at ' + args.ray_address if args.ray_address else ''})")  # fmt: skip
-    print("authentication: every request must carry the --auth token" if args.auth else
-          "authentication: none (loopback only; forward the port to reach it from elsewhere)", flush=True)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0

@@ -28,5 +28,6 @@ Why this shape:
   adds each trial's final figures, so children compare side by side in the UI.
 
 Modules: ``space`` (search spaces and search algorithms), ``resources`` (trial resources, ASHA), ``trial`` (the
-function trainable), ``results`` (trial table, best trial), ``sweep`` (the driver). The command line is ``higgs_train.cli``.
+function trainable), ``results`` (trial table, best trial), ``sweep`` (the driver). The command
+line is ``higgs_train.commands.tune``.
 """

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from higgs_train.cli import sweep_config_from_args
+from higgs_train.commands.tune import sweep_config_from_args
 from higgs_train.console import filter_forwarded_worker_logs
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.data.token_cache import TokenCache, referenced_audio

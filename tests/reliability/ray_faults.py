@@ -124,16 +124,16 @@ class WorkerKiller:
             self._thread.join(timeout=5)
 
 
-# A second launch of the train command, its modules imported ahead, that runs ``cli.main`` (what
+# A second launch of the train command, its modules imported ahead, that runs ``commands.train.main`` (what
 # ``ray_jobs/train.py`` runs) only when told "go" on stdin: the test picks the moment, and the import time (seconds
 # on a loaded 2-CPU runner) does not move it.
 _SECOND_JOB = """
 import sys
-from higgs_train import cli
+from higgs_train.commands import train
 import higgs_train.data.preflight, higgs_train.driver.train, higgs_train.training.checkpoint_store
 if sys.stdin.readline().strip() != "go":
     sys.exit(3)
-sys.exit(cli.main(sys.argv[1:]))
+sys.exit(train.main(sys.argv[1:]))
 """
 
 

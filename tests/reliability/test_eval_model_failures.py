@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from higgs_train.adapter import apply_lora, save_adapter
+from higgs_train.commands.evaluate import main as evaluate_main
 from higgs_train.config import TrainingConfig
 from higgs_train.evaluation import job
 from higgs_train.evaluation.runner import ModelEvaluator, ModelRun, load_eval_rows
@@ -95,7 +96,6 @@ def _in_process(dies: set[str]):
 
 
 def test_evaluate_scores_the_good_models_and_reports_each_failed_one(setup, monkeypatch, capsys):
-    from higgs_train.cli import evaluate_main
     from higgs_train.tracking import RunTracker
 
     class NoTracking(RunTracker):  # MLflow costs ~40 s here and is covered by tests/integration/test_evaluation.py
@@ -134,8 +134,6 @@ def test_evaluate_scores_the_good_models_and_reports_each_failed_one(setup, monk
 
 
 def test_evaluate_refuses_a_missing_adapter_or_manifest_before_starting(setup, monkeypatch, capsys):
-    from higgs_train.cli import evaluate_main
-
     def no_start(*args, **kwargs):
         raise AssertionError("models were started")
 

@@ -23,7 +23,7 @@ import ray.data  # noqa: F401  (registers ray.data.arrow_pickled_object, as in e
 from ray.data.extensions import ArrowPythonObjectType
 from stand_ins import make_entry
 
-from higgs_train.data.builder.sources import (
+from higgs_train.builder.sources import (
     Confinement,
     SourceError,
     SourceListing,

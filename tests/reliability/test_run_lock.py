@@ -23,7 +23,7 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from higgs_train.cli import main as train_main
+from higgs_train.commands.train import main as train_main
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import RunSetupError, resolve_run
 from higgs_train.training.checkpoint_store import (

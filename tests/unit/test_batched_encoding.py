@@ -11,9 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from higgs_train.commands.train import config_from_args
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.preprocess import ClipEncoder, SamplePreprocessor, decode_clips
 from higgs_train.data.ray_pipeline import data_actor_gpu_reason
+from higgs_train.driver.cluster import ClusterResourcesError, check_cpu_budget
 from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
 from higgs_train.sample_data import create_sample_data
 
@@ -89,9 +91,6 @@ def test_pre_decoded_batch_gives_the_same_records(stack, tmp_path):
 
 def test_data_actor_gpus_is_validated_and_refused_on_a_cluster_without_gpus(monkeypatch):
     import ray
-
-    from higgs_train.cli import config_from_args
-    from higgs_train.driver.cluster import ClusterResourcesError, check_cpu_budget
 
     assert config_from_args(["--data_actor_gpus", "0.5"]).data_actor_gpus == 0.5
     with pytest.raises(ValueError, match=r"TrainingConfig\.data_actor_gpus=-1"):

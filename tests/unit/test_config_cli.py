@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from higgs_train.cli import build_parser, config_from_args, main
+from higgs_train.commands.train import build_parser, config_from_args, main
 from higgs_train.config import TrainingConfig, field_defaults
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,11 +25,11 @@ from builder_sources import (
     write_vctk,
 )
 
-from higgs_train.data.builder.audio import AudioSettings, Clip
-from higgs_train.data.builder.build import BuildOptions, BuildResult, build_dataset
-from higgs_train.data.builder.pairing import PairingOptions, choose_references, pair_clips
-from higgs_train.data.builder.report import report_figure
-from higgs_train.data.builder.sources import SOURCE_KINDS, SourceOptions, detect_source_kind
+from higgs_train.builder.audio import AudioSettings, Clip
+from higgs_train.builder.build import BuildOptions, BuildResult, build_dataset
+from higgs_train.builder.pairing import PairingOptions, choose_references, pair_clips
+from higgs_train.builder.report import report_figure
+from higgs_train.builder.sources import SOURCE_KINDS, SourceOptions, detect_source_kind
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.sample_data import SPEAKERS, create_sample_data, synthesize
@@ -368,8 +368,8 @@ def test_segments_without_a_split_transcript_are_kept_unlabelled_and_reported(tm
 
 
 def test_asr_model_transcribes_segments(tmp_path, monkeypatch):
-    from higgs_train.data.builder import sources
-    from higgs_train.data.builder.asr import Transcriber
+    from higgs_train.builder import sources
+    from higgs_train.builder.asr import Transcriber
     from higgs_train.embedded.asr import build_tiny_whisper_asr
 
     # The tiny Whisper's words are random tokens, far more than anyone speaks in a clip, which the speaking-rate

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from higgs_train.cli import build_parser, build_sweep_parser, config_from_args, sweep_config_from_args
+from higgs_train.commands.train import build_parser, config_from_args
+from higgs_train.commands.tune import build_sweep_parser, sweep_config_from_args
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import next_free_name, resolve_sweep_run
 from higgs_train.driver.worker import WorkerSpec
@@ -91,10 +92,16 @@ def test_workers_stream_the_token_cache_from_the_runs_storage_when_it_is_a_uri()
         ("higgs_train.training", "higgs_train.export"),
         ("higgs_train.generation", "higgs_train.export"),
         ("higgs_train.adapter", "higgs_train.training"),
-        ("higgs_train.tune", "higgs_train.cli"),
+        ("higgs_train.tune", "higgs_train.commands"),
         ("higgs_train.tune", "higgs_train.driver.train"),
         ("higgs_train.data", "higgs_train.driver"),
         ("higgs_train.training", "higgs_train.driver"),
+        # Commands parse flags; the data path and the builder below them parse none (issue 22.3).
+        ("higgs_train.data", "higgs_train.builder"),
+        ("higgs_train.data", "higgs_train.commands"),
+        ("higgs_train.data", "higgs_train.flag_parser"),
+        ("higgs_train.builder", "higgs_train.commands"),
+        ("higgs_train.builder", "higgs_train.flag_parser"),
     ],
 )
 def test_no_import_arrow_against_the_layout(source, target):

@@ -370,7 +370,7 @@ def _no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("higgs_train.generation.load_generation_stack", refuse)
+    monkeypatch.setattr("higgs_train.commands.generate.load_generation_stack", refuse)
 
 
 def _one_error_line(err: str) -> str:
@@ -412,7 +412,7 @@ def test_generate_loads_the_model_in_the_precision_asked_for(data, tmp_path, mon
         asked.append(dtype)
         raise Loaded
 
-    monkeypatch.setattr("higgs_train.generation.load_generation_stack", capture)
+    monkeypatch.setattr("higgs_train.commands.generate.load_generation_stack", capture)
     ref = str(data[0] / data[1][0]["messages"][2]["content"]["audio_url"])
     argv = ["--ref_audio", ref, "--ref_text", "x", "--text", "Hi.", "--output", str(tmp_path / "o.wav"), *flags]
     with pytest.raises(Loaded):
@@ -462,15 +462,15 @@ def test_generate_fails_a_clip_that_fails_the_audio_check_unless_allowed(data, t
     ``--allow_bad_audio`` exits 0 and still says it. The WAV is written either way, to be listened to."""
     import soundfile as sf
 
-    import higgs_train.generation as generation
+    import higgs_train.commands.generate as generate_command
     from higgs_train.generation import GenerationResult
 
     rate = 24000
     wave = np.sign(np.random.default_rng(0).standard_normal(int(0.72 * rate))).astype(np.float32)
     result = GenerationResult("prompt", np.zeros((8, 18), dtype=np.int64), wave, rate, True, "")
-    monkeypatch.setattr(generation, "load_generation_stack", lambda *a, **k: None)
-    monkeypatch.setattr(generation, "prompt_for_texts", lambda *a, **k: None)
-    monkeypatch.setattr(generation, "synthesize", lambda *a, **k: result)
+    monkeypatch.setattr(generate_command, "load_generation_stack", lambda *a, **k: None)
+    monkeypatch.setattr(generate_command, "prompt_for_texts", lambda *a, **k: None)
+    monkeypatch.setattr(generate_command, "synthesize", lambda *a, **k: result)
     ref = str(data[0] / data[1][0]["messages"][2]["content"]["audio_url"])
     text = "x" * 67
     out = tmp_path / "o.wav"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from higgs_train.cli import config_from_args, main
+from higgs_train.commands.train import config_from_args, main
 from higgs_train.config import TrainingConfig
 from higgs_train.console import ProgressLine
 from higgs_train.driver.cluster import ClusterResourcesError, check_gpus

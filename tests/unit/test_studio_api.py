@@ -20,8 +20,9 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
+from higgs_train.commands.studio import main
 from higgs_train.studio import roots as roots_module
-from higgs_train.studio.app import StudioSettings, create_app, main
+from higgs_train.studio.app import StudioSettings, create_app
 from higgs_train.studio.jobs import JobStore
 
 

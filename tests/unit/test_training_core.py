@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from stand_ins import StandInCodec
 
 from higgs_train.adapter import adapted_module_names, apply_lora
-from higgs_train.cli import config_from_args
+from higgs_train.commands.train import config_from_args
 from higgs_train.config import DEFAULT_LORA_TARGETS, TrainingConfig
 from higgs_train.data.collate import build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from higgs_train.cli import sweep_config_from_args
+from higgs_train.commands.tune import sweep_config_from_args
 from higgs_train.config import TrainingConfig
 from higgs_train.training.schedule import planned_steps
 from higgs_train.tune.resources import make_scheduler, plan_resources

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from higgs_train.data.audio_io import resample
+
 ASR_SAMPLE_RATE = 16000
 
 
@@ -22,8 +24,6 @@ class Transcriber:
         self.pipe = pipeline("automatic-speech-recognition", model=model_dir, device="cpu")
 
     def __call__(self, wave: np.ndarray, sample_rate: int) -> str | None:
-        from higgs_train.data.audio_io import resample
-
         audio = resample(wave, sample_rate, ASR_SAMPLE_RATE)
         text = self.pipe({"raw": audio, "sampling_rate": ASR_SAMPLE_RATE})["text"]
         text = " ".join(str(text).split())

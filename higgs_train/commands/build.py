@@ -1,15 +1,23 @@
-"""``prepare_data.py build`` flags -> ``BuildOptions``. Defaults are documented in ``--help`` and the README."""
+"""Data preparation commands (``ray_jobs/prepare_data.py``).
+
+``convert``: any manifest form (JSON list, JSONL, Parquet) -> canonical Parquet.
+``build``: recordings (speaker folders, LJSpeech metadata.csv, audio|text lists, a Hugging Face dataset, a
+manifest) -> ``train.jsonl`` / ``val.jsonl`` voice-cloning pairs and a data report (``build --help``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from higgs_train.data.builder.audio import AudioSettings
-from higgs_train.data.builder.build import BuildOptions
-from higgs_train.data.builder.pairing import PairingOptions
-from higgs_train.data.builder.sources import SOURCE_KINDS, SourceOptions, describe_kinds
+from higgs_train.builder.audio import AudioSettings
+from higgs_train.builder.build import BuildOptions, build_dataset
+from higgs_train.builder.pairing import PairingOptions
+from higgs_train.builder.sources import SOURCE_KINDS, SourceError, SourceOptions, describe_kinds
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
+from higgs_train.data.manifest import ManifestError, convert_manifest
+from higgs_train.flag_parser import FlagParser
 
 DESCRIPTION = f"""Build DIR/train.jsonl and DIR/val.jsonl (voice-cloning pairs), DIR/audio/<speaker>/*.wav (24 kHz mono
 16-bit) and DIR/data_report.json + .png from recordings. For a small set (up to a few hundred files) --local is
@@ -21,6 +29,7 @@ USAGE = "%(prog)s --input SRC --output DIR [flags]"
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """``build``'s flags; defaults are documented in ``--help`` and the README."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = DESCRIPTION
     parser.usage = USAGE
@@ -66,6 +75,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    """``build``'s flags -> the builder's ``BuildOptions`` (paths made absolute)."""
     output = str(Path(args.output).resolve())
     return BuildOptions(
         input=args.input,
@@ -102,3 +112,54 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         num_actors=args.num_actors,
         cpus_per_actor=args.cpus_per_actor,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = FlagParser(prog="ray_jobs/prepare_data.py", description=__doc__)
+    # Each sub-command reports its own errors (its name, did-you-mean, its --help), not the top-level usage.
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=FlagParser)
+    convert = commands.add_parser("convert", help="write the canonical Parquet manifest")
+    convert.add_argument("--input", required=True, help="source manifest (.json list, .jsonl or .parquet)")
+    convert.add_argument("--output", required=True, help="canonical Parquet to write")
+    build = commands.add_parser("build", help="build voice-cloning manifests from recordings")
+    add_build_arguments(build)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = {"convert": convert, "build": build}.get(command)
+    unknown = sub.unknown_flags(argv[argv.index(command) + 1 :]) if sub else []
+    if unknown:  # before argparse's check of required flags, which would hide the misspelt one
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        return build_command(args)
+    try:
+        report = convert_manifest(args.input, args.output)
+    except ManifestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+def build_command(args: argparse.Namespace) -> int:
+    """Exit 0 when a training manifest with at least one sample was written, 1 when none (no manifest is written;
+    the one-line reason is printed and in the report), 2 on bad input."""
+    try:
+        result = build_dataset(options_from_args(args))
+    except (SourceError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(result.describe())
+    print(f"report: {result.report} and {result.plot}")
+    if result.to_transcribe is not None and result.unlabelled:
+        print(
+            f"{result.unlabelled} clips have no transcript: write their text after the tab in {result.to_transcribe} "
+            "and rerun this command to add them"
+        )
+    if result.problem:
+        print(f"error: {result.problem}", file=sys.stderr)
+        return 1
+    if result.val is None:
+        print("note: no validation sample was built (val.jsonl not written); train without --val_data")
+    return 0

@@ -19,8 +19,8 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 
-from higgs_train.data.builder.audio import Clip
-from higgs_train.data.builder.sources import Rejection
+from higgs_train.builder.audio import Clip
+from higgs_train.builder.sources import Rejection
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT, cloning_sample
 
 PREFERRED_REFERENCE_SECONDS = (3.0, 10.0)

@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_train.data.builder.segment import SegmentPlan, SpeechDetector, cut, forced_split, greedy_split
-from higgs_train.data.builder.sources import NO_TRANSCRIPT, UNREADABLE, Rejection, SourceItem
+from higgs_train.builder.asr import Transcriber
+from higgs_train.builder.segment import SegmentPlan, SpeechDetector, cut, forced_split, greedy_split
+from higgs_train.builder.sources import NO_TRANSCRIPT, UNREADABLE, Rejection, SourceItem
+from higgs_train.data.audio_io import resample, to_mono
 
 TARGET_SAMPLE_RATE = 24000
 CACHE_DIR = ".build_cache"
@@ -310,8 +312,6 @@ class ClipProcessor:
     @property
     def transcriber(self):
         if self._transcriber is None:
-            from higgs_train.data.builder.asr import Transcriber
-
             assert self.settings.asr_model is not None
             self._transcriber = Transcriber(self.settings.asr_model)
         return self._transcriber
@@ -323,8 +323,6 @@ class ClipProcessor:
 def decode(data: bytes, sample_rate: int) -> np.ndarray:
     """Any soundfile-readable file (WAV, FLAC, OGG, MP3) as mono float32 at ``sample_rate``."""
     import soundfile as sf
-
-    from higgs_train.data.audio_io import resample, to_mono
 
     frames, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     if frames.size == 0:

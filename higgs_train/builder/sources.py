@@ -42,6 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from higgs_train.data.chatml import clips_with_transcripts
+from higgs_train.data.manifest import load_manifest
+from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema, parquet_schema, read_plain_parquet
+from higgs_train.data.validation import structural_reason, text_part_reason
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 TRANSCRIPT_EXTENSIONS = (".txt", ".lab")
 SOURCE_KINDS = ("hf_disk", "ljspeech", "tsv", "vctk", "parquet", "manifest", "list", "libritts", "folders")
@@ -161,8 +166,6 @@ def _is_common_voice_tsv(path: Path) -> bool:
 
 
 def _parquet_is_manifest(path: Path) -> bool:
-    from higgs_train.data.plain_parquet import UnsafeParquetError, parquet_schema
-
     try:
         names = set(parquet_schema(path).names)
     except UnsafeParquetError as err:
@@ -262,7 +265,6 @@ def transcript_problem(text: str, seconds: float | None = None) -> str | None:
     """Why a transcript must not be trained (None: it may): the trainer's own text checks (empty, a control token
     such as ``<|audio_eos|>``, a control character such as NUL or ESC), and, given the clip's length, more text
     than anyone speaks in it (``MAX_CHARACTERS_PER_SECOND``)."""
-    from higgs_train.data.validation import text_part_reason
 
     reason = text_part_reason(text)
     if reason is None and seconds is not None and len(text) > CHARACTER_SLACK + MAX_CHARACTERS_PER_SECOND * seconds:
@@ -522,8 +524,6 @@ def _list_hf_disk(path: Path, options: SourceOptions, confine: Confinement) -> S
 
 
 def _list_parquet(path: Path, options: SourceOptions, confine: Confinement) -> SourceListing:
-    from higgs_train.data.plain_parquet import UnsafeParquetError, read_plain_parquet
-
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     listing = SourceListing("parquet")
     for file in files:
@@ -539,8 +539,6 @@ def _list_parquet(path: Path, options: SourceOptions, confine: Confinement) -> S
 def _add_table_rows(
     listing: SourceListing, table: Any, name: str, root: Path, options: SourceOptions, confine: Confinement
 ) -> None:
-    from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema
-
     columns = set(table.column_names)
     for column in (options.audio_column, options.text_column):
         if column not in columns:
@@ -600,9 +598,6 @@ def _row_audio(value: Any, root: Path, confine: Confinement) -> tuple[bytes | No
 
 def _list_manifest(path: Path, options: SourceOptions, confine: Confinement) -> SourceListing:
     """Every distinct (audio, transcript) of a training manifest, by speaker: targets and references alike."""
-    from higgs_train.data.chatml import clips_with_transcripts
-    from higgs_train.data.manifest import load_manifest
-    from higgs_train.data.validation import structural_reason
 
     listing = SourceListing("manifest")
     seen: set[str] = set()

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from higgs_train.data.builder.audio import TO_TRANSCRIBE, UNLABELLED, AudioSettings, Clip, ClipProcessor
-from higgs_train.data.builder.pairing import PairingOptions, pair_clips
-from higgs_train.data.builder.report import build_report, no_sample_reason, write_report
-from higgs_train.data.builder.sources import (
+from higgs_train.builder.audio import TO_TRANSCRIBE, UNLABELLED, AudioSettings, Clip, ClipProcessor
+from higgs_train.builder.pairing import PairingOptions, pair_clips
+from higgs_train.builder.ray_stage import process_locally, process_with_ray
+from higgs_train.builder.report import build_report, no_sample_reason, write_report
+from higgs_train.builder.sources import (
     BAD_TRANSCRIPT,
     NO_TRANSCRIPT,
     Rejection,
@@ -108,12 +109,8 @@ def build_dataset(options: BuildOptions) -> BuildResult:
     done = {item.key: result for item in listing.items if (result := cache.cached_result(item)) is not None}
     todo = [item for item in listing.items if item.key not in done]
     if todo and options.use_ray:
-        from higgs_train.data.builder.ray_stage import process_with_ray
-
         fresh = process_with_ray(todo, audio_settings, options.num_actors, options.cpus_per_actor)
     elif todo:
-        from higgs_train.data.builder.ray_stage import process_locally
-
         fresh = process_locally(todo, audio_settings)
     else:
         fresh = []

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from higgs_train.data.audio_io import resample
+
 VAD_SAMPLE_RATE = 16000
 EDGE_PAD_SECONDS = 0.1  # silence kept around each segment, so onsets and release are not clipped
 
@@ -52,8 +54,6 @@ class SpeechDetector:
     def regions(self, wave: np.ndarray, sample_rate: int) -> list[Span]:
         import torch
         from silero_vad import get_speech_timestamps
-
-        from higgs_train.data.audio_io import resample
 
         audio = torch.from_numpy(resample(wave, sample_rate, VAD_SAMPLE_RATE))
         stamps = get_speech_timestamps(

@@ -16,8 +16,10 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 
-from higgs_train.data.builder.audio import AudioSettings, ClipProcessor, FileResult
-from higgs_train.data.builder.sources import SourceItem
+from higgs_train.builder.audio import AudioSettings, ClipProcessor, FileResult
+from higgs_train.builder.sources import SourceItem
+from higgs_train.console import CountProgress, emit
+from higgs_train.ray_session import init_ray
 
 RESULT = "result_json"
 
@@ -42,8 +44,6 @@ def process_with_ray(
     """Every item's ``FileResult``, in item order."""
     import ray
 
-    from higgs_train.ray_session import init_ray
-
     if not items:
         return []
     started_here = not ray.is_initialized()
@@ -67,8 +67,6 @@ def _run(ray, items: list[SourceItem], settings: AudioSettings, num_actors: int,
         batch_size=1,
         batch_format="pyarrow",
     )
-    from higgs_train.console import CountProgress, emit
-
     progress = CountProgress(len(items), "processing audio (Ray)")
     emit(progress.line(0))
     by_key: dict[str, FileResult] = {}

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from higgs_train.data.builder.audio import Clip
-from higgs_train.data.builder.pairing import PREFERRED_REFERENCE_SECONDS, Pairing
-from higgs_train.data.builder.sources import Rejection
+from higgs_train.builder.audio import Clip
+from higgs_train.builder.pairing import PREFERRED_REFERENCE_SECONDS, Pairing
+from higgs_train.builder.sources import Rejection
 
 REPORT_JSON = "data_report.json"
 REPORT_PNG = "data_report.png"
