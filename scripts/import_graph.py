@@ -205,7 +205,7 @@ def layer_drawing(graph: ImportGraph, layers: list[Layer], mermaid: bool) -> str
     for layer in reversed(layers):
         names = [p for p in layer.prefixes if any(p in pair for pair in arrows)]
         if mermaid and names:
-            out += [f"  subgraph {layer.name}", *(f'    {ident[p]}["{p}"]' for p in names), "  end"]
+            out += [f"  subgraph L_{layer.name} [{layer.name}]", *(f'    {ident[p]}["{p}"]' for p in names), "  end"]
         elif names:
             out.append(f"  {{ rank=same; {' '.join(ident[p] for p in names)} }}")
     for (source, target), up in sorted(arrows.items()):
