@@ -1,0 +1,138 @@
+"""Issue 22's import-graph goals as a test: no cycle, no import back up the layer order ARCHITECTURE.md defines, no
+file over 450 lines, at most 9 floors, and nothing in ``training/`` importing its consumers.
+
+Today's breaches are listed in ``KNOWN_VIOLATIONS``, each with the issue-22 step that removes it. The list can only
+shrink: a new breach fails, and so does a listed one that is gone (delete its line), so the list stays true. The
+graph comes from ``scripts/import_graph.py`` (``ast`` only, well under a second).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+import_graph = _tool()
+
+KNOWN_VIOLATIONS = {
+    "cycle: data.preprocess data.row_length data.validation": "22.2: a token-vocabulary module all three import",
+    "cycle: config paths": "22.4: imports at the top (config imports paths inside a function to write atomically)",
+    "cycle: embedded embedded.audio_codec embedded.model": "22.4: imports at the top (GENERATED_MARKER apart)",
+    "back up: data.shard_stream -> training.checkpoint_store": "22.2: one storage module below data and training",
+    "back up: embedded.text_tokenizer -> data.chatml": "22.2: the ChatML layout below data and embedded",
+    "back up: sample_data -> data.chatml": "22.2: the ChatML layout below data and embedded",
+    "back up: sample_data -> data.manifest": "22.2: sample data beside its voices",
+    "back up: training.context -> evaluation.training": "22.1: the ranking table next to checkpoints",
+    "back up: training.trainer -> evaluation.training": "22.1: voice evaluation a hook the driver hands in",
+    "back up: training.trainer -> generation": "22.1: validation samples a hook the driver hands in",
+    "training imports a consumer: training.context -> evaluation.training": "22.1 (as above)",
+    "training imports a consumer: training.trainer -> evaluation.training": "22.1 (as above)",
+    "training imports a consumer: training.trainer -> generation": "22.1 (as above)",
+    "floors: 17 > 9": "22.1-22.4 (lower the number as the chain shortens)",
+    "over 450 lines: builder.sources": "22 goal: no file over 450 lines",
+    "over 450 lines: data.preprocess": "22.2: the token vocabulary of a sample its own module",
+    "over 450 lines: data.ray_pipeline": "22 goal: no file over 450 lines",
+    "over 450 lines: data.token_cache": "22.4: one process-liveness helper (and a split)",
+    "over 450 lines: generation": "22 goal: no file over 450 lines",
+    "over 450 lines: tracking": "22.4: tracking.py split by concern",
+    "over 450 lines: training.trainer": "22.1: evaluation and samples as hooks, step math apart",
+}
+
+
+@cache
+def _found() -> frozenset[str]:
+    """Parsed once for both tests (parsing the hundred files is most of the time)."""
+    return frozenset(import_graph.violations(import_graph.build_graph(), import_graph.read_layers()))
+
+
+def test_no_violation_beyond_the_known_ones():
+    found = _found()
+    new = sorted(found - KNOWN_VIOLATIONS.keys())
+    assert not new, "the import graph broke issue 22's goals (see `python scripts/import_graph.py`):\n" + "\n".join(new)
+
+
+def test_every_known_violation_is_still_present():
+    found = _found()
+    gone = sorted(KNOWN_VIOLATIONS.keys() - found)
+    assert not gone, "no longer present: delete (or, for floors, update) these in KNOWN_VIOLATIONS:\n" + "\n".join(gone)
+
+
+def test_the_layer_order_keeps_the_design_of_issue_22():
+    """The order in ARCHITECTURE.md is the yardstick, so it must not bend to fit the code: the loop below its
+    consumers, storage and the ChatML layout below the data path, the builder above data, the commands on top."""
+    layers = import_graph.read_layers()
+
+    def floor(module: str) -> int:
+        placed = import_graph.placement(module, layers)
+        assert placed, f"{module} is not in ARCHITECTURE.md's import-layers block"
+        return placed[0]
+
+    for consumer in ("evaluation", "generation", "export", "driver", "tune", "studio"):
+        assert floor("training") < floor(consumer)
+    for user in ("data", "training"):
+        assert floor("storage") < floor(user)
+    for user in ("data", "embedded"):
+        assert floor("chatml") < floor(user)
+    assert floor("data") < floor("builder") < floor("commands")
+    assert floor("data.chatml") == floor("data")  # the layout counts as low only once it leaves data/
+    assert floor("flag_parser") == floor("commands") == len(layers) - 1  # no command line parsed below them
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / "higgs_train" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_tool_finds_each_kind_of_violation(tmp_path):
+    """A small tree with one of each breach, and the import forms the real code uses (inside a function, a
+    submodule taken with ``from``, relative, a name from a package ``__init__``, a third-party module)."""
+    files = {name: "" for name in ("__init__.py", "low/__init__.py", "training/__init__.py", "stray.py")}
+    files |= {"evaluation/__init__.py": "", "evaluation/hooks.py": "", "chain/__init__.py": ""}
+    files |= {f"chain/m{i}.py": f"from higgs_train.chain import m{i + 1}\n" for i in range(9)} | {"chain/m9.py": ""}
+    files |= {
+        "low/a.py": "def late():\n    from higgs_train.high import b\n    return b\n",
+        "high/__init__.py": "NAME = 1\n",
+        "high/b.py": "import os\n\nfrom higgs_train.high import NAME\n\nfrom .c import helper\n",
+        "high/c.py": "def helper():\n    pass\n",
+        "cyc1.py": "from higgs_train import cyc2\n",
+        "cyc2.py": "from . import cyc1\n",
+        "training/loop.py": "import higgs_train.evaluation.hooks\n",
+        "big.py": "x = 1\n" * 451,
+    }
+    _write(tmp_path, files)
+    (tmp_path / "ARCHITECTURE.md").write_text(
+        "# x\n\n```import-layers\n# bottom first\nbase: __init__ low cyc1 cyc2 big chain\n"
+        "training: training\nconsumers: evaluation\nhigh: high\n```\n"
+    )
+    graph = import_graph.build_graph(tmp_path)
+    layers = import_graph.read_layers(tmp_path / "ARCHITECTURE.md")
+
+    assert graph.edges["low.a"] == {"high.b"}
+    assert graph.edges["high.b"] == {"high", "high.c"}
+    assert len(import_graph.longest_chain(graph.edges)) == 10
+    assert import_graph.violations(graph, layers) == {
+        "back up: low.a -> high.b",
+        "back up: training.loop -> evaluation.hooks",
+        "training imports a consumer: training.loop -> evaluation.hooks",
+        "cycle: cyc1 cyc2",
+        "over 450 lines: big",
+        "unplaced: stray",
+        "floors: 10 > 9",
+    }
+    drawing = import_graph.layer_drawing(graph, layers, mermaid=True)
+    assert "low -. back up .-> high" in drawing and "training -. back up .-> evaluation" in drawing
+    assert "chain -->" not in drawing  # arrows inside one unit are not drawn
