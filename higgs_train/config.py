@@ -1,7 +1,8 @@
 """``TrainingConfig``: the one configuration object, validated once, with errors that name the field.
 
-Every field carries its help text (used verbatim by the CLI); defaults live in ``configs/default.yaml`` and equal the
-dataclass defaults (a unit test keeps them in sync). Precedence: dataclass defaults < ``--config`` file < flags.
+Every field carries its help text (used verbatim by the CLI). ``configs/default.yaml``, the file a user copies as a
+``--config`` starting point, is generated from the dataclass (``default_yaml``; a unit test fails when the committed
+file is stale). Precedence: dataclass defaults < ``--config`` file < flags.
 """
 
 from __future__ import annotations
@@ -415,3 +416,24 @@ def field_defaults() -> dict[str, Any]:
     for f in fields(TrainingConfig):
         out[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
     return out
+
+
+DEFAULT_YAML_HEADER = (
+    "# Defaults of every TrainingConfig field, with its help. Generated from higgs_train/config.py: after changing a\n"
+    "# field, run `python scripts/write_default_yaml.py`. Copy it as a --config FILE; precedence: these < --config FILE\n"
+    "# < command-line flags.\n"
+)
+
+
+def default_yaml() -> str:
+    """The text of ``configs/default.yaml``: each field's help as a comment over its default, in field order.
+
+    Generated rather than written by hand so that the YAML a user copies never disagrees with the defaults the code
+    runs with; YAML-quoted by ``yaml.safe_dump`` so that ``TrainingConfig.load`` reads every value back unchanged.
+    """
+    defaults = field_defaults()
+    parts = [DEFAULT_YAML_HEADER]
+    for f in fields(TrainingConfig):
+        parts.append(f"# {f.metadata['help']}\n")
+        parts.append(yaml.safe_dump({f.name: defaults[f.name]}, sort_keys=False, width=1 << 20, allow_unicode=True))
+    return "".join(parts)

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from higgs_train.config import TrainingConfig
-from higgs_train.tracking import absolute_tracking_uri
+from higgs_train.tracking.store import absolute_tracking_uri
 
 # TrainingConfig fields that always name a local file or folder (or a URI, left alone).
 PATH_FIELDS = (

@@ -14,7 +14,7 @@ from higgs_train.driver.train import JobOutputsMissing, run_training_job
 from higgs_train.driver.validate import validate_job
 from higgs_train.paths import resolve_user_paths
 from higgs_train.sample_data import create_sample_data_at
-from higgs_train.tracking import TrackingError
+from higgs_train.tracking.store import TrackingError
 from higgs_train.training.checkpoint import CheckpointError
 
 

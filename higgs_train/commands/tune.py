@@ -13,7 +13,7 @@ from higgs_train.config import TrainingConfig
 from higgs_train.data.preflight import DataSetupError, preflight
 from higgs_train.driver.cluster import ClusterResourcesError
 from higgs_train.paths import resolve_user_paths
-from higgs_train.tracking import TrackingError
+from higgs_train.tracking.store import TrackingError
 from higgs_train.tune.space import SweepSettings, load_search_space, search_space_path
 
 

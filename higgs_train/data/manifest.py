@@ -345,17 +345,6 @@ def table_to_samples(table: pa.Table) -> list[dict[str, Any]]:
     return samples
 
 
-def load_canonical(path: str | Path) -> list[dict[str, Any]]:
-    """Samples of a canonical Parquet manifest (written by ``convert_manifest``) with messages parsed."""
-    try:
-        table = read_plain_parquet(path, schema=CANONICAL_SCHEMA)
-    except UnsafeParquetError as err:
-        raise ManifestError(f"canonical manifest refused: {err}") from None
-    except (pa.ArrowException, OSError) as err:
-        raise ManifestError(f"not a canonical manifest ({err}): {path}") from err
-    return table_to_samples(table)
-
-
 def load_manifest(path: str | Path) -> list[dict[str, Any]]:
     """Any manifest form straight to canonical sample dicts (unique ids, parse errors kept), without a file."""
     return table_to_samples(to_canonical_table(read_manifest_rows(path), str(path)))

@@ -72,6 +72,7 @@ from higgs_train.data.preprocess import (
     file_sha256,
 )
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
+from higgs_train.processes import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -410,18 +411,6 @@ STAGING_OWNER_FILE = "_builder.json"
 STAGING_MAX_AGE_SECONDS = 7 * 24 * 3600
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CacheIncompleteError(FileNotFoundError):
     """The key has no complete cache (absent, or a directory without ``_SUCCESS``)."""
 
@@ -533,7 +522,7 @@ class TokenCache:
                 age = now - path.stat().st_mtime
             except OSError:
                 continue
-            dead_here = owner.get("host") == host and not _pid_alive(int(owner.get("pid", -1)))
+            dead_here = owner.get("host") == host and not process_alive(int(owner.get("pid", -1)))
             if dead_here or age > max_age_seconds:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)

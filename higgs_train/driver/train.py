@@ -52,7 +52,7 @@ class JobOutputsMissing(RuntimeError):
 
 def _plot_untracked(history: list[dict[str, Any]], output: Path) -> Path | None:
     """The loss curve when tracking is off (the tracker only plots what it logs)."""
-    from higgs_train.tracking import plot_loss_curve
+    from higgs_train.tracking.loss_curve import plot_loss_curve
 
     return plot_loss_curve(history, output / "loss_curve.png", title="loss curve")
 
@@ -140,7 +140,8 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer, start_tracker_relay
     from higgs_train.paths import resolve_user_paths, write_atomic
     from higgs_train.ray_session import init_ray
-    from higgs_train.tracking import RunTracker, resolve_tracking_uri, tracking_error_in
+    from higgs_train.tracking.store import resolve_tracking_uri, tracking_error_in
+    from higgs_train.tracking.tracker import RunTracker
     from higgs_train.training.checkpoint_store import remove_debris, write_marker
 
     quiet_libraries(config.verbose)

@@ -85,7 +85,7 @@ class TrackerRelay:
     """
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
-        from higgs_train.tracking import RunTracker
+        from higgs_train.tracking.tracker import RunTracker
 
         self._tracker = RunTracker(tracking_uri).attach(run_id)
 
@@ -200,7 +200,7 @@ def run_worker(spec: WorkerSpec) -> None:
     import ray.train
 
     from higgs_train.data.shard_stream import open_shard_stream, read_entry
-    from higgs_train.tracking import RunTracker
+    from higgs_train.tracking.tracker import RunTracker
     from higgs_train.training.trainer import HiggsAudioTrainer
 
     config = spec.config

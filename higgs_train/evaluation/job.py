@@ -81,7 +81,8 @@ def adapter_label(adapter: str, taken: set[str]) -> str:
 
 def run_evaluation(cfg: EvalJobConfig) -> EvalJobResult:
     from higgs_train.generation import SamplingSettings
-    from higgs_train.tracking import RunTracker, resolve_tracking_uri
+    from higgs_train.tracking.store import resolve_tracking_uri
+    from higgs_train.tracking.tracker import RunTracker
 
     if not cfg.models:
         raise ValueError("nothing to evaluate: give --base and/or at least one --adapter")
@@ -197,7 +198,7 @@ def collect_model_run(label: str, fetch: Any) -> ModelRun:
 def _log_model_run(
     cfg: EvalJobConfig, parent: Any, spec: ModelSpec, clips: list[ScoredClip], summary: dict[str, Any], meta: dict
 ) -> None:
-    from higgs_train.tracking import RunTracker
+    from higgs_train.tracking.tracker import RunTracker
 
     child = RunTracker(parent.tracking_uri)
     params = {

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from higgs_train.tracking import PROJECT_DIR
+from higgs_train.source_tree import PROJECT_DIR
 
 JOBS_DIR = "studio_jobs"
 JOB_KINDS = ("build", "train", "export")

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from higgs_train.studio.roots import PathRefused, Roots
-from higgs_train.tracking import EMBEDDED_DB_NAME
+from higgs_train.tracking.store import EMBEDDED_DB_NAME
 
 # Curves the page draws and the per-checkpoint table's columns (the MLflow keys the trainer logs).
 CURVE_KEYS = ("train/total_loss", "train/text_loss", "train/audio_loss", "val_loss")

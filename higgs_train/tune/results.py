@@ -223,7 +223,9 @@ def close_child_runs(tracking_uri: str, experiment: str, parent_run_id: str, tri
     """Link trials to their child runs, log each one's final figures, and end the runs ASHA killed mid-flight."""
     from mlflow import MlflowClient
 
-    from higgs_train.tracking import RunTracker, find_runs, tracking_off
+    from higgs_train.tracking.runs import find_runs
+    from higgs_train.tracking.store import tracking_off
+    from higgs_train.tracking.tracker import RunTracker
 
     if tracking_off(tracking_uri) or not parent_run_id:
         return

@@ -12,6 +12,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from higgs_train.config import TrainingConfig
+from higgs_train.source_tree import PROJECT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ SEARCH_ALGS = ("random", "optuna")
 DEFAULT_SEARCH_SPACE = "configs/tune_search_space.yaml"
 TRIAL_RESULT_FILE = "trial_result.json"
 BEST_DIR = "best"
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.ray_session import init_ray
-    from higgs_train.tracking import RunTracker, resolve_tracking_uri
+    from higgs_train.tracking.store import resolve_tracking_uri
+    from higgs_train.tracking.tracker import RunTracker
 
     quiet_libraries(config.verbose)
     settings.validate()

@@ -168,7 +168,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     """Tune function trainable: one child MLflow run and one TorchTrainer over the shared token cache."""
     import ray.tune
 
-    from higgs_train.tracking import RunTracker
+    from higgs_train.tracking.tracker import RunTracker
 
     trial_id = ray.tune.get_context().get_trial_id()
     base = context.base_config

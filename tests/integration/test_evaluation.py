@@ -39,7 +39,8 @@ def _random_adapter(out: Path) -> Path:
 
 
 def test_evaluate_compares_base_and_adapter_from_the_repository_root(tmp_path):
-    from higgs_train.tracking import embedded_tracking_uri, find_runs
+    from higgs_train.tracking.runs import find_runs
+    from higgs_train.tracking.store import embedded_tracking_uri
 
     data = create_sample_data(tmp_path / "data", utterances_per_speaker=2)
     adapter = _random_adapter(tmp_path / "run-a" / "adapter")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from higgs_train.tracking import embedded_tracking_uri, find_runs
+from higgs_train.tracking.runs import find_runs
+from higgs_train.tracking.store import embedded_tracking_uri
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from higgs_train.tracking import embedded_tracking_uri
+from higgs_train.tracking.store import embedded_tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def wait_for(env: dict[str, str], job_id: str, timeout_s: float) -> tuple[str, s
 
 
 def only_run(tracking_uri: str) -> dict:
-    from higgs_train.tracking import find_runs
+    from higgs_train.tracking.runs import find_runs
 
     runs = find_runs(tracking_uri, "higgs-train")
     assert len(runs) == 1, runs

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pyarrow.fs as pafs
 
-from higgs_train.tracking import find_runs
+from higgs_train.tracking.runs import find_runs
 from higgs_train.training.checkpoint_store import RUN_LOCK_DIR, find_resume_checkpoint, join, registered_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -96,14 +96,14 @@ def _in_process(dies: set[str]):
 
 
 def test_evaluate_scores_the_good_models_and_reports_each_failed_one(setup, monkeypatch, capsys):
-    from higgs_train.tracking import RunTracker
+    from higgs_train.tracking.tracker import RunTracker
 
     class NoTracking(RunTracker):  # MLflow costs ~40 s here and is covered by tests/integration/test_evaluation.py
         def __init__(self, tracking_uri: str = "", **kwargs) -> None:
             super().__init__(tracking_uri, enabled=False)
 
     monkeypatch.setattr(job, "_generate_and_score", _in_process(dies={"dying"}))
-    monkeypatch.setattr("higgs_train.tracking.RunTracker", NoTracking)
+    monkeypatch.setattr("higgs_train.tracking.tracker.RunTracker", NoTracking)
     out = setup["root"] / "eval"
     dying = setup["root"] / "dying"
     dying.mkdir()

@@ -31,7 +31,7 @@ from higgs_train.builder.sources import (
     _add_table_rows,
     list_source,
 )
-from higgs_train.data.manifest import CANONICAL_SCHEMA, ManifestError, load_canonical, read_manifest_rows
+from higgs_train.data.manifest import CANONICAL_SCHEMA, ManifestError, load_manifest, read_manifest_rows
 from higgs_train.data.plain_parquet import (
     UnsafeParquetError,
     parquet_refusal,
@@ -142,7 +142,7 @@ def test_a_poisoned_manifest_is_refused_before_ray_starts(tmp_path: Path, marker
     pq.write_table(pa.Table.from_pylist([row], schema=CANONICAL_SCHEMA), canonical)
     plant(canonical, marker, "misc_json")
     with pytest.raises(ManifestError, match=r"canonical\.parquet: column 'misc_json'"):
-        load_canonical(canonical)
+        load_manifest(canonical)
 
 
 def _cache_entry(root: Path, key: str = KEY) -> Path:

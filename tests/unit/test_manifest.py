@@ -71,7 +71,7 @@ def test_messages_and_misc_round_trip_losslessly(sample_rows: list[dict], tmp_pa
     assert (report.rows, report.parse_errors, report.duplicate_ids, report.generated_ids) == (len(sample_rows), 0, 0, 1)
     assert pq.read_schema(dst) == m.CANONICAL_SCHEMA
 
-    loaded = m.load_canonical(dst)
+    loaded = m.load_manifest(dst)
     assert [s["row_index"] for s in loaded] == list(range(len(sample_rows)))
     for original, back in zip(sample_rows, loaded, strict=True):
         assert back["messages"] == original["messages"]
@@ -116,7 +116,7 @@ def test_duplicate_ids_get_deterministic_suffixes(sample_rows: list[dict], tmp_p
     src.write_text(json.dumps(rows))
     report = m.convert_manifest(src, tmp_path / "dup.parquet")
     assert report.duplicate_ids == 2
-    assert [s["id"] for s in m.load_canonical(tmp_path / "dup.parquet")] == ["a", "a#3", "a#2", "a#4", "b"]
+    assert [s["id"] for s in m.load_manifest(tmp_path / "dup.parquet")] == ["a", "a#3", "a#2", "a#4", "b"]
 
 
 def test_unreadable_rows_are_kept_with_a_parse_error(sample_rows: list[dict], tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_unreadable_rows_are_kept_with_a_parse_error(sample_rows: list[dict], tm
 
     report = m.convert_manifest(src, tmp_path / "bad.parquet")
     assert (report.rows, report.parse_errors) == (6, 4)
-    loaded = m.load_canonical(tmp_path / "bad.parquet")
+    loaded = m.load_manifest(tmp_path / "bad.parquet")
     assert [s.get("parse_error") for s in loaded] == [
         None,
         m.NOT_JSON.format(line=3),
@@ -176,5 +176,5 @@ def test_prepare_data_convert_command(sample_rows: list[dict], tmp_path: Path, c
     out = tmp_path / "c.parquet"
     assert module.main(["convert", "--input", str(src), "--output", str(out)]) == 0
     assert f"{len(sample_rows)} rows, 0 unreadable" in capsys.readouterr().out
-    assert len(m.load_canonical(out)) == len(sample_rows)
+    assert len(m.load_manifest(out)) == len(sample_rows)
     assert module.main(["convert", "--input", str(tmp_path / "nope.json"), "--output", str(out)]) == 2

@@ -184,21 +184,3 @@ def test_whisper_input_holds_16k_audio_in_waveforms(stack, data, tmp_path):
     assert batch.audio_features.shape[0] == 1 and batch.audio_in_ids.shape[0] == 8
     table = records_to_table([rec])
     assert table.column("audio_waveforms").type == pa.list_(pa.float32())
-
-
-def test_voice_cloning_dataset_returns_samples_and_names_bad_rows(stack, data, tmp_path):
-    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
-
-    from higgs_train.data.dataset import VoiceCloningDataset
-
-    _, tokenizer, audio_tokenizer = stack
-    rows = [{k: v for k, v in r.items() if k != "row_index"} for r in data[1][:2]]
-    rows[1]["messages"][4]["content"]["audio_url"] = "audio/gone.wav"
-    manifest = tmp_path / "train.json"
-    manifest.write_text(json.dumps(rows))
-    dataset = VoiceCloningDataset(manifest, tokenizer, audio_tokenizer, audio_base_path=data[0])
-    assert len(dataset) == 2
-    sample = dataset[0]
-    assert isinstance(sample, ChatMLDatasetSample) and sample.audio_ids_concat.shape[0] == 8
-    with pytest.raises(AudioError, match=rf"row 1 \(id '{rows[1]['id']}'\): messages\[4\]: audio file not found"):
-        dataset[1]

@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from higgs_train.tracking import (
-    MAX_PARAM_VALUE_LENGTH,
-    RunTracker,
+from higgs_train.tracking.loss_curve import plot_loss_curve
+from higgs_train.tracking.runs import find_runs
+from higgs_train.tracking.store import (
     TrackingError,
     embedded_tracking_uri,
-    find_runs,
-    flatten_params,
     local_artifact_location,
-    plot_loss_curve,
     resolve_tracking_uri,
 )
+from higgs_train.tracking.tracker import RunTracker
+from higgs_train.tracking.values import MAX_PARAM_VALUE_LENGTH, flatten_params
 
 EXPERIMENT = "unit-tracking"
 
@@ -237,7 +236,7 @@ def test_failure_after_start_only_warns(tmp_path: Path, caplog: pytest.LogCaptur
     # Break metric writes under the live run (as a full disk or a server error would), leaving the rest intact.
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         db.execute("CREATE TRIGGER broken BEFORE INSERT ON metrics BEGIN SELECT RAISE(ABORT, 'simulated'); END")
-    with caplog.at_level(logging.WARNING, logger="higgs_train.tracking"):
+    with caplog.at_level(logging.WARNING, logger="higgs_train.tracking.tracker"):
         tracker.log_metrics({"train/total_loss": 0.5}, step=2)  # must not raise
         assert tracker.active
         tracker.log_metrics({"train/total_loss": 0.4}, step=3)
@@ -254,7 +253,7 @@ def test_failure_after_start_only_warns(tmp_path: Path, caplog: pytest.LogCaptur
 
 def test_missing_artifact_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with RunTracker.for_output_dir(tmp_path / "out").start(EXPERIMENT, "missing") as tracker:
-        with caplog.at_level(logging.WARNING, logger="higgs_train.tracking"):
+        with caplog.at_level(logging.WARNING, logger="higgs_train.tracking.tracker"):
             tracker.log_artifact(tmp_path / "does-not-exist.bin")
         assert any("log_artifact failed" in r.getMessage() for r in caplog.records)
         tracker.log_metrics({"x": 1.0}, step=1)  # a success resets the failure count
@@ -302,7 +301,7 @@ def test_tracking_off_logs_and_checks_nothing(tmp_path: Path, monkeypatch: pytes
 def test_a_workers_tracking_error_reaches_the_console_as_its_one_line() -> None:
     """Ray wraps a worker's exception (WorkerGroupError -> worker_failures -> RayTaskError cause); the driver
     shows the TrackingError's own message, not Ray's nested tracebacks."""
-    from higgs_train.tracking import tracking_error_in
+    from higgs_train.tracking.store import tracking_error_in
 
     class WorkerGroupError(RuntimeError):
         def __init__(self, message: str, worker_failures: dict) -> None:
@@ -325,7 +324,7 @@ def test_a_workers_tracking_error_reaches_the_console_as_its_one_line() -> None:
     )
     assert tracking_error_in(RuntimeError("training failed: out of memory")) is None
     # Only the text survived (an exception Ray could not rebuild): the message is still found in it.
-    text_only = RuntimeError("...\nhiggs_train.tracking.TrackingError: MLflow run abc is not in the store\n")
+    text_only = RuntimeError("...\nhiggs_train.tracking.store.TrackingError: MLflow run abc is not in the store\n")
     assert str(tracking_error_in(text_only)) == "MLflow run abc is not in the store"
 
 

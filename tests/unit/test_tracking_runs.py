@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from higgs_train.tracking import (
-    EXPERIMENT_KIND,
-    EXPERIMENT_KIND_TAG,
-    RunTracker,
-    embedded_tracking_uri,
-    find_runs,
-    metrics_to_log,
-)
+from higgs_train.tracking.runs import find_runs
+from higgs_train.tracking.store import embedded_tracking_uri
+from higgs_train.tracking.tracker import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RunTracker
+from higgs_train.tracking.values import metrics_to_log
 from higgs_train.tune.trial import readable_trial_name
 
 EXPERIMENT = "unit-runs"
@@ -52,7 +48,7 @@ def _run_killed_driver(uri: str, run_name: str) -> None:
     """A driver that opens the run and dies by SIGKILL: no ``__exit__``, no ``set_terminated``."""
     code = (
         "import os, signal\n"
-        "from higgs_train.tracking import RunTracker\n"
+        "from higgs_train.tracking.tracker import RunTracker\n"
         f"RunTracker({uri!r}).start_or_continue({EXPERIMENT!r}, {run_name!r})\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
