@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from higgs_train.atomic_files import write_atomic
+
 DEFAULT_LORA_TARGETS = (
     # Attention q/k/v/o, the text MLP and the audio MLP (DualFFN) of every decoder layer; a regex so the Whisper
     # tower's q_proj/k_proj/v_proj/fc* (which share suffixes) are never matched.
@@ -325,9 +327,7 @@ class TrainingConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        """Write the config as JSON or YAML (by extension), whole: temp file + rename (``paths.write_atomic``)."""
-        from higgs_train.paths import write_atomic
-
+        """Write the config as JSON or YAML (by extension), whole: temp file + rename (``atomic_files.write_atomic``)."""
         path = Path(path)
         if path.suffix == ".json":
             write_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -57,7 +57,7 @@ def recommended_learning_rate(model_path: str) -> float:
     """
     import json
 
-    from higgs_train.embedded import GENERATED_MARKER
+    from higgs_train.embedded.marker import GENERATED_MARKER
 
     marker = Path(model_path) / GENERATED_MARKER
     if marker.is_file():
@@ -150,8 +150,8 @@ def load_audio_tokenizer(path: str, device: str | torch.device = "cpu"):
 
     from boson_multimodal.audio_processing.higgs_audio_tokenizer import load_higgs_audio_tokenizer
 
-    from higgs_train.embedded import GENERATED_MARKER
     from higgs_train.embedded.audio_codec import installed_teacher_marker
+    from higgs_train.embedded.marker import GENERATED_MARKER
 
     local = Path(path)
     generated = local / GENERATED_MARKER

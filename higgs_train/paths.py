@@ -5,17 +5,10 @@ so a relative ``--output_dir outputs/my-voice`` read by a worker lands somewhere
 user never finds it. Every driver therefore resolves the paths a user gives against *its* working directory once,
 here, and hands only absolute paths on. URIs (``s3://``, ``file://``...), hub ids and the ``embedded`` stack are
 left as they are; a tracking URI's local path (``sqlite:///outputs/x.db``) is made absolute too.
-
-Output files a job promises (adapter, ``history.json``, reports, manifests) are written whole (``write_atomic``,
-``replace_dir``): a reader, or a job killed mid-write, sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 from higgs_train.config import TrainingConfig
@@ -80,58 +73,3 @@ def missing_model_refs(refs: dict[str, str | None]) -> list[str]:
         and Path(value).is_absolute()
         and not Path(value).exists()
     ]
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (``os.umask`` can only be read by setting it)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``path`` through a temporary file beside it and a rename, so it is never seen half written.
-
-    The file gets the permissions a plain ``open(path, "w")`` would give (temporary files are private, 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def staging_dir(final: str | Path) -> Path:
-    """A fresh folder beside ``final`` to write a whole directory into before ``replace_dir`` publishes it."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    staging.chmod(0o777 & ~_umask())  # as ``mkdir`` would make it (temporary folders are private, 0700)
-    return staging
-
-
-def replace_dir(staging: Path, final: str | Path) -> Path:
-    """Publish a fully written ``staging`` folder as ``final`` (two renames; the old folder is removed after).
-
-    POSIX cannot rename over a non-empty folder, so the old one is first moved aside: between the two renames
-    ``final`` is briefly absent, never a mix of two versions.
-    """
-    final = Path(final)
-    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    if final.exists():
-        os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final

@@ -120,8 +120,8 @@ def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, P
 
 def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[Path]]:
     """Per-split validation reports and one quarantine file, from what preprocessing accepted and rejected."""
+    from higgs_train.atomic_files import write_atomic
     from higgs_train.data.quarantine import Quarantine
-    from higgs_train.paths import write_atomic
 
     quarantine = Quarantine()
     files: list[Path] = []

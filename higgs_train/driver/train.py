@@ -89,7 +89,7 @@ def publish_final_outputs(
     import shutil
 
     from higgs_train.adapter import ADAPTER_DIR, STATE_FILE
-    from higgs_train.paths import replace_dir, staging_dir, write_atomic
+    from higgs_train.atomic_files import replace_dir, staging_dir, write_atomic
     from higgs_train.training.checkpoint import TrainerState
     from higgs_train.training.checkpoint_store import open_checkpoint
 
@@ -126,6 +126,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     The run's lock (``driver.cluster.hold_run``) is held from the run's resolution to its COMPLETED marker, so a
     second job of the same run name is refused instead of sharing its checkpoints and outputs.
     """
+    from higgs_train.atomic_files import write_atomic
     from higgs_train.console import quiet_libraries
     from higgs_train.data.shard_stream import stream_root_for_workers
     from higgs_train.driver.cluster import (
@@ -138,7 +139,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     )
     from higgs_train.driver.prepare import prepare_data
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer, start_tracker_relay
-    from higgs_train.paths import resolve_user_paths, write_atomic
+    from higgs_train.paths import resolve_user_paths
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking.store import resolve_tracking_uri, tracking_error_in
     from higgs_train.tracking.tracker import RunTracker

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STACK_VERSION = "tiny-v2"
-GENERATED_MARKER = "higgs_train_generated.json"
-"""Written into every directory this package generates (model, audio tokenizer): what it is, and what it recommends."""
 
 
 @dataclass(frozen=True)

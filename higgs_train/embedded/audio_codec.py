@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from higgs_train.embedded import GENERATED_MARKER
+from higgs_train.embedded.marker import GENERATED_MARKER
 
 TEACHER_REPO_ID = "bosonai/hubert_base"
 TEACHER_MARKER = "higgs_train_generated_teacher.json"

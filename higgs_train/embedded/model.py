@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from higgs_train.embedded import GENERATED_MARKER
+from higgs_train.embedded.marker import GENERATED_MARKER
 
 TINY_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "llama",

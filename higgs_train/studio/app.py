@@ -19,10 +19,10 @@ from urllib.parse import urlparse
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from higgs_train.atomic_files import write_atomic
 from higgs_train.builder.audio import TO_TRANSCRIBE
 from higgs_train.builder.build import TEMPLATE_HEADER
 from higgs_train.data.audio_io import resolve_audio_path
-from higgs_train.paths import write_atomic
 from higgs_train.speaker_reference import ReferenceError, speaker_clips
 from higgs_train.studio.jobs import JobError, JobStore
 from higgs_train.studio.roots import PathRefused, Roots, check_audio_bytes, checked_upload_name

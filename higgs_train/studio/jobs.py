@@ -63,7 +63,7 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def write(self, folder: Path) -> None:
-        from higgs_train.paths import write_atomic
+        from higgs_train.atomic_files import write_atomic
 
         write_atomic(folder / "job.json", json.dumps(asdict(self), indent=1))
 

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if child.poll() is None:
                 child.kill()
-    from higgs_train.paths import write_atomic
+    from higgs_train.atomic_files import write_atomic
 
     error = error_line(tail(folder / "log.txt")) if returncode else ""
     if returncode and not error:

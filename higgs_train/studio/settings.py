@@ -102,8 +102,8 @@ def write_config(config: TrainingConfig, path: Path) -> Path:
     """The fields that differ from the defaults (and the output folder): what the page set, nothing pinned else."""
     import json
 
+    from higgs_train.atomic_files import write_atomic
     from higgs_train.config import field_defaults
-    from higgs_train.paths import write_atomic
 
     defaults = field_defaults()
     keep = {k: v for k, v in config.to_dict().items() if v != defaults.get(k)}

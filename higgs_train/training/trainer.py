@@ -521,7 +521,7 @@ class HiggsAudioTrainer:
     def _finish(self, metrics: dict[str, float]) -> Path | None:
         if self.context.rank != 0:
             return None
-        from higgs_train.paths import replace_dir, staging_dir, write_atomic
+        from higgs_train.atomic_files import replace_dir, staging_dir, write_atomic
 
         output = Path(self.config.output_dir)
         adapter_dir = output / "adapter"

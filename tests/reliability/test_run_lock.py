@@ -270,7 +270,7 @@ def test_a_bad_resume_from_is_one_line_with_what_to_do(tmp_path, capsys, case):
 
 
 def test_an_output_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    from higgs_train.paths import write_atomic
+    from higgs_train.atomic_files import write_atomic
 
     target = tmp_path / "history.json"
     write_atomic(target, '[{"step": 1}]')
@@ -287,7 +287,7 @@ def test_an_output_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_an_output_folder_is_published_whole(tmp_path):
-    from higgs_train.paths import replace_dir, staging_dir
+    from higgs_train.atomic_files import replace_dir, staging_dir
 
     final = tmp_path / "adapter"
     final.mkdir()

@@ -28,8 +28,6 @@ import_graph = _tool()
 
 KNOWN_VIOLATIONS = {
     "cycle: data.preprocess data.row_length data.validation": "22.2: a token-vocabulary module all three import",
-    "cycle: config paths": "22.4: imports at the top (config imports paths inside a function to write atomically)",
-    "cycle: embedded embedded.audio_codec embedded.model": "22.4: imports at the top (GENERATED_MARKER apart)",
     "back up: data.shard_stream -> training.checkpoint_store": "22.2: one storage module below data and training",
     "back up: embedded.text_tokenizer -> data.chatml": "22.2: the ChatML layout below data and embedded",
     "back up: sample_data -> data.chatml": "22.2: the ChatML layout below data and embedded",
