@@ -10,10 +10,10 @@ Flow (``build_token_cache``):
    (``cache_key``). A complete entry for the key is a hit: returned without starting any actor.
 2. ``read_parquet`` -> ``repartition(target_num_rows_per_block=batch_size)`` (a one-file manifest is a single block,
    and Ray hands a whole block to one actor; small blocks spread rows over the pool) -> the decode stage
-   (``pipeline_stages.decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the encode stage
-   (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``, ``num_gpus``
-   with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, several per call where that is exact,
-   then each row becomes a record). Every input row comes back: good rows as records, failed rows with
+   (``pipeline_stages.decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the
+   encode stage (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``,
+   ``num_gpus`` with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, several per call where
+   that is exact, then each row becomes a record). Every input row comes back: good rows as records, failed rows with
    ``error_stage``/``error_reason`` set and null data. Each batch's cost (clips encoded, encoder calls, encoded
    audio seconds, encode and decode CPU seconds) rides on its first output row.
 3. Before any actor starts, every row's content key (``row_reuse.row_keys``) is looked up in the newest earlier
