@@ -3,9 +3,9 @@ how its delayed audio stream becomes codes.
 
 Why a module of its own: upstream's ``generate`` is used as published, and each rule here corrects one way its
 output would otherwise be wrong for a fine-tune (an id beyond the tokenizer, a placeholder sampled as text, a clip
-ended before its first frame, a real frame dropped from a stream cut by ``max_new_tokens``). They depend on the
-model config only, never on a loaded model, so each is tested on plain tensors; ``generation.generate_codes`` is
-the one place that hands them to upstream.
+ended before its first frame, a real frame dropped from a stream cut by ``max_new_tokens``). They read the model
+config, never a loaded model, so each can be checked on plain tensors; ``generation.generate_codes`` is the one
+place that hands them to upstream.
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ def _read_transcript_file(path: Path, key: str, speaker: str) -> tuple[SourceIte
 
 
 def sidecar(audio: Path, extension: str) -> Path:
+    """The file beside ``audio`` with its stem and ``extension`` (``.normalized.txt`` too, which ``with_suffix`` cannot
+    add); ``sources`` looks for LibriTTS's this way."""
     return audio.with_name(audio.stem + extension)
 
 

@@ -139,6 +139,8 @@ def transcript_problem(text: str, seconds: float | None = None) -> str | None:
 
 
 def clean_transcript(raw: str) -> tuple[str, tuple[str, ...]]:
+    """(the whole transcript on one line, its non-empty lines) with runs of white space collapsed; every reader
+    takes its text through here, so a transcript file and a table cell give the same item."""
     lines = tuple(" ".join(line.split()) for line in raw.splitlines() if line.strip())
     return " ".join(lines), lines
 
@@ -146,6 +148,7 @@ def clean_transcript(raw: str) -> tuple[str, tuple[str, ...]]:
 def add_confined_row(
     listing: SourceListing, confine: Confinement, key: str, speaker: str, text: str, reference: str, base: Path
 ) -> None:
+    """``add_row`` for an audio path a source wrote down (relative to ``base``): outside the input, it is rejected."""
     try:
         audio = confine.check(reference, base)
     except OutsideInput as err:
@@ -155,6 +158,7 @@ def add_confined_row(
 
 
 def add_row(listing: SourceListing, key: str, speaker: str, text: str, audio: Path | None, missing: str) -> None:
+    """One item, or its rejection: no audio file (``missing`` says which) or an empty transcript."""
     if audio is None:
         listing.rejections.append(Rejection(key, speaker, UNREADABLE, missing))
         return
