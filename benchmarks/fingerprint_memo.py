@@ -1,6 +1,6 @@
 """What the token cache's fingerprint memo saves at 100k rows: a stat-keyed lookup against hashing every clip again.
 
-Why: the cache key needs the content of every referenced clip (``token_cache.FingerprintMemo``). Re-hashing every
+Why: the cache key needs the content of every referenced clip (``cache_key.FingerprintMemo``). Re-hashing every
 file on every run is always right; the memo instead trusts a stat key that every write changes (size, mtime_ns,
 ctime_ns, inode). This prints both costs so the trade is a number:
 
@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from higgs_train.data.cache_key import FingerprintMemo
 from higgs_train.data.preprocess import file_sha256
-from higgs_train.data.token_cache import FingerprintMemo
 
 
 def make_files(root: Path, count: int, size: int) -> list[Path]:

@@ -38,6 +38,7 @@ def prepare(work: Path, rows_list: list[int]) -> dict:
 
     from higgs_train.data import ray_pipeline
     from higgs_train.data.manifest import convert_manifest
+    from higgs_train.data.pipeline_stages import META_COLUMNS, OUTPUT_SCHEMA
     from higgs_train.data.record_codec import RECORD_SCHEMA
     from higgs_train.models import resolve_paths
     from higgs_train.sample_data import create_sample_data
@@ -62,7 +63,7 @@ def prepare(work: Path, rows_list: list[int]) -> dict:
         table = table.set_column(0, "id", todo.column("id"))
         out_dir.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out_dir / "seed.parquet")
-        return pa.table({c: pa.array([], ray_pipeline.OUTPUT_SCHEMA.field(c).type) for c in ray_pipeline.META_COLUMNS})
+        return pa.table({c: pa.array([], OUTPUT_SCHEMA.field(c).type) for c in META_COLUMNS})
 
     out = {"sample_rows": records.num_rows, "audio_base": str(data["audio_base_path"]), "sizes": {}}
     for n in rows_list:

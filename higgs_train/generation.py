@@ -1,16 +1,18 @@
 """Voice-cloning inference that feeds the model exactly what training fed it, up to the trained turn.
 
-Why a module of its own: a fine-tune is only useful if inference conditions the model the way training did. Here
-the prompt is built from the training layout (``data.chatml``), tokenized by upstream's
-``prepare_chatml_sample`` (as ``SamplePreprocessor`` does), the reference is loaded by ``audio_io.load_audio`` and
-encoded by the same audio tokenizer call, and the batch comes from the training collator (``build_collator``). Only
-two things differ from a training batch, both as upstream's ``HiggsAudioServeEngine`` does them:
+Why a module of its own: a fine-tune is only useful if inference conditions the model the way training did. The
+prompt is built as a training sample is (``generation_prompt``: the training layout, upstream's tokenization, the
+same audio encoding), and the batch comes from the training collator (``build_collator``). Only two things differ
+from a training batch, both as upstream's ``HiggsAudioServeEngine`` does them:
 
-* the prompt stops after the target turn's ``<|start_header_id|>assistant<|end_header_id|>\\n\\n<|audio_out_bos|>``
-  (the ``<|audio_out_bos|>`` forces audio rather than text), i.e. it is the training sample's ``input_ids`` cut
-  right before ``<|AUDIO_OUT|>`` -- tests/unit/test_export_generate.py checks this token for token;
+* the prompt stops after the target turn's ``<|audio_out_bos|>``, right before ``<|AUDIO_OUT|>``
+  (``generation_prompt`` says why);
 * the collator does not round the length up to 8: right-padding a prompt would put pad tokens between the prompt
   and the first generated token.
+
+This module loads the stack, decodes, writes WAVs and runs the samples of a training round; the prompt is
+``generation_prompt``'s, and the rules put around upstream's ``generate`` (stop strings, logits processors,
+reading the delayed stream) are ``decoding_rules``'.
 
 Decoding is upstream's ``HiggsAudioModel.generate`` with a dynamic KV cache (the serve engine's static caches and
 CUDA graphs only pay off on CUDA). Greedy decoding (``temperature == 0``) also switches off repetition-aware
@@ -20,33 +22,20 @@ sampling (RAS): RAS re-draws a token by multinomial sampling whenever it repeats
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.chatml import (
-    AUDIO_OUT_BOS,
-    GENERATION_PREFIX,
-    cloning_context,
-    context_of,
-    target_audio_url,
-    text_of,
-)
+from higgs_train.data.chatml import cloning_context, context_of, target_audio_url
+from higgs_train.decoding_rules import STOP_STRINGS, AudioEndFloor, TextTokenMask, codes_from_delayed
+from higgs_train.generation_prompt import GenerationPrompt, build_prompt, prompt_from_record
 
 logger = logging.getLogger(__name__)
-
-# Upstream serve engine's stop strings plus the end of the audio turn: the prompt asks for one audio turn, so the
-# first ``<|audio_eos|>`` (which upstream forces once the delayed stream has ended) ends generation. Otherwise a
-# model that has not learnt to close its turn would spend up to max_new_tokens steps on text nobody uses.
-STOP_STRINGS = ("<|end_of_text|>", "<|eot_id|>", "<|audio_eos|>")
-AUDIO_IN_ROLES = ("user", "system")
 
 
 @dataclass(frozen=True)
@@ -68,16 +57,6 @@ class SamplingSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
-
-
-@dataclass
-class GenerationPrompt:
-    """One prompt: a ``ChatMLDatasetSample`` ending in ``<|audio_out_bos|>``, plus the target codes if known."""
-
-    sample_id: str
-    sample: Any  # boson_multimodal ChatMLDatasetSample, label_ids None
-    target_codes: np.ndarray | None = None  # (num_codebooks, T) of the target turn, for code agreement
-    text: str = ""  # the target text (the last user turn), what the audio check measures the clip against
 
 
 @dataclass
@@ -160,168 +139,12 @@ def generation_collator(model_config: Any, whisper_processor: Any = None):
 
 
 # ----------------------------------------------------------------------------------------------- prompts
-def build_prompt(
-    context: dict[str, Any],
-    tokenizer: Any,
-    audio_tokenizer: Any,
-    audio_base_path: str | Path,
-    *,
-    whisper: bool = False,
-    limits: AudioLimits | None = None,
-    target_codes: np.ndarray | None = None,
-) -> GenerationPrompt:
-    """Tokenize ``context`` (see ``context_of``) and encode its audio as preprocessing does; append the prefix."""
-    import contextlib
-    import io
-
-    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
-
-    from higgs_train.data.audio_io import load_audio
-    from higgs_train.data.preprocess import WHISPER_SAMPLE_RATE, audio_contents_in_order
-
-    chatml = {"messages": copy.deepcopy(context["messages"]), "start_index": None, "speaker": context.get("speaker")}
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # upstream prints and returns Nones on a malformed sample
-        input_ids, _, _, _ = prepare_chatml_sample(chatml, tokenizer)
-    if input_ids is None:
-        raise ValueError(f"prompt {context.get('id')!r} cannot be tokenized: {printed.getvalue().strip()[:300]}")
-    input_ids = list(input_ids) + tokenizer.encode(GENERATION_PREFIX + AUDIO_OUT_BOS, add_special_tokens=False)
-
-    limits = limits or AudioLimits()
-    rate = int(audio_tokenizer.sampling_rate)
-    codes, waves = [], []
-    for _, role, content in audio_contents_in_order(context["messages"]):
-        url = content.get("audio_url")
-        if not url:
-            raise ValueError(f"prompt {context.get('id')!r}: audio contents need an audio_url")
-        wave = load_audio(url, audio_base_path, rate, limits)
-        with torch.inference_mode():
-            encoded = audio_tokenizer.encode(wave, rate)
-        # Training stores codes as int16 (token cache); the round trip is exact for codebooks <= 32767 entries.
-        codes.append(torch.as_tensor(np.asarray(encoded.cpu()), dtype=torch.long))
-        if whisper and role in AUDIO_IN_ROLES:
-            waves.append(torch.from_numpy(load_audio(url, audio_base_path, WHISPER_SAMPLE_RATE, limits)))
-    num_codebooks = int(audio_tokenizer.num_codebooks)
-    starts = np.concatenate([[0], np.cumsum([c.shape[1] for c in codes])[:-1]]) if codes else np.zeros(0)
-    wave_starts = np.concatenate([[0], np.cumsum([len(w) for w in waves])[:-1]]) if waves else np.zeros(0)
-    sample = ChatMLDatasetSample(
-        input_ids=torch.tensor(input_ids, dtype=torch.long),
-        label_ids=None,
-        audio_ids_concat=torch.cat(codes, dim=1) if codes else torch.zeros((num_codebooks, 0), dtype=torch.long),
-        audio_ids_start=torch.as_tensor(starts, dtype=torch.long),
-        audio_waveforms_concat=torch.cat(waves) if waves else torch.zeros(0),
-        audio_waveforms_start=torch.as_tensor(wave_starts, dtype=torch.long),
-        audio_sample_rate=torch.full((len(waves),), WHISPER_SAMPLE_RATE, dtype=torch.long),
-        audio_speaker_indices=torch.full((len(codes),), -1, dtype=torch.long),
-    )
-    text = text_of(context["messages"][-1].get("content")) if context["messages"] else ""
-    return GenerationPrompt(str(context.get("id", "prompt")), sample, target_codes, text)
-
-
-def prompt_from_record(record: dict[str, Any], audio_out_bos_id: int) -> GenerationPrompt:
-    """A preprocessed training record cut before its last ``<|AUDIO_OUT|>``: the prompt training conditioned on.
-
-    The cut keeps ``<|audio_out_bos|>`` and drops the target's codes, which become ``target_codes``.
-    Used for samples during training (validation records are already encoded) and to test ``build_prompt``.
-    """
-    from higgs_train.data.record_codec import record_to_sample
-
-    sample = record_to_sample(record)
-    ids = sample.input_ids
-    bos_positions = (ids == audio_out_bos_id).nonzero().flatten()
-    is_out = np.asarray(record["audio_is_out"], dtype=bool)
-    if len(bos_positions) == 0 or len(is_out) == 0 or not is_out[-1]:
-        raise ValueError(f"record {record.get('id')!r} does not end in an assistant audio turn")
-    cut = int(bos_positions[-1]) + 1
-    last_start = int(sample.audio_ids_start[-1])
-    target = sample.audio_ids_concat[:, last_start:].numpy().copy()
-    return GenerationPrompt(
-        str(record.get("id", "record")),
-        replace(
-            sample,
-            input_ids=ids[:cut].clone(),
-            label_ids=None,
-            audio_ids_concat=sample.audio_ids_concat[:, :last_start].clone(),
-            audio_ids_start=sample.audio_ids_start[:-1].clone(),
-            audio_speaker_indices=sample.audio_speaker_indices[:-1].clone(),
-        ),
-        target,
-    )
-
-
 # ----------------------------------------------------------------------------------------------- decoding
 def generation_inputs(prompt: GenerationPrompt, collator: Any, device: torch.device) -> dict[str, Any]:
     """The collated prompt as ``HiggsAudioModel.generate`` keyword arguments (labels and reward dropped)."""
     batch = collator([prompt.sample])
     inputs = {k: v for k, v in asdict(batch).items() if k not in ("label_ids", "label_audio_ids", "reward")}
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
-
-
-class TextTokenMask:
-    """Logits processor: the text head never emits an id that sampling must not pick.
-
-    Two kinds of ids get ``-inf``:
-
-    * ids beyond the tokenizer: checkpoints pad the text embedding and LM head (the tiny model rounds its
-      vocabulary up to a multiple of 64) and padding ids have no token. Upstream ``_sample`` raises "Next generated
-      token ... greater than the tokenizer's vocabulary size" when one is picked (an untrained head often does);
-    * the audio placeholders ``<|AUDIO|>`` / ``<|AUDIO_OUT|>``: only the model inserts them (in audio mode, with
-      codes). One sampled as text has no codes behind it, and upstream's embedding merge then fails on the next
-      step ("index 0 is out of bounds").
-
-    ``HiggsAudioModel.generate`` hands one ``logits_processor`` list to both heads: text scores come with
-    ``input_ids``, audio scores (``(num_codebooks, codebook_size + 2)``) with ``input_ids=None`` and are left
-    alone. Transformers runs custom processors before temperature / top-k / top-p, so the warpers only ever see
-    tokens that may be generated.
-    """
-
-    def __init__(self, vocab_size: int, placeholder_ids: Sequence[int] = ()) -> None:
-        self.vocab_size = int(vocab_size)
-        self.placeholder_ids = sorted({int(i) for i in placeholder_ids})
-
-    @classmethod
-    def for_stack(cls, tokenizer: Any, model_config: Any) -> TextTokenMask:
-        return cls(len(tokenizer), (model_config.audio_in_token_idx, model_config.audio_out_token_idx))
-
-    def __call__(self, input_ids: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
-        if input_ids is None:
-            return scores
-        banned = torch.arange(scores.shape[-1], device=scores.device) >= self.vocab_size
-        banned[[i for i in self.placeholder_ids if i < scores.shape[-1]]] = True
-        return scores.masked_fill(banned, float("-inf"))
-
-
-class AudioEndFloor:
-    """Keeps the audio stream open until ``min_frames`` frames are complete.
-
-    Upstream ends the stream as soon as any codebook draws ``audio_stream_eos_id`` and fills the rest of the delay
-    tail itself, so a single early EOS yields a 0-frame clip. This processor sees the audio scores (upstream passes
-    them with ``input_ids=None``) and, for the first ``min_frames + delay`` audio steps, bans the stream's EOS and
-    BOS ids (BOS is only ever placed by upstream's delay pattern, never drawn). Text scores pass untouched. One
-    instance per ``generate`` call: it counts that call's audio steps.
-    """
-
-    def __init__(self, min_frames: int, num_codebooks: int, stream_ids: Sequence[int], use_delay_pattern: bool) -> None:
-        delay = num_codebooks - 1 if use_delay_pattern else 0
-        self.remaining = int(min_frames) + delay if min_frames > 0 else 0
-        self.banned = sorted({int(i) for i in stream_ids})
-
-    @classmethod
-    def for_stack(cls, model_config: Any, min_frames: int) -> AudioEndFloor:
-        return cls(
-            min_frames,
-            int(model_config.audio_num_codebooks),
-            (model_config.audio_stream_bos_id, model_config.audio_stream_eos_id),
-            bool(model_config.use_delay_pattern),
-        )
-
-    def __call__(self, input_ids: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
-        if input_ids is not None or self.remaining <= 0:
-            return scores
-        self.remaining -= 1
-        banned = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        banned[[i for i in self.banned if i < scores.shape[-1]]] = True
-        return scores.masked_fill(banned, float("-inf"))
 
 
 def sampling_kwargs(settings: SamplingSettings) -> dict[str, Any]:
@@ -336,30 +159,6 @@ def sampling_kwargs(settings: SamplingSettings) -> dict[str, Any]:
         "ras_win_len": settings.ras_win_len if settings.ras_win_len and settings.ras_win_len > 0 else None,
         "ras_win_max_num_repeat": settings.ras_win_max_num_repeat,
     }
-
-
-def codes_from_delayed(
-    audio_sequence: torch.Tensor, codebook_size: int, use_delay_pattern: bool = True
-) -> tuple[np.ndarray, bool]:
-    """Generated ``(K, L)`` delayed stream -> ``(K, T)`` codes without the stream BOS and EOS, and whether a
-    non-code id (normally the EOS) ended the stream.
-
-    Upstream's serve engine reverts the delay and drops the first and last column. That is right only when the
-    stream ended with EOS; a stream cut by ``max_new_tokens`` would lose a real frame. Here every column from the
-    first that holds a non-code id (EOS, or an out-of-place BOS) on any codebook is dropped instead.
-    """
-    from boson_multimodal.model.higgs_audio.utils import revert_delay_pattern
-
-    data = audio_sequence.detach().cpu().long()
-    if use_delay_pattern:
-        if data.shape[1] < data.shape[0]:
-            return np.zeros((data.shape[0], 0), dtype=np.int64), False
-        data = revert_delay_pattern(data)
-    data = data[:, 1:]  # the stream BOS column
-    special = (data >= codebook_size).any(dim=0).nonzero().flatten()
-    finished = len(special) > 0
-    end = int(special[0]) if finished else data.shape[1]
-    return data[:, :end].numpy(), finished
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ import numpy as np
 
 from higgs_train.builder.asr import Transcriber
 from higgs_train.builder.segment import SegmentPlan, SpeechDetector, cut, forced_split, greedy_split
-from higgs_train.builder.sources import NO_TRANSCRIPT, UNREADABLE, Rejection, SourceItem
+from higgs_train.builder.source_listing import NO_TRANSCRIPT, UNREADABLE, Rejection, SourceItem
 from higgs_train.data.audio_io import resample, to_mono
 
 TARGET_SAMPLE_RATE = 24000

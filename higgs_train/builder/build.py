@@ -22,16 +22,15 @@ from higgs_train.builder.audio import TO_TRANSCRIBE, UNLABELLED, AudioSettings, 
 from higgs_train.builder.pairing import PairingOptions, pair_clips
 from higgs_train.builder.ray_stage import process_locally, process_with_ray
 from higgs_train.builder.report import build_report, no_sample_reason, write_report
-from higgs_train.builder.sources import (
+from higgs_train.builder.source_listing import (
     BAD_TRANSCRIPT,
     NO_TRANSCRIPT,
     Rejection,
     SourceError,
     SourceOptions,
-    input_root,
-    list_source,
     transcript_problem,
 )
+from higgs_train.builder.sources import input_root, list_source
 
 TRAIN_FILE = "train.jsonl"
 VAL_FILE = "val.jsonl"

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from higgs_train.builder.audio import Clip
-from higgs_train.builder.sources import Rejection
+from higgs_train.builder.source_listing import Rejection
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT, cloning_sample
 
 PREFERRED_REFERENCE_SECONDS = (3.0, 10.0)

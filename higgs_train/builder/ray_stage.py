@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from higgs_train.builder.audio import AudioSettings, ClipProcessor, FileResult
-from higgs_train.builder.sources import SourceItem
+from higgs_train.builder.source_listing import SourceItem
 from higgs_train.console import CountProgress, emit
 from higgs_train.ray_session import init_ray
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from higgs_train.builder.audio import Clip
 from higgs_train.builder.pairing import PREFERRED_REFERENCE_SECONDS, Pairing
-from higgs_train.builder.sources import Rejection
+from higgs_train.builder.source_listing import Rejection
 
 REPORT_JSON = "data_report.json"
 REPORT_PNG = "data_report.png"

@@ -14,7 +14,8 @@ from pathlib import Path
 from higgs_train.builder.audio import AudioSettings
 from higgs_train.builder.build import BuildOptions, build_dataset
 from higgs_train.builder.pairing import PairingOptions
-from higgs_train.builder.sources import SOURCE_KINDS, SourceError, SourceOptions, describe_kinds
+from higgs_train.builder.source_listing import SourceError, SourceOptions
+from higgs_train.builder.sources import SOURCE_KINDS, describe_kinds
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.data.manifest import ManifestError, convert_manifest
 from higgs_train.flag_parser import FlagParser

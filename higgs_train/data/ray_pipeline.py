@@ -7,13 +7,13 @@ and bounds memory, and the same code scales from this 2-CPU box to a cluster.
 Flow (``build_token_cache``):
 
 1. The driver reads the manifest's key columns, fingerprints the referenced audio and computes the cache key
-   (``token_cache``). A complete entry for the key is a hit: returned without starting any actor.
+   (``cache_key``). A complete entry for the key is a hit: returned without starting any actor.
 2. ``read_parquet`` -> ``repartition(target_num_rows_per_block=batch_size)`` (a one-file manifest is a single block,
    and Ray hands a whole block to one actor; small blocks spread rows over the pool) -> the decode stage
-   (``decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the encode stage
-   (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``, ``num_gpus``
-   with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, several per call where that is exact,
-   then each row becomes a record). Every input row comes back: good rows as records, failed rows with
+   (``pipeline_stages.decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the
+   encode stage (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``,
+   ``num_gpus`` with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, several per call where
+   that is exact, then each row becomes a record). Every input row comes back: good rows as records, failed rows with
    ``error_stage``/``error_reason`` set and null data. Each batch's cost (clips encoded, encoder calls, encoded
    audio seconds, encode and decode CPU seconds) rides on its first output row.
 3. Before any actor starts, every row's content key (``row_reuse.row_keys``) is looked up in the newest earlier
@@ -25,52 +25,32 @@ Flow (``build_token_cache``):
    (``shard_stream``), ``stats.json`` aggregates the per-batch costs (plus ``rows_reused``/``rows_preprocessed``),
    and ``TokenCache.publish`` renames the staging directory into place. If a row
    failed because an audio file was unavailable (missing, unreadable) although the key fingerprinted it as present,
-   the entry is published under the key of the file state the build saw (``token_cache.fingerprints_as_seen``), so
+   the entry is published under the key of the file state the build saw (``cache_key.fingerprints_as_seen``), so
    the next run with the file back misses and trains that row.
 
-Resource sizing (the job's total must fit the Ray cluster; on this machine ``ray.init(num_cpus=2)``):
-
-* each encoder actor reserves ``cpus_per_actor`` (default 0.5) and runs torch with ``max(1, floor(cpus_per_actor))``
-  intra-op threads (``StageSizing.torch_threads``), so N actors never oversubscribe the cores they reserved by more
-  than rounding; with ``gpus_per_actor`` it also reserves that share of a GPU and encodes there (refused up front
-  when the cluster has too few GPUs: ``data_actor_gpu_reason``);
-* read/decode/filter/write tasks reserve ``IO_TASK_CPUS`` (0.25) each;
-* ``num_actors * cpus_per_actor + IO_TASK_CPUS`` must not exceed the cluster's CPUs, checked up front: Ray would
-  otherwise wait forever for an actor it cannot place, which looks like a hang;
-* the cache is built before training starts, so training workers (``cpus_per_train_worker`` each) do not compete
-  with these actors; the pool is released when the build returns. With 2 CPUs the defaults (2 actors x 0.5 + 0.25)
-  leave 0.75 CPU for the driver and Ray's own repartition tasks.
+This module is the driver's side of the build (keys, reuse, the staging directory, quarantine, stats,
+publication); the code Ray runs per batch is ``pipeline_stages``, and how big the stages are and whether the
+cluster can hold them is ``stage_sizing``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from higgs_train.console import RayProgress
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
-from higgs_train.data.preprocess import BatchResult, PreprocessSettings
-from higgs_train.data.quarantine import Quarantine
-from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
-from higgs_train.data.row_reuse import find_reusable, index_new_records, row_context_digest, row_keys, write_entry
-from higgs_train.data.shard_stream import ROWS_PER_FILE
-from higgs_train.data.token_cache import (
+from higgs_train.data.cache_key import (
     CACHE_FORMAT,
-    QUARANTINE_FILE,
-    CacheEntry,
-    TokenCache,
     audio_fingerprints,
     audio_tokenizer_identity,
     compute_cache_key,
@@ -78,36 +58,36 @@ from higgs_train.data.token_cache import (
     referenced_audio,
     text_tokenizer_identity,
 )
+from higgs_train.data.pipeline_stages import (
+    DECODE_CPU,
+    ERROR_REASON,
+    ERROR_STAGE,
+    META_COLUMNS,
+    OUTPUT_SCHEMA,
+    UNAVAILABLE,
+    PreprocessActor,
+    decode_batch,
+    good_rows,
+)
+from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
+from higgs_train.data.preprocess import PreprocessSettings
+from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.row_reuse import find_reusable, index_new_records, row_context_digest, row_keys, write_entry
+from higgs_train.data.shard_stream import ROWS_PER_FILE
+from higgs_train.data.stage_sizing import (
+    CPU_ENCODE_BATCH,
+    GPU_ENCODE_BATCH,
+    IO_TASK_CPUS,
+    StageSizing,
+    check_resources,
+)
+from higgs_train.data.token_cache import QUARANTINE_FILE, CacheEntry, TokenCache
 
 if TYPE_CHECKING:
     from higgs_train.models import ResolvedPaths
 
-IO_TASK_CPUS = 0.25
-ERROR_STAGE = "error_stage"
-ERROR_REASON = "error_reason"
-UNAVAILABLE = "_unavailable_audio"  # JSON {url: state} of files a failed row could not reach (file-system state)
-STAT_COLUMNS = ("_encoder_calls", "_encoder_batches", "_encoded_seconds", "_cpu_seconds", "_decode_cpu_seconds")
-DECODED = "_decoded"  # decode stage -> encode stage: the clips each row needs encoded, decoded (sha256, waveform)
-DECODED_TYPE = pa.large_list(pa.struct([("sha256", pa.string()), ("wave", pa.large_list(pa.float32()))]))
-DECODE_CPU = "_decode_cpu_seconds"  # the decode stage's CPU time for its batch, on the batch's first row
-CPU_ENCODE_BATCH = 1  # clips per encoder call on CPU actors: stacking measured slower there (ClipEncoder)
-GPU_ENCODE_BATCH = 16  # on a GPU actor: stacking equal-length clips fills the device (unmeasured here)
-OUTPUT_SCHEMA = pa.schema(
-    [
-        *RECORD_SCHEMA,
-        pa.field(ERROR_STAGE, pa.string()),
-        pa.field(ERROR_REASON, pa.string()),
-        pa.field(UNAVAILABLE, pa.string()),
-        pa.field("_encoder_calls", pa.int64()),
-        pa.field("_encoder_batches", pa.int64()),
-        pa.field("_encoded_seconds", pa.float64()),
-        pa.field("_cpu_seconds", pa.float64()),
-        pa.field(DECODE_CPU, pa.float64()),
-    ]
-)
 NEW_RECORDS_DIR = "_new"  # staging: records this build preprocessed, before write_entry merges them with reused ones
 TODO_FILE = "_todo.parquet"  # staging: the manifest rows no earlier entry holds
-META_COLUMNS = ["id", "row_index", "audio_seconds", ERROR_STAGE, ERROR_REASON, UNAVAILABLE, *STAT_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -123,141 +103,6 @@ class CacheResult:
     entry: CacheEntry
 
 
-@dataclass(frozen=True)
-class StageSizing:
-    """How the build's two stages are sized: decode tasks (``IO_TASK_CPUS`` each) and the encoder actor pool."""
-
-    num_actors: int
-    cpus_per_actor: float
-    gpus_per_actor: float
-    batch_size: int  # manifest rows per batch (both stages)
-    encode_batch_size: int  # most clips per encoder call (ClipEncoder)
-
-    @property
-    def torch_threads(self) -> int:
-        """Intra-op threads per encoder actor: its whole reserved CPUs, at least one, so N actors never
-        oversubscribe the cores they reserved by more than rounding."""
-        return max(1, math.floor(self.cpus_per_actor))
-
-
-def batch_output(result: BatchResult, decode_cpu_seconds: float = 0.0) -> pa.Table:
-    """One Arrow table per batch: good records, then failed rows (id, row_index, error), costs on the first row."""
-    good = records_to_table(result.records)
-    n_good, n_bad = good.num_rows, len(result.failures)
-    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
-    for f in RECORD_SCHEMA:
-        if f.name == "id":
-            tail = pa.array([x.id for x in result.failures], pa.string())
-        elif f.name == "row_index":
-            tail = pa.array([x.row_index for x in result.failures], pa.int64())
-        else:
-            tail = pa.nulls(n_bad, f.type)
-        columns[f.name] = pa.chunked_array([good.column(f.name).combine_chunks(), tail], f.type)
-    columns[ERROR_STAGE] = pa.array([None] * n_good + [x.stage for x in result.failures], pa.string())
-    columns[ERROR_REASON] = pa.array([None] * n_good + [x.reason for x in result.failures], pa.string())
-    unavailable = [json.dumps(dict(x.unavailable)) if x.unavailable else None for x in result.failures]
-    columns[UNAVAILABLE] = pa.array([None] * n_good + unavailable, pa.string())
-    n = n_good + n_bad
-    first = [1.0] + [0.0] * (n - 1) if n else []
-    s = result.stats
-    columns["_encoder_calls"] = pa.array([int(s.get("encoder_calls", 0) * w) for w in first], pa.int64())
-    columns["_encoder_batches"] = pa.array([int(s.get("encoder_batches", 0) * w) for w in first], pa.int64())
-    columns["_encoded_seconds"] = pa.array([s.get("encoded_seconds", 0.0) * w for w in first], pa.float64())
-    columns["_cpu_seconds"] = pa.array([s.get("cpu_seconds", 0.0) * w for w in first], pa.float64())
-    columns[DECODE_CPU] = pa.array([decode_cpu_seconds * w for w in first], pa.float64())
-    return pa.table(columns, schema=OUTPUT_SCHEMA)
-
-
-def decode_batch(
-    batch: pa.Table, audio_base_path: str, sampling_rate: int, limits: dict[str, Any], code_store_dir: str | None
-) -> pa.Table:
-    """The decode stage (Ray Data CPU tasks, no model): the batch plus each row's clips decoded and resampled.
-
-    Why a stage of its own: decoding and resampling need CPUs only, encoding wants the encoder's device; kept apart,
-    each is sized by itself (``decode_cpus`` per task, ``cpus_per_actor``/``gpus_per_actor`` per encoder actor)
-    and encoder actors (possibly on GPUs) never wait on file I/O. A clip appears once per batch, on the first row
-    needing it; clips the code store holds are not decoded at all.
-    """
-    from higgs_train.data.preprocess import decode_clips
-    from higgs_train.data.token_cache import AudioCodeStore
-
-    start = time.process_time()
-    store = AudioCodeStore(code_store_dir) if code_store_dir else None
-    seen: set[str] = set()
-    per_row = []
-    for row in batch.to_pylist():
-        clips = decode_clips([row], audio_base_path, sampling_rate, AudioLimits(**limits), store)
-        per_row.append([{"sha256": sha, "wave": wave} for sha, wave in clips.items() if sha not in seen])
-        seen.update(clips)
-    cpu = time.process_time() - start
-    out = batch.append_column(DECODED, pa.array(per_row, DECODED_TYPE))
-    return out.append_column(DECODE_CPU, pa.array([cpu] + [0.0] * (batch.num_rows - 1), pa.float64()))
-
-
-def decoded_waves(batch: pa.Table) -> dict[str, np.ndarray]:
-    """sha256 -> waveform from a decode-stage batch, read as numpy slices (no Python float per sample)."""
-    clips = pc.list_flatten(batch.column(DECODED).combine_chunks())
-    if len(clips) == 0:
-        return {}
-    shas = clips.field("sha256").to_pylist()
-    waves = clips.field("wave")
-    offsets = waves.offsets.to_numpy()
-    values = waves.values.to_numpy(zero_copy_only=False)
-    return {sha: values[offsets[i] : offsets[i + 1]] for i, sha in enumerate(shas)}
-
-
-class PreprocessActor:
-    """Ray Data callable class: loads the tokenizers once (CPU), then preprocesses batches of manifest rows."""
-
-    def __init__(
-        self,
-        tokenizer_path: str,
-        audio_tokenizer_path: str,
-        audio_base_path: str,
-        settings: dict[str, Any],
-        code_store_dir: str | None,
-        torch_threads: int = 1,
-        progress: Any = None,
-        device: str = "cpu",
-        encode_batch_size: int = CPU_ENCODE_BATCH,
-    ) -> None:
-        import torch
-
-        from higgs_train.data.preprocess import SamplePreprocessor
-        from higgs_train.data.token_cache import AudioCodeStore
-        from higgs_train.models import load_audio_tokenizer, load_text_tokenizer
-
-        torch.set_num_threads(torch_threads)
-        limits = AudioLimits(**settings["limits"])
-        self.preprocessor = SamplePreprocessor(
-            load_text_tokenizer(tokenizer_path),
-            load_audio_tokenizer(audio_tokenizer_path, device=device),
-            audio_base_path,
-            limits,
-            settings["whisper"],
-            encode_audio_in_tokens=settings["encode_audio_in_tokens"],
-            code_store=AudioCodeStore(code_store_dir) if code_store_dir else None,
-            max_tokens_per_row=settings.get("max_tokens_per_row", 0),
-            encode_batch_size=encode_batch_size,
-        )
-        self.progress = progress  # console.RayProgress's counter: rows done, for the driver's progress line
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        decoded, decode_cpu = {}, 0.0
-        if DECODED in batch.column_names:  # from the decode stage
-            decoded = decoded_waves(batch)
-            decode_cpu = float(pc.sum(batch.column(DECODE_CPU)).as_py() or 0.0)
-            batch = batch.drop_columns([DECODED, DECODE_CPU])
-        out = batch_output(self.preprocessor.process_batch(batch.to_pylist(), decoded), decode_cpu)
-        if self.progress is not None:
-            self.progress.add.remote(batch.num_rows)
-        return out
-
-
-def _good_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch.column(ERROR_REASON))).select(RECORD_SCHEMA.names)
-
-
 def model_flags(model_path: str) -> tuple[bool, bool]:
     """(encode_whisper_embed, encode_audio_in_tokens) of a Higgs model config: what the records must contain."""
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig
@@ -271,41 +116,6 @@ def model_max_positions(model_path: str) -> int:
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig
 
     return int(HiggsAudioConfig.from_pretrained(model_path).text_config.max_position_embeddings)
-
-
-def data_actor_gpu_reason(num_actors: int, gpus_per_actor: float, cluster: dict[str, float]) -> str | None:
-    """Why encoder actors asking ``gpus_per_actor`` GPUs each cannot be placed on ``cluster``; None when they can.
-
-    The one rule for ``--data_actor_gpus``, used by the train driver's resource check and the pipeline's own."""
-    if gpus_per_actor <= 0:
-        return None
-    have = float(cluster.get("GPU", 0.0))
-    need = num_actors * gpus_per_actor
-    if need <= have + 1e-9:
-        return None
-    where = "has no GPUs" if have == 0 else f"has {have:g}"
-    return (
-        f"--data_actor_gpus {gpus_per_actor:g} with {num_actors} data actor(s) needs {need:g} GPU(s) but the Ray "
-        f"cluster {where}; drop --data_actor_gpus to encode on CPUs, or lower dataloader_num_workers"
-    )
-
-
-def check_resources(num_actors: int, cpus_per_actor: float, gpus_per_actor: float = 0.0) -> None:
-    """Fail fast instead of waiting forever for actors the cluster cannot place."""
-    import ray
-
-    cluster = ray.cluster_resources()
-    total = float(cluster.get("CPU", 0.0))
-    need = num_actors * cpus_per_actor + IO_TASK_CPUS
-    if need > total + 1e-9:
-        raise ValueError(
-            f"token-cache build needs {need:g} CPUs ({num_actors} actors x {cpus_per_actor:g} + {IO_TASK_CPUS:g} for "
-            f"read/decode/write tasks) but the Ray cluster has {total:g}; lower dataloader_num_workers or "
-            "cpus_per_data_actor"
-        )
-    reason = data_actor_gpu_reason(num_actors, gpus_per_actor, cluster)
-    if reason:
-        raise ValueError(reason)
 
 
 def build_token_cache(
@@ -459,7 +269,7 @@ def _preprocess(
             progress.counter,
         )
     meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
-    processed.map_batches(_good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
+    processed.map_batches(good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
         str(out_dir), min_rows_per_file=ROWS_PER_FILE, ray_remote_args={"num_cpus": IO_TASK_CPUS}
     )
     return meta

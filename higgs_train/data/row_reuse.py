@@ -1,6 +1,6 @@
 """Row-level content keys: a manifest edit reprocesses only the rows it changed, and the entry layout they live in.
 
-Why: the entry key (``token_cache``) covers the whole manifest, so one edited row makes a new entry; preprocessing
+Why: the entry key (``cache_key``) covers the whole manifest, so one edited row makes a new entry; preprocessing
 every row again costs about 17 ms per row even when every clip comes from the code store (tokenizing, validating,
 loading headers): 30 minutes for 100k rows on 2 CPUs. A record depends only on its row's content, the content of the
 audio it references, the tokenizers and the settings, so a key over exactly those (``row_keys``) identifies a
@@ -77,7 +77,7 @@ def row_context_digest(
 
 def row_keys(manifest: pa.Table, fingerprints: dict[str, str], context_digest: str) -> list[str]:
     """One content key per manifest row (see the module docstring), in manifest order."""
-    from higgs_train.data.token_cache import referenced_audio
+    from higgs_train.data.cache_key import referenced_audio
 
     n = manifest.num_rows
     cols = {c: manifest.column(c).to_pylist() if c in manifest.column_names else [None] * n for c in ROW_KEY_COLUMNS}

@@ -208,7 +208,7 @@ def check_cpu_budget(config: TrainingConfig) -> None:
     """Refuse a configuration that cannot be scheduled on the cluster instead of hanging in the pending state."""
     import ray
 
-    from higgs_train.data.ray_pipeline import data_actor_gpu_reason
+    from higgs_train.data.stage_sizing import data_actor_gpu_reason
 
     cluster = ray.cluster_resources()
     check_gpus(config, cluster)

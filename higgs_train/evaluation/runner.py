@@ -151,7 +151,8 @@ class ModelEvaluator:
             return ModelRun(self.spec.label, [], f"evaluation failed: {one_line(exc)}")
 
     def run_row(self, row: EvalRow) -> ScoredClip:
-        from higgs_train.generation import build_prompt, synthesize
+        from higgs_train.generation import synthesize
+        from higgs_train.generation_prompt import build_prompt
 
         rate = int(self.stack.audio_tokenizer.sampling_rate)
         reference = self._load(row.reference_url, rate)

@@ -75,9 +75,9 @@ class TrainingVoiceEval:
             SamplingSettings,
             decode_codes,
             generation_collator,
-            prompt_from_record,
             synthesize,
         )
+        from higgs_train.generation_prompt import prompt_from_record
 
         tokenizer, audio_tokenizer, whisper = self._load()
         assert self._evaluator is not None

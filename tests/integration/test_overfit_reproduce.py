@@ -21,15 +21,10 @@ import torch
 from higgs_train.config import TrainingConfig
 from higgs_train.data.chatml import AUDIO_OUT_BOS
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
+from higgs_train.decoding_rules import codes_from_delayed
 from higgs_train.export import export
-from higgs_train.generation import (
-    SamplingSettings,
-    codes_from_delayed,
-    load_generation_stack,
-    prompt_for_texts,
-    prompt_from_record,
-    synthesize,
-)
+from higgs_train.generation import SamplingSettings, load_generation_stack, prompt_for_texts, synthesize
+from higgs_train.generation_prompt import prompt_from_record
 from higgs_train.loss import compute_higgs_audio_loss
 from higgs_train.models import resolve_paths
 from higgs_train.sample_data import create_sample_data

@@ -21,7 +21,8 @@ import yaml
 from higgs_train.commands.tune import sweep_config_from_args
 from higgs_train.console import filter_forwarded_worker_logs
 from higgs_train.data.audio_io import resolve_audio_path
-from higgs_train.data.token_cache import TokenCache, referenced_audio
+from higgs_train.data.cache_key import referenced_audio
+from higgs_train.data.token_cache import TokenCache
 from higgs_train.tracking.runs import find_runs
 from higgs_train.tune.space import BEST_DIR
 from higgs_train.tune.sweep import SweepResult, run_sweep

@@ -259,7 +259,7 @@ UNREADABLE_SCRIPT = textwrap.dedent(
     from higgs_train.data import manifest as m, validation as v
     from higgs_train.data.audio_io import AudioLimits
     from higgs_train.data.preprocess import SamplePreprocessor
-    from higgs_train.data.token_cache import FingerprintMemo, audio_fingerprints
+    from higgs_train.data.cache_key import FingerprintMemo, audio_fingerprints
     from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
 
     manifest, base, memo = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])

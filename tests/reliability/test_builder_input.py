@@ -20,7 +20,7 @@ from test_bad_input import write_long_wav_header_only
 from higgs_train.builder.audio import AudioSettings
 from higgs_train.builder.build import BuildOptions, build_dataset
 from higgs_train.builder.pairing import PairingOptions
-from higgs_train.builder.sources import SourceError, SourceOptions
+from higgs_train.builder.source_listing import SourceError, SourceOptions
 from higgs_train.sample_data import SPEAKERS, synthesize
 
 SECRET = "PRIVATE sentence that must never leave its folder."

@@ -23,14 +23,9 @@ import ray.data  # noqa: F401  (registers ray.data.arrow_pickled_object, as in e
 from ray.data.extensions import ArrowPythonObjectType
 from stand_ins import make_entry
 
-from higgs_train.builder.sources import (
-    Confinement,
-    SourceError,
-    SourceListing,
-    SourceOptions,
-    _add_table_rows,
-    list_source,
-)
+from higgs_train.builder.source_listing import Confinement, SourceError, SourceListing, SourceOptions
+from higgs_train.builder.sources import list_source
+from higgs_train.builder.table_sources import _add_table_rows
 from higgs_train.data.manifest import CANONICAL_SCHEMA, ManifestError, load_manifest, read_manifest_rows
 from higgs_train.data.plain_parquet import (
     UnsafeParquetError,

@@ -29,7 +29,8 @@ from higgs_train.builder.audio import AudioSettings, Clip
 from higgs_train.builder.build import BuildOptions, BuildResult, build_dataset
 from higgs_train.builder.pairing import PairingOptions, choose_references, pair_clips
 from higgs_train.builder.report import report_figure
-from higgs_train.builder.sources import SOURCE_KINDS, SourceOptions, detect_source_kind
+from higgs_train.builder.source_listing import SourceOptions
+from higgs_train.builder.sources import SOURCE_KINDS, detect_source_kind
 from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.sample_data import SPEAKERS, create_sample_data, synthesize
@@ -368,13 +369,13 @@ def test_segments_without_a_split_transcript_are_kept_unlabelled_and_reported(tm
 
 
 def test_asr_model_transcribes_segments(tmp_path, monkeypatch):
-    from higgs_train.builder import sources
+    from higgs_train.builder import source_listing
     from higgs_train.builder.asr import Transcriber
     from higgs_train.embedded.asr import build_tiny_whisper_asr
 
     # The tiny Whisper's words are random tokens, far more than anyone speaks in a clip, which the speaking-rate
     # bound rightly rejects (tests/reliability/test_builder_input.py); here only the transcription path is tested.
-    monkeypatch.setattr(sources, "MAX_CHARACTERS_PER_SECOND", 1000.0)
+    monkeypatch.setattr(source_listing, "MAX_CHARACTERS_PER_SECOND", 1000.0)
 
     asr_dir = build_tiny_whisper_asr(tmp_path / "whisper")
     src, _ = write_long_recording(tmp_path / "long", sentences=6)

@@ -20,15 +20,10 @@ from higgs_train.config import TrainingConfig
 from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
+from higgs_train.decoding_rules import TextTokenMask, codes_from_delayed
 from higgs_train.export import check_merged_dir, export, safetensors_index
-from higgs_train.generation import (
-    TextTokenMask,
-    build_prompt,
-    code_agreement,
-    codes_from_delayed,
-    generation_collator,
-    prompt_from_record,
-)
+from higgs_train.generation import code_agreement, generation_collator
+from higgs_train.generation_prompt import build_prompt, prompt_from_record
 from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
 from higgs_train.sample_data import create_sample_data
 from higgs_train.training.checkpoint import TrainerState
