@@ -138,7 +138,8 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         stream_cache_location,
     )
     from higgs_train.driver.prepare import prepare_data
-    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer, start_tracker_relay
+    from higgs_train.driver.tracker_relay import start_tracker_relay
+    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
     from higgs_train.paths import resolve_user_paths
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking.store import resolve_tracking_uri, tracking_error_in

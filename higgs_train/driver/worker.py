@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from higgs_train.config import TrainingConfig
+from higgs_train.driver.tracker_relay import RelayedTracker
 from higgs_train.training.context import WorkerContext, as_float_metrics
 
 
@@ -76,76 +77,6 @@ class RayWorkerContext(WorkerContext):
         ray.train.report(as_float_metrics(metrics), checkpoint=checkpoint)
 
 
-class TrackerRelay:
-    """Rank 0's MLflow logging, done on the driver's node: a Ray actor there holds the run's tracker.
-
-    Why: rank 0 may run on a node that cannot reach the tracking store the driver opened (the default store is an
-    SQLite file next to ``--output_dir`` on the driver's disk). Metrics, the last logged step and artifact files
-    (sent as bytes) travel through Ray instead, so a cluster needs no shared disk for MLflow either.
-    """
-
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        from higgs_train.tracking.tracker import RunTracker
-
-        self._tracker = RunTracker(tracking_uri).attach(run_id)
-
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        self._tracker.log_metrics(metrics, step)
-
-    def last_logged_step(self, key: str) -> int:
-        return self._tracker.last_logged_step(key)
-
-    def log_files(self, name: str, files: dict[str, bytes], is_dir: bool, artifact_path: str | None) -> None:
-        """Log what rank 0 had at ``name`` (a file, or a folder's ``files`` by relative path) under
-        ``artifact_path``."""
-        with tempfile.TemporaryDirectory(prefix="higgs-relay-") as tmp:
-            root = Path(tmp) / name
-            for relative, data in files.items():
-                target = root / relative if is_dir else root
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-            self._tracker.log_artifact(root, artifact_path)
-
-
-def start_tracker_relay(tracking_uri: str, run_id: str | None) -> Any:
-    """A ``TrackerRelay`` actor pinned to this (the driver's) node, or None when the job is not tracked."""
-    if not run_id:
-        return None
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy=here)(TrackerRelay)
-    return actor.remote(tracking_uri, run_id)
-
-
-@dataclass(frozen=True)
-class RelayedTracker:
-    """What rank 0 logs through (``RayWorkerContext.current``): a ``TrackerRelay`` on the driver's node."""
-
-    relay: Any
-
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        import ray
-
-        ray.get(self.relay.log_metrics.remote(as_float_metrics(metrics), step))
-
-    def last_logged_step(self, key: str) -> int:
-        import ray
-
-        return ray.get(self.relay.last_logged_step.remote(key))
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        import ray
-
-        path = Path(path)
-        if path.is_dir():
-            files = {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-        else:
-            files = {path.name: path.read_bytes()}
-        ray.get(self.relay.log_files.remote(path.name, files, path.is_dir(), artifact_path))
-
-
 WORKER_SPEC = "worker_spec"  # the one key of Ray Train's ``train_loop_config``
 
 
@@ -172,8 +103,8 @@ class WorkerSpec:
     # True (the training driver): rank 0 writes into its node's scratch folder, never into ``config.output_dir``,
     # a path of the driver's machine. False (a Tune trial): into ``config.output_dir``, where the sweep looks first.
     node_local_outputs: bool = False
-    # A ``TrackerRelay`` actor on the driver's node (the training driver): rank 0 logs through it, not into the
-    # tracking store itself. None (a Tune trial): rank 0 attaches to ``mlflow_tracking_uri``.
+    # A ``TrackerRelay`` actor on the driver's node (``driver.tracker_relay``; the training driver's, or a sweep's):
+    # rank 0 logs into ``mlflow_run_id`` through it. None: rank 0 attaches to ``mlflow_tracking_uri`` itself.
     tracker_relay: Any = None
 
 
@@ -208,7 +139,7 @@ def run_worker(spec: WorkerSpec) -> None:
         config = config.replace(output_dir=str(worker_scratch_dir(config.run_name)))
     tracker = RunTracker.disabled()
     if ray.train.get_context().get_world_rank() == 0 and spec.tracker_relay is not None:
-        tracker = RelayedTracker(spec.tracker_relay)
+        tracker = RelayedTracker(spec.tracker_relay, spec.mlflow_run_id)
     elif ray.train.get_context().get_world_rank() == 0 and spec.mlflow_run_id:
         tracker = RunTracker(spec.mlflow_tracking_uri).attach(spec.mlflow_run_id)
     context = RayWorkerContext.current(tracker, console_lines=spec.trial_id is None)

@@ -24,8 +24,10 @@ Why this shape:
   registry, and a Tune callback removes whatever a finished trial left. Without it every early stop would keep
   its training CPUs (or GPUs) reserved until the sweep ends, and a few stops deadlock a small cluster.
 * **MLflow.** The sweep is a parent run; each trial function creates its child run before starting its trainer and
-  hands the id to the rank-0 worker, as the training job does. The driver closes children that ASHA killed and
-  adds each trial's final figures, so children compare side by side in the UI.
+  hands the id to the rank-0 worker, as the training job does. Trials reach MLflow only through the sweep's relay
+  actor on the driver's node (``driver.tracker_relay``), so the default SQLite store on the driver's disk serves a
+  multi-node sweep too. The driver closes children that ASHA killed and adds each trial's final figures, so
+  children compare side by side in the UI.
 
 Modules: ``space`` (search spaces and search algorithms), ``resources`` (trial resources, ASHA), ``trial`` (the
 function trainable), ``results`` (trial table, best trial), ``sweep`` (the driver). The command

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ class SweepResult:
     tracking_uri: str
     trials: list[TrialSummary]
     best: dict[str, Any] | None
+    # Metric batches each child run received through the driver-node relay (``driver.tracker_relay``): the trials'
+    # only way to MLflow.
+    relayed_batches: dict[str, int] = field(default_factory=dict)
 
     def table(self) -> str:
         """The final table: one row per trial, best first (what ``trials.csv`` holds, in short)."""
@@ -85,6 +89,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     from higgs_train.console import quiet_libraries, quiet_tune_output
     from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
     from higgs_train.driver.prepare import prepare_data
+    from higgs_train.driver.tracker_relay import start_tracker_relay
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking.store import resolve_tracking_uri
     from higgs_train.tracking.tracker import RunTracker
@@ -101,7 +106,8 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     tracker = RunTracker(tracking_uri)
     sweep_params = {f"tune/{k}": v for k, v in asdict(settings).items()}
     tags = {"tune_sweep": sweep_name, "run_kind": "tune_sweep", "model_path": config.model_path}
-    with tracker.start(config.mlflow_experiment, sweep_name, params={**config.to_dict(), **sweep_params}, tags=tags):
+    start = tracker.start(config.mlflow_experiment, sweep_name, params={**config.to_dict(), **sweep_params}, tags=tags)
+    with start, contextlib.ExitStack() as hold:
         tracker.log_artifact(search_space_path(settings.search_space))
         init_ray(config.verbose)
         check_cpu_budget(config)
@@ -114,6 +120,9 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         lengths = data.train.entry.lengths()
         total_steps = planned_steps(config, lengths)  # the trainer's own rule
         registry = ray.remote(num_cpus=0)(PlacementGroupRegistry).remote()
+        relay = start_tracker_relay(tracking_uri, tracker.run_id)  # the trials' MLflow, on this node
+        if relay is not None:
+            hold.callback(ray.kill, relay)  # even when the sweep fails
         context = TrialContext(
             base_config=config,
             cache_root=str(data.cache_root),
@@ -122,10 +131,10 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
             trials_root=str(output / "trials"),
             trainer_storage=f"{storage.rstrip('/')}/{sweep_name}-trials",
             sweep_name=sweep_name,
-            tracking_uri=tracking_uri,
             experiment=config.mlflow_experiment,
             parent_run_id=tracker.run_id,
             placement_groups=registry,
+            tracker_relay=relay,
         )
         points = quick_test_points(spec, settings.num_samples) if config.quick_test else []
         trainable = tune.with_resources(
@@ -155,6 +164,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         with quiet_tune_output(config.verbose):
             grid = tuner.fit()
         ray.kill(registry)
+        relayed = ray.get(relay.logged_batches.remote()) if relay is not None else {}
         trials = [summarize_trial(r, config, output / "trials", lengths) for r in grid]
         close_child_runs(tracking_uri, config.mlflow_experiment, tracker.run_id or "", trials)
         for trial in trials:  # a trial whose worker could not log fails the sweep (tracking.check_logged)
@@ -177,4 +187,4 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
             tracker.set_tags({"best_trial_id": best_trial.trial_id, "best_mlflow_run_id": best_trial.mlflow_run_id})
         if best is None:
             raise RuntimeError(f"no trial of sweep {sweep_name} reported {score_key}; see {csv_path}")
-    return SweepResult(output, sweep_name, tracker.run_id, tracking_uri, trials, best)
+    return SweepResult(output, sweep_name, tracker.run_id, tracking_uri, trials, best, relayed)

@@ -1,4 +1,9 @@
-"""One trial: a function trainable that creates its MLflow child run and fits one TorchTrainer."""
+"""One trial: a function trainable that creates its MLflow child run and fits one TorchTrainer.
+
+A trial function and its training workers may run on any node, so neither opens the tracking store: the child run
+is created, logged into and closed through the sweep's ``TrackerRelay`` on the driver's node (``TrialContext``
+carries the relay, not the store's URI).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import run_params
+from higgs_train.driver.tracker_relay import RelayedTracker
 from higgs_train.driver.worker import WORKER_SPEC, WorkerSpec, build_torch_trainer, run_worker
 from higgs_train.tune.space import TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
 
@@ -130,10 +136,11 @@ class TrialContext:
     trials_root: str
     trainer_storage: str
     sweep_name: str
-    tracking_uri: str
     experiment: str
     parent_run_id: str | None
     placement_groups: Any = None
+    # The sweep's ``TrackerRelay`` (driver node): the only way a trial reaches MLflow. None: tracking is off.
+    tracker_relay: Any = None
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
@@ -187,22 +194,26 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         "tune_params": json.dumps(params, sort_keys=True, default=str),
         **data_keys,
     }
-    tracker = RunTracker(context.tracking_uri).start(
-        context.experiment,
-        readable_trial_name(config, params, trial_id),
-        params=run_params(config),
-        tags=tags,
-        parent_run_id=context.parent_run_id,
-    )
+    tracker = RunTracker.disabled()
+    if context.tracker_relay is not None:
+        tracker = RelayedTracker.start(
+            context.tracker_relay,
+            context.experiment,
+            readable_trial_name(config, params, trial_id),
+            params=run_params(config),
+            tags=tags,
+            parent_run_id=context.parent_run_id,
+        )
     spec = WorkerSpec(
         config=config,
         cache_root=context.cache_root,
         train_key=context.train_key,
         val_key=context.val_key,
         mlflow_run_id=tracker.run_id,
-        mlflow_tracking_uri=context.tracking_uri,
+        mlflow_tracking_uri="",  # rank 0 logs through the relay only
         trial_id=trial_id,
         placement_groups=context.placement_groups,
+        tracker_relay=context.tracker_relay,
     )
     with tracker:
         trainer = build_torch_trainer(

@@ -215,6 +215,20 @@ def test_a_relative_sqlite_uri_keeps_every_metric(sweep: SweepResult) -> None:
             assert logged == [h["step"] for h in json.loads(history.read_text())], child["run_name"]
 
 
+def test_trials_reach_mlflow_only_through_the_driver_node_relay(sweep: SweepResult) -> None:
+    """A trial function and its workers are not given the store's URI: each child run was created, and every metric
+    batch of it logged, by the sweep's relay actor on the driver's node (``driver.tracker_relay``), so a sweep on
+    several nodes needs no shared disk for MLflow. The driver alone adds the final figures afterwards."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    _, children = _runs(sweep)
+    assert set(sweep.relayed_batches) == {c["run_id"] for c in children}
+    for child in children:
+        steps = client.get_metric_history(child["run_id"], "train/total_loss")
+        assert sweep.relayed_batches[child["run_id"]] >= len(steps) > 0, child["run_name"]
+
+
 def test_console_is_one_line_per_trial_result_and_the_table(sweep: SweepResult) -> None:
     """No Tune status tables: one line per result Tune received (validation steps), nothing else."""
     results = [line for line in CONSOLE if line.startswith("trial ") and " step " in line]

@@ -326,39 +326,3 @@ def test_a_workers_tracking_error_reaches_the_console_as_its_one_line() -> None:
     # Only the text survived (an exception Ray could not rebuild): the message is still found in it.
     text_only = RuntimeError("...\nhiggs_train.tracking.store.TrackingError: MLflow run abc is not in the store\n")
     assert str(tracking_error_in(text_only)) == "MLflow run abc is not in the store"
-
-
-def test_rank_zero_logs_through_the_relay_as_it_would_log_itself(tmp_path: Path, monkeypatch) -> None:
-    """The driver-node relay (``driver.worker.TrackerRelay``) receives metrics and file bytes and lays artifacts out
-    as a direct ``log_artifact`` would: a folder's contents under the artifact path, a file under its name."""
-    import ray
-
-    from higgs_train.driver.worker import RelayedTracker, TrackerRelay
-
-    class Direct:  # an actor handle whose calls run here (``ray.get`` of their result is the result)
-        def __init__(self, target: object) -> None:
-            self.target = target
-
-        def __getattr__(self, name: str):
-            return type("Method", (), {"remote": staticmethod(getattr(self.target, name))})
-
-    monkeypatch.setattr(ray, "get", lambda value: value)
-    samples = tmp_path / "scratch" / "samples"
-    (samples / "sub").mkdir(parents=True)
-    (samples / "row0.wav").write_bytes(b"RIFF")
-    (samples / "sub" / "codes.json").write_text("{}")
-    rows = tmp_path / "scratch" / "eval_rows.json"
-    rows.write_text("[]")
-    with RunTracker.for_output_dir(tmp_path / "out").start(EXPERIMENT, "job") as driver:
-        tracker = RelayedTracker(Direct(TrackerRelay(driver.tracking_uri, driver.run_id)))
-        tracker.log_metrics({"train/total_loss": 1.5, "note": "text"}, step=3)
-        tracker.log_artifact(samples, "samples/step_0000003")
-        tracker.log_artifact(rows, "eval/step_0000003")
-        assert tracker.last_logged_step("train/total_loss") == 3
-    client = MlflowClient(driver.tracking_uri)
-    assert [m.value for m in client.get_metric_history(driver.run_id, "train/total_loss")] == [1.5]
-    assert _artifact_paths(client, driver.run_id) == {
-        "samples/step_0000003/row0.wav",
-        "samples/step_0000003/sub/codes.json",
-        "eval/step_0000003/eval_rows.json",
-    }
