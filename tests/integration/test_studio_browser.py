@@ -139,7 +139,9 @@ def test_build_train_listen_speak_in_a_browser(studio_url, tmp_path):
         expect(page.locator("#job-detail svg.chart")).to_be_visible()
         page.screenshot(path=str(shots / "studio_train.png"), full_page=True)
         expect(page.locator("#jobs button.resume")).to_have_count(0)  # a finished run has nothing to resume
+        expect(page.locator("#sweep-fields")).to_be_hidden()
         page.select_option("#preset", "sweep")  # the sweep's own settings appear and are checked inline too
+        expect(page.locator("input[data-sweep=num_samples]")).to_have_attribute("placeholder", "3")
         page.fill("input[data-sweep=num_samples]", "0")
         page.locator("input[data-sweep=num_samples]").dispatch_event("change")
         expect(page.locator("#err-num_samples")).to_contain_text("expected an integer >= 1")

@@ -162,8 +162,9 @@ async function loadSettings() {
     <input data-field="${esc(f.name)}" data-type="${esc(f.type)}" placeholder="${esc(JSON.stringify(f.default))}">
     <small>${esc(f.help)}</small><span class="error" id="err-${esc(f.name)}"></span></label>`).join("");
   $("fields").querySelectorAll("input").forEach((i) => i.addEventListener("change", checkSettings));
+  const sweepDefaults = Object.values(catalogue.sweep_presets)[0] || {};  // the placeholder: what an empty box runs
   $("sweep-fields").innerHTML = catalogue.sweep_fields.map((f) => `<label class="field">sweep: ${esc(f.name)}
-    <input data-sweep="${esc(f.name)}" data-type="${esc(f.type)}" placeholder="${esc(JSON.stringify(f.default))}">
+    <input data-sweep="${esc(f.name)}" data-type="${esc(f.type)}" placeholder="${esc(JSON.stringify(sweepDefaults[f.name] ?? f.default))}">
     <small>${esc(f.help)}</small><span class="error" id="err-${esc(f.name)}"></span></label>`).join("");
   $("sweep-fields").querySelectorAll("input").forEach((i) => i.addEventListener("change", checkSettings));
 }
@@ -219,7 +220,8 @@ function lossChart(histories, key = "train/total_loss") {
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs) || 1, Math.min(...ys), Math.max(...ys)];
   const W = 480, H = 200, sx = (x) => 40 + (W - 50) * (x - x0) / ((x1 - x0) || 1), sy = (y) => H - 20 - (H - 44) * (y - y0) / ((y1 - y0) || 1);
   const lines = series.map(([name, pts], i) => `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2"
-      points="${pts.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" ")}"><title>${esc(name)}</title></polyline>
+      points="${pts.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" ")}"><title>${esc(name)}</title></polyline>${pts.length === 1  // one point (a run stopped at its first evaluation) draws no line: a dot
+      ? `<circle cx="${sx(pts[0][0])}" cy="${sy(pts[0][1])}" r="3" fill="${COLORS[i % COLORS.length]}"></circle>` : ""}
       <text x="${W - 150}" y="${14 + 14 * i}" fill="${COLORS[i % COLORS.length]}" font-size="11">${esc(name)}</text>`).join("");
   return `<svg class="chart" width="${W}" height="${H}" role="img" aria-label="${esc(key)}"><text x="4" y="12" font-size="11">${esc(key)}</text>
     <text x="2" y="${sy(y1) + 4}" font-size="10">${fmt(y1)}</text><text x="2" y="${sy(y0)}" font-size="10">${fmt(y0)}</text>
