@@ -24,17 +24,18 @@ from higgs_train.builder.audio import TO_TRANSCRIBE
 from higgs_train.builder.build import TEMPLATE_HEADER
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.speaker_reference import ReferenceError, speaker_clips
-from higgs_train.studio.jobs import JobError, JobStore
-from higgs_train.studio.roots import PathRefused, Roots, check_audio_bytes, checked_upload_name
-from higgs_train.studio.runs import RunNotFound, RunStore, data_sets
+from higgs_train.studio.http import Refused, guard, one_line, read_body, root_path
+from higgs_train.studio.job_routes import add_job_routes
+from higgs_train.studio.jobs import JobStore
+from higgs_train.studio.roots import Roots, check_audio_bytes, checked_upload_name
+from higgs_train.studio.runs import RunStore, data_sets
 from higgs_train.studio.samples import write_sample_recordings
-from higgs_train.studio.settings import PRESETS, SettingsError, field_catalogue, training_config, write_config
-from higgs_train.studio.speak import Speaker, SpeakError, SpeakRequest
+from higgs_train.studio.settings import PRESETS, SWEEP_PRESETS, field_catalogue, sweep_catalogue
+from higgs_train.studio.speak import Speaker, SpeakRequest
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 DATASETS_DIR = "datasets"
-EXPORTS_DIR = "exports"
 AUTH_COOKIE = "studio_auth"
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".png": "image/png", ".json": "application/json", ".jsonl": "text/plain", ".txt": "text/plain",
@@ -69,17 +70,6 @@ def check_exposure(settings: StudioSettings) -> None:
         )
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.status, self.field = status, field
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:400] if lines else type(err).__name__
-
-
 def _warm_imports() -> None:
     """Import torch, transformers and MLflow's store in the background at start: the first Speak or runs listing
     would otherwise wait for them (tens of seconds on a busy machine)."""
@@ -104,14 +94,14 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     app.state.roots, app.state.jobs, app.state.store = roots, jobs, store
 
     # ------------------------------------------------------------------ errors and auth
-    @app.exception_handler(_Refused)
-    async def refused(_: Request, err: _Refused) -> JSONResponse:
+    @app.exception_handler(Refused)
+    async def refused(_: Request, err: Refused) -> JSONResponse:
         return JSONResponse({"error": str(err), "field": err.field}, status_code=err.status)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, err: Exception) -> JSONResponse:
-        logger.error("%s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, _one_line(err))
-        return JSONResponse({"error": f"{type(err).__name__}: {_one_line(err)}", "field": ""}, status_code=500)
+        logger.error("%s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, one_line(err))
+        return JSONResponse({"error": f"{type(err).__name__}: {one_line(err)}", "field": ""}, status_code=500)
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Response:
@@ -143,37 +133,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
             return f"Origin {origin!r}: requests from another site are refused"
         return ""
 
-    def guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn``; the expected mistakes become a 4xx with their one line."""
-        try:
-            return fn(*args, **kwargs)
-        except PathRefused as err:
-            raise _Refused(403, str(err), "path") from err
-        except SettingsError as err:
-            raise _Refused(422, str(err), err.field) from err
-        except (JobError, RunNotFound) as err:
-            raise _Refused(404, str(err)) from err
-        except SpeakError as err:
-            raise _Refused(400, str(err)) from err
-
-    async def body(request: Request) -> dict[str, Any]:
-        if "application/json" not in request.headers.get("content-type", ""):
-            raise _Refused(415, "request body: send JSON with 'Content-Type: application/json'")
-        try:
-            data = await request.json()
-        except ValueError as err:
-            raise _Refused(400, f"request body: not JSON ({_one_line(err)})") from err
-        if not isinstance(data, dict):
-            raise _Refused(400, "request body: expected a JSON object")
-        return data
-
-    def root_path(value: Any, field: str, must_exist: bool = True) -> Path:
-        text = str(value or "")
-        root, sep, rel = text.partition(":")
-        if not sep:
-            raise _Refused(400, f"{field}: give data:<path> or output:<path> (got {text!r})", field)
-        return guard(roots.resolve, root, rel, must_exist)
-
     # ------------------------------------------------------------------ page and files
     @app.get("/")
     def index() -> FileResponse:
@@ -183,14 +142,14 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     def static(name: str) -> FileResponse:
         path = STATIC / Path(name).name
         if not path.is_file():
-            raise _Refused(404, f"static/{name}: no such file")
+            raise Refused(404, f"static/{name}: no such file")
         return FileResponse(path)
 
     @app.get("/files/{root}/{rel:path}")
     def files(root: str, rel: str) -> FileResponse:
         path = guard(roots.resolve, root, rel, True)
         if not path.is_file() or path.suffix.lower() not in MEDIA_TYPES:
-            raise _Refused(403, f"{root}:{rel}: only audio, images and reports are served")
+            raise Refused(403, f"{root}:{rel}: only audio, images and reports are served")
         return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()], filename=path.name,
                             content_disposition_type="inline")  # fmt: skip
 
@@ -198,7 +157,7 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     def browse(root: str = "data", path: str = "") -> dict[str, Any]:
         folder = guard(roots.resolve, root, path, True)
         if not folder.is_dir():
-            raise _Refused(400, f"{root}:{path}: not a folder")
+            raise Refused(400, f"{root}:{path}: not a folder")
         entries = []
         for child in sorted(folder.iterdir())[:2000]:
             if child.name.startswith(".") or roots.locate(child) is None:  # symlinks out of the root are not listed
@@ -211,7 +170,7 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     async def upload(request: Request, name: str, folder: str = "uploads") -> dict[str, Any]:
         """The raw file as the body (no multipart: python-multipart is not in the lock); goes to data:<folder>."""
         clean = guard(checked_upload_name, name)
-        target_dir = root_path(f"data:{folder}", "folder", must_exist=False)
+        target_dir = root_path(roots, f"data:{folder}", "folder", must_exist=False)
         data = await request.body()
         guard(check_audio_bytes, clean, data)
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -222,23 +181,23 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     # ------------------------------------------------------------------ data
     @app.post("/api/sample_recordings")
     async def sample_recordings(request: Request) -> dict[str, Any]:
-        data = await body(request)
-        folder = root_path(f"data:{data.get('name') or 'sample_recordings'}", "name", must_exist=False)
+        data = await read_body(request)
+        folder = root_path(roots, f"data:{data.get('name') or 'sample_recordings'}", "name", must_exist=False)
         per_speaker = data.get("per_speaker", 4)
         if not isinstance(per_speaker, int) or not 3 <= per_speaker <= 12:
-            raise _Refused(400, "per_speaker: an integer from 3 to 12 (a speaker needs 3 clips to be paired "
+            raise Refused(400, "per_speaker: an integer from 3 to 12 (a speaker needs 3 clips to be paired "
                            "and to spare one for validation)", "per_speaker")  # fmt: skip
         written = write_sample_recordings(folder, per_speaker)
         return {"path": f"data:{roots.locate(folder)[1]}", "files": written}
 
     @app.post("/api/build")
     async def build(request: Request) -> dict[str, Any]:
-        data = await body(request)
-        source = root_path(data.get("input"), "input")
+        data = await read_body(request)
+        source = root_path(roots, data.get("input"), "input")
         name = str(data.get("name") or source.name)
         output = guard(roots.resolve, "output", f"{DATASETS_DIR}/{name}")
         if output.parent != roots.output / DATASETS_DIR:
-            raise _Refused(400, f"name {name!r}: one folder name, not a path", "name")
+            raise Refused(400, f"name {name!r}: one folder name, not a path", "name")
         argv = ["ray_jobs/prepare_data.py", "build", "--input", str(source), "--output", str(output), "--local"]
         if data.get("segment"):
             argv.append("--segment")
@@ -253,11 +212,11 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     def dataset_clips(path: str) -> dict[str, Any]:
         """Every (speaker, clip, transcript) of a data set's manifests, with a URL to play each clip."""
 
-        folder = root_path(path, "path")
+        folder = root_path(roots, path, "path")
         try:
             clips = speaker_clips(folder)
         except ReferenceError as err:
-            raise _Refused(400, str(err), "path") from err
+            raise Refused(400, str(err), "path") from err
         out = []
         for spk, items in sorted(clips.items()):
             for url, text in items.items():
@@ -272,7 +231,7 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     @app.get("/api/datasets/to_transcribe")
     def to_transcribe(path: str) -> dict[str, Any]:
         """The clips a build left without a transcript (``to_transcribe.tsv``), with the text filled so far."""
-        folder = root_path(path, "path")
+        folder = root_path(roots, path, "path")
         return {"path": path, "rows": [{**row, "url": roots.file_url(folder / row["clip"])}
                                        for row in read_to_transcribe(folder)]}  # fmt: skip
 
@@ -281,108 +240,30 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
         """Write typed transcripts into the data set's ``to_transcribe.tsv``; building it again pairs the filled
         clips (the builder reads the file back, and its content-hash cache redoes no finished file)."""
 
-        data = await body(request)
-        folder = root_path(data.get("path"), "path")
+        data = await read_body(request)
+        folder = root_path(roots, data.get("path"), "path")
         texts = data.get("texts")
         if not isinstance(texts, dict):
-            raise _Refused(400, "texts: expected an object of clip -> transcript", "texts")
+            raise Refused(400, "texts: expected an object of clip -> transcript", "texts")
         rows = {row["clip"]: row["text"] for row in read_to_transcribe(folder)}
         for clip, text in texts.items():
             if clip not in rows:
-                raise _Refused(400, f"{clip}: not a clip of {TO_TRANSCRIBE} in {data.get('path')}", "texts")
+                raise Refused(400, f"{clip}: not a clip of {TO_TRANSCRIBE} in {data.get('path')}", "texts")
             if not isinstance(text, str) or any(ord(c) < 32 for c in text):
-                raise _Refused(422, f"{clip}: a transcript is one line of text (no tabs or control characters)",
+                raise Refused(422, f"{clip}: a transcript is one line of text (no tabs or control characters)",
                                "texts")  # fmt: skip
             rows[clip] = " ".join(text.split())
         lines = [TEMPLATE_HEADER, *(f"{clip}\t{text}" for clip, text in rows.items())]
         write_atomic(folder / TO_TRANSCRIBE, "\n".join(lines) + "\n")
         return {"filled": sum(1 for t in rows.values() if t), "open": sum(1 for t in rows.values() if not t)}
 
-    # ------------------------------------------------------------------ train and jobs
+    # ------------------------------------------------------------------ train, sweep, export and jobs
     @app.get("/api/settings")
     def settings_catalogue() -> dict[str, Any]:
-        return {"presets": PRESETS, "fields": field_catalogue()}
+        return {"presets": PRESETS, "fields": field_catalogue(), "sweep_presets": SWEEP_PRESETS,
+                "sweep_fields": sweep_catalogue()}  # fmt: skip
 
-    @app.post("/api/train/check")
-    async def train_check(request: Request) -> dict[str, Any]:
-        """Validate settings only (the form's inline errors)."""
-        data = await body(request)
-        config, run_name = guard(training_config, roots, data.get("settings") or {}, str(data.get("preset") or ""))
-        return {"ok": True, "run_name": run_name, "output_dir": config.output_dir}
-
-    @app.post("/api/train")
-    async def train(request: Request) -> dict[str, Any]:
-        data = await body(request)
-        config, run_name = guard(training_config, roots, data.get("settings") or {}, str(data.get("preset") or ""))
-        running = [r for r in jobs.records() if r.kind == "train" and r.output_dir == config.output_dir]
-        if any(jobs.state(r).state == "running" for r in running):
-            raise _Refused(409, f"run {run_name} is already training in a Studio job; stop it or pick another "
-                           "run_name", "run_name")  # fmt: skip
-
-        def argv(folder: Path) -> list[str]:
-            return ["ray_jobs/train.py", "--config", str(write_config(config, folder / "config.json"))]
-
-        record = guard(jobs.start, "train", argv, Path(config.output_dir), f"train {run_name}", data)
-        return job_view(record)
-
-    @app.post("/api/export")
-    async def export(request: Request) -> dict[str, Any]:
-        data = await body(request)
-        source = root_path(data.get("adapter"), "adapter")
-        name = str(data.get("name") or source.parent.name)
-        output = guard(roots.resolve, "output", f"{EXPORTS_DIR}/{name}")
-        if output.parent != roots.output / EXPORTS_DIR:
-            raise _Refused(400, f"name {name!r}: one folder name, not a path", "name")
-        argv = ["ray_jobs/export.py", "--checkpoint", str(source), "--output", str(output)]
-        argv += ["--merge"] if data.get("merge") else []
-        record = guard(jobs.start, "export", lambda _: argv, output, f"export {name}", data)
-        return job_view(record)
-
-    def job_view(record: Any, detail: bool = False) -> dict[str, Any]:
-        state = jobs.state(record)
-        view = {"job_id": record.job_id, "kind": record.kind, "title": record.title, "created": record.created,
-                "state": state.state, "error": state.error, "last_line": state.last_line,
-                "output": roots.locate(record.output_dir) and f"{roots.locate(record.output_dir)[0]}:"
-                          f"{roots.locate(record.output_dir)[1]}",
-                "settings": record.settings, "ray": record.submission_id or None}  # fmt: skip
-        if record.kind == "train":
-            run = store.run_for_output_dir(record.output_dir)
-            view["run"] = run
-            if run:
-                view["progress"] = {"max_steps": run["max_steps"], **{k: run["metrics"].get(k) for k in
-                                    ("train/total_loss", "train/tokens_per_second", "val_loss")}}  # fmt: skip
-                if detail:  # the step is the last point of the loss curve (the trainer logs it at every step)
-                    view["history"] = store.history(run["run_id"])
-                    curve = view["history"].get("train/total_loss", [])
-                    view["progress"]["step"] = int(curve[-1][0]) if curve else 0
-        if record.kind == "build" and detail:
-            report = Path(record.output_dir) / "data_report.json"
-            view["report_url"] = roots.file_url(report) if report.is_file() else None
-            plot = Path(record.output_dir) / "data_report.png"
-            view["plot_url"] = roots.file_url(plot) if plot.is_file() else None
-        if record.kind == "export" and detail:
-            card = Path(record.output_dir) / "adapter" / "README.md"
-            view["card_url"] = roots.file_url(card) if card.is_file() else None
-        if detail:
-            view["log"] = jobs.log_text(record)[-4000:]
-        return view
-
-    @app.get("/api/jobs")
-    def list_jobs() -> dict[str, Any]:
-        return {"jobs": [job_view(r) for r in jobs.records()]}
-
-    @app.get("/api/jobs/{job_id}")
-    def job(job_id: str) -> dict[str, Any]:
-        return job_view(guard(jobs.get, job_id), detail=True)
-
-    @app.post("/api/jobs/{job_id}/stop")
-    def stop(job_id: str) -> dict[str, Any]:
-        record = guard(jobs.get, job_id)
-        try:
-            jobs.stop(record)
-        except JobError as err:
-            raise _Refused(409, str(err)) from err
-        return job_view(record)
+    job_view = add_job_routes(app, roots, jobs, store)
 
     # ------------------------------------------------------------------ runs
     @app.get("/api/runs")
@@ -401,23 +282,23 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     # ------------------------------------------------------------------ speak
     @app.post("/api/speak")
     async def speak(request: Request, format: str = "json") -> Any:
-        data = await body(request)
+        data = await read_body(request)
         adapter = None
         if data.get("adapter"):
-            adapter = root_path(data["adapter"], "adapter")
+            adapter = root_path(roots, data["adapter"], "adapter")
         elif data.get("run_id"):
             run = guard(store.run, str(data["run_id"]))
             adapter = guard(roots.inside, Path(run.data.params.get("output_dir", "/nonexistent")) / "adapter")
         try:
             temperature, seed = float(data.get("temperature", 0.7)), int(data.get("seed", 0))
         except (TypeError, ValueError) as err:
-            raise _Refused(400, f"temperature/seed: {_one_line(err)}") from err
+            raise Refused(400, f"temperature/seed: {one_line(err)}") from err
         req = SpeakRequest(
             text=str(data.get("text") or ""),
             adapter=adapter,
             speaker=str(data.get("speaker") or ""),
-            data=root_path(data["data"], "data") if data.get("data") else None,
-            ref_audio=root_path(data["ref_audio"], "ref_audio") if data.get("ref_audio") else None,
+            data=root_path(roots, data["data"], "data") if data.get("data") else None,
+            ref_audio=root_path(roots, data["ref_audio"], "ref_audio") if data.get("ref_audio") else None,
             ref_text=str(data.get("ref_text") or ""),
             temperature=temperature,
             seed=seed,

@@ -30,7 +30,7 @@ from typing import Any
 from higgs_train.source_tree import PROJECT_DIR
 
 JOBS_DIR = "studio_jobs"
-JOB_KINDS = ("build", "train", "export")
+JOB_KINDS = ("build", "train", "tune", "export")
 # Ray job states (ray.job_submission.JobStatus values) mapped to the Studio's four.
 _RAY_STATES = {"PENDING": "running", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
                "STOPPED": "stopped"}  # fmt: skip
@@ -47,7 +47,7 @@ class JobRecord:
     """What a job is, written once when it starts (typed, so a later server reads exactly what this one wrote)."""
 
     job_id: str
-    kind: str  # build | train
+    kind: str  # build | train | tune | export
     argv: list[str]  # the command, relative to the project folder for Ray, absolute for local jobs
     output_dir: str  # the build's data set folder or the run's output folder
     created: float

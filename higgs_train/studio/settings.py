@@ -20,11 +20,16 @@ from typing import Any
 from higgs_train.config import TrainingConfig, check_run_name
 from higgs_train.paths import MODEL_FIELDS, PATH_FIELDS
 from higgs_train.studio.roots import PathRefused, Roots
+from higgs_train.tune.space import SweepSettings
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick_test": {"quick_test": True, "num_validation_samples": 1, "validation_sample_max_new_tokens": 64},
     "standard_lora": {"lora_r": 16, "lora_alpha": 32, "num_validation_samples": 2},
+    "sweep": {"quick_test": True, "num_validation_samples": 0},  # trials rank by val_loss; samples would only slow
 }
+# Presets that run ``ray_jobs/tune.py`` instead of ``train.py``: their ``SweepSettings`` defaults.
+SWEEP_PRESETS: dict[str, dict[str, Any]] = {"sweep": {"num_samples": 3}}
+SWEEP_NOT_SETTABLE = {"search_space": "the sweep searches the project's configs/tune_search_space.yaml; edit it there"}
 NOT_SETTABLE = {
     "create_sample_data": "writes sample data and exits; the Studio's Data tab does that",
     "validate_data_only": "validates and exits; build the data set in the Data tab (its report lists every rejection)",
@@ -53,6 +58,52 @@ def field_catalogue() -> list[dict[str, Any]]:
         kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(hints[f.name], "list")
         out.append({"name": f.name, "type": kind, "default": default, "help": f.metadata.get("help", "")})
     return out
+
+
+def sweep_catalogue() -> list[dict[str, Any]]:
+    """The sweep's own settable fields (``SweepSettings``) with type, default and help: the sweep block of the form."""
+    hints = typing.get_type_hints(SweepSettings)
+    return [{"name": f.name, "type": {int: "int", float: "float"}.get(hints[f.name], "str"), "default": f.default,
+             "help": f.metadata.get("help", "")} for f in fields(SweepSettings) if f.name not in SWEEP_NOT_SETTABLE]  # fmt: skip
+
+
+def sweep_settings(preset: str, given: Any) -> SweepSettings | None:
+    """The checked ``SweepSettings`` when ``preset`` is a sweep (its defaults under ``given``), else None; a sweep
+    setting given to a training preset, an unknown one or a bad value is a ``SettingsError`` naming it."""
+    if preset not in SWEEP_PRESETS:
+        if given:
+            raise SettingsError(f"sweep settings need a sweep preset ({', '.join(SWEEP_PRESETS)})", "sweep")
+        return None
+    if not isinstance(given or {}, dict):
+        raise SettingsError("sweep: expected an object of sweep setting names to values", "sweep")
+    hints = typing.get_type_hints(SweepSettings)
+    values: dict[str, Any] = {}
+    for name, value in {**SWEEP_PRESETS[preset], **(given or {})}.items():
+        if name in SWEEP_NOT_SETTABLE:
+            raise SettingsError(f"{name}: not settable in the Studio ({SWEEP_NOT_SETTABLE[name]})", name)
+        if name not in hints:
+            raise SettingsError(f"{name}: not a sweep setting (expected one of {', '.join(sorted(hints))})", name)
+        kind = hints[name]
+        try:
+            if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+                raise ValueError
+            values[name] = kind(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}={value!r} is invalid: expected {kind.__name__}", name) from None
+    settings = SweepSettings(**values)
+    try:
+        settings.validate()
+    except ValueError as err:
+        found = re.match(r"--(\w+)", str(err))
+        raise SettingsError(str(err).splitlines()[0], found.group(1) if found else "sweep") from err
+    return settings
+
+
+def sweep_flags(settings: SweepSettings) -> list[str]:
+    """``tune.py`` flags for the settings that differ from ``SweepSettings``' defaults."""
+    defaults = SweepSettings()
+    return [part for f in fields(SweepSettings) if getattr(settings, f.name) != getattr(defaults, f.name)
+            for part in (f"--{f.name}", str(getattr(settings, f.name)))]  # fmt: skip
 
 
 def _resolve_path(roots: Roots, name: str, value: Any) -> str:

@@ -1,6 +1,7 @@
 """The Studio driven in a real browser (Playwright with Debian's Chromium, no browser download), end to end on the
-embedded stack: create sample recordings and build them, start a quick test and see it finish, play a validation
-sample (the audio element loads: duration > 0), speak a sentence and download it.
+embedded stack: create sample recordings and build them, start a quick test and see it finish, check a sweep's
+settings, compare two runs (curves, checkpoints, samples side by side), play a validation sample (the audio element
+loads: duration > 0), speak a sentence and download it.
 
 It also takes the README's screenshots: set ``HIGGS_STUDIO_SCREENSHOTS=docs`` to write ``docs/studio_*.png``
 (otherwise they go to the test's temporary folder).
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 from local_ports import free_port
@@ -34,6 +36,30 @@ def wait_for_port(server: subprocess.Popen, port: int) -> None:
         with pytest.raises(subprocess.TimeoutExpired, match="timed out"):
             server.wait(timeout=0.1)
     raise AssertionError(f"the Studio did not listen on {port} within a minute")
+
+
+def log_a_stopped_run(outputs: Path, like: str, name: str) -> None:
+    """The second run to compare, logged as the trainer logs a run stopped at step 2 (loss curve, val_loss, a
+    validation sample under ``samples/step_N/``), reusing ``like``'s validation rows and sample WAV: a second
+    training job would add a minute to this test, and the API tests cover what starts one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{outputs / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (first,) = client.search_runs(experiments, f"attributes.run_name = '{like}'")
+    run = client.create_run(first.info.experiment_id, run_name=name)
+    rid = run.info.run_id
+    for key in ("val_data", "audio_base_path"):
+        if first.data.params.get(key):
+            client.log_param(rid, key, first.data.params[key])
+    client.log_param(rid, "output_dir", str(outputs / name))
+    client.log_param(rid, "max_steps", "2")
+    for step, loss in ((1, 9.0), (2, 8.5)):
+        client.log_metric(rid, "train/total_loss", loss, step=step)
+    client.log_metric(rid, "val_loss", 8.4, step=2)
+    wav = sorted((Path(unquote(urlparse(first.info.artifact_uri).path)) / "samples").glob("step_*/*.wav"))[-1]
+    client.log_artifact(rid, str(wav), "samples/step_0000002")
+    client.set_terminated(rid, "KILLED")  # stopped: not offered to Speak or Export
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +107,9 @@ def test_build_train_listen_speak_in_a_browser(studio_url, tmp_path):
         # Data: sample recordings -> build -> report and playable clips
         page.fill("#samples-per-speaker", "3")  # 11 training rows + 1 validation row: the smallest set that pairs
         page.click("#make-samples")
-        expect(page.locator("#upload-status")).to_contain_text("12 recordings in data:sample_recordings")
+        expect(page.locator("#upload-status")).to_contain_text(
+            "12 recordings in data:sample_recordings", timeout=30_000
+        )
         page.fill("#build-name", "voices")
         page.click("#build")
         expect(page.locator("#build-job [data-state]")).to_have_attribute("data-state", "succeeded", timeout=120_000)
@@ -110,17 +138,34 @@ def test_build_train_listen_speak_in_a_browser(studio_url, tmp_path):
         expect(page.locator("#job-detail")).to_contain_text("step 4 / 4")
         expect(page.locator("#job-detail svg.chart")).to_be_visible()
         page.screenshot(path=str(shots / "studio_train.png"), full_page=True)
+        expect(page.locator("#jobs button.resume")).to_have_count(0)  # a finished run has nothing to resume
+        expect(page.locator("#sweep-fields")).to_be_hidden()
+        page.select_option("#preset", "sweep")  # the sweep's own settings appear and are checked inline too
+        expect(page.locator("input[data-sweep=num_samples]")).to_have_attribute("placeholder", "3")
+        page.fill("input[data-sweep=num_samples]", "0")
+        page.locator("input[data-sweep=num_samples]").dispatch_event("change")
+        expect(page.locator("#err-num_samples")).to_contain_text("expected an integer >= 1")
         phase("train")
 
-        # Listen & compare: the run's curve, per-checkpoint table, a validation sample that plays
+        # Listen & compare: two runs' curves overlaid, one checkpoint table, each validation row's samples side by
+        # side, and a validation sample that plays
+        log_a_stopped_run(root / "outputs", like="quick-a", name="quick-b")
         page.click("nav button[data-tab=listen]")
-        expect(page.locator("#runs")).to_contain_text("quick-a")
-        sample = page.locator("#samples audio").nth(2)  # reference, target, then the run's first sample
-        expect(sample).to_be_attached()
+        expect(page.locator("#runs")).to_contain_text("quick-b")
+        for box in page.locator("#runs input.pick").all():
+            box.check()
+        expect(page.locator("#compare-chart svg.chart").first.locator("polyline title")).to_have_text(
+            ["quick-b", "quick-a"]  # newest first, as the runs table lists them
+        )
+        expect(page.locator("#checkpoint-table tr[data-run=quick-a]")).to_have_count(2)  # val_loss at steps 2, 4
+        expect(page.locator("#checkpoint-table tr[data-run=quick-b]")).to_have_count(1)
+        row = page.locator("#samples tr").first
+        expect(row.locator("td.sample[data-run=quick-b]")).to_contain_text("quick-b step 2")
+        expect(row.locator("td.sample[data-run=quick-a]").last).to_contain_text("quick-a step 4")
+        sample = row.locator("td.sample[data-run=quick-a] audio").last
         page.wait_for_function("a => a.readyState >= 1 && a.duration > 0", arg=sample.element_handle())
         assert sample.evaluate("a => a.duration") > 0
         assert "/artifacts/samples/step_" in sample.get_attribute("src")
-        expect(page.locator("#checkpoints")).to_contain_text("quick-a: step")
         page.screenshot(path=str(shots / "studio_listen.png"), full_page=True)
         phase("listen")
 

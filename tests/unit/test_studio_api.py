@@ -92,6 +92,9 @@ def test_training_settings_go_through_training_config(studio):
     catalogue = client.get("/api/settings").json()
     by_name = {f["name"]: f for f in catalogue["fields"]}
     assert by_name["lora_r"]["help"] == "LoRA rank." and "quick_test" in catalogue["presets"]
+    assert catalogue["sweep_presets"] == {"sweep": {"num_samples": 3}}
+    sweep_fields = {f["name"]: f for f in catalogue["sweep_fields"]}
+    assert sweep_fields["num_samples"]["type"] == "int" and "search_space" not in sweep_fields
     assert "output_dir" not in by_name and "mlflow_tracking_uri" not in by_name
     cases = {
         "lora_r": ({"lora_r": 0}, "an integer >= 1"),
@@ -113,7 +116,7 @@ def test_training_settings_go_through_training_config(studio):
     )
     assert client.get("/api/jobs").json()["jobs"] == []  # nothing was started by a refused request
     good = client.post("/api/train/check", json={"preset": "quick_test", "settings": {"run_name": "v1"}}).json()
-    assert good == {"ok": True, "run_name": "v1", "output_dir": str(out / "v1")}
+    assert good == {"ok": True, "run_name": "v1", "output_dir": str(out / "v1"), "sweep": False}
 
 
 def _store_with_run(out: Path, data: Path) -> str:
@@ -220,16 +223,19 @@ def test_a_job_can_be_stopped(tmp_path: Path):
 
 
 class FakeRayClient:
+    """Ray's JobSubmissionClient as the Studio uses it; ``states`` sets a submission's status (default FAILED)."""
+
     def __init__(self) -> None:
         self.submitted: list[dict] = []
         self.stopped: list[str] = []
+        self.states: dict[str, str] = {}
 
     def submit_job(self, **kwargs):
         self.submitted.append(kwargs)
         return kwargs["submission_id"]
 
-    def get_job_status(self, _):
-        return type("Status", (), {"value": "FAILED"})()
+    def get_job_status(self, submission_id):
+        return type("Status", (), {"value": self.states.get(submission_id, "FAILED")})()
 
     def get_job_logs(self, _):
         return "step 1/4\nTraceback (most recent call last):\nRuntimeError: CUDA out of memory\n"
@@ -344,3 +350,76 @@ def test_unlabelled_clips_get_their_transcripts_typed_in(studio):
         response = client.post("/api/datasets/to_transcribe", json={"path": "output:datasets/x", "texts": texts})
         assert response.status_code == status, texts
     assert "The sun rose slowly." in (folder / "to_transcribe.tsv").read_text()  # refused edits changed nothing
+
+
+@pytest.fixture()
+def on_ray(tmp_path: Path):
+    """The Studio submitting to a (fake) cluster: what it submits, and each job's state as Ray would report it."""
+    fake = FakeRayClient()
+    settings = StudioSettings(str(tmp_path / "data"), str(tmp_path / "out"), ray_address="http://127.0.0.1:8265")
+    return TestClient(create_app(settings, ray_client=fake), base_url="http://127.0.0.1:7860"), fake, tmp_path / "out"
+
+
+def test_a_sweep_preset_runs_tune_through_the_train_path(on_ray):
+    client, fake, out = on_ray
+    job = client.post(
+        "/api/train", json={"preset": "sweep", "settings": {"run_name": "sw"}, "sweep": {"num_samples": 2}}
+    )
+    assert job.status_code == 200 and job.json()["kind"] == "tune" and job.json()["title"] == "sweep sw"
+    (submitted,) = fake.submitted
+    argv = shlex.split(submitted["entrypoint"])
+    assert argv[:3] == ["python", "ray_jobs/tune.py", "--config"] and argv[4:] == ["--num_samples", "2"]
+    config = json.loads(Path(argv[3]).read_text())
+    assert config["quick_test"] is True and config["output_dir"] == str(out / "sw") and config["run_name"] == "sw"
+    default = client.post("/api/train/check", json={"preset": "sweep"}).json()
+    assert default["sweep"] is True  # the preset's own num_samples (3) needs no sweep object
+    cases = [
+        ("sweep", {"num_samples": 0}, "num_samples", ">= 1"),
+        ("sweep", {"num_samples": "many"}, "num_samples", "expected int"),
+        ("sweep", {"num_samples": True}, "num_samples", "expected int"),
+        ("sweep", {"search_space": "/etc/passwd"}, "search_space", "not settable"),
+        ("sweep", {"trials": 4}, "trials", "not a sweep setting"),
+        ("sweep", {"reduction_factor": 1}, "reduction_factor", "> 1"),
+        ("quick_test", {"num_samples": 2}, "sweep", "need a sweep preset"),
+    ]
+    for preset, sweep, field, words in cases:
+        response = client.post("/api/train", json={"preset": preset, "sweep": sweep})
+        assert response.status_code == 422, (sweep, response.json())
+        assert response.json()["field"] == field and words in response.json()["error"], response.json()
+    assert len(fake.submitted) == 1  # nothing refused was submitted
+    refused = client.post(f"/api/jobs/{job.json()['job_id']}/resume")
+    assert refused.status_code == 409 and "sweep" in refused.json()["error"]
+
+
+def test_a_stopped_or_failed_run_resumes_with_its_own_config(on_ray):
+    client, fake, out = on_ray
+    first = client.post("/api/train", json={"preset": "quick_test", "settings": {"run_name": "v1", "lora_r": 4}})
+    job_id = first.json()["job_id"]
+    assert first.json()["resumable"] is True  # the fake cluster reports a new job FAILED until told otherwise
+    fake.states[job_id] = "RUNNING"
+    assert client.get(f"/api/jobs/{job_id}").json()["resumable"] is False
+    assert client.post(f"/api/jobs/{job_id}/resume").json()["error"].endswith("it is still running")
+    again = client.post("/api/train", json={"preset": "quick_test", "settings": {"run_name": "v1"}})
+    assert again.status_code == 409 and again.json()["field"] == "run_name"
+    assert client.post(f"/api/jobs/{job_id}/stop").status_code == 200 and fake.stopped == [job_id]
+    fake.states[job_id] = "SUCCEEDED"
+    assert "run finished" in client.post(f"/api/jobs/{job_id}/resume").json()["error"]
+    fake.states[job_id] = "STOPPED"
+    assert client.get(f"/api/jobs/{job_id}").json()["resumable"] is True
+    resumed = client.post(f"/api/jobs/{job_id}/resume")
+    assert resumed.status_code == 200, resumed.json()
+    view = resumed.json()
+    assert view["kind"] == "train" and view["title"] == "resume v1" and view["settings"]["resumed_job"] == job_id
+    first_argv, resumed_argv = (shlex.split(s["entrypoint"]) for s in fake.submitted)
+    assert resumed_argv[:3] == first_argv[:3] == ["python", "ray_jobs/train.py", "--config"]
+    assert resumed_argv[3] != first_argv[3] and view["job_id"] in resumed_argv[3]  # a copy in the new job's folder
+    config = json.loads(Path(resumed_argv[3]).read_text())
+    assert config == json.loads(Path(first_argv[3]).read_text())  # same run name and folder: train.py resumes it
+    assert config["run_name"] == "v1" and config["output_dir"] == str(out / "v1") and config["lora_r"] == 4
+    fake.states[view["job_id"]] = "RUNNING"  # the resumed job trains: the stopped one cannot resume a second time
+    twice = client.post(f"/api/jobs/{job_id}/resume")
+    assert twice.status_code == 409 and view["job_id"] in twice.json()["error"]
+    assert client.post("/api/jobs/train-20260101-000000-abcdef/resume").status_code == 404
+    build = client.post("/api/build", json={"input": "data:", "name": "x"}).json()
+    assert "nothing to resume" in client.post(f"/api/jobs/{build['job_id']}/resume").json()["error"]
+    assert len(fake.submitted) == 3  # train, resume, build: no refused resume submitted anything

@@ -109,21 +109,34 @@ function watchJob(jobId, element, onDone) {
       watchers[element.id] = setTimeout(tick, 4000); return;
     }
     element.innerHTML = jobHtml(job);
-    element.querySelector("button.stop")?.addEventListener("click", () => api(`/api/jobs/${jobId}/stop`, {method: "POST"}).catch((e) => alert(e.message)));
+    element.querySelector("button.stop")?.addEventListener("click", () => jobAction(jobId, "stop"));
+    element.querySelector("button.resume")?.addEventListener("click", () => jobAction(jobId, "resume"));
     if (job.state === "running") watchers[element.id] = setTimeout(tick, 2000);
     else if (onDone) onDone(job);
   };
   tick();
 }
+async function jobAction(jobId, action) {  // stop: the job ends cleanly; resume: a new job from the last checkpoint
+  try {
+    const job = await api(`/api/jobs/${jobId}/${action}`, {method: "POST"});
+    if (action === "resume") watchJob(job.job_id, $("job-detail"), refreshJobs);
+    refreshJobs();
+  } catch (e) { alert(e.message); }
+}
+function jobButtons(job) {
+  return (job.state === "running" ? `<button class="stop" data-job="${esc(job.job_id)}">Stop</button>` : "") +
+    (job.resumable ? `<button class="resume" data-job="${esc(job.job_id)}">Resume</button>` : "");
+}
 function jobHtml(job) {
   const p = job.progress || {};
   const progress = job.kind === "train" && job.run ? `<div>step ${p.step ?? 0} / ${esc(p.max_steps)} | loss ${fmt(p["train/total_loss"])} |
     val_loss ${fmt(p.val_loss)} | tokens/s ${fmt(p["train/tokens_per_second"])} | run ${esc(job.run.run_name)} (${esc(job.run.status)})</div>` : "";
-  const chart = job.history ? lossChart({[job.run?.run_name || "run"]: job.history}) : "";
+  const chart = job.history ? lossChart({[job.run?.run_name || "run"]: job.history})
+    : job.histories ? `<div>trials: ${job.trials.map((t) => `${esc(t.run_name)} (${esc(t.status)})`).join(", ")}</div>` + lossChart(job.histories) : "";
   const report = job.plot_url ? `<div><a href="${esc(job.report_url)}" target="_blank">data_report.json</a><br><img src="${esc(job.plot_url)}" width="480"></div>` : "";
   const card = job.card_url ? `<div><a href="${esc(job.card_url)}" target="_blank">model card</a> (in ${esc(job.output)})</div>` : "";
   return card + `<div><b>${esc(job.title)}</b> <span class="state state-${esc(job.state)}" data-state="${esc(job.state)}">${esc(job.state)}</span>
-    ${job.state === "running" ? '<button class="stop">Stop</button>' : ""}
+    ${jobButtons(job)}
     ${job.error ? `<div class="error job-error">${esc(job.error)}</div>` : ""}
     <div class="status">${esc(job.last_line)}</div></div>${progress}${chart}${report}
     ${job.log ? `<details><summary>log</summary><pre class="log">${esc(job.log)}</pre></details>` : ""}`;
@@ -132,9 +145,10 @@ async function refreshJobs() {
   const d = await api("/api/jobs");
   $("jobs").innerHTML = d.jobs.length ? `<table class="grid"><tr><th>job</th><th>state</th><th>progress</th><th></th></tr>` +
     d.jobs.map((j) => `<tr><td>${esc(j.title)}</td><td class="state-${esc(j.state)}">${esc(j.state)}</td>
-      <td>${esc(j.error || j.last_line).slice(0, 120)}</td><td><a href="#" data-job="${esc(j.job_id)}">details</a></td></tr>`).join("") + "</table>"
+      <td>${esc(j.error || j.last_line).slice(0, 120)}</td><td><a href="#" data-job="${esc(j.job_id)}">details</a> ${jobButtons(j)}</td></tr>`).join("") + "</table>"
     : "<p class='help'>No job yet.</p>";
   $("jobs").querySelectorAll("a[data-job]").forEach((a) => a.addEventListener("click", (ev) => { ev.preventDefault(); watchJob(a.dataset.job, $("job-detail"), refreshJobs); }));
+  $("jobs").querySelectorAll("button.stop, button.resume").forEach((b) => b.addEventListener("click", () => jobAction(b.dataset.job, b.className)));
   const running = d.jobs.find((j) => j.kind === "train" && j.state === "running");
   if (running && !$("job-detail").innerHTML) watchJob(running.job_id, $("job-detail"), refreshJobs);  // reattach
 }
@@ -148,7 +162,13 @@ async function loadSettings() {
     <input data-field="${esc(f.name)}" data-type="${esc(f.type)}" placeholder="${esc(JSON.stringify(f.default))}">
     <small>${esc(f.help)}</small><span class="error" id="err-${esc(f.name)}"></span></label>`).join("");
   $("fields").querySelectorAll("input").forEach((i) => i.addEventListener("change", checkSettings));
+  const sweepDefaults = Object.values(catalogue.sweep_presets)[0] || {};  // the placeholder: what an empty box runs
+  $("sweep-fields").innerHTML = catalogue.sweep_fields.map((f) => `<label class="field">sweep: ${esc(f.name)}
+    <input data-sweep="${esc(f.name)}" data-type="${esc(f.type)}" placeholder="${esc(JSON.stringify(sweepDefaults[f.name] ?? f.default))}">
+    <small>${esc(f.help)}</small><span class="error" id="err-${esc(f.name)}"></span></label>`).join("");
+  $("sweep-fields").querySelectorAll("input").forEach((i) => i.addEventListener("change", checkSettings));
 }
+const isSweep = () => Boolean(catalogue && catalogue.sweep_presets[$("preset").value]);
 function trainRequest() {
   const settings = {};
   $("fields").querySelectorAll("input").forEach((i) => {
@@ -158,12 +178,20 @@ function trainRequest() {
   const ds = $("train-dataset").value;
   if (ds) { settings.train_data = settings.train_data || `output:${ds}/train.jsonl`; settings.val_data = settings.val_data || `output:${ds}/val.jsonl`; }
   if ($("run-name").value.trim()) settings.run_name = $("run-name").value.trim();
-  return {preset: $("preset").value, settings};
+  const request = {preset: $("preset").value, settings};
+  if (isSweep()) {  // a sweep runs tune.py: its own settings (trials, searcher...) on top of the preset's
+    request.sweep = {};
+    $("sweep-fields").querySelectorAll("input").forEach((i) => { if (i.value.trim() !== "") request.sweep[i.dataset.sweep] = i.value.trim(); });
+  }
+  return request;
 }
 function showSettingsError(e) {
-  document.querySelectorAll("#fields .error").forEach((el) => (el.textContent = ""));
+  document.querySelectorAll("#fields .error, #sweep-fields .error").forEach((el) => (el.textContent = ""));
   $("train-error").textContent = e ? e.message : "";
-  if (e && e.field && $(`err-${e.field}`)) { $(`err-${e.field}`).textContent = e.message; $("fields").parentElement.open = true; }
+  if (e && e.field && $(`err-${e.field}`)) {
+    $(`err-${e.field}`).textContent = e.message;
+    if ($(`err-${e.field}`).closest("#fields")) $("fields").parentElement.open = true;
+  }
 }
 async function checkSettings() {
   try { await api("/api/train/check", {json: trainRequest()}); showSettingsError(null); } catch (e) { showSettingsError(e); }
@@ -192,7 +220,8 @@ function lossChart(histories, key = "train/total_loss") {
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs) || 1, Math.min(...ys), Math.max(...ys)];
   const W = 480, H = 200, sx = (x) => 40 + (W - 50) * (x - x0) / ((x1 - x0) || 1), sy = (y) => H - 20 - (H - 44) * (y - y0) / ((y1 - y0) || 1);
   const lines = series.map(([name, pts], i) => `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2"
-      points="${pts.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" ")}"><title>${esc(name)}</title></polyline>
+      points="${pts.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" ")}"><title>${esc(name)}</title></polyline>${pts.length === 1  // one point (a run stopped at its first evaluation) draws no line: a dot
+      ? `<circle cx="${sx(pts[0][0])}" cy="${sy(pts[0][1])}" r="3" fill="${COLORS[i % COLORS.length]}"></circle>` : ""}
       <text x="${W - 150}" y="${14 + 14 * i}" fill="${COLORS[i % COLORS.length]}" font-size="11">${esc(name)}</text>`).join("");
   return `<svg class="chart" width="${W}" height="${H}" role="img" aria-label="${esc(key)}"><text x="4" y="12" font-size="11">${esc(key)}</text>
     <text x="2" y="${sy(y1) + 4}" font-size="10">${fmt(y1)}</text><text x="2" y="${sy(y0)}" font-size="10">${fmt(y0)}</text>
@@ -210,22 +239,26 @@ async function refreshRuns() {
   const first = $("runs").querySelector("input.pick");
   if (first && !$("runs").querySelector("input.pick:checked")) { first.checked = true; compare(); }
 }
+let compareSeq = 0;
 async function compare() {
+  const seq = ++compareSeq;  // ticking two runs quickly: only the newest selection is drawn
   const ids = [...$("runs").querySelectorAll("input.pick:checked")].map((c) => c.value);
   const name = (id) => (runCache.find((r) => r.run_id === id) || {}).run_name || id;
   const metrics = await Promise.all(ids.map((id) => api(`/api/runs/${id}/metrics`)));
   const samples = await Promise.all(ids.map((id) => api(`/api/runs/${id}/samples`).catch(() => ({samples: []}))));
+  if (seq !== compareSeq) return;
   const hist = Object.fromEntries(ids.map((id, i) => [name(id), metrics[i].history]));
   $("compare-chart").innerHTML = lossChart(hist) + lossChart(hist, "val_loss");
-  $("checkpoints").innerHTML = "<h3>Per checkpoint</h3>" + ids.map((id, i) => `<table class="grid"><tr><th>${esc(name(id))}: step</th>
-      <th>val_loss</th><th>accuracy</th><th>SIM</th><th>WER</th><th>quality</th></tr>` + metrics[i].checkpoints.map((c) => `<tr><td>${c.step}</td>
-      <td>${fmt(c.val_loss)}</td><td>${fmt(c.val_audio_accuracy)}</td><td>${fmt(c["eval/sim"])}</td><td>${fmt(c["eval/wer"])}</td>
-      <td>${fmt(c["eval/dnsmos_ovrl"])}</td></tr>`).join("") + "</table>").join("");
+  // one table across the runs: a row per (run, checkpoint), so checkpoints of different runs rank side by side
+  $("checkpoints").innerHTML = "<h3>Per checkpoint</h3><table class='grid' id='checkpoint-table'><tr><th>run</th><th>step</th>" +
+    "<th>val_loss</th><th>accuracy</th><th>SIM</th><th>WER</th><th>quality</th></tr>" + ids.flatMap((id, i) => metrics[i].checkpoints.map((c) =>
+      `<tr data-run="${esc(name(id))}"><td>${esc(name(id))}</td><td>${c.step}</td><td>${fmt(c.val_loss)}</td><td>${fmt(c.val_audio_accuracy)}</td>
+      <td>${fmt(c["eval/sim"])}</td><td>${fmt(c["eval/wer"])}</td><td>${fmt(c["eval/dnsmos_ovrl"])}</td></tr>`)).join("") + "</table>";
   // validation rows: reference, target, then each run's sample per step, side by side
   const rows = {};
   ids.forEach((id, i) => samples[i].samples.forEach((s) => {
     const row = (rows[s.sample_id] = rows[s.sample_id] || {text: s.text, ref: s.reference_url, target: s.target_url, cells: []});
-    row.cells.push(`<td>${esc(name(id))} step ${s.step}<br>${audio(s.url)}</td>`);
+    row.cells.push(`<td class="sample" data-run="${esc(name(id))}">${esc(name(id))} step ${s.step}<br>${audio(s.url)}</td>`);
   }));
   $("samples").innerHTML = "<h3>Validation samples</h3>" + (Object.keys(rows).length ? `<table class="grid samples">` +
     Object.entries(rows).map(([sid, r]) => `<tr><td>${esc(sid)}<br><small>${esc(r.text)}</small></td><td>reference<br>${audio(r.ref)}</td>
@@ -285,5 +318,5 @@ $("export").addEventListener("click", async () => {
   await loadSettings();
   await fillDatasetSelects();
   showTab(location.hash.slice(1) || "data");
-  $("preset").addEventListener("change", checkSettings);
+  $("preset").addEventListener("change", () => { $("sweep-fields").hidden = !isSweep(); checkSettings(); });
 })();
