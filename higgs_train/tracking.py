@@ -65,8 +65,8 @@ LOSS_CURVE_SERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _STEP_KEYS = ("step", "global_step", "training_iteration")
 # Counters that are the x-axis of every metric, not metrics of their own.
 NOT_METRICS = frozenset({"step", "epoch", "global_step", "training_iteration"})
-# The MLflow UI opens an experiment with this tag in its model-training ("Machine learning") view rather than
-# asking, or guessing GenAI from the absence of runs (MLflow 3.x; the UI itself writes these values).
+# MLflow's experiment type ("Machine learning"; the UI itself writes these values). MLflow 3.17's UI does not open
+# its model-training view from it (the mode is kept in the browser): higgs_train/mlflow_ui.py does that.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # Tags that let the next start of a run name tell a run whose driver died (left RUNNING) from a live one.
