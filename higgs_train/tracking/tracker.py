@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
-# The MLflow UI opens an experiment with this tag in its model-training ("Machine learning") view rather than
-# asking, or guessing GenAI from the absence of runs (MLflow 3.x; the UI itself writes these values).
+# MLflow's experiment type ("Machine learning"; the UI itself writes these values). MLflow 3.17's UI does not open
+# its model-training view from it (the mode is kept in the browser): higgs_train/mlflow_ui.py does that.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 

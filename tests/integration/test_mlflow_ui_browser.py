@@ -1,0 +1,148 @@
+"""The README's ``mlflow ui`` command, opened by a fresh headless Chromium (empty localStorage), over a store with two
+small runs logged in a training job's order: it lands on the project's experiment in MLflow's model-training mode,
+runs shown as charts, and the compare page's parallel-coordinates plot defaults to a loss (issue 19 item 2).
+
+Set ``HIGGS_MLFLOW_SCREENSHOTS=docs`` to rewrite ``docs/mlflow_ui_training_runs.png`` (otherwise the test's folder).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from local_ports import free_port
+
+pytestmark = pytest.mark.integration
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+APP = "higgs-train"
+
+
+def readme_mlflow_ui_command() -> str:
+    """The ``mlflow ui`` line of the README's MLflow section, as a user copies it."""
+    section = (ROOT / "README.md").read_text().split("\n## MLflow\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("mlflow ui ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def plugin_env(tmp_path: Path) -> dict[str, str]:
+    """The environment the server runs in, with the ``mlflow.app`` entry point of pyproject.toml visible.
+
+    An install made before the entry point was added (``pip install -e .`` registers it) does not list it; then
+    pyproject.toml's own table is registered for the server through a minimal ``.dist-info`` on its path.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job workers to start: the test waits for the UI only
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["mlflow.app"]
+    assert declared == {APP: "higgs_train.mlflow_ui:create_app"}
+    if APP not in {e.name for e in importlib.metadata.entry_points(group="mlflow.app")}:
+        info = tmp_path / "entry_points" / "higgs_train_mlflow_app-0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: higgs-train-mlflow-app\nVersion: 0\n")
+        (info / "entry_points.txt").write_text(f"[mlflow.app]\n{APP} = {declared[APP]}\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(info.parent), env["PYTHONPATH"]])
+    return env
+
+
+def log_two_runs(tracking_uri: str) -> tuple[str, list[str]]:
+    """Two runs as a training job logs them: per-step ``train/*`` and ``val_loss`` first, ``data/*`` at the end."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from higgs_train.mlflow_ui import EXPERIMENT
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    run_ids = []
+    for lora_r in (8, 16):
+        run_id = client.create_run(experiment_id, run_name=f"r{lora_r}").info.run_id
+        for step in (1, 2, 3):
+            losses = {"train/total_loss": 3.0 / step, "train/text_loss": 1.0 / step, "train/audio_loss": 2.0 / step}
+            metrics = [Metric(key, value * 8 / lora_r, 0, step) for key, value in losses.items()]
+            client.log_batch(run_id, metrics=[*metrics, Metric("val_loss", 3.5 / step, 0, step)])
+        data = {"data/train_rows": 11, "data/quarantined_rows": 1, "data/encoder_calls": 12}
+        client.log_batch(run_id, [Metric(k, v, 0, 0) for k, v in data.items()], [Param("lora_r", str(lora_r))])
+        client.set_terminated(run_id)
+        run_ids.append(run_id)
+    return experiment_id, run_ids
+
+
+def wait_for_port(server: subprocess.Popen, port: int) -> None:
+    for _ in range(1200):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        with pytest.raises(subprocess.TimeoutExpired):
+            server.wait(timeout=0.1)  # fails at once if the server died
+    raise AssertionError(f"mlflow ui did not listen on {port} within two minutes")
+
+
+def test_fresh_browser_opens_training_charts_and_compares_by_loss(tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is in requirements/lock.txt")
+    from playwright.sync_api import expect, sync_playwright
+
+    started = time.perf_counter()
+    project = tmp_path / "project"  # the folder a user runs the README's commands from ($PWD)
+    (project / "outputs").mkdir(parents=True)
+    experiment_id, run_ids = log_two_runs(f"sqlite:///{project / 'outputs' / 'mlflow.db'}")
+    port = free_port()
+    command = readme_mlflow_ui_command()
+    assert "--port 5000" in command and f"--app-name {APP}" in command, command
+    server = subprocess.Popen(
+        ["bash", "-c", command.replace("--port 5000", f"--port {port}")],
+        cwd=project,
+        env=plugin_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # bash, mlflow and its uvicorn child stop together
+    )
+    shots = Path(os.environ.get("HIGGS_MLFLOW_SCREENSHOTS") or tmp_path)
+    try:
+        wait_for_port(server, port)
+        listening = time.perf_counter() - started
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()  # empty localStorage
+            page.goto(f"http://127.0.0.1:{port}/")
+            runs_charts = rf"/#/experiments/{experiment_id}/runs\?.*compareRunsMode=CHART"
+            expect(page).to_have_url(re.compile(runs_charts), timeout=30_000)
+            expect(page.get_by_role("link", name="r16")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("link", name="Sessions")).to_have_count(0)  # nothing of the GenAI sidebar
+            # The loss curves are on the first screen (MLflow sorts chart sections by prefix: data/, train/, ...).
+            expect(page.get_by_role("heading", name="train/total_loss")).to_be_in_viewport()
+            assert page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") == '"machine_learning"'
+            page.screenshot(path=str(shots / "mlflow_ui_training_runs.png"))
+
+            # A mode the user picked (MLflow's GenAI/Model training switch) is kept on the next visit.
+            page.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")
+            page.goto("about:blank")
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.get_by_role("link", name="Sessions")).to_be_visible(timeout=30_000)
+            assert page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") == '"genai"'
+
+            # Compare: the parallel-coordinates plot starts from the first-logged metric, a loss.
+            compare = f"#/compare-runs?runs={json.dumps(run_ids)}&experiments={json.dumps([experiment_id])}"
+            page.goto(f"http://127.0.0.1:{port}/{compare}")
+            axis_titles = page.locator("svg text.axis-title")
+            expect(axis_titles.filter(has_text="train/total_loss")).to_have_count(1, timeout=30_000)
+            assert axis_titles.evaluate_all("els => els.map(e => e.textContent)") == ["lora_r", "train/total_loss"]
+            browser.close()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    print(
+        f"mlflow ui: listening after {listening:.1f} s, checked after {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
