@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from higgs_train.config import TrainingConfig
+from higgs_train.training.checkpoint_ranking import checkpoint_score
 from higgs_train.training.context import WorkerContext, as_float_metrics
 
 
@@ -295,7 +296,6 @@ def build_torch_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from higgs_train.console import train_logging_config
-    from higgs_train.evaluation.training import checkpoint_score
 
     config = spec.config
     score_key, score_mode = checkpoint_score(config.checkpoint_metric) if spec.val_key else ("step", "max")

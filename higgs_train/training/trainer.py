@@ -469,8 +469,8 @@ class HiggsAudioTrainer:
         return metrics
 
     def _voice_eval(self) -> dict[str, float]:
-        """SIM / WER / quality of a few generated validation rows (``--eval_rows``); see evaluation.training."""
-        from higgs_train.evaluation.training import TrainingVoiceEval
+        """SIM / WER / quality of a few generated validation rows (``--eval_rows``); see evaluation.in_training."""
+        from higgs_train.evaluation.in_training import TrainingVoiceEval
 
         if not hasattr(self, "_voice_evaluator"):
             self._voice_evaluator = TrainingVoiceEval(self.config, self.paths, self.model_config, self.device)

@@ -27,20 +27,6 @@ from higgs_train.evaluation.suite import EvalSettings, RowScore, VoiceEvaluator,
 
 logger = logging.getLogger(__name__)
 
-# --checkpoint_metric -> (reported metric, mode) for Ray Train's and the local checkpoint ranking.
-CHECKPOINT_METRICS: dict[str, tuple[str, str]] = {
-    "val_loss": ("val_loss", "min"),
-    "sim": ("eval/sim_rank", "max"),
-    "wer": ("eval/wer_rank", "min"),
-}
-
-
-def checkpoint_score(metric: str) -> tuple[str, str]:
-    """``(metric key, "min"|"max")`` that ranks checkpoints for ``--checkpoint_metric``."""
-    if metric not in CHECKPOINT_METRICS:
-        raise ValueError(f"checkpoint_metric {metric!r}: expected one of {', '.join(CHECKPOINT_METRICS)}")
-    return CHECKPOINT_METRICS[metric]
-
 
 class TrainingVoiceEval:
     """Built once on rank 0 (tokenizers and metric models load on first call), called at each validation."""
