@@ -1,13 +1,19 @@
-"""Voice metrics during training (``--eval_rows K``): at every validation, rank 0 generates the first K validation
-rows with the model being trained and scores them with the same metrics as ``ray_jobs/evaluate.py``.
+"""What rank 0 runs at each validation besides the loss: hooks the driver hands to the trainer
+(``higgs_train.training.hooks``; built by ``driver.worker.validation_hooks``).
 
-Validation records are already encoded, so the voice prompt and the ground truth are their codec codes decoded
-back to audio (the codec round trip applies equally to every checkpoint, so SIM stays comparable across steps),
-and the target text is read back from the prompt tokens. Sampling uses a fixed seed: two checkpoints are compared
-on the same draws.
+``TrainingSamples`` (``--num_validation_samples N``): greedy generations of the first N validation rows, written as
+WAVs under ``samples/step_N/`` and logged as artifacts; evidence for a human, so a failure is a warning and counted in
+``val/sample_failures``, never a failed job.
 
-Ranking (``--checkpoint_metric``): ``eval/sim_rank`` counts a clip without speech as SIM 0 and ``eval/wer_rank`` a
-clip without transcript as WER 1, so a checkpoint that falls silent ranks last instead of dropping out of the mean.
+``TrainingVoiceEval`` (``--eval_rows K``): generates the first K validation rows with the model being trained and
+scores them with the same metrics as ``ray_jobs/evaluate.py``. Validation records are already encoded, so the voice
+prompt and the ground truth are their codec codes decoded back to audio (the codec round trip applies equally to
+every checkpoint, so SIM stays comparable across steps), and the target text is read back from the prompt tokens.
+Sampling uses a fixed seed: two checkpoints are compared on the same draws.
+
+Ranking (``--checkpoint_metric``, ``training/checkpoint_ranking.py``): ``eval/sim_rank`` counts a clip without
+speech as SIM 0 and ``eval/wer_rank`` a clip without transcript as WER 1, so a checkpoint that falls silent ranks
+last instead of dropping out of the mean.
 """
 
 from __future__ import annotations
@@ -16,73 +22,114 @@ import json
 import logging
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from higgs_train.config import TrainingConfig
 from higgs_train.evaluation.metrics import Clip
 from higgs_train.evaluation.runner import auto_max_new_tokens, last_user_text
 from higgs_train.evaluation.suite import EvalSettings, RowScore, VoiceEvaluator, summarize
+from higgs_train.generation import (
+    GenerationStack,
+    SamplingSettings,
+    decode_codes,
+    generate_validation_samples,
+    generation_collator,
+    prompt_from_record,
+    synthesize,
+)
+from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, load_whisper_processor, resolve_paths
+from higgs_train.training.hooks import ValidationStep
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingVoiceEval:
-    """Built once on rank 0 (tokenizers and metric models load on first call), called at each validation."""
+class GenerationTools:
+    """The text tokenizer, audio tokenizer and Whisper processor of the config's model, loaded on first use (the
+    audio tokenizer is large for real models, and a run without hooks never needs them) and shared by the hooks of
+    one run."""
 
-    def __init__(self, config: Any, paths: Any, model_config: Any, device: Any) -> None:
+    def __init__(self, config: TrainingConfig) -> None:
         self.config = config
-        self.paths = paths
-        self.model_config = model_config
-        self.device = device
-        self.settings = EvalSettings(sim_model=config.eval_sim_model, asr_model=config.eval_asr_model, device="cpu")
         self._tools: tuple[Any, Any, Any] | None = None
-        self._evaluator: VoiceEvaluator | None = None
 
-    def _load(self) -> tuple[Any, Any, Any]:
+    def get(self, model_config: Any, device: Any) -> tuple[Any, Any, Any]:
         if self._tools is None:
-            from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, load_whisper_processor
-
+            cfg = self.config
+            paths = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None)
             self._tools = (
-                load_text_tokenizer(self.paths.tokenizer_path),
-                load_audio_tokenizer(self.paths.audio_tokenizer_path, device=self.device),
-                load_whisper_processor(self.paths.model_path, self.model_config),
+                load_text_tokenizer(paths.tokenizer_path),
+                load_audio_tokenizer(paths.audio_tokenizer_path, device=device),
+                load_whisper_processor(paths.model_path, model_config),
             )
-            self._evaluator = VoiceEvaluator(self.settings)
         return self._tools
 
-    def __call__(
-        self, model: Any, records: list[dict], step: int, output_dir: str | Path, log_artifact: Any = None
-    ) -> dict[str, float]:
-        """Generate and score ``records``; returns ``eval/*`` metrics and writes ``eval/step_N/eval_rows.json``."""
-        from higgs_train.generation import (
-            GenerationStack,
-            SamplingSettings,
-            decode_codes,
-            generation_collator,
-            prompt_from_record,
-            synthesize,
-        )
 
-        tokenizer, audio_tokenizer, whisper = self._load()
-        assert self._evaluator is not None
+class TrainingSamples:
+    """Listenable evidence: greedy generations for the first validation rows, logged as WAV artifacts.
+
+    Never fails the job: a failure (of one row, or of loading the tools) is a warning and is counted in
+    ``val/sample_failures``.
+    """
+
+    def __init__(self, config: TrainingConfig, tools: GenerationTools) -> None:
+        self.config = config
+        self.tools = tools
+
+    def __call__(self, at: ValidationStep) -> dict[str, float]:
+        records = at.records[: self.config.num_validation_samples]
+        artifact_dir = f"samples/step_{at.step:07d}"
+        try:
+            tokenizer, audio_tokenizer, whisper = self.tools.get(at.model_config, at.device)
+            samples = generate_validation_samples(
+                at.model,
+                tokenizer,
+                audio_tokenizer,
+                at.model_config,
+                records,
+                at.output_dir / artifact_dir,
+                SamplingSettings(temperature=0.0, max_new_tokens=self.config.validation_sample_max_new_tokens),
+                whisper_processor=whisper,
+                log_artifact=lambda path: at.log_artifact(path, artifact_dir),
+            )
+        except Exception:  # noqa: BLE001 -- samples are evidence for a human; training goes on without them
+            logger.warning("step %d: validation samples failed; training continues", at.step, exc_info=True)
+            return {"val/sample_failures": float(len(records))}
+        return samples.metrics()
+
+
+class TrainingVoiceEval:
+    """SIM / WER / quality of the first ``eval_rows`` validation rows; metric models load on the first call."""
+
+    def __init__(self, config: TrainingConfig, tools: GenerationTools) -> None:
+        self.config = config
+        self.tools = tools
+        self.settings = EvalSettings(sim_model=config.eval_sim_model, asr_model=config.eval_asr_model, device="cpu")
+        self._evaluator: VoiceEvaluator | None = None
+
+    def __call__(self, at: ValidationStep) -> dict[str, float]:
+        """Generate and score the rows; returns ``eval/*`` metrics and writes ``eval/step_N/eval_rows.json``."""
+        tokenizer, audio_tokenizer, whisper = self.tools.get(at.model_config, at.device)
+        if self._evaluator is None:
+            self._evaluator = VoiceEvaluator(self.settings)
+        model_config, step = at.model_config, at.step
         stack = GenerationStack(
-            model,
+            at.model,
             tokenizer,
             audio_tokenizer,
-            generation_collator(self.model_config, whisper),
-            self.model_config,
+            generation_collator(model_config, whisper),
+            model_config,
             whisper,
         )
         cap = int(self.config.validation_sample_max_new_tokens)
         base = SamplingSettings(seed=self.config.seed)
         rate = int(audio_tokenizer.sampling_rate)
         rows: list[RowScore] = []
-        for record in records:
+        for record in at.records[: self.config.eval_rows]:
             rid = str(record.get("id", "record"))
             try:
-                prompt = prompt_from_record(record, int(self.model_config.audio_out_bos_token_id))
+                prompt = prompt_from_record(record, int(model_config.audio_out_bos_token_id))
                 text = last_user_text(tokenizer.decode(prompt.sample.input_ids.tolist()))
                 reference = _last_prompt_audio(prompt.sample)
                 ref_wave = decode_codes(audio_tokenizer, reference) if reference is not None else None
@@ -98,11 +145,10 @@ class TrainingVoiceEval:
                 finished=result.finished, codes=result.codes,
             )  # fmt: skip
             rows.append(self._evaluator.score(clip, model="train", speaker=record.get("speaker")))
-        out = Path(output_dir) / "eval" / f"step_{step:07d}" / "eval_rows.json"
+        out = at.output_dir / "eval" / f"step_{step:07d}" / "eval_rows.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.to_dict() for r in rows], indent=1))
-        if log_artifact is not None:
-            log_artifact(str(out), f"eval/step_{step:07d}")
+        at.log_artifact(str(out), f"eval/step_{step:07d}")
         return training_metrics(rows)
 
 

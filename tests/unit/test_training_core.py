@@ -167,7 +167,7 @@ def test_bare_peft_model_runs_the_whisper_trainer_step_with_higgs_kwargs(tmp_pat
     trainer.setup()
     assert type(trainer.model) is PeftModel
     captured = capture_gradients(trainer)
-    metrics = trainer._train_step([[0]])
+    metrics = trainer._record_step(trainer._train_step([[0]]))
 
     assert math.isfinite(metrics["train/total_loss"]) and metrics["train/audio_tokens"] > 0
     grads = captured[0]
@@ -433,7 +433,7 @@ def test_trainer_step_on_bf16_weights_runs_every_upstream_module_without_autocas
     ]
     grads = capture_gradients(trainer)
     try:
-        metrics = trainer._train_step([[0, 1]])
+        metrics = trainer._record_step(trainer._train_step([[0, 1]]))
     finally:
         for handle in handles:
             handle.remove()
@@ -472,7 +472,7 @@ def test_precision_and_adapter_dtype_settings(tmp_path, records):
     bf16.setup()
     adapters = [p for n, p in bf16.model.named_parameters() if p.requires_grad]
     assert adapters and all(p.dtype == torch.bfloat16 for p in adapters)
-    metrics = bf16._train_step([[0, 1]])
+    metrics = bf16._record_step(bf16._train_step([[0, 1]]))
     assert math.isfinite(float(metrics["train/total_loss"]))
     with pytest.raises(ValueError, match="precision"):
         TrainingConfig(precision="fp16")
