@@ -358,9 +358,10 @@ def project_loop(model: Any, records: list[dict], run: RunConfig, args: argparse
     losses: list[float] = []
 
     def step() -> None:
-        metrics = trainer._train_step([rows])
+        totals = trainer._train_step([rows])
+        trainer._record_step(totals)  # the loop's bookkeeping: figures read back at reported steps only
         trainer.state.global_step += 1
-        losses.append(metrics["train/total_loss"])
+        losses.append(totals.losses[2])  # the step's total loss, still on the device
 
     def teardown() -> None:
         from higgs_train.training.activation_checkpointing import disable_activation_checkpointing

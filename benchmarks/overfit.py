@@ -92,9 +92,11 @@ def evaluate(trainer: Any) -> tuple[float, float]:
 
 def run_overfit(out_dir: Path, steps: int = 60, learning_rate: float = 5e-3, lora_r: int = 32) -> OverfitResult:
     """Train on one sample for ``steps`` optimizer steps and measure before/after."""
+    from higgs_train.data.in_process import records_for_config
     from higgs_train.training.trainer import HiggsAudioTrainer
 
-    trainer = HiggsAudioTrainer(overfit_config(Path(out_dir), steps, learning_rate, lora_r))
+    config = overfit_config(Path(out_dir), steps, learning_rate, lora_r)
+    trainer = HiggsAudioTrainer(config, *records_for_config(config))
     trainer.setup()
     if len(trainer.train_records) != 1:
         raise RuntimeError(f"expected one preprocessed sample, got {len(trainer.train_records)}")

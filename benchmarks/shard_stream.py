@@ -190,7 +190,7 @@ def wait_worker(cfg: dict) -> None:
         warmup_steps=1,
     )
     val = [records[0]] if cfg["root"] == "memory" else records.reader.read([0])  # every rank reports at saves
-    result = HiggsAudioTrainer(config, context, records, val).train()
+    result = HiggsAudioTrainer(config, records, val, context).train()
     if context.rank == 0:
         Path(cfg["out"], "share.json").write_text(json.dumps(result.metrics["train/data_wait_share"]))
 

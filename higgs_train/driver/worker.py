@@ -19,6 +19,8 @@ checkpoint in storage (``driver.train.publish_final_outputs``).
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -29,8 +31,17 @@ from typing import Any
 import torch
 
 from higgs_train.config import TrainingConfig
+from higgs_train.console import train_logging_config
+from higgs_train.data.shard_stream import open_shard_stream, read_entry
 from higgs_train.driver.tracker_relay import RelayedTracker
+from higgs_train.evaluation.in_training import GenerationTools, TrainingSamples, TrainingVoiceEval
+from higgs_train.tracking.tracker import RunTracker
+from higgs_train.training.checkpoint import STATE_FILE, CheckpointError
+from higgs_train.training.checkpoint_ranking import checkpoint_score
+from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint
 from higgs_train.training.context import WorkerContext, as_float_metrics
+from higgs_train.training.hooks import ValidationHook
+from higgs_train.training.trainer import HiggsAudioTrainer
 
 
 @dataclass
@@ -130,10 +141,6 @@ def run_worker(spec: WorkerSpec) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
 
-    from higgs_train.data.shard_stream import open_shard_stream, read_entry
-    from higgs_train.tracking.tracker import RunTracker
-    from higgs_train.training.trainer import HiggsAudioTrainer
-
     config = spec.config
     if spec.node_local_outputs:
         config = config.replace(output_dir=str(worker_scratch_dir(config.run_name)))
@@ -151,12 +158,27 @@ def run_worker(spec: WorkerSpec) -> None:
     val_records = read_entry(stream_root, spec.val_key) if spec.val_key else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    trainer = HiggsAudioTrainer(config.replace(resume_from=""), context, train_records, val_records)
+    trainer = HiggsAudioTrainer(
+        config.replace(resume_from=""), train_records, val_records, context, validation_hooks=validation_hooks(config)
+    )
     trainer.setup()
     stored = (spec.checkpoint_storage, config.run_name) if spec.checkpoint_storage else None
     restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from, stored)
     trainer.train()
     train_records.close()
+
+
+def validation_hooks(config: TrainingConfig) -> list[ValidationHook]:
+    """What rank 0 runs at each validation besides the loss, in this order: audio samples
+    (``--num_validation_samples``) and voice metrics (``--eval_rows``). They share one set of generation tokenizers,
+    loaded on first use."""
+    tools = GenerationTools(config)
+    hooks: list[ValidationHook] = []
+    if config.num_validation_samples:
+        hooks.append(TrainingSamples(config, tools))
+    if config.eval_rows:
+        hooks.append(TrainingVoiceEval(config, tools))
+    return hooks
 
 
 def restore_worker(trainer: Any, reported: Any, resume_from: str, stored: tuple[str, str] | None = None) -> None:
@@ -174,12 +196,6 @@ def restore_worker(trainer: Any, reported: Any, resume_from: str, stored: tuple[
     unregistered are removed when the job ends (``checkpoint_store.remove_debris``). The step restored from is
     logged as ``train/restored_from_step``, so every restart shows in MLflow.
     """
-    import json
-    import logging
-
-    from higgs_train.training.checkpoint import STATE_FILE, CheckpointError
-    from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint
-
     log = logging.getLogger(__name__)
     with contextlib.ExitStack() as stack:
         candidates: list[tuple[int, str]] = []
@@ -224,9 +240,6 @@ def build_torch_trainer(
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from higgs_train.console import train_logging_config
-    from higgs_train.evaluation.training import checkpoint_score
 
     config = spec.config
     score_key, score_mode = checkpoint_score(config.checkpoint_metric) if spec.val_key else ("step", "max")

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from higgs_train.training.checkpoint_ranking import checkpoint_score
+
 
 @dataclass
 class WorkerContext:
@@ -70,8 +72,6 @@ class LocalContext(WorkerContext):
         self._prune()
 
     def _prune(self) -> None:
-        from higgs_train.evaluation.training import checkpoint_score
-
         key, mode = checkpoint_score(self.checkpoint_metric)
         sign = 1.0 if mode == "min" else -1.0
         entries: list[tuple[float, int, Path]] = []

@@ -13,7 +13,9 @@ Features and their trade-offs:
 * **Activation checkpointing** -- optional, real recomputation of decoder layers (upstream never checkpoints).
 * **Determinism** -- the batch plan is a function of (seed, epoch); dropout RNG is reseeded from
   (seed, rank, step) at every step, so a resumed run repeats the uninterrupted run's losses.
-* **Checkpoints** -- adapter, optimizer, scheduler, RNG, data position and config; best-k by validation loss.
+* **Checkpoints** -- adapter, optimizer, scheduler, RNG, data position and config; best-k by ``--checkpoint_metric``.
+* **Hooks** -- what else runs at a validation (audio samples, voice metrics) is handed in by the driver
+  (``training.hooks``), so the loop imports neither generation nor evaluation.
 * **Figures** -- tokens/s, padding efficiency and the share of step time spent waiting for data are computed by
   the loop itself and reported with the losses.
 """
@@ -24,27 +26,44 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from higgs_train.adapter import apply_lora, count_parameters, save_adapter
+from higgs_train.atomic_files import replace_dir, staging_dir, write_atomic
 from higgs_train.config import TrainingConfig
 from higgs_train.console import ProgressLine, emit
+from higgs_train.data.batching import plan_epoch
+from higgs_train.data.collate import build_collator, collate_records
+from higgs_train.data.shard_stream import record_lengths, schedule_steps
+from higgs_train.loss import LabelTokenCounts, compute_higgs_audio_loss, count_label_tokens
+from higgs_train.models import load_model, load_whisper_processor, recommended_learning_rate, resolve_paths
 from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from higgs_train.training.checkpoint_store import open_checkpoint
 from higgs_train.training.context import LocalContext, WorkerContext
 from higgs_train.training.dual_ffn_routing import enable_sync_free_routing
+from higgs_train.training.hooks import ValidationHook, ValidationStep
+from higgs_train.training.loss_balance import LossBalanceMonitor
 from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
 from higgs_train.training.schedule import build_optimizer, build_scheduler, steps_in_run
+from higgs_train.training.text_head import hidden_states_as_text_logits
+from higgs_train.training.throughput import StepTotals, Throughput, reported_metrics
 
 logger = logging.getLogger(__name__)
 # Profiler label of the host-side data work of a step (collation, label counts): benchmarks/gpu_step.py --profile
 # counts syncs and op launches of the device work outside it.
 HOST_DATA_REGION = "higgs_train.host_data"
+# The collated batch's fields that HiggsAudioModel.forward takes in training.
+MODEL_INPUTS = (
+    "input_ids", "attention_mask", "audio_features", "audio_feature_attention_mask", "audio_out_ids",
+    "audio_out_ids_start", "audio_in_ids", "audio_in_ids_start", "label_ids", "label_audio_ids",
+)  # fmt: skip
 
 
 @dataclass
@@ -63,20 +82,24 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 class HiggsAudioTrainer:
     """Train LoRA adapters on preprocessed records (see ``higgs_train.data.preprocess`` for their schema).
 
-    ``train_records`` / ``val_records``: lists of preprocessed records. When omitted they are produced from the
-    config's manifests in-process (``higgs_train.training.data_source``), which is the path without Ray.
+    ``train_records`` / ``val_records``: preprocessed records (lists, or a ``ShardStream`` of this worker's rows); the
+    Ray job streams them from the token cache, tests and notebooks make them in-process (``data.in_process``).
     ``model``: an already built ``HiggsAudioModel`` to train instead of loading ``config.model_path`` (the GPU
     benchmark builds random full-size weights on the device); it is cast to the configured precision.
+    ``validation_hooks``: run in order on rank 0 at every validation (``training.hooks``).
     """
 
     def __init__(
         self,
         config: TrainingConfig,
+        train_records: Sequence[dict],
+        val_records: Sequence[dict],
         context: WorkerContext | None = None,
-        train_records: list[dict] | None = None,
-        val_records: list[dict] | None = None,
         model: torch.nn.Module | None = None,
+        validation_hooks: Sequence[ValidationHook] = (),
     ) -> None:
+        if not train_records:
+            raise ValueError("no training rows survived preprocessing; see the quarantine report")
         self.config = config
         self.context = context or LocalContext(
             checkpoint_root=Path(config.output_dir) / "checkpoints",
@@ -85,36 +108,39 @@ class HiggsAudioTrainer:
         )
         self.train_records = train_records
         self.val_records = val_records
+        self.validation_hooks = list(validation_hooks)
+        self.device = self.context.device
+        self.weight_dtype = weight_dtype(config.precision, self.device)
         self.state = TrainerState()
         self.model: Any = None
         self._given_model = model
         self._setup_done = False
         self._logged_through = 0  # metrics of steps up to here are in the tracker already
+        self.steps_per_epoch = len(self._epoch_steps(0))
+        self.total_steps = steps_in_run(self.steps_per_epoch, config.num_epochs, config.max_steps)
+        self._progress = ProgressLine(self.total_steps)
+        self._monitor = LossBalanceMonitor(config.text_dominance_threshold, config.audio_dominance_threshold)
+        self._throughput = Throughput()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        """Load model + tokenizers, attach LoRA, build optimizer/scheduler/collator and the data."""
+        """Load model + tokenizers, attach LoRA, build optimizer/scheduler/collator."""
         if self._setup_done:
             return
-        from higgs_train.models import load_model, load_whisper_processor, recommended_learning_rate, resolve_paths
-
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.device = self.context.device
-        self.weight_dtype = weight_dtype(cfg.precision, self.device)
+        model_path = ""  # a given model has no directory: default learning rate, no Whisper processor
         if self._given_model is None:
-            self.paths = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None)
-            model = load_model(self.paths.model_path, device=self.device, dtype=self.weight_dtype)
+            model_path = resolve_paths(cfg.model_path, cfg.audio_tokenizer_path, cfg.tokenizer_path or None).model_path
+            model = load_model(model_path, device=self.device, dtype=self.weight_dtype)
         else:
-            self.paths = None
             model = self._given_model.to(device=self.device, dtype=self.weight_dtype)
         self.model_config = model.config
         model.config.use_cache = False
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         cast_adapters(model, cfg.adapter_dtype)
-        counts = count_parameters(model)
+        self.parameter_counts = counts = count_parameters(model)
         logger.info("trainable %d / %d parameters (%.3f%%)", counts.trainable, counts.total, 100 * counts.fraction)
-        self.parameter_counts = counts
         enable_sync_free_routing(model)  # same values; checkpointing and compile below wrap the routed layer math
         if cfg.use_gradient_checkpointing or cfg.checkpoint_layers:
             checkpointed = enable_activation_checkpointing(model, cfg.checkpoint_layers)
@@ -123,37 +149,19 @@ class HiggsAudioTrainer:
             compile_decoder_layers(model)
         model.train()
         self.model = self.context.prepare_model(model)
-        self.learning_rate = cfg.learning_rate or recommended_learning_rate(self.paths.model_path if self.paths else "")
+        lr = self.learning_rate = cfg.learning_rate or recommended_learning_rate(model_path)
         if not cfg.learning_rate:
-            logger.info(
-                "learning rate: %g (the model's recommended rate; --learning_rate sets another)", self.learning_rate
-            )
-        self.optimizer = build_optimizer(self.model, self.learning_rate, cfg.weight_decay)
-        self._setup_data(load_whisper_processor(self.paths.model_path if self.paths else "", self.model_config))
+            logger.info("learning rate: %g (the model's recommended rate; --learning_rate sets another)", lr)
+        self.optimizer = build_optimizer(self.model, lr, cfg.weight_decay)
+        self.collator = build_collator(self.model_config, load_whisper_processor(model_path, self.model_config))
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, self.total_steps)
         if cfg.resume_from:
             self.load_checkpoint(cfg.resume_from)
         self._setup_done = True
 
-    def _setup_data(self, whisper_processor: Any) -> None:
-        from higgs_train.data.collate import build_collator
-
-        self.collator = build_collator(self.model_config, whisper_processor)
-        if self.train_records is None:
-            from higgs_train.training.data_source import records_for_config
-
-            self.train_records, self.val_records = records_for_config(self.config, self.paths, self.model_config)
-        if not self.train_records:
-            raise ValueError("no training rows survived preprocessing; see the quarantine report")
-        self.steps_per_epoch = len(self._epoch_steps(0))
-        self.total_steps = steps_in_run(self.steps_per_epoch, self.config.num_epochs, self.config.max_steps)
-
     # ------------------------------------------------------------------ data plan
     def _epoch_plan(self, records: list[dict], epoch: int) -> list[list[int]]:
         """This worker's micro-batches (row indices) for ``epoch``; every worker gets the same count."""
-        from higgs_train.data.batching import plan_epoch
-        from higgs_train.data.shard_stream import record_lengths
-
         lengths = record_lengths(records)  # a ShardStream answers from its lengths column, reading no record
         plans = plan_epoch(
             lengths,
@@ -168,43 +176,25 @@ class HiggsAudioTrainer:
     def _epoch_steps(self, epoch: int) -> list[list[list[int]]]:
         """Group this worker's micro-batches into optimizer steps of ``gradient_accumulation_steps``."""
         plan = self._epoch_plan(self.train_records, epoch)
-        from higgs_train.data.shard_stream import schedule_steps
-
         k = self.config.gradient_accumulation_steps
         steps = [plan[i : i + k] for i in range(0, len(plan), k)]
         schedule_steps(self.train_records, steps)  # a ShardStream reads these steps' rows, one step ahead
         return steps
 
     def _collate(self, records: list[dict], rows: list[int]):
-        from higgs_train.data.collate import collate_records
-
         return collate_records([records[i] for i in rows], self.collator)
 
     # ------------------------------------------------------------------ forward + loss
-    def _to_device(self, value: torch.Tensor) -> torch.Tensor:
-        """Host-to-device copy that does not wait for the device: from pinned memory, asynchronously (a blocking
-        copy synchronises the stream, i.e. waits for all queued work)."""
-        if self.device.type != "cuda":
-            return value.to(self.device)
-        return value.pin_memory().to(self.device, non_blocking=True)
-
     def _model_inputs(self, batch: Any) -> dict[str, Any]:
-        names = (
-            "input_ids",
-            "attention_mask",
-            "audio_features",
-            "audio_feature_attention_mask",
-            "audio_out_ids",
-            "audio_out_ids_start",
-            "audio_in_ids",
-            "audio_in_ids_start",
-            "label_ids",
-            "label_audio_ids",
-        )
+        """The batch on the device. On CUDA the copies do not wait for the device: from pinned memory, asynchronously
+        (a blocking copy synchronises the stream, i.e. waits for all queued work)."""
         out = {}
-        for name in names:
+        for name in MODEL_INPUTS:
             value = getattr(batch, name)
-            out[name] = self._to_device(value) if isinstance(value, torch.Tensor) else value
+            if isinstance(value, torch.Tensor):
+                cuda = self.device.type == "cuda"
+                value = value.pin_memory().to(self.device, non_blocking=True) if cuda else value.to(self.device)
+            out[name] = value
         if out.get("audio_features") is not None:
             out["audio_features"] = out["audio_features"].to(self.weight_dtype)
         return out
@@ -212,9 +202,6 @@ class HiggsAudioTrainer:
     def _forward_loss(self, batch: Any, global_counts: Any, host_metrics: bool = True):
         """Forward + loss of one micro-batch. The text head runs only at labelled positions (``text_head``); the
         batch's label tensors stay on the host, where the loss does its bookkeeping without device syncs."""
-        from higgs_train.loss import compute_higgs_audio_loss
-        from higgs_train.training.text_head import hidden_states_as_text_logits
-
         cfg = self.config
         assert_no_autocast()
         inputs = self._model_inputs(batch)
@@ -233,12 +220,8 @@ class HiggsAudioTrainer:
 
     def _global_counts(self, batches: list[Any]):
         """Label counts of this optimizer step summed over all micro-batches and all workers."""
-        from higgs_train.loss import LabelTokenCounts, count_label_tokens
-
         token_id = self.model_config.audio_out_token_idx
-        local = LabelTokenCounts(0, 0)
-        for batch in batches:
-            local = local + count_label_tokens(batch, audio_out_token_id=token_id)
+        local = sum((count_label_tokens(b, audio_out_token_id=token_id) for b in batches), LabelTokenCounts(0, 0))
         if self.context.world_size == 1:
             return local  # counted on the host from the collated batch: nothing to wait for
         total = self.context.all_reduce_sum(local.to_tensor(self.device))
@@ -253,19 +236,14 @@ class HiggsAudioTrainer:
         are those the save cadence wrote, and no final adapter is written (``adapter_dir`` is None). Resuming the
         same config from its last checkpoint then continues that run, which is how resumption is tested.
         """
-        from higgs_train.training.loss_balance import LossBalanceMonitor
-
         self.setup()
         self._catch_up_logging()
-        cfg = self.config
-        self._progress = ProgressLine(self.total_steps)
         self._progress.start(self.state.global_step)
-        monitor = LossBalanceMonitor(cfg.text_dominance_threshold, cfg.audio_dominance_threshold)
         last_metrics: dict[str, float] = {}
         interrupted = False
         start_epoch = self.state.epoch
         restored_step = self.state.global_step
-        for epoch in range(start_epoch, cfg.num_epochs):
+        for epoch in range(start_epoch, self.config.num_epochs):
             steps = self._epoch_steps(epoch)
             first = self.state.step_in_epoch if epoch == start_epoch else 0
             for step_in_epoch in range(first, len(steps)):
@@ -274,14 +252,11 @@ class HiggsAudioTrainer:
                 if stop_after_steps is not None and self.state.global_step >= stop_after_steps:
                     interrupted = True
                     break
-                metrics = self._train_step(steps[step_in_epoch])
+                metrics = self._record_step(self._train_step(steps[step_in_epoch]))
                 self.state.global_step += 1
                 self.state.epoch, self.state.step_in_epoch = epoch, step_in_epoch + 1
                 if step_in_epoch + 1 == len(steps):
                     self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
-                if self._last_step_loss is not None:  # None at steps whose figures stay on the device
-                    for warning in monitor.update(self._last_step_loss):
-                        logger.warning("step %d: %s", self.state.global_step, warning)
                 last_metrics = self._after_step(metrics)
             if interrupted or (self.total_steps and self.state.global_step >= self.total_steps):
                 break
@@ -312,28 +287,21 @@ class HiggsAudioTrainer:
     def _reports_step(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1-based) logs, checkpoints or ends the run: only then do its figures go to
         the host (each conversion waits for the device to finish the queued work)."""
-        cfg = self.config
         final = bool(self.total_steps) and step >= self.total_steps
-        return step % cfg.log_every_steps == 0 or step % cfg.save_every_steps == 0 or final
+        return step % self.config.log_every_steps == 0 or step % self.config.save_every_steps == 0 or final
 
-    def _train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
-        """One optimizer step. The losses are summed on the device and read back (one sync) only at reported steps
-        (``_reports_step``); at the others the loss entries are 0-d device tensors and nothing waits for the device.
-        Tokens/s and the data-wait share cover the steps since the last reported one."""
+    def _train_step(self, micro_batches: list[list[int]]) -> StepTotals:
+        """One optimizer step: forward and backward of each micro-batch, clip, update. Nothing is read back from the
+        device here (each read waits for the queued work); ``_record_step`` reads the figures at reported steps."""
         cfg, ctx = self.config, self.context
-        step_start = time.perf_counter()
         torch.manual_seed(step_seed(cfg.seed, ctx.rank, self.state.global_step))
-        data_start = time.perf_counter()
+        started = time.perf_counter()
         with torch.profiler.record_function(HOST_DATA_REGION):
             batches = [self._collate(self.train_records, rows) for rows in micro_batches]
-        data_wait = time.perf_counter() - data_start
+        data_wait = time.perf_counter() - started
         with torch.profiler.record_function(HOST_DATA_REGION):
             counts = self._global_counts(batches)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # text, audio, total (step shares)
-        real_tokens = sum(int(self.train_records[i]["num_tokens"]) for rows in micro_batches for i in rows)
-        # Processed tokens in merged-sequence units (what num_tokens counts): every row padded to its batch's longest.
-        lengths = [[int(self.train_records[i]["num_tokens"]) for i in rows] for rows in micro_batches]
-        padded_tokens = sum(len(ls) * max(ls) for ls in lengths)
+        losses = torch.zeros(3, dtype=torch.float64, device=self.device)  # text, audio, total (step shares)
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1
             no_sync = getattr(self.model, "no_sync", None)
@@ -342,54 +310,35 @@ class HiggsAudioTrainer:
                 # DDP averages gradients over workers; the loss is already normalised by *global* counts, so
                 # scale by world size to turn DDP's mean into the intended sum.
                 (out.total * ctx.world_size).backward()
-            sums += torch.stack([out.text_loss, out.audio_loss, out.total.detach()]).double()
+            losses += torch.stack([out.text_loss, out.audio_loss, out.total.detach()]).double()
         grad_norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        window = getattr(self, "_figures_window", None) or [step_start, 0.0, 0.0, 0.0]
-        window[1:] = [window[1] + real_tokens, window[2] + padded_tokens, window[3] + data_wait]
-        self._figures_window = window
-        if not self._reports_step(self.state.global_step + 1):
-            self._last_step_loss = None
-            text_w, audio_w = cfg.text_loss_weight * sums[0], cfg.audio_loss_weight * sums[1]
-            return {
-                "train/total_loss": sums[2],
-                "train/text_loss": sums[0],
-                "train/audio_loss": sums[1],
-                "train/text_audio_ratio": text_w / audio_w,
-                "train/learning_rate": self.scheduler.get_last_lr()[0],
-            }
-        self._figures_window = None
-        figures = torch.tensor(window[1:], dtype=torch.float64).to(self.device)
-        reduced = ctx.all_reduce_sum(torch.cat([sums, grad_norm.reshape(1).double(), figures])).cpu()
-        elapsed = time.perf_counter() - window[0]
-        text, audio, total = (float(x) for x in reduced[:3])
-        text_w, audio_w = cfg.text_loss_weight * text, cfg.audio_loss_weight * audio
-        self._last_step_loss = replace(
-            out,
-            text_loss=torch.tensor(text),
-            audio_loss=torch.tensor(audio),
-            text_tokens=counts.text,
-            audio_tokens=counts.audio,
-            text_token_loss=text,  # per-token means of the step (normalised by the step's global counts)
-            audio_token_loss=audio,
-        )
-        return {
-            "train/total_loss": total,
-            "train/text_loss": text,
-            "train/audio_loss": audio,
-            "train/text_loss_weighted": text_w,
-            "train/audio_loss_weighted": audio_w,
-            "train/text_audio_ratio": text_w / audio_w if audio_w > 0 else float("inf"),
-            "train/learning_rate": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": float(reduced[3]) / ctx.world_size,  # every worker holds the same reduced gradients
-            "train/tokens_per_second": float(reduced[4]) / elapsed,
-            "train/padding_efficiency": float(reduced[4]) / max(1.0, float(reduced[5])),
-            "train/data_wait_share": float(reduced[6]) / ctx.world_size / elapsed,
-            "train/text_tokens": counts.text,
-            "train/audio_tokens": counts.audio,
-        }
+        # Processed tokens in merged-sequence units (what num_tokens counts): every row padded to its batch's longest.
+        lengths = [[int(self.train_records[i]["num_tokens"]) for i in rows] for rows in micro_batches]
+        return StepTotals(
+            losses, grad_norm, counts, out, sum(map(sum, lengths)), sum(len(ls) * max(ls) for ls in lengths), data_wait,
+            started,
+        )  # fmt: skip
+
+    def _record_step(self, step: StepTotals) -> dict[str, float]:
+        """Throughput bookkeeping of a finished step; at a reported step (``_reports_step``) also its metrics, read
+        back in one sync (summed over workers) and fed to the loss-balance monitor. Empty at the other steps, whose
+        figures count towards the next reported one (tokens/s and data-wait share cover the steps since the last)."""
+        self._throughput.add(step)
+        number = self.state.global_step + 1
+        if not self._reports_step(number):
+            return {}
+        figures, started = self._throughput.take()
+        window = torch.tensor(figures, dtype=torch.float64).to(self.device)
+        reduced = self.context.all_reduce_sum(torch.cat([step.losses, step.grad_norm.reshape(1).double(), window]))
+        reduced = reduced.cpu()  # the one sync: the window ends when the device has finished its steps
+        elapsed, lr = time.perf_counter() - started, self.scheduler.get_last_lr()[0]
+        metrics, step_loss = reported_metrics(step, reduced, elapsed, self.config, lr, self.context.world_size)
+        for warning in self._monitor.update(step_loss):
+            logger.warning("step %d: %s", number, warning)
+        return metrics
 
     def _clip(self) -> torch.Tensor:
         """Clip (when ``max_grad_norm`` > 0) and return the total gradient norm as a device tensor (no sync)."""
@@ -401,10 +350,7 @@ class HiggsAudioTrainer:
 
     def _after_step(self, metrics: dict[str, float]) -> dict[str, float]:
         cfg, step = self.config, self.state.global_step
-        metrics = {"step": step, "epoch": self.state.epoch, **metrics}
-        # Canonical names (also used by Tune and MLflow): total_loss, text_loss, audio_loss, ...
-        for name in ("total_loss", "text_loss", "audio_loss", "text_audio_ratio"):
-            metrics[name] = metrics[f"train/{name}"]
+        metrics = {"step": step, "epoch": self.state.epoch, **metrics}  # train/* only at reported steps
         final = bool(self.total_steps) and step >= self.total_steps
         save = step % cfg.save_every_steps == 0 or final
         # Every checkpoint carries val_loss, so best-k selection never sees a checkpoint without a score.
@@ -427,19 +373,13 @@ class HiggsAudioTrainer:
 
     def _save_and_report(self, metrics: dict[str, float]) -> None:
         with tempfile.TemporaryDirectory(prefix="higgs-ckpt-") as tmp:
-            ckpt = None
-            if self.context.rank == 0:
-                ckpt = save_checkpoint(
-                    Path(tmp), self.model, self.optimizer, self.scheduler, self.state, self.config.to_dict()
-                )
-            self.context.report(metrics, ckpt, save_step=True)
+            checkpoint = self.save_checkpoint(tmp) if self.context.rank == 0 else None
+            self.context.report(metrics, checkpoint, save_step=True)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation loss and per-codebook next-code top-1 accuracy over this worker's share, summed globally."""
-        from higgs_train.loss import count_label_tokens
-
         self.model.eval()
         plan = self._epoch_plan(self.val_records, epoch=0)
         codebooks = self.model_config.audio_num_codebooks
@@ -462,67 +402,24 @@ class HiggsAudioTrainer:
             "val_audio_accuracy": float(sum(accuracy) / len(accuracy)),
         }
         metrics.update({f"val/audio_accuracy_cb{k}": a for k, a in enumerate(accuracy)})
-        if self.config.num_validation_samples and self.context.rank == 0:
-            metrics.update(self._validation_samples())
-        if self.config.eval_rows and self.context.rank == 0:
-            metrics.update(self._voice_eval())
-        return metrics
-
-    def _voice_eval(self) -> dict[str, float]:
-        """SIM / WER / quality of a few generated validation rows (``--eval_rows``); see evaluation.training."""
-        from higgs_train.evaluation.training import TrainingVoiceEval
-
-        if not hasattr(self, "_voice_evaluator"):
-            self._voice_evaluator = TrainingVoiceEval(self.config, self.paths, self.model_config, self.device)
-        return self._voice_evaluator(
-            self.model,
-            self.val_records[: self.config.eval_rows],
-            self.state.global_step,
-            self.config.output_dir,
-            log_artifact=self.context.log_artifact,
-        )
-
-    def _validation_samples(self) -> dict[str, float]:
-        """Listenable evidence: greedy generations for the first validation rows, logged as WAV artifacts.
-
-        Never fails the job: a failure (of one row, or of loading the tools) is a warning and is counted in
-        ``val/sample_failures``.
-        """
-        from higgs_train.generation import SamplingSettings, generate_validation_samples
-        from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, load_whisper_processor
-
-        step = self.state.global_step
-        artifact_dir = f"samples/step_{step:07d}"
-        try:
-            if not hasattr(self, "_sample_tools"):  # loaded on first use: the audio tokenizer is large for real models
-                self._sample_tools = (
-                    load_text_tokenizer(self.paths.tokenizer_path),
-                    load_audio_tokenizer(self.paths.audio_tokenizer_path, device=self.device),
-                    load_whisper_processor(self.paths.model_path, self.model_config),
-                )
-            tokenizer, audio_tokenizer, whisper = self._sample_tools
-            samples = generate_validation_samples(
+        if self.context.rank == 0 and self.validation_hooks:
+            at = ValidationStep(
+                self.state.global_step,
                 self.model,
-                tokenizer,
-                audio_tokenizer,
                 self.model_config,
-                self.val_records[: self.config.num_validation_samples],
-                Path(self.config.output_dir) / artifact_dir,
-                SamplingSettings(temperature=0.0, max_new_tokens=self.config.validation_sample_max_new_tokens),
-                whisper_processor=whisper,
-                log_artifact=lambda path: self.context.log_artifact(path, artifact_dir),
+                self.device,
+                self.val_records,
+                Path(self.config.output_dir),
+                self.context.log_artifact,
             )
-        except Exception:  # noqa: BLE001 -- samples are evidence for a human; training goes on without them
-            logger.warning("step %d: validation samples failed; training continues", step, exc_info=True)
-            return {"val/sample_failures": float(len(self.val_records[: self.config.num_validation_samples]))}
-        return samples.metrics()
+            for hook in self.validation_hooks:
+                metrics.update(hook(at))
+        return metrics
 
     # ------------------------------------------------------------------ end, save, load
     def _finish(self, metrics: dict[str, float]) -> Path | None:
         if self.context.rank != 0:
             return None
-        from higgs_train.atomic_files import replace_dir, staging_dir, write_atomic
-
         output = Path(self.config.output_dir)
         adapter_dir = output / "adapter"
         staging = staging_dir(adapter_dir)  # published whole: never a mix of this run's files and another's
@@ -545,8 +442,6 @@ class HiggsAudioTrainer:
         A fresh trainer is set up first (like ``save_checkpoint`` does): there is no model or optimizer to restore
         into before that. Inside ``setup`` (``resume_from``) both already exist, so this does not recurse.
         """
-        from higgs_train.training.checkpoint_store import open_checkpoint
-
         if self.model is None:
             self.setup()
         with open_checkpoint(str(path)) as local:  # verified; downloaded first when ``path`` is a URI

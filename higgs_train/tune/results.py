@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from higgs_train.config import TrainingConfig
-from higgs_train.evaluation.training import checkpoint_score
+from higgs_train.training.checkpoint_ranking import checkpoint_score
 from higgs_train.training.schedule import planned_steps
 from higgs_train.tune.space import TIME_ATTR, TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
 

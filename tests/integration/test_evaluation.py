@@ -15,6 +15,8 @@ import torch
 
 from higgs_train.adapter import apply_lora, save_adapter
 from higgs_train.config import TrainingConfig
+from higgs_train.data.in_process import records_for_config
+from higgs_train.driver.worker import validation_hooks
 from higgs_train.models import load_model, resolve_paths
 from higgs_train.sample_data import create_sample_data
 from higgs_train.training.context import LocalContext
@@ -107,7 +109,9 @@ def test_voice_eval_during_training_logs_metrics_and_ranks_checkpoints_by_sim(tm
         checkpoint_metric="sim",
         log_artifact=lambda path, artifact_path: logged.append((path, artifact_path)),
     )
-    result = HiggsAudioTrainer(config, context).train()
+    result = HiggsAudioTrainer(
+        config, *records_for_config(config), context, validation_hooks=validation_hooks(config)
+    ).train()
     for key in ("eval/sim_rank", "eval/wer_rank", "eval/duration_ratio", "eval/dnsmos_ovrl", "eval/flagged_rows"):
         assert key in result.metrics, sorted(result.metrics)
     rows = json.loads((tmp_path / "run" / "eval" / "step_0000002" / "eval_rows.json").read_text())

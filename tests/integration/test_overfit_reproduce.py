@@ -21,6 +21,7 @@ import torch
 from higgs_train.config import TrainingConfig
 from higgs_train.data.chatml import AUDIO_OUT_BOS
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
+from higgs_train.data.in_process import records_for_config
 from higgs_train.decoding_rules import codes_from_delayed
 from higgs_train.export import export
 from higgs_train.generation import SamplingSettings, load_generation_stack, prompt_for_texts, synthesize
@@ -95,7 +96,7 @@ def test_overfit_one_sample_then_reproduce_it(tmp_path):
         log_every_steps=10,
         keep_best_k=1,
     )
-    trainer = HiggsAudioTrainer(config)
+    trainer = HiggsAudioTrainer(config, *records_for_config(config))
     result = trainer.train()
     train_seconds = time.perf_counter() - start
     perfect = [h["step"] for h in trainer.state.history if h.get("val_audio_accuracy") == 1.0]

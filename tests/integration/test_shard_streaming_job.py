@@ -36,7 +36,7 @@ def stream_worker(cfg: dict) -> None:
     # Without validation data only rank 0 has a checkpoint to report; every rank must still join the collective
     # report at checkpoint steps (it used to hang here).
     val = stream.reader.read([0, 1]) if cfg["with_val"] else []
-    trainer = HiggsAudioTrainer(TrainingConfig.from_dict(cfg["config"]), context, stream, val)
+    trainer = HiggsAudioTrainer(TrainingConfig.from_dict(cfg["config"]), stream, val, context)
     result = trainer.train()
     stream.close()
     report = {"reads": stream.read_log, "steps_per_epoch": trainer.steps_per_epoch, "steps": result.state.global_step}

@@ -110,7 +110,7 @@ def split_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     context = RayWorkerContext.current()
     rank = context.rank
-    trainer = HiggsAudioTrainer(TrainingConfig.from_dict(loop_config["config"]), context, loop_config["records"], [])
+    trainer = HiggsAudioTrainer(TrainingConfig.from_dict(loop_config["config"]), loop_config["records"], [], context)
     trainer.setup()
     assert type(trainer.model).__name__ == "DistributedDataParallel"
     randomise_lora_b(trainer.model)

@@ -6,6 +6,8 @@ import pytest
 import soundfile as sf
 
 from higgs_train.config import TrainingConfig
+from higgs_train.data.in_process import records_for_config
+from higgs_train.driver.worker import validation_hooks
 from higgs_train.training.context import LocalContext
 from higgs_train.training.trainer import HiggsAudioTrainer
 
@@ -26,7 +28,9 @@ def test_validation_samples_are_generated_and_logged(tmp_path):
         checkpoint_root=tmp_path / "run" / "checkpoints",
         log_artifact=lambda path, artifact_path: logged.append((path, artifact_path)),
     )
-    result = HiggsAudioTrainer(config, context).train()
+    result = HiggsAudioTrainer(
+        config, *records_for_config(config), context, validation_hooks=validation_hooks(config)
+    ).train()
 
     wavs = sorted((tmp_path / "run" / "samples" / "step_0000001").glob("*.wav"))
     assert len(wavs) == 2
@@ -54,7 +58,9 @@ def test_a_failing_validation_sample_is_a_warning_not_a_failed_job(tmp_path, mon
     context = LocalContext(
         checkpoint_root=tmp_path / "run" / "checkpoints", log_metrics=lambda metrics, step: logged.append(metrics)
     )
-    result = HiggsAudioTrainer(config, context).train()
+    result = HiggsAudioTrainer(
+        config, *records_for_config(config), context, validation_hooks=validation_hooks(config)
+    ).train()
 
     assert result.state.global_step == 2 and (result.adapter_dir / "adapter_model.safetensors").exists()
     assert [m["val/sample_failures"] for m in logged if "val_loss" in m] == [2.0, 2.0]  # what MLflow receives
@@ -64,6 +70,6 @@ def test_a_failing_validation_sample_is_a_warning_not_a_failed_job(tmp_path, mon
 
 def test_validation_samples_are_off_by_default(tmp_path):
     config = TrainingConfig(output_dir=str(tmp_path / "run"), max_steps=1, eval_every_steps=1, save_every_steps=1)
-    result = HiggsAudioTrainer(config).train()
+    result = HiggsAudioTrainer(config, *records_for_config(config), validation_hooks=validation_hooks(config)).train()
     assert "val/sample_code_agreement" not in result.metrics
     assert not (tmp_path / "run" / "samples").exists()

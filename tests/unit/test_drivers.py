@@ -16,7 +16,8 @@ from higgs_train.commands.train import build_parser, config_from_args
 from higgs_train.commands.tune import build_sweep_parser, sweep_config_from_args
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import next_free_name, resolve_sweep_run
-from higgs_train.driver.worker import WorkerSpec
+from higgs_train.driver.worker import WorkerSpec, validation_hooks
+from higgs_train.evaluation.in_training import TrainingSamples, TrainingVoiceEval
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,3 +152,11 @@ def test_sweep_flags_come_from_both_dataclasses_with_the_same_precedence(tmp_pat
     assert settings.search_alg == "random"  # untouched: SweepSettings' default
     with pytest.raises(SystemExit):
         build_sweep_parser().parse(["--search_alg", "grid"])  # choices from the field's metadata
+
+
+def test_the_worker_hands_samples_then_voice_metrics_to_the_trainer_sharing_one_set_of_tokenizers():
+    assert validation_hooks(TrainingConfig()) == []
+    hooks = validation_hooks(TrainingConfig(num_validation_samples=2, eval_rows=1))
+    assert [type(h) for h in hooks] == [TrainingSamples, TrainingVoiceEval]
+    assert hooks[0].tools is hooks[1].tools
+    assert [type(h) for h in validation_hooks(TrainingConfig(eval_rows=1))] == [TrainingVoiceEval]

@@ -32,15 +32,8 @@ KNOWN_VIOLATIONS = {
     "back up: embedded.text_tokenizer -> data.chatml": "22.2: the ChatML layout below data and embedded",
     "back up: sample_data -> data.chatml": "22.2: the ChatML layout below data and embedded",
     "back up: sample_data -> data.manifest": "22.2: sample data beside its voices",
-    "back up: training.context -> evaluation.training": "22.1: the ranking table next to checkpoints",
-    "back up: training.trainer -> evaluation.training": "22.1: voice evaluation a hook the driver hands in",
-    "back up: training.trainer -> generation": "22.1: validation samples a hook the driver hands in",
-    "training imports a consumer: training.context -> evaluation.training": "22.1 (as above)",
-    "training imports a consumer: training.trainer -> evaluation.training": "22.1 (as above)",
-    "training imports a consumer: training.trainer -> generation": "22.1 (as above)",
     "floors: 16 > 9": "22.1-22.4 (lower the number as the chain shortens)",
     "over 450 lines: data.preprocess": "22.2: the token vocabulary of a sample its own module",
-    "over 450 lines: training.trainer": "22.1: evaluation and samples as hooks, step math apart",
 }
 
 

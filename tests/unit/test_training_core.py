@@ -30,6 +30,7 @@ from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.loss import compute_higgs_audio_loss
 from higgs_train.models import load_model, load_text_tokenizer, resolve_paths
 from higgs_train.sample_data import create_sample_data
+from higgs_train.training.hooks import ValidationStep
 from higgs_train.training.trainer import HiggsAudioTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +168,7 @@ def test_bare_peft_model_runs_the_whisper_trainer_step_with_higgs_kwargs(tmp_pat
     trainer.setup()
     assert type(trainer.model) is PeftModel
     captured = capture_gradients(trainer)
-    metrics = trainer._train_step([[0]])
+    metrics = trainer._record_step(trainer._train_step([[0]]))
 
     assert math.isfinite(metrics["train/total_loss"]) and metrics["train/audio_tokens"] > 0
     grads = captured[0]
@@ -433,7 +434,7 @@ def test_trainer_step_on_bf16_weights_runs_every_upstream_module_without_autocas
     ]
     grads = capture_gradients(trainer)
     try:
-        metrics = trainer._train_step([[0, 1]])
+        metrics = trainer._record_step(trainer._train_step([[0, 1]]))
     finally:
         for handle in handles:
             handle.remove()
@@ -472,7 +473,7 @@ def test_precision_and_adapter_dtype_settings(tmp_path, records):
     bf16.setup()
     adapters = [p for n, p in bf16.model.named_parameters() if p.requires_grad]
     assert adapters and all(p.dtype == torch.bfloat16 for p in adapters)
-    metrics = bf16._train_step([[0, 1]])
+    metrics = bf16._record_step(bf16._train_step([[0, 1]]))
     assert math.isfinite(float(metrics["train/total_loss"]))
     with pytest.raises(ValueError, match="precision"):
         TrainingConfig(precision="fp16")
@@ -529,3 +530,31 @@ def test_checkpoint_layers_alone_turns_checkpointing_on_for_that_many_layers(tmp
     assert attention_calls_per_layer(trainer_for(tmp_path, records[:2], batch_size=2, checkpoint_layers=1)) == [2, 1]
     with pytest.raises(ValueError, match="checkpoint_layers"):
         TrainingConfig(checkpoint_layers=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation hooks (what the driver hands in: samples, voice metrics)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_validation_hooks_run_on_rank_0_at_every_validation_and_their_metrics_reach_history_and_checkpoints(
+    tmp_path, records
+):
+    seen: list[tuple[int, int, bool, Path]] = []
+
+    def probe(at: ValidationStep) -> dict[str, float]:
+        seen.append((at.step, len(at.records), at.model.training, at.output_dir))
+        return {"eval/probe": 10.0 * at.step}
+
+    out = tmp_path / "run"
+    config = TrainingConfig(
+        output_dir=str(out), max_steps=2, batch_size=2, eval_every_steps=1, save_every_steps=2, lora_dropout=0.0
+    )
+    trainer = HiggsAudioTrainer(config, records[:4], records[4:6], validation_hooks=[probe])
+    result = trainer.train()
+    assert seen == [(1, 2, True, out), (2, 2, True, out)]  # after the loss, the model back in training mode
+    assert [h["eval/probe"] for h in result.state.history] == [10.0, 20.0]
+    assert json.loads((out / "checkpoints" / "step_0000002" / "metrics.json").read_text())["eval/probe"] == 20.0
+    trainer.context.rank, trainer.context.world_size = 1, 2  # as the second of two workers
+    trainer.context.all_reduce_sum = lambda tensor: tensor  # type: ignore[method-assign]  (no process group here)
+    assert "eval/probe" not in trainer.validate() and len(seen) == 2  # other ranks only compute the loss

@@ -1,7 +1,9 @@
-"""Preprocessed records for a trainer that runs without Ray (tests, notebooks, ``HiggsAudioTrainer(config)``).
+"""Preprocessed records without Ray: the in-process data path of tests, notebooks and benchmarks.
 
-The same ``SamplePreprocessor`` the Ray Data actors use runs in-process; failed rows are quarantined under
-``<output_dir>/quarantine.parquet`` with their reasons, never dropped silently.
+The trainer takes records and knows no data path; the Ray job preprocesses with Ray Data actors into the token cache
+and streams it (``driver/prepare.py``, ``data/shard_stream.py``). This module runs the same ``SamplePreprocessor``
+in this process over the config's manifests (or the generated sample data, ``data/sources.py``). Failed rows are
+quarantined under ``<output_dir>/quarantine.parquet`` with their reasons, never dropped silently.
 """
 
 from __future__ import annotations
@@ -10,9 +12,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from boson_multimodal.model.higgs_audio import HiggsAudioConfig
+
 from higgs_train.config import TrainingConfig
 from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.manifest import read_manifest_rows, to_canonical_table
+from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.sources import resolve_sources
+from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +29,6 @@ def preprocess_manifest_locally(
     manifest: Path, audio_base: Path, preprocessor: Any, quarantine: Quarantine, stage: str
 ) -> list[dict]:
     """Canonicalise ``manifest`` and preprocess every row; failures go to ``quarantine``."""
-    from higgs_train.data.manifest import read_manifest_rows, to_canonical_table
-
     rows = to_canonical_table(read_manifest_rows(manifest), str(manifest)).to_pylist()
     result = preprocessor.process_batch(rows)
     for failure in result.failures:
@@ -31,12 +37,10 @@ def preprocess_manifest_locally(
     return result.records
 
 
-def records_for_config(config: TrainingConfig, paths: Any, model_config: Any) -> tuple[list[dict], list[dict]]:
-    """(train records, val records) for ``config``, preprocessed in this process."""
-    from higgs_train.data.preprocess import SamplePreprocessor
-    from higgs_train.data.sources import resolve_sources
-    from higgs_train.models import load_audio_tokenizer, load_text_tokenizer
-
+def records_for_config(config: TrainingConfig) -> tuple[list[dict], list[dict]]:
+    """(train records, val records) for ``config``, preprocessed in this process for the config's model."""
+    paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
+    model_config = HiggsAudioConfig.from_pretrained(paths.model_path)
     sources = resolve_sources(config)
     preprocessor = SamplePreprocessor(
         load_text_tokenizer(paths.tokenizer_path),
