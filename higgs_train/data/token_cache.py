@@ -72,6 +72,7 @@ from higgs_train.data.preprocess import (
     file_sha256,
 )
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
+from higgs_train.storage import is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -440,8 +441,6 @@ def local_cache_root(location: str | Path, flag: str = "--cache_dir") -> Path:
     mounts (NFS, a FUSE mount of the bucket) as ``--cache_dir``, or ``--stream_cache_uri``, to which the entry the
     driver built locally is copied and from which every worker streams its rows (``shard_stream``).
     """
-    from higgs_train.paths import is_uri
-
     text = str(location)
     if not is_uri(text):
         return Path(text)

@@ -246,8 +246,9 @@ def restore_worker(trainer: Any, reported: Any, resume_from: str, stored: tuple[
     import json
     import logging
 
+    from higgs_train.storage import filesystem_and_path
     from higgs_train.training.checkpoint import STATE_FILE, CheckpointError
-    from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint
+    from higgs_train.training.checkpoint_store import find_resume_checkpoint
 
     log = logging.getLogger(__name__)
     with contextlib.ExitStack() as stack:
