@@ -1,7 +1,7 @@
 """Voice-cloning inference that feeds the model exactly what training fed it, up to the trained turn.
 
 Why a module of its own: a fine-tune is only useful if inference conditions the model the way training did. Here
-the prompt is built from the training layout (``data.chatml``), tokenized by upstream's
+the prompt is built from the training layout (``chatml``), tokenized by upstream's
 ``prepare_chatml_sample`` (as ``SamplePreprocessor`` does), the reference is loaded by ``audio_io.load_audio`` and
 encoded by the same audio tokenizer call, and the batch comes from the training collator (``build_collator``). Only
 two things differ from a training batch, both as upstream's ``HiggsAudioServeEngine`` does them:
@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.chatml import (
+from higgs_train.chatml import (
     AUDIO_OUT_BOS,
     GENERATION_PREFIX,
     cloning_context,
@@ -39,6 +38,7 @@ from higgs_train.data.chatml import (
     target_audio_url,
     text_of,
 )
+from higgs_train.data.audio_io import AudioLimits
 
 logger = logging.getLogger(__name__)
 

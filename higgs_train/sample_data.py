@@ -13,7 +13,7 @@ Each sample is the cloning layout upstream inference uses::
     3 user      : target text
     4 assistant : target audio      <- start_index = 4: the only trained turn
 
-The layout and the system prompt live in ``higgs_train.data.chatml`` (re-exported here for existing callers).
+The layout and the system prompt live in ``higgs_train.chatml`` (re-exported here for existing callers).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
-from higgs_train.data.chatml import cloning_sample
+from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
+from higgs_train.chatml import cloning_sample
 
 __all__ = ["SYSTEM_PROMPT", "cloning_sample", "create_sample_data", "synthesize", "SPEAKERS", "SENTENCES"]
 

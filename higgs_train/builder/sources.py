@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from higgs_train.data.chatml import clips_with_transcripts
+from higgs_train.chatml import clips_with_transcripts
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema, parquet_schema, read_plain_parquet
 from higgs_train.data.validation import structural_reason, text_part_reason

@@ -36,7 +36,7 @@ SPECIAL_TOKENS: list[str] = [
 
 def training_corpus() -> list[str]:
     """A fixed English corpus: sample-data transcripts plus pangrams, so merges are stable across builds."""
-    from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
+    from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
     from higgs_train.sample_data import SENTENCES
 
     pangrams = [

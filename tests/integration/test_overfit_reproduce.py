@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from higgs_train.chatml import AUDIO_OUT_BOS
 from higgs_train.config import TrainingConfig
-from higgs_train.data.chatml import AUDIO_OUT_BOS
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.export import export
 from higgs_train.generation import (

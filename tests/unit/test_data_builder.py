@@ -30,7 +30,7 @@ from higgs_train.builder.build import BuildOptions, BuildResult, build_dataset
 from higgs_train.builder.pairing import PairingOptions, choose_references, pair_clips
 from higgs_train.builder.report import report_figure
 from higgs_train.builder.sources import SOURCE_KINDS, SourceOptions, detect_source_kind
-from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
+from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.sample_data import SPEAKERS, create_sample_data, synthesize
 

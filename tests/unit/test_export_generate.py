@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from higgs_train.adapter import AdapterError, apply_lora, load_adapter, locate_adapter, save_adapter
+from higgs_train.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.config import TrainingConfig
-from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.export import check_merged_dir, export, safetensors_index
@@ -491,7 +491,7 @@ def test_speaker_reference_is_the_longest_clean_clip_in_range(tmp_path):
     clips outside the range only when nothing in range is clean; an unknown speaker lists the known ones."""
     import soundfile as sf
 
-    from higgs_train.data.chatml import cloning_sample
+    from higgs_train.chatml import cloning_sample
     from higgs_train.sample_data import SENTENCES, SPEAKERS, synthesize
     from higgs_train.speaker_reference import ReferenceError, pick_reference
 
