@@ -78,8 +78,8 @@ def main() -> None:
     import ray
 
     from higgs_train.data.ray_pipeline import build_token_cache
+    from higgs_train.embedded.sample_data import create_sample_data
     from higgs_train.models import resolve_paths
-    from higgs_train.sample_data import create_sample_data
 
     paths = resolve_paths("embedded", "embedded")
     if args.real_size:

@@ -21,6 +21,7 @@ import torch
 from higgs_train.chatml import AUDIO_OUT_BOS
 from higgs_train.config import TrainingConfig
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.export import export
 from higgs_train.generation import (
     SamplingSettings,
@@ -32,7 +33,6 @@ from higgs_train.generation import (
 )
 from higgs_train.loss import compute_higgs_audio_loss
 from higgs_train.models import resolve_paths
-from higgs_train.sample_data import create_sample_data
 from higgs_train.training.trainer import HiggsAudioTrainer
 
 pytestmark = pytest.mark.integration

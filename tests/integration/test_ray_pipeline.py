@@ -17,8 +17,8 @@ from higgs_train.data.preprocess import process_encoder_stats
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.ray_pipeline import build_token_cache, check_resources
 from higgs_train.data.token_cache import TokenCache
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.models import resolve_paths
-from higgs_train.sample_data import create_sample_data
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from higgs_train.config import TrainingConfig
 from higgs_train.driver import worker as worker_module
 from higgs_train.driver.cluster import STREAM_CACHE_DIR
 from higgs_train.driver.train import run_training_job
-from higgs_train.sample_data import create_sample_data
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.storage import filesystem_and_path, join
 from higgs_train.tracking import embedded_tracking_uri
 

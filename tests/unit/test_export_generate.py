@@ -20,6 +20,7 @@ from higgs_train.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.config import TrainingConfig
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.export import check_merged_dir, export, safetensors_index
 from higgs_train.generation import (
     TextTokenMask,
@@ -30,7 +31,6 @@ from higgs_train.generation import (
     prompt_from_record,
 )
 from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
-from higgs_train.sample_data import create_sample_data
 from higgs_train.training.checkpoint import TrainerState
 
 MERGE_ATOL = 1e-4
@@ -492,7 +492,7 @@ def test_speaker_reference_is_the_longest_clean_clip_in_range(tmp_path):
     import soundfile as sf
 
     from higgs_train.chatml import cloning_sample
-    from higgs_train.sample_data import SENTENCES, SPEAKERS, synthesize
+    from higgs_train.embedded.sample_data import SENTENCES, SPEAKERS, synthesize
     from higgs_train.speaker_reference import ReferenceError, pick_reference
 
     rate = 24000
