@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from higgs_train.data.preprocess import file_sha256
+from higgs_train.data.clip_encoder import file_sha256
 from higgs_train.data.token_cache import FingerprintMemo
 
 

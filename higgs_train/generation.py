@@ -177,7 +177,7 @@ def build_prompt(
     from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
     from higgs_train.data.audio_io import load_audio
-    from higgs_train.data.preprocess import WHISPER_SAMPLE_RATE, audio_contents_in_order
+    from higgs_train.data.sample_tokens import WHISPER_SAMPLE_RATE, audio_contents_in_order
 
     chatml = {"messages": copy.deepcopy(context["messages"]), "start_index": None, "speaker": context.get("speaker")}
     printed = io.StringIO()

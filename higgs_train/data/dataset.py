@@ -13,8 +13,9 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from higgs_train.data.audio_io import AudioError, AudioLimits
-from higgs_train.data.preprocess import PreprocessError, SamplePreprocessor
+from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.record_codec import record_to_sample
+from higgs_train.data.sample_tokens import PreprocessError
 
 
 class VoiceCloningDataset(Dataset):

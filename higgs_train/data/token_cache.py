@@ -63,15 +63,11 @@ import numpy as np
 import pyarrow as pa
 
 from higgs_train.data.audio_io import AudioError, display_name, resolve_audio_path, unreadable_reason
+from higgs_train.data.clip_encoder import EncodedAudio, file_sha256
 from higgs_train.data.plain_parquet import read_plain_parquet
-from higgs_train.data.preprocess import (
-    PREPROCESS_VERSION,
-    EncodedAudio,
-    PreprocessSettings,
-    audio_contents_in_order,
-    file_sha256,
-)
+from higgs_train.data.preprocess import PREPROCESS_VERSION, PreprocessSettings
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
+from higgs_train.data.sample_tokens import audio_contents_in_order
 from higgs_train.storage import is_uri
 
 logger = logging.getLogger(__name__)

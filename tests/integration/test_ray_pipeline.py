@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from higgs_train.data.batching import plan_epoch
+from higgs_train.data.clip_encoder import process_encoder_stats
 from higgs_train.data.collate import build_collator, collate_records
-from higgs_train.data.preprocess import process_encoder_stats
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.ray_pipeline import build_token_cache, check_resources
 from higgs_train.data.token_cache import TokenCache

@@ -13,7 +13,8 @@ import torch
 
 from higgs_train.commands.train import config_from_args
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.preprocess import ClipEncoder, SamplePreprocessor, decode_clips
+from higgs_train.data.clip_encoder import ClipEncoder, decode_clips
+from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.ray_pipeline import data_actor_gpu_reason
 from higgs_train.driver.cluster import ClusterResourcesError, check_cpu_budget
 from higgs_train.embedded.sample_data import create_sample_data
