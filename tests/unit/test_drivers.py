@@ -27,6 +27,12 @@ def _import_depth():
     return module
 
 
+@pytest.fixture(scope="module")
+def import_graph() -> dict[str, set[str]]:
+    """The package's import graph, read from the sources once for every arrow checked below."""
+    return _import_depth().import_graph()[0]
+
+
 # --------------------------------------------------------------------------------------------------- run names
 def test_the_suffix_rule_skips_every_taken_name():
     taken = {"voice", "voice-2", "voice-3"}
@@ -102,13 +108,21 @@ def test_workers_stream_the_token_cache_from_the_runs_storage_when_it_is_a_uri()
         ("higgs_train.data", "higgs_train.flag_parser"),
         ("higgs_train.builder", "higgs_train.commands"),
         ("higgs_train.builder", "higgs_train.flag_parser"),
+        # The data path one way (issue 22.2): storage below data/ and training/, the ChatML layout and the sample
+        # data below data/ and embedded/, a sample's tokens below preprocessing, the length limit and the validator.
+        ("higgs_train.data", "higgs_train.training"),
+        ("higgs_train.embedded", "higgs_train.data"),
+        ("higgs_train.storage", "higgs_train"),
+        ("higgs_train.chatml", "higgs_train"),
+        ("higgs_train.data.row_length", "higgs_train.data.preprocess"),
+        ("higgs_train.data.validation", "higgs_train.data.preprocess"),
+        ("higgs_train.data.sample_tokens", "higgs_train.data.row_length"),
     ],
 )
-def test_no_import_arrow_against_the_layout(source, target):
-    graph, _ = _import_depth().import_graph()
+def test_no_import_arrow_against_the_layout(source, target, import_graph):
     arrows = [
         (a, b)
-        for a, deps in graph.items()
+        for a, deps in import_graph.items()
         if a == source or a.startswith(f"{source}.")
         for b in deps
         if b == target or b.startswith(f"{target}.")
