@@ -164,7 +164,7 @@ class ClipEncoder:
         self._passes += 1
 
     def _solo(self, wave: np.ndarray, url: str) -> EncodedAudio:
-        import torch
+        import torch  # deferred on purpose: drivers import this module (through preprocess) and never encode
 
         if not self._hooked and isinstance(getattr(self.tokenizer, "encoder", None), torch.nn.Module):
             self.tokenizer.encoder.register_forward_hook(self._count_pass)
