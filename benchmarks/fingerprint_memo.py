@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from higgs_train.data.cache_key import FingerprintMemo
-from higgs_train.data.preprocess import file_sha256
+from higgs_train.data.clip_encoder import file_sha256
 
 
 def make_files(root: Path, count: int, size: int) -> list[Path]:

@@ -169,7 +169,7 @@ def synthetic_records(config: Any, rows: int, tokens_per_row: int, seed: int = 0
     and ``<|eot_id|>`` carry labels). The two clips share the audio budget 2 : 3 so that a row's merged length
     (``num_tokens``) is ``tokens_per_row``.
     """
-    from higgs_train.data.preprocess import estimate_num_tokens
+    from higgs_train.data.sample_tokens import estimate_num_tokens
 
     gen = np.random.default_rng(seed)
     codebooks = config.audio_num_codebooks

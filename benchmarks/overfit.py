@@ -42,7 +42,7 @@ class OverfitResult:
 
 def one_sample_manifest(out_dir: Path) -> tuple[Path, Path]:
     """(manifest with the first generated training sample, its audio root)."""
-    from higgs_train.sample_data import create_sample_data
+    from higgs_train.embedded.sample_data import create_sample_data
 
     paths = create_sample_data(out_dir / "sample_data")
     rows = json.loads(Path(paths["train"]).read_text())[:1]

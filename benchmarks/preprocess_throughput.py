@@ -12,7 +12,7 @@ wall-time figures move with it, CPU-second figures much less.
     python benchmarks/preprocess_throughput.py --real_size --clip_seconds 4 --configs 1x1:1,1x1:4,2x0.5:1,2x0.5:4
 
 A configuration is ``<actors>x<cpus per actor>[:<most clips per encoder call>]`` (default: the pipeline's, 1 on
-CPU). Only clips of the same length share an encoder call (``preprocess.ClipEncoder``: that is what keeps the
+CPU). Only clips of the same length share an encoder call (``clip_encoder.ClipEncoder``: that is what keeps the
 codes exact), and the synthesized sample clips all differ in length, so ``--clip_seconds S`` cuts or loops every
 clip to exactly S seconds, as a corpus segmented into fixed windows is.
 
@@ -78,8 +78,8 @@ def main() -> None:
     import ray
 
     from higgs_train.data.ray_pipeline import build_token_cache
+    from higgs_train.embedded.sample_data import create_sample_data
     from higgs_train.models import resolve_paths
-    from higgs_train.sample_data import create_sample_data
 
     paths = resolve_paths("embedded", "embedded")
     if args.real_size:

@@ -188,8 +188,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     from gpu_step import RELEASED_PARAMETERS, parameter_count
 
     from higgs_train.embedded.audio_codec import build_audio_tokenizer_dir
+    from higgs_train.embedded.sample_data import create_sample_data
     from higgs_train.embedded.text_tokenizer import build_released_size_text_tokenizer_dir
-    from higgs_train.sample_data import create_sample_data
 
     paths = layout(Path(args.root))
     released = parameter_count(model_config(tiny=False, layers=None))

@@ -40,8 +40,8 @@ def prepare(work: Path, rows_list: list[int]) -> dict:
     from higgs_train.data.manifest import convert_manifest
     from higgs_train.data.pipeline_stages import META_COLUMNS, OUTPUT_SCHEMA
     from higgs_train.data.record_codec import RECORD_SCHEMA
+    from higgs_train.embedded.sample_data import create_sample_data
     from higgs_train.models import resolve_paths
-    from higgs_train.sample_data import create_sample_data
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from higgs_train.data.chatml import cloning_context, context_of, target_audio_url
+from higgs_train.chatml import cloning_context, context_of, target_audio_url
 from higgs_train.decoding_rules import STOP_STRINGS, AudioEndFloor, TextTokenMask, codes_from_delayed
 from higgs_train.generation_prompt import GenerationPrompt, build_prompt, prompt_from_record
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from higgs_train.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, text_of
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, text_of
 
 AUDIO_IN_ROLES = ("user", "system")
 
@@ -54,7 +54,7 @@ def build_prompt(
     from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
     from higgs_train.data.audio_io import load_audio
-    from higgs_train.data.preprocess import WHISPER_SAMPLE_RATE, audio_contents_in_order
+    from higgs_train.data.sample_tokens import WHISPER_SAMPLE_RATE, audio_contents_in_order
 
     chatml = {"messages": copy.deepcopy(context["messages"]), "start_index": None, "speaker": context.get("speaker")}
     printed = io.StringIO()

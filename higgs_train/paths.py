@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from higgs_train.config import TrainingConfig
+from higgs_train.storage import is_uri
 from higgs_train.tracking.store import absolute_tracking_uri
 
 # TrainingConfig fields that always name a local file or folder (or a URI, left alone).
@@ -27,10 +28,6 @@ PATH_FIELDS = (
 )
 # Fields that name a local directory *or* a hub id (``org/name``) or ``embedded``.
 MODEL_FIELDS = ("model_path", "audio_tokenizer_path", "tokenizer_path")
-
-
-def is_uri(value: str) -> bool:
-    return "://" in value
 
 
 def absolute_path(value: str) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from higgs_train.builder.pairing import PREFERRED_REFERENCE_SECONDS
+from higgs_train.chatml import clips_with_transcripts
 from higgs_train.data.audio_io import (
     AudioError,
     AudioLimits,
@@ -29,7 +30,6 @@ from higgs_train.data.audio_io import (
     resolve_audio_path,
     to_mono,
 )
-from higgs_train.data.chatml import clips_with_transcripts
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.validation import structural_reason, text_reason
 

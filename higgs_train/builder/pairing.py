@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from higgs_train.builder.audio import Clip
 from higgs_train.builder.source_listing import Rejection
-from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT, cloning_sample
+from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT, cloning_sample
 
 PREFERRED_REFERENCE_SECONDS = (3.0, 10.0)
 SINGLE_CLIP = "speaker has one clip"

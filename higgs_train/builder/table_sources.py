@@ -27,7 +27,7 @@ from higgs_train.builder.source_listing import (
     add_confined_row,
     clean_transcript,
 )
-from higgs_train.data.chatml import clips_with_transcripts
+from higgs_train.chatml import clips_with_transcripts
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema, read_plain_parquet
 from higgs_train.data.validation import structural_reason

@@ -16,7 +16,7 @@ from higgs_train.builder.build import BuildOptions, build_dataset
 from higgs_train.builder.pairing import PairingOptions
 from higgs_train.builder.source_listing import SourceError, SourceOptions
 from higgs_train.builder.sources import SOURCE_KINDS, describe_kinds
-from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
+from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.data.manifest import ManifestError, convert_manifest
 from higgs_train.flag_parser import FlagParser
 
@@ -67,7 +67,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--system_prompt",
         default=DEFAULT_SYSTEM_PROMPT,
-        help="system turn of every sample (default: the quiet-room scene description higgs_train.data.chatml "
+        help="system turn of every sample (default: the quiet-room scene description higgs_train.chatml "
         "defines, as in the sample data)",
     )
     add("--local", action="store_true", help="process in this process instead of Ray Data actors")

@@ -313,6 +313,25 @@ def to_canonical_table(rows: list[dict[str, Any]], source: str) -> pa.Table:
     return pa.Table.from_pylist(records, schema=CANONICAL_SCHEMA)
 
 
+MANIFEST_SUFFIXES = (".json", ".jsonl", ".parquet")  # the forms ``write_manifest`` writes, named by suffix
+
+
+def write_manifest(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write sample rows as the manifest file ``path`` in the form its suffix names: a JSON list (``.json``), JSONL
+    (``.jsonl``) or the canonical Parquet (``.parquet``; nested messages become ``messages_json``, see above), so
+    ``read_manifest_rows`` reads back the rows given."""
+    path = Path(path)
+    if path.suffix not in MANIFEST_SUFFIXES:
+        raise ManifestError(f"a manifest file must end in one of {', '.join(MANIFEST_SUFFIXES)}: {path}")
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif path.suffix == ".parquet":
+        pq.write_table(to_canonical_table(rows, str(path)), path)
+    else:
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+    return path
+
+
 def convert_manifest(src: str | Path, dst_parquet: str | Path) -> ConversionReport:
     """Read any manifest form and write the canonical Parquet (atomically: temp file, then rename)."""
     records, report = _canonical_records(read_manifest_rows(src), str(src))

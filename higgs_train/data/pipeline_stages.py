@@ -85,7 +85,7 @@ def decode_batch(
     and encoder actors (possibly on GPUs) never wait on file I/O. A clip appears once per batch, on the first row
     needing it; clips the code store holds are not decoded at all.
     """
-    from higgs_train.data.preprocess import decode_clips
+    from higgs_train.data.clip_encoder import decode_clips
     from higgs_train.data.token_cache import AudioCodeStore
 
     start = time.process_time()

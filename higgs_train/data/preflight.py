@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from higgs_train.storage import is_uri
+
 DATA_FORMAT_HINT = (
     "see README.md, section 'Data format', for the ChatML voice-cloning layout; "
     "`python ray_jobs/prepare_data.py build` builds such a manifest from audio files and transcripts"
@@ -323,7 +325,6 @@ def check_local_inputs(config: Any) -> None:
     ``../``, ``/``, ``~``) must too (anything else may be a hub id, ``org/name``). ``--resume_from`` has its own
     check, on any storage, in ``driver.cluster.check_resume_from``.
     """
-    from higgs_train.paths import is_uri
 
     def missing(value: str) -> str | None:
         path = Path(value).expanduser()

@@ -6,7 +6,7 @@ default the model's ``max_position_embeddings``.
 
 The validator has no audio tokenizer, so both sides judge the same *estimate*: text tokens from upstream's
 ``prepare_chatml_sample`` plus, per audio, ``ceil(header seconds * frames per second)`` code columns merged as
-``preprocess.estimate_num_tokens`` describes. Both read durations from the file header, so they agree on every row
+``sample_tokens.estimate_num_tokens`` describes. Both read durations from the file header, so they agree on every row
 and word the reason identically. Preprocessing additionally checks the exact merged length after encoding; a row
 whose exact length crosses the limit while its estimate does not (a frame or two of codec padding) is quarantined
 there with the exact count.
@@ -14,15 +14,14 @@ there with the exact count.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from higgs_train.data.preprocess import PreprocessError, estimate_num_tokens, tokenize_chatml
 from higgs_train.data.reasons import Reason
+from higgs_train.data.sample_tokens import estimate_num_tokens
 
 
 @dataclass(frozen=True)
@@ -48,31 +47,11 @@ class RowLengthLimit:
         return None
 
 
-def chatml_sample(row: dict[str, Any]) -> dict[str, Any]:
-    """The four fields upstream's ChatMLSample takes, from an already validated row (a fresh copy)."""
-    misc = row.get("misc")
-    return {
-        "messages": copy.deepcopy(row["messages"]),
-        "start_index": row.get("start_index"),
-        "speaker": row.get("speaker"),
-        "misc": copy.deepcopy(misc) if isinstance(misc, dict) else None,
-    }
-
-
-def chatml_token_count(row: dict[str, Any], tokenizer: Any) -> tuple[int, str | None]:
-    """``(len(input_ids), None)`` or ``(0, reason)`` when upstream cannot tokenize the row."""
-    try:
-        input_ids = tokenize_chatml(chatml_sample(row), tokenizer)[0]
-    except PreprocessError as err:
-        return 0, err.reason
-    return len(input_ids), None
-
-
 def _audio_tokenizer_config(audio_tokenizer_path: str) -> dict[str, Any]:
     local = Path(audio_tokenizer_path)
     if local.is_dir():
         return json.loads((local / "config.json").read_text())
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # deferred on purpose: only a hub id needs the hub client
 
     return json.loads(Path(hf_hub_download(audio_tokenizer_path, "config.json")).read_text())
 
@@ -82,7 +61,7 @@ def resolve_row_length_limit(model_path: str, audio_tokenizer_path: str, max_tok
 
     Frames per second follow upstream's ``HiggsAudioTokenizer.frame_rate``: ``ceil(sample_rate / prod(ratios))``.
     """
-    from boson_multimodal.model.higgs_audio import HiggsAudioConfig
+    from boson_multimodal.model.higgs_audio import HiggsAudioConfig  # deferred on purpose: loads torch/transformers
 
     config = HiggsAudioConfig.from_pretrained(model_path)
     limit = max_tokens_per_row or int(config.text_config.max_position_embeddings)

@@ -52,7 +52,7 @@ from higgs_train.data.plain_parquet import (
     read_plain_parquet,
 )
 from higgs_train.data.record_codec import iter_records
-from higgs_train.training.checkpoint_store import filesystem_and_path, is_uri, join
+from higgs_train.storage import filesystem_and_path, is_uri, join
 
 logger = logging.getLogger(__name__)
 

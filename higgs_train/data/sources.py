@@ -1,4 +1,5 @@
-"""Which manifests a job reads: the configured ones, or generated sample data when none is given."""
+"""Which manifests a job reads: the configured ones, or generated sample data when none is given (or asked for with
+``--create_sample_data``, written here as any manifest form ``data.manifest`` writes)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from higgs_train.config import TrainingConfig
+from higgs_train.data.manifest import MANIFEST_SUFFIXES, write_manifest
+from higgs_train.embedded.sample_data import create_sample_data, sample_rows
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,6 @@ def resolve_sources(config: TrainingConfig) -> DataSources:
     """Resolve manifests; with no ``train_data``, create (once) and use the sample voice-cloning data."""
     generated = not config.train_data
     if generated:
-        from higgs_train.sample_data import create_sample_data
-
         root = sample_data_dir(config)
         if not (root / "train.json").exists() or not (root / "val.json").exists():
             create_sample_data(root)
@@ -46,3 +47,33 @@ def resolve_sources(config: TrainingConfig) -> DataSources:
         return Path(config.audio_base_path).resolve() if config.audio_base_path else manifest.resolve().parent
 
     return DataSources(train, val, base(train), base(val), generated)
+
+
+def create_sample_manifest(manifest: str | Path, utterances_per_speaker: int = 6, seed: int = 0) -> dict[str, Path]:
+    """Write the sample data set as the manifest file ``manifest`` (.json list, .jsonl or .parquet), audio beside it.
+
+    ``--create_sample_data data/sample.json`` followed by ``--train_data data/sample.json`` must just work: the
+    training rows go to ``manifest`` itself, the validation rows next to it (``sample_val_manifest``), and the
+    audio to ``audio/`` in the same folder (the default audio root of both manifests).
+    """
+    path = Path(manifest)
+    if path.suffix not in MANIFEST_SUFFIXES:
+        raise ValueError(f"a sample manifest must end in one of {', '.join(MANIFEST_SUFFIXES)}: {path}")
+    train, val = sample_rows(path.parent, utterances_per_speaker, seed)
+    val_path = sample_val_manifest(path)
+    write_manifest(train, path)
+    write_manifest(val, val_path)
+    return {"train": path, "val": val_path, "audio_base_path": path.parent}
+
+
+def sample_val_manifest(manifest: Path) -> Path:
+    """``data/train.jsonl`` -> ``data/val.jsonl`` (the README's pair); any other name -> ``<stem>_val<suffix>``."""
+    stem = "val" if manifest.stem == "train" else f"{manifest.stem}_val"
+    return manifest.with_name(stem + manifest.suffix)
+
+
+def create_sample_data_at(target: str | Path, seed: int = 0) -> dict[str, Path]:
+    """``--create_sample_data``: a path ending in .json/.jsonl/.parquet is the manifest to write; else a folder."""
+    if Path(target).suffix in MANIFEST_SUFFIXES:
+        return create_sample_manifest(target, seed=seed)
+    return create_sample_data(target, seed=seed)

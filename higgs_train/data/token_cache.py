@@ -47,10 +47,12 @@ import numpy as np
 import pyarrow as pa
 
 from higgs_train.data.cache_key import CACHE_FORMAT, FingerprintMemo, code_store_key
+from higgs_train.data.clip_encoder import EncodedAudio
 from higgs_train.data.plain_parquet import read_plain_parquet
-from higgs_train.data.preprocess import EncodedAudio, PreprocessSettings
+from higgs_train.data.preprocess import PreprocessSettings
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
 from higgs_train.processes import process_alive
+from higgs_train.storage import is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +190,6 @@ def local_cache_root(location: str | Path, flag: str = "--cache_dir") -> Path:
     mounts (NFS, a FUSE mount of the bucket) as ``--cache_dir``, or ``--stream_cache_uri``, to which the entry the
     driver built locally is copied and from which every worker streams its rows (``shard_stream``).
     """
-    from higgs_train.paths import is_uri
-
     text = str(location)
     if not is_uri(text):
         return Path(text)

@@ -50,7 +50,8 @@ from higgs_train.data.manifest import (
 )
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.reasons import Reason
-from higgs_train.data.row_length import RowLengthLimit, chatml_token_count
+from higgs_train.data.row_length import RowLengthLimit
+from higgs_train.data.sample_tokens import chatml_token_count
 
 # Reason templates, from the one catalogue (reasons.py) that preprocessing uses too; ``{i}`` is the message index.
 MESSAGES_NOT_LIST = Reason.MESSAGES_NOT_LIST

@@ -37,7 +37,7 @@ def stream_cache_location(config: TrainingConfig, storage: str) -> str:
     """Where workers stream the token cache from: ``--stream_cache_uri``, else ``<storage>/_token_cache`` when the
     run's storage is a URI (``s3://``, ``gs://``: the one place every node reads, so a cluster needs no other shared
     storage), else "" (the local cache root: one node, or ``--cache_dir`` on a mount every node sees)."""
-    from higgs_train.training.checkpoint_store import is_uri, join
+    from higgs_train.storage import is_uri, join
 
     if config.stream_cache_uri:
         return config.stream_cache_uri
@@ -92,8 +92,8 @@ def hold_run(storage: str, run_name: str, output_dir: str) -> RunLock:
 
 def check_resume_from(location: str) -> None:
     """Refuse a ``--resume_from`` that is not a verified checkpoint folder, in one line saying what to give."""
+    from higgs_train.storage import filesystem_and_path
     from higgs_train.training.checkpoint import CheckpointError, verify_checkpoint
-    from higgs_train.training.checkpoint_store import filesystem_and_path
 
     usage = (
         "give a checkpoint folder (e.g. ray_results/<run>/checkpoint_<timestamp>, or its s3:// URI), or leave "

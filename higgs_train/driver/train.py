@@ -110,7 +110,7 @@ def publish_final_outputs(
 
 def final_checkpoint(result: Any, storage: str, run_name: str) -> str:
     """The run's final checkpoint as a location in ``storage``: Ray's ``Result.checkpoint`` (the latest reported)."""
-    from higgs_train.training.checkpoint_store import join
+    from higgs_train.storage import join
 
     if result.checkpoint is None:
         raise JobOutputsMissing(

@@ -30,15 +30,17 @@ from typing import Any
 
 import torch
 
+from higgs_train.adapter import STATE_FILE
 from higgs_train.config import TrainingConfig
 from higgs_train.console import train_logging_config
 from higgs_train.data.shard_stream import open_shard_stream, read_entry
 from higgs_train.driver.tracker_relay import RelayedTracker
 from higgs_train.evaluation.in_training import GenerationTools, TrainingSamples, TrainingVoiceEval
+from higgs_train.storage import filesystem_and_path
 from higgs_train.tracking.tracker import RunTracker
-from higgs_train.training.checkpoint import STATE_FILE, CheckpointError
+from higgs_train.training.checkpoint import CheckpointError
 from higgs_train.training.checkpoint_ranking import checkpoint_score
-from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint
+from higgs_train.training.checkpoint_store import find_resume_checkpoint
 from higgs_train.training.context import WorkerContext, as_float_metrics
 from higgs_train.training.hooks import ValidationHook
 from higgs_train.training.trainer import HiggsAudioTrainer

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from higgs_train.embedded.marker import GENERATED_MARKER
+from higgs_train.embedded.sample_data import SENTENCES, Speaker, synthesize
 
 TEACHER_REPO_ID = "bosonai/hubert_base"
 TEACHER_MARKER = "higgs_train_generated_teacher.json"
@@ -149,8 +150,6 @@ speech-like residuals give codes that follow the voice and the vowel, as a train
 
 def calibration_audio(sample_rate: int, seconds: float, seed: int) -> np.ndarray:
     """Seeded speech-like audio: utterances of random source-filter voices (not the sample data's speakers)."""
-    from higgs_train.sample_data import SENTENCES, Speaker, synthesize
-
     rng = np.random.default_rng(seed)
     pieces: list[np.ndarray] = []
     total = 0

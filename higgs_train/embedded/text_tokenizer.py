@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
+from higgs_train.embedded.sample_data import SENTENCES
+
 BASE_VOCAB_SIZE = 1024
 
 # Order mirrors Llama-3.1 ids 128000..128016 (+ Higgs renames of reserved tokens 3..8).
@@ -36,9 +39,6 @@ SPECIAL_TOKENS: list[str] = [
 
 def training_corpus() -> list[str]:
     """A fixed English corpus: sample-data transcripts plus pangrams, so merges are stable across builds."""
-    from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
-    from higgs_train.sample_data import SENTENCES
-
     pangrams = [
         "The quick brown fox jumps over the lazy dog.",
         "Pack my box with five dozen liquor jugs.",

@@ -79,7 +79,7 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
     """The first ``max_rows`` (0: all) readable rows of a training-format manifest."""
-    from higgs_train.data.chatml import context_of, target_audio_url, text_of
+    from higgs_train.chatml import context_of, target_audio_url, text_of
     from higgs_train.data.manifest import load_manifest
 
     rows = []

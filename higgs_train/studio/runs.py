@@ -155,7 +155,7 @@ class RunStore:
 
     def _validation_clips(self, params: dict[str, str]) -> dict[str, dict[str, Any]]:
         """``safe sample id -> {reference_url, target_url, text}`` of the run's validation rows (best effort)."""
-        from higgs_train.data.chatml import context_of, target_audio_url, text_of
+        from higgs_train.chatml import context_of, target_audio_url, text_of
 
         val = params.get("val_data") or ""
         if not val and params.get("output_dir"):  # sample data: next to the output dir (train.py's default)

@@ -3,9 +3,8 @@
 Ray Train writes the checkpoints of run ``NAME`` as ``<storage>/<NAME>/checkpoint_<timestamp>/``. Resuming a run
 (a rerun of the driver under the same name) looks at exactly those folders -- never deeper, never elsewhere -- reads
 their ``trainer_state.json`` for the step, and takes the newest one whose manifest verifies; any newer one that
-does not verify is skipped with a warning naming it. Storage is reached through pyarrow filesystems, the way Ray
-resolves ``RunConfig(storage_path)``: for S3 the usual AWS variables apply (``AWS_ENDPOINT_URL`` for an S3-compatible
-endpoint).
+does not verify is skipped with a warning naming it. Storage is reached through ``higgs_train.storage`` (pyarrow
+filesystems, resolved the way Ray resolves ``RunConfig(storage_path)``).
 
 The run's lock (``RunLock``) lives there too, in ``<storage>/<NAME>/run_lock/``: one live driver per run name,
 whichever machine it runs on, so a run's folder is only ever written and resumed by that run's own drivers.
@@ -29,30 +28,14 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from higgs_train.training.checkpoint import STATE_FILE, CheckpointError, verify_checkpoint
+from higgs_train.adapter import STATE_FILE
+from higgs_train.storage import filesystem_and_path, join
+from higgs_train.training.checkpoint import CheckpointError, verify_checkpoint
 
 logger = logging.getLogger(__name__)
 
 RAY_CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's default checkpoint folder name: checkpoint_<timestamp>
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of the run's registered checkpoints
-
-
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
-def filesystem_and_path(location: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and the path on it for a local path or a URI (``file://``, ``s3://``, ``gs://``)."""
-    location = str(location)
-    if not is_uri(location):
-        return pafs.LocalFileSystem(), str(Path(location).resolve())
-    fs, path = pafs.FileSystem.from_uri(location)
-    return fs, path.rstrip("/")
-
-
-def join(location: str, *names: str) -> str:
-    """``location`` (path or URI) with ``names`` appended, keeping its form."""
-    return "/".join([str(location).rstrip("/"), *names])
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.train import run_training_job
-from higgs_train.sample_data import create_sample_data
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.tracking.runs import find_runs
 
 pytestmark = pytest.mark.integration

@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 import torch
 
+from higgs_train.chatml import AUDIO_OUT_BOS
 from higgs_train.config import TrainingConfig
-from higgs_train.data.chatml import AUDIO_OUT_BOS
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.in_process import records_for_config
 from higgs_train.decoding_rules import codes_from_delayed
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.export import export
 from higgs_train.generation import SamplingSettings, load_generation_stack, prompt_for_texts, synthesize
 from higgs_train.generation_prompt import prompt_from_record
 from higgs_train.loss import compute_higgs_audio_loss
 from higgs_train.models import resolve_paths
-from higgs_train.sample_data import create_sample_data
 from higgs_train.training.trainer import HiggsAudioTrainer
 
 pytestmark = pytest.mark.integration

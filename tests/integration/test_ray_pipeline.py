@@ -12,15 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from higgs_train.data.batching import plan_epoch
+from higgs_train.data.clip_encoder import process_encoder_stats
 from higgs_train.data.collate import build_collator, collate_records
-from higgs_train.data.preprocess import process_encoder_stats
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.ray_pipeline import build_token_cache
 from higgs_train.data.stage_sizing import check_resources
 from higgs_train.data.token_cache import TokenCache
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.models import resolve_paths
 from higgs_train.ray_session import ACTOR_START_DEATHS_TOLERATED, replace_actors_lost_at_start
-from higgs_train.sample_data import create_sample_data
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,9 @@ from typing import Any
 import psutil
 import pyarrow.fs as pafs
 
+from higgs_train.storage import join
 from higgs_train.tracking.runs import find_runs
-from higgs_train.training.checkpoint_store import RUN_LOCK_DIR, find_resume_checkpoint, join, registered_checkpoints
+from higgs_train.training.checkpoint_store import RUN_LOCK_DIR, find_resume_checkpoint, registered_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,7 +179,7 @@ class SecondJobs:
         stdin.close()
 
     def _run(self) -> None:
-        from higgs_train.training.checkpoint_store import filesystem_and_path
+        from higgs_train.storage import filesystem_and_path
 
         fs, lock_dir = filesystem_and_path(join(self.storage, self.run_name, RUN_LOCK_DIR))
         deadline = time.monotonic() + self.timeout_s

@@ -32,8 +32,8 @@ from higgs_train.data.audio_io import AudioLimits, read_checked
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.reasons import Reason
 from higgs_train.data.row_length import resolve_row_length_limit
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
-from higgs_train.sample_data import create_sample_data
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 4  # message index of the target audio in the sample layout

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from stand_ins import StandInCodec
 
-from higgs_train.data.chatml import cloning_sample
-from higgs_train.data.preprocess import EncodedAudio, SamplePreprocessor
+from higgs_train.chatml import cloning_sample
+from higgs_train.data.clip_encoder import EncodedAudio
+from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.token_cache import AudioCodeStore
 from higgs_train.models import load_text_tokenizer, resolve_paths
 

@@ -22,12 +22,12 @@ import pytest
 from higgs_train.adapter import apply_lora, save_adapter
 from higgs_train.commands.evaluate import main as evaluate_main
 from higgs_train.config import TrainingConfig
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.evaluation import job
 from higgs_train.evaluation.runner import ModelEvaluator, ModelRun, load_eval_rows
 from higgs_train.evaluation.suite import AUDIO_CHECK_FLAGS, EvalSettings, check_audio, summarize
 from higgs_train.generation import SamplingSettings
 from higgs_train.models import load_model, resolve_paths
-from higgs_train.sample_data import create_sample_data
 
 NO_METRIC_MODELS = EvalSettings(sim=False, asr=False, dnsmos=False)  # the signal checks still run
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.train import run_training_job
-from higgs_train.sample_data import create_sample_data
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.tracking.runs import find_runs
 from higgs_train.tracking.store import embedded_tracking_uri
 from higgs_train.training.checkpoint_store import RUN_LOCK_DIR, registered_checkpoints

@@ -24,9 +24,10 @@ from ray_faults import WorkerKiller
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import resolve_run
 from higgs_train.driver.train import run_training_job
-from higgs_train.sample_data import create_sample_data
+from higgs_train.embedded.sample_data import create_sample_data
+from higgs_train.storage import filesystem_and_path
 from higgs_train.tracking.store import embedded_tracking_uri
-from higgs_train.training.checkpoint_store import filesystem_and_path, find_resume_checkpoint, run_checkpoints
+from higgs_train.training.checkpoint_store import find_resume_checkpoint, run_checkpoints
 
 
 def upload(local: Path, uri: str) -> None:

@@ -35,9 +35,9 @@ from higgs_train.config import TrainingConfig
 from higgs_train.driver import worker as worker_module
 from higgs_train.driver.cluster import STREAM_CACHE_DIR
 from higgs_train.driver.train import run_training_job
-from higgs_train.sample_data import create_sample_data
+from higgs_train.embedded.sample_data import create_sample_data
+from higgs_train.storage import filesystem_and_path, join
 from higgs_train.tracking.store import embedded_tracking_uri
-from higgs_train.training.checkpoint_store import filesystem_and_path, join
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,12 @@ import torch
 
 from higgs_train.commands.train import config_from_args
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.preprocess import ClipEncoder, SamplePreprocessor, decode_clips
+from higgs_train.data.clip_encoder import ClipEncoder, decode_clips
+from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.stage_sizing import data_actor_gpu_reason
 from higgs_train.driver.cluster import ClusterResourcesError, check_cpu_budget
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
-from higgs_train.sample_data import create_sample_data
 
 SR = 24_000
 # 1 s: upstream's acoustic and semantic frame counts agree (one acoustic pass, batchable). 1 s + 517 samples: they

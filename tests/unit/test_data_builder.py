@@ -31,9 +31,9 @@ from higgs_train.builder.pairing import PairingOptions, choose_references, pair_
 from higgs_train.builder.report import report_figure
 from higgs_train.builder.source_listing import SourceOptions
 from higgs_train.builder.sources import SOURCE_KINDS, detect_source_kind
-from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT
+from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.driver.validate import run_validate_data_only
-from higgs_train.sample_data import SPEAKERS, create_sample_data, synthesize
+from higgs_train.embedded.sample_data import SPEAKERS, create_sample_data, synthesize
 
 SPEAKER_NAMES = {s.name for s in SPEAKERS}
 

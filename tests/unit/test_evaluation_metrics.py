@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from higgs_train.embedded.sample_data import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
 from higgs_train.evaluation.intelligibility import Intelligibility, PocketSphinxTranscriber, error_rates
 from higgs_train.evaluation.metrics import Clip
 from higgs_train.evaluation.quality import DnsMos, SignalChecks, code_repetition, silence_ratio
@@ -27,7 +28,6 @@ from higgs_train.evaluation.suite import (
     flags_for,
     summarize,
 )
-from higgs_train.sample_data import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed (.ci/run installs it)"

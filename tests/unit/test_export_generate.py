@@ -16,16 +16,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from higgs_train.adapter import AdapterError, apply_lora, load_adapter, locate_adapter, save_adapter
+from higgs_train.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.config import TrainingConfig
-from higgs_train.data.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, context_of
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.decoding_rules import TextTokenMask, codes_from_delayed
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.export import check_merged_dir, export, safetensors_index
 from higgs_train.generation import code_agreement, generation_collator
 from higgs_train.generation_prompt import build_prompt, prompt_from_record
 from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
-from higgs_train.sample_data import create_sample_data
 from higgs_train.training.checkpoint import TrainerState
 
 MERGE_ATOL = 1e-4
@@ -486,8 +486,8 @@ def test_speaker_reference_is_the_longest_clean_clip_in_range(tmp_path):
     clips outside the range only when nothing in range is clean; an unknown speaker lists the known ones."""
     import soundfile as sf
 
-    from higgs_train.data.chatml import cloning_sample
-    from higgs_train.sample_data import SENTENCES, SPEAKERS, synthesize
+    from higgs_train.chatml import cloning_sample
+    from higgs_train.embedded.sample_data import SENTENCES, SPEAKERS, synthesize
     from higgs_train.speaker_reference import ReferenceError, pick_reference
 
     rate = 24000

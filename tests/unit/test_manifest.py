@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from higgs_train.data import manifest as m
-from higgs_train.sample_data import create_sample_data
+from higgs_train.embedded.sample_data import create_sample_data
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from higgs_train.data.audio_io import AudioError
+from higgs_train.data.clip_encoder import process_encoder_stats
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
-from higgs_train.data.preprocess import PreprocessError, SamplePreprocessor, process_encoder_stats
+from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records, record_to_sample, records_to_table
+from higgs_train.data.sample_tokens import PreprocessError
+from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
-from higgs_train.sample_data import create_sample_data
 
 FRAMES_PER_SECOND = 25
 

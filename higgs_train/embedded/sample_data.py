@@ -7,13 +7,21 @@ utterance's audio is a function of (speaker, text, seed).
 
 Each sample is the cloning layout upstream inference uses::
 
-    0 system    : SYSTEM_PROMPT
+    0 system    : chatml.DEFAULT_SYSTEM_PROMPT
     1 user      : reference transcript
     2 assistant : reference audio   (another utterance of the same speaker)
     3 user      : target text
     4 assistant : target audio      <- start_index = 4: the only trained turn
 
-The layout and the system prompt live in ``higgs_train.data.chatml`` (re-exported here for existing callers).
+The layout and the system prompt live in ``higgs_train.chatml``.
+
+Why here, beside the embedded stack: the voices and sentences are what the tiny stack is built from (the text
+tokenizer's corpus, the codec's calibration audio), so this module stands below ``embedded/`` and ``data/`` and
+imports nothing of the project but ``chatml``. It writes the folder form (``create_sample_data``: two JSON lists, the
+documented manifest format, written with ``json`` alone). Writing the set as a manifest file of any form
+(``--create_sample_data FILE.jsonl|.parquet``) is ``data.sources.create_sample_data_at``, one floor up, over
+``data.manifest.write_manifest``: manifest formats have one home in ``data/``, and the direction runs from the data
+path down to its sample rows, never back up.
 """
 
 from __future__ import annotations
@@ -25,10 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_train.data.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
-from higgs_train.data.chatml import cloning_sample
-
-__all__ = ["SYSTEM_PROMPT", "cloning_sample", "create_sample_data", "synthesize", "SPEAKERS", "SENTENCES"]
+from higgs_train.chatml import cloning_sample
 
 SAMPLE_RATE = 24000
 
@@ -122,9 +127,6 @@ def synthesize(speaker: Speaker, text: str, seed: int, sample_rate: int = SAMPLE
     return (0.5 * out / (np.abs(out).max() + 1e-9)).astype(np.float32)
 
 
-MANIFEST_SUFFIXES = (".json", ".jsonl", ".parquet")
-
-
 def create_sample_data(out_dir: str | Path, utterances_per_speaker: int = 6, seed: int = 0) -> dict[str, Path]:
     """Write ``audio/<speaker>/*.wav``, ``train.json`` and ``val.json`` under ``out_dir``.
 
@@ -133,57 +135,15 @@ def create_sample_data(out_dir: str | Path, utterances_per_speaker: int = 6, see
     is the speaker's next utterance (cyclically), so references are never the target itself.
     """
     out = Path(out_dir)
-    train, val = _write_sample_audio(out, utterances_per_speaker, seed)
+    train, val = sample_rows(out, utterances_per_speaker, seed)
     (out / "train.json").write_text(json.dumps(train, indent=2) + "\n")
     (out / "val.json").write_text(json.dumps(val, indent=2) + "\n")
     return {"train": out / "train.json", "val": out / "val.json", "audio_base_path": out}
 
 
-def create_sample_manifest(manifest: str | Path, utterances_per_speaker: int = 6, seed: int = 0) -> dict[str, Path]:
-    """Write the sample data set as the manifest file ``manifest`` (.json list, .jsonl or .parquet), audio beside it.
-
-    ``--create_sample_data data/sample.json`` followed by ``--train_data data/sample.json`` must just work: the
-    training rows go to ``manifest`` itself, the validation rows next to it (``sample_val_manifest``), and the
-    audio to ``audio/`` in the same folder (the default audio root of both manifests).
-    """
-    path = Path(manifest)
-    if path.suffix not in MANIFEST_SUFFIXES:
-        raise ValueError(f"a sample manifest must end in one of {', '.join(MANIFEST_SUFFIXES)}: {path}")
-    train, val = _write_sample_audio(path.parent, utterances_per_speaker, seed)
-    val_path = sample_val_manifest(path)
-    for rows, target in ((train, path), (val, val_path)):
-        _write_rows(rows, target)
-    return {"train": path, "val": val_path, "audio_base_path": path.parent}
-
-
-def sample_val_manifest(manifest: Path) -> Path:
-    """``data/train.jsonl`` -> ``data/val.jsonl`` (the README's pair); any other name -> ``<stem>_val<suffix>``."""
-    stem = "val" if manifest.stem == "train" else f"{manifest.stem}_val"
-    return manifest.with_name(stem + manifest.suffix)
-
-
-def create_sample_data_at(target: str | Path, seed: int = 0) -> dict[str, Path]:
-    """``--create_sample_data``: a path ending in .json/.jsonl/.parquet is the manifest to write; else a folder."""
-    if Path(target).suffix in MANIFEST_SUFFIXES:
-        return create_sample_manifest(target, seed=seed)
-    return create_sample_data(target, seed=seed)
-
-
-def _write_rows(rows: list[dict], target: Path) -> None:
-    if target.suffix == ".jsonl":
-        target.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    elif target.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        from higgs_train.data.manifest import to_canonical_table
-
-        pq.write_table(to_canonical_table(rows, str(target)), target)
-    else:
-        target.write_text(json.dumps(rows, indent=2) + "\n")
-
-
-def _write_sample_audio(out: Path, utterances_per_speaker: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Write every speaker's WAVs under ``out/audio`` and return the (train, val) rows that use them."""
+def sample_rows(out: Path, utterances_per_speaker: int = 6, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Write every speaker's WAVs under ``out/audio`` and return the (train, val) rows that use them (audio paths
+    relative to ``out``)."""
     import soundfile as sf
 
     rng = np.random.default_rng(seed)

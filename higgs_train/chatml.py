@@ -1,7 +1,8 @@
 """The ChatML voice-cloning sample layout: one home for the system prompt and the five-turn cloning sample.
 
-Training data (``sample_data``, the dataset builder) and generation prompts (``generation``) all build samples
-here, so the layout the model is trained on is the layout it is prompted with::
+Training data (``embedded.sample_data``, the dataset builder) and generation prompts (``generation``) all build
+samples here, so the layout the model is trained on is the layout it is prompted with. It imports nothing of the
+project and stands below everything that uses it (``data/``, ``builder/``, ``embedded/``, ``generation``)::
 
     0 system    : system prompt (DEFAULT_SYSTEM_PROMPT unless overridden)
     1 user      : reference transcript

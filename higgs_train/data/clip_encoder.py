@@ -1,0 +1,206 @@
+"""Encoded clips: their codes, their content key, the store that keeps them, and the encoder that makes them.
+
+Why apart from ``preprocess``: running upstream's audio tokenizer is the one expensive, model-bound step of
+preprocessing, and its rules (solo codes bit for bit, which clips may share an encoder call, what is counted) are
+independent of how a row becomes a record. ``SamplePreprocessor`` calls ``ClipEncoder`` per row and per batch; the
+token cache stores ``EncodedAudio`` under ``file_sha256`` (``token_cache.AudioCodeStore`` implements ``CodeStore``).
+Encoder calls are counted per encoder (``ClipEncoder.stats``) and process-wide (``process_encoder_stats``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from higgs_train.data.audio_io import AudioError, AudioLimits, load_audio, resolve_audio_path
+from higgs_train.data.reasons import Reason
+from higgs_train.data.sample_tokens import PreprocessError, row_audio_urls
+
+
+@dataclass(frozen=True)
+class EncodedAudio:
+    """Codes of one clip, ``(num_codebooks, T)`` int16, and its duration at the tokenizer's rate."""
+
+    codes: np.ndarray
+    seconds: float
+
+
+@dataclass
+class EncoderStats:
+    """Counts of real ``audio_tokenizer.encode`` calls (cache hits are not counted)."""
+
+    calls: int = 0  # clips encoded
+    seconds: float = 0.0  # audio seconds passed to the encoder
+    cpu_seconds: float = 0.0  # process CPU time spent inside the encoder
+    batches: int = 0  # encoder forward passes (a batched pass encodes several clips)
+
+    def add(self, calls: int, seconds: float, cpu_seconds: float, batches: int | None = None) -> None:
+        self.calls += calls
+        self.seconds += seconds
+        self.cpu_seconds += cpu_seconds
+        self.batches += calls if batches is None else batches
+
+    def copy(self) -> EncoderStats:
+        return EncoderStats(self.calls, self.seconds, self.cpu_seconds, self.batches)
+
+
+_PROCESS_ENCODER_STATS = EncoderStats()
+
+
+def process_encoder_stats() -> EncoderStats:
+    """Encoder calls made by every ``SamplePreprocessor`` of this process so far (a snapshot)."""
+    return _PROCESS_ENCODER_STATS.copy()
+
+
+class CodeStore(Protocol):
+    """What the preprocessor needs from a persistent code store (``token_cache.AudioCodeStore`` implements it)."""
+
+    def get(self, sha256: str) -> EncodedAudio | None: ...
+
+    def put(self, sha256: str, encoded: EncodedAudio) -> None: ...
+
+    def lock(self, sha256: str) -> contextlib.AbstractContextManager: ...
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes: the content identity of an audio file (see token_cache for why full hashes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_clips(
+    rows: Iterable[dict[str, Any]],
+    audio_base_path: str | Path,
+    sampling_rate: int,
+    limits: AudioLimits,
+    code_store: CodeStore | None = None,
+) -> dict[str, np.ndarray]:
+    """sha256 -> waveform (mono float32 at ``sampling_rate``) of every clip the rows reference that the code store
+    does not hold: the decode/resample half of preprocessing, which needs no model, so a pipeline can run it on
+    CPU workers of its own size ahead of the encoder (``SamplePreprocessor.process_batch(rows, decoded)``).
+    A clip that cannot be read is left out; the encoding stage meets the same error and quarantines the row."""
+    out: dict[str, np.ndarray] = {}
+    for row in rows:
+        for url in row_audio_urls(row):
+            try:
+                sha = file_sha256(resolve_audio_path(url, audio_base_path))
+                if sha in out or (code_store is not None and code_store.get(sha) is not None):
+                    continue
+                out[sha] = load_audio(url, audio_base_path, sampling_rate, limits)
+            except (OSError, AudioError):  # the row stops at this clip, as its own pass will
+                break
+    return out
+
+
+class ClipEncoder:
+    """Upstream's audio tokenizer over many clips: several clips per encoder call wherever that gives the solo codes.
+
+    Why exact, and why only clips of equal length: generation encodes a reference clip alone, so the codes a model
+    trains on must be those solo codes, bit for bit. Zero padding cannot give them: upstream's semantic teacher
+    (HuBERT) normalises its first conv layer over the whole time axis (GroupNorm) and attends over every frame
+    without a mask, so padding moves every frame's features, not only the tail (on the tiny stack 31% of a padded
+    1.8 s clip's codes changed). Clips of the same sample count need no padding: they are stacked and go through
+    upstream's ``_xcodec_encode`` in one call, whose codes equal the solo ones (``tests/unit/test_batched_encoding``).
+
+    One more exclusion: for most lengths upstream finds its acoustic and semantic frame counts differ and runs the
+    acoustic encoder a second time on a padded copy, reshaping the input in a way that only holds for one clip.
+    So the first clip of every length goes alone, a forward hook counts the acoustic passes it took, and that
+    length is batched afterwards only if it took one. Whether batching pays depends on the device: on CPU, stacking
+    long clips measured slower than one by one (``benchmarks/preprocess_throughput.py``), so CPU actors default to
+    ``max_batch`` 1; on a GPU it fills the device.
+    """
+
+    def __init__(self, audio_tokenizer: Any, max_batch: int = 1) -> None:
+        self.tokenizer = audio_tokenizer
+        self.max_batch = max(1, int(max_batch))
+        self.sampling_rate = int(audio_tokenizer.sampling_rate)
+        self.num_codebooks = int(audio_tokenizer.num_codebooks)
+        self.stats = EncoderStats()
+        self._single_pass: dict[int, bool] = {}  # clip length -> upstream's acoustic encoder ran once on it
+        self._passes = 0
+        self._hooked = False
+
+    def encode_one(self, wave: np.ndarray, url: str) -> EncodedAudio:
+        """One clip through upstream's public ``encode``; a failure becomes the row's ``PreprocessError``."""
+        return self._solo(wave, url)
+
+    def encode_many(self, waves: dict[str, np.ndarray], urls: dict[str, str]) -> dict[str, EncodedAudio]:
+        """Codes for every key whose clip encodes; a clip that fails is left out (its row encodes it alone again
+        and reports the reason)."""
+        by_length: dict[int, list[str]] = {}
+        for key, wave in waves.items():
+            by_length.setdefault(len(wave), []).append(key)
+        out: dict[str, EncodedAudio] = {}
+        for length, keys in by_length.items():
+            pending = list(keys)
+            while pending:
+                if self.max_batch == 1 or len(pending) == 1 or not self._single_pass.get(length, False):
+                    key = pending.pop(0)
+                    with contextlib.suppress(PreprocessError):
+                        out[key] = self._solo(waves[key], urls[key])
+                    continue
+                group, pending = pending[: self.max_batch], pending[self.max_batch :]
+                try:
+                    out.update(
+                        zip(group, self._stacked([waves[k] for k in group], [urls[k] for k in group]), strict=True)
+                    )
+                except Exception:  # a failed stack is retried clip by clip: each clip's own error is the reason
+                    for key in group:
+                        with contextlib.suppress(PreprocessError):
+                            out[key] = self._solo(waves[key], urls[key])
+        return out
+
+    def _count_pass(self, *_: Any) -> None:
+        self._passes += 1
+
+    def _solo(self, wave: np.ndarray, url: str) -> EncodedAudio:
+        import torch  # deferred on purpose: drivers import this module (through preprocess) and never encode
+
+        if not self._hooked and isinstance(getattr(self.tokenizer, "encoder", None), torch.nn.Module):
+            self.tokenizer.encoder.register_forward_hook(self._count_pass)
+            self._hooked = True
+        self._passes = 0
+        start = time.process_time()
+        try:
+            with torch.inference_mode():
+                codes = self.tokenizer.encode(wave, self.sampling_rate)
+        except Exception as err:  # a model failure on one clip must not take the whole job down
+            error = f"{type(err).__name__}: {err}"
+            raise PreprocessError("encode", Reason.ENCODE_FAILED.format(url=url, error=error)) from err
+        self._single_pass[len(wave)] = self._hooked and self._passes == 1
+        seconds = len(wave) / self.sampling_rate
+        self._count(1, seconds, time.process_time() - start)
+        return self._checked(codes, url, seconds)
+
+    def _stacked(self, waves: list[np.ndarray], urls: list[str]) -> list[EncodedAudio]:
+        import torch
+
+        x = torch.from_numpy(np.stack(waves).astype(np.float32))[:, None, :].to(self.tokenizer.device)
+        start = time.process_time()
+        with torch.inference_mode():
+            codes = self.tokenizer._xcodec_encode(x).audio_codes  # (clips, codebooks, frames)
+        seconds = len(waves[0]) / self.sampling_rate
+        self._count(len(waves), seconds * len(waves), time.process_time() - start, batches=1)
+        return [self._checked(c, url, seconds) for c, url in zip(codes, urls, strict=True)]
+
+    def _count(self, clips: int, seconds: float, cpu: float, batches: int | None = None) -> None:
+        self.stats.add(clips, seconds, cpu, batches)
+        _PROCESS_ENCODER_STATS.add(clips, seconds, cpu, batches)
+
+    def _checked(self, codes: Any, url: str, seconds: float) -> EncodedAudio:
+        codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes)
+        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
+            raise PreprocessError("encode", Reason.ENCODE_BAD_SHAPE.format(shape=codes.shape, url=url))
+        if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.int16).max):
+            raise PreprocessError("encode", Reason.ENCODE_OUT_OF_RANGE.format(url=url))
+        return EncodedAudio(codes.astype(np.int16), float(seconds))
