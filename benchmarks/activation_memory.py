@@ -97,7 +97,7 @@ def lora_model(model_dir: Path, checkpointing: bool, seed: int = 0, checkpoint_l
     the trainer's are; with ``checkpointing``, ``checkpoint_layers`` of them checkpointed (0: all)."""
     from higgs_train.adapter import apply_lora
     from higgs_train.config import DEFAULT_LORA_TARGETS
-    from higgs_train.models import load_model
+    from higgs_train.model_loading import load_model
     from higgs_train.training.activation_checkpointing import enable_activation_checkpointing
     from higgs_train.training.dual_ffn_routing import enable_sync_free_routing
 

@@ -79,7 +79,7 @@ def main() -> None:
 
     from higgs_train.data.ray_pipeline import build_token_cache
     from higgs_train.embedded.sample_data import create_sample_data
-    from higgs_train.models import resolve_paths
+    from higgs_train.model_loading import resolve_paths
 
     paths = resolve_paths("embedded", "embedded")
     if args.real_size:

@@ -41,7 +41,7 @@ def prepare(work: Path, rows_list: list[int]) -> dict:
     from higgs_train.data.pipeline_stages import META_COLUMNS, OUTPUT_SCHEMA
     from higgs_train.data.record_codec import RECORD_SCHEMA
     from higgs_train.embedded.sample_data import create_sample_data
-    from higgs_train.models import resolve_paths
+    from higgs_train.model_loading import resolve_paths
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -133,7 +133,7 @@ def edit_one_row(work: Path, info: dict, n: int) -> dict:
     import ray
 
     from higgs_train.data.ray_pipeline import build_token_cache
-    from higgs_train.models import resolve_paths
+    from higgs_train.model_loading import resolve_paths
 
     manifest = pq.read_table(info["sizes"][n]["manifest"])
     messages = manifest.column("messages_json").to_pylist()

@@ -262,7 +262,7 @@ def read_adapter_files(adapter_dir: str | Path) -> tuple[Any, dict[str, torch.Te
 
 # ----------------------------------------------------------------------------------------------- identity
 def _resolve_model_path(path: str) -> str:
-    from higgs_train.models import EMBEDDED, resolve_paths
+    from higgs_train.model_loading import EMBEDDED, resolve_paths
 
     if path == EMBEDDED or path.startswith(f"{EMBEDDED}:"):
         return resolve_paths(path, "").model_path

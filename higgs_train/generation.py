@@ -104,7 +104,7 @@ def load_generation_stack(
     The text tokenizer defaults to the model directory's (merged exports carry it alongside the weights).
     """
     from higgs_train.adapter import load_adapter
-    from higgs_train.models import (
+    from higgs_train.model_loading import (
         load_audio_tokenizer,
         load_model,
         load_text_tokenizer,

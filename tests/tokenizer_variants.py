@@ -25,7 +25,7 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {"merges": _without_firs
 
 def derived_tokenizer(source: str | Path, folder: Path, variant: str) -> Path:
     """A copy of the tokenizer at ``source`` in ``folder`` with the edit ``variant`` (a key of ``VARIANTS``)."""
-    from higgs_train.models import load_text_tokenizer
+    from higgs_train.model_loading import load_text_tokenizer
 
     load_text_tokenizer(str(source)).save_pretrained(folder)
     path = folder / "tokenizer.json"

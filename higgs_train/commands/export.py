@@ -11,7 +11,7 @@ from higgs_train.adapter import AdapterError
 from higgs_train.evaluation.runner import one_line
 from higgs_train.export import export
 from higgs_train.flag_parser import FlagParser
-from higgs_train.models import ModelFormatError
+from higgs_train.model_loading import ModelFormatError
 from higgs_train.paths import absolute_model_ref, absolute_path, missing_model_refs
 
 

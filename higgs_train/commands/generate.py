@@ -30,7 +30,7 @@ from higgs_train.generation import (
     synthesize,
     write_wav,
 )
-from higgs_train.models import ModelFormatError
+from higgs_train.model_loading import ModelFormatError
 from higgs_train.paths import absolute_model_ref, absolute_path, missing_model_refs
 from higgs_train.speaker_reference import ReferenceError, pick_reference
 from higgs_train.training.precision import weight_dtype

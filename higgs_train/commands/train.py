@@ -8,8 +8,8 @@ import sys
 
 from higgs_train.commands.shared_flags import ConfigFlagParser, training_config
 from higgs_train.config import TrainingConfig
+from higgs_train.data.job_manifests import create_sample_data_at
 from higgs_train.data.preflight import DataSetupError, preflight
-from higgs_train.data.sources import create_sample_data_at
 from higgs_train.driver.cluster import ClusterResourcesError, RunSetupError
 from higgs_train.driver.train import JobOutputsMissing, run_training_job
 from higgs_train.driver.validate import validate_job

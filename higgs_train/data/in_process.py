@@ -2,7 +2,7 @@
 
 The trainer takes records and knows no data path; the Ray job preprocesses with Ray Data actors into the token cache
 and streams it (``driver/prepare.py``, ``data/shard_stream.py``). This module runs the same ``SamplePreprocessor``
-in this process over the config's manifests (or the generated sample data, ``data/sources.py``). Failed rows are
+in this process over the config's manifests (or the generated sample data, ``data/job_manifests.py``). Failed rows are
 quarantined under ``<output_dir>/quarantine.parquet`` with their reasons, never dropped silently.
 """
 
@@ -16,11 +16,11 @@ from boson_multimodal.model.higgs_audio import HiggsAudioConfig
 
 from higgs_train.config import TrainingConfig
 from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.job_manifests import resolve_sources
 from higgs_train.data.manifest import read_manifest_rows, to_canonical_table
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.quarantine import Quarantine
-from higgs_train.data.sources import resolve_sources
-from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer, resolve_paths
 
 logger = logging.getLogger(__name__)
 

@@ -132,7 +132,7 @@ class PreprocessActor:
 
         from higgs_train.data.preprocess import SamplePreprocessor
         from higgs_train.data.token_cache import AudioCodeStore
-        from higgs_train.models import load_audio_tokenizer, load_text_tokenizer
+        from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer
 
         torch.set_num_threads(torch_threads)
         limits = AudioLimits(**settings["limits"])

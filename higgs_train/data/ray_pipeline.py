@@ -84,7 +84,7 @@ from higgs_train.data.stage_sizing import (
 from higgs_train.data.token_cache import QUARANTINE_FILE, CacheEntry, TokenCache
 
 if TYPE_CHECKING:
-    from higgs_train.models import ResolvedPaths
+    from higgs_train.model_loading import ResolvedPaths
 
 NEW_RECORDS_DIR = "_new"  # staging: records this build preprocessed, before write_entry merges them with reused ones
 TODO_FILE = "_todo.parquet"  # staging: the manifest rows no earlier entry holds
@@ -145,7 +145,7 @@ def build_token_cache(
     ``gpus_per_actor`` > 0 puts the encoder actors on GPUs (decode stays on CPU tasks); ``encode_batch_size`` is
     the most clips per encoder call (default ``CPU_ENCODE_BATCH`` on CPU, ``GPU_ENCODE_BATCH`` on GPU).
     """
-    from higgs_train.models import load_text_tokenizer
+    from higgs_train.model_loading import load_text_tokenizer
 
     if num_actors < 1 or cpus_per_actor <= 0 or batch_size < 1 or gpus_per_actor < 0:
         raise ValueError("num_actors and batch_size must be >= 1, cpus_per_actor > 0 and gpus_per_actor >= 0")

@@ -1,6 +1,6 @@
 """The prepare stage every driver shares: sources -> canonical manifests -> token caches -> reports -> data metrics.
 
-Training and the Tune sweep both call ``prepare_data`` once, on the driver, before any training worker starts:
+Training and the Tune sweep both call ``prepare_token_caches`` once, on the driver, before any training worker starts:
 caches are built (or found) in Ray Data CPU actors, bad rows are quarantined and reported, and what the workers
 need travels on as one ``PreparedData``.
 """
@@ -56,14 +56,14 @@ class PreparedData:
         }
 
 
-def prepare_data(config: TrainingConfig, tracker: Any) -> PreparedData:
+def prepare_token_caches(config: TrainingConfig, tracker: Any) -> PreparedData:
     """Build or reuse the caches, write the reports into ``output_dir``, log the data tags to ``tracker`` (the
     ``data/*`` metrics too when no training row survived; otherwise the driver logs ``PreparedData.metrics``).
 
     Raises ``ValueError`` when no training row survived (the reports say why). Ray must be up
     (``higgs_train.ray_session.init_ray``).
     """
-    from higgs_train.models import resolve_paths
+    from higgs_train.model_loading import resolve_paths
 
     output = Path(config.output_dir)
     paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
@@ -81,9 +81,9 @@ def prepare_data(config: TrainingConfig, tracker: Any) -> PreparedData:
 def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, Path]:
     """Canonicalise both manifests and build/reuse their token caches; returns (train, val, cache root)."""
     from higgs_train.data.audio_io import AudioLimits
+    from higgs_train.data.job_manifests import resolve_sources
     from higgs_train.data.manifest import convert_manifest
     from higgs_train.data.ray_pipeline import build_token_cache, describe
-    from higgs_train.data.sources import resolve_sources
     from higgs_train.data.token_cache import local_cache_root
 
     sources = resolve_sources(config)
@@ -158,8 +158,8 @@ def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[
 
 def _warn_missing_audio(output: Path, config: TrainingConfig) -> None:
     """Rows quarantined for missing audio usually mean a wrong audio root: say which root was used."""
+    from higgs_train.data.job_manifests import resolve_sources
     from higgs_train.data.preflight import missing_audio_hint
-    from higgs_train.data.sources import resolve_sources
 
     summary = output / "quarantine_summary.json"
     records = json.loads(summary.read_text()).get("records", []) if summary.is_file() else []

@@ -137,7 +137,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         storage_root,
         stream_cache_location,
     )
-    from higgs_train.driver.prepare import prepare_data
+    from higgs_train.driver.prepare import prepare_token_caches
     from higgs_train.driver.tracker_relay import start_tracker_relay
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
     from higgs_train.paths import resolve_user_paths
@@ -165,7 +165,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
         with start:
             init_ray(config.verbose)
             check_cpu_budget(config)
-            data = prepare_data(config, tracker)
+            data = prepare_token_caches(config, tracker)
             write_atomic(output / "data_keys.json", json.dumps(data.data_keys, indent=2) + "\n")  # export's card
             config.save(output / "resolved_config.yaml")
             storage = storage_root(config)

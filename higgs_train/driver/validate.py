@@ -26,9 +26,9 @@ from higgs_train.data.validation import (
 
 def validate_job(config: TrainingConfig) -> int:
     """Validate the job's train (and val) manifests; 0 if every row is valid, else 1 (with a missing-audio hint)."""
+    from higgs_train.data.job_manifests import resolve_sources
     from higgs_train.data.row_length import resolve_row_length_limit
-    from higgs_train.data.sources import resolve_sources
-    from higgs_train.models import resolve_paths
+    from higgs_train.model_loading import resolve_paths
 
     sources = resolve_sources(config)
     paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
@@ -62,7 +62,7 @@ def run_validate_data_only(
     An empty train manifest fails too: there would be nothing to train on. ``tokenizer_path`` may be "embedded".
     ``length_limit`` (``row_length.resolve_row_length_limit``) adds the job's ``max_tokens_per_row`` check.
     """
-    from higgs_train.models import EMBEDDED, load_text_tokenizer, resolve_paths
+    from higgs_train.model_loading import EMBEDDED, load_text_tokenizer, resolve_paths
 
     if tokenizer_path == EMBEDDED:
         tokenizer_path = resolve_paths(EMBEDDED, EMBEDDED, EMBEDDED).tokenizer_path

@@ -1,7 +1,7 @@
 """The embedded default: a tiny, deterministic Higgs stack generated locally in the real on-disk formats.
 
 ``ensure_tiny_stack()`` builds (once, under a file lock, atomically) and returns the directories. Everything is
-then loaded through ``higgs_train.models`` -- the same loaders that load the released checkpoints.
+then loaded through ``higgs_train.model_loading`` -- the same loaders that load the released checkpoints.
 """
 
 from __future__ import annotations

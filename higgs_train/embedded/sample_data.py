@@ -19,7 +19,7 @@ Why here, beside the embedded stack: the voices and sentences are what the tiny 
 tokenizer's corpus, the codec's calibration audio), so this module stands below ``embedded/`` and ``data/`` and
 imports nothing of the project but ``chatml``. It writes the folder form (``create_sample_data``: two JSON lists, the
 documented manifest format, written with ``json`` alone). Writing the set as a manifest file of any form
-(``--create_sample_data FILE.jsonl|.parquet``) is ``data.sources.create_sample_data_at``, one floor up, over
+(``--create_sample_data FILE.jsonl|.parquet``) is ``data.job_manifests.create_sample_data_at``, one floor up, over
 ``data.manifest.write_manifest``: manifest formats have one home in ``data/``, and the direction runs from the data
 path down to its sample rows, never back up.
 """

@@ -39,7 +39,7 @@ from higgs_train.generation import (
     synthesize,
 )
 from higgs_train.generation_prompt import prompt_from_record
-from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, load_whisper_processor, resolve_paths
+from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer, load_whisper_processor, resolve_paths
 from higgs_train.training.hooks import ValidationStep
 
 logger = logging.getLogger(__name__)

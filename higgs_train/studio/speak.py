@@ -68,7 +68,7 @@ class Speaker:
     def _stack_for(self, adapter: Path | None) -> Any:
         from higgs_train.adapter import AdapterError
         from higgs_train.generation import load_generation_stack
-        from higgs_train.models import ModelFormatError
+        from higgs_train.model_loading import ModelFormatError
 
         model_path, audio_tokenizer_path = base_model_of(adapter)
         key = (str(adapter), model_path, audio_tokenizer_path, _mtime(adapter))

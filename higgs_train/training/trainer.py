@@ -42,7 +42,7 @@ from higgs_train.data.batching import plan_epoch
 from higgs_train.data.collate import build_collator, collate_records
 from higgs_train.data.shard_stream import record_lengths, schedule_steps
 from higgs_train.loss import LabelTokenCounts, compute_higgs_audio_loss, count_label_tokens
-from higgs_train.models import load_model, load_whisper_processor, recommended_learning_rate, resolve_paths
+from higgs_train.model_loading import load_model, load_whisper_processor, recommended_learning_rate, resolve_paths
 from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from higgs_train.training.checkpoint_store import open_checkpoint

@@ -178,7 +178,7 @@ def trial_overrides(base: TrainingConfig, params: dict[str, Any]) -> dict[str, A
         rank = out.get("lora_r", base.lora_r)
         out["lora_alpha"] = max(1, int(round(rank * float(params[ALPHA_MULTIPLIER]))))
     if LR_MULTIPLIER in params:
-        from higgs_train.models import effective_learning_rate
+        from higgs_train.model_loading import effective_learning_rate
 
         out["learning_rate"] = effective_learning_rate(base) * float(params[LR_MULTIPLIER])
     return out

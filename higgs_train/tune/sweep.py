@@ -88,7 +88,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
 
     from higgs_train.console import quiet_libraries, quiet_tune_output
     from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
-    from higgs_train.driver.prepare import prepare_data
+    from higgs_train.driver.prepare import prepare_token_caches
     from higgs_train.driver.tracker_relay import start_tracker_relay
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking.store import resolve_tracking_uri
@@ -113,7 +113,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         check_cpu_budget(config)
         resources = plan_resources(config, settings, ray.cluster_resources())
         logger.info("trial resources: %s", resources)
-        data = prepare_data(config, tracker)
+        data = prepare_token_caches(config, tracker)
         tracker.log_metrics(data.metrics, step=0)  # the parent run has no loss curves to show first
         if data.val_key is None:
             raise ValueError("a sweep ranks trials by val_loss: give --val_data with at least one valid row")

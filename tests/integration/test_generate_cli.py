@@ -23,7 +23,7 @@ import torch
 from higgs_train.adapter import apply_lora, save_adapter
 from higgs_train.config import TrainingConfig
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import load_model, resolve_paths
+from higgs_train.model_loading import load_model, resolve_paths
 
 pytestmark = pytest.mark.integration
 

@@ -153,7 +153,7 @@ def test_quick_test_job_succeeds(cluster: dict[str, str], tmp_path: Path) -> Non
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from higgs_train.models import load_model, resolve_paths
+    from higgs_train.model_loading import load_model, resolve_paths
 
     adapter = output / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())

@@ -28,7 +28,7 @@ from higgs_train.export import export
 from higgs_train.generation import SamplingSettings, load_generation_stack, prompt_for_texts, synthesize
 from higgs_train.generation_prompt import prompt_from_record
 from higgs_train.loss import compute_higgs_audio_loss
-from higgs_train.models import resolve_paths
+from higgs_train.model_loading import resolve_paths
 from higgs_train.training.trainer import HiggsAudioTrainer
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from higgs_train.data.ray_pipeline import build_token_cache
 from higgs_train.data.stage_sizing import check_resources
 from higgs_train.data.token_cache import TokenCache
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import resolve_paths
+from higgs_train.model_loading import resolve_paths
 from higgs_train.ray_session import ACTOR_START_DEATHS_TOLERATED, replace_actors_lost_at_start
 
 pytestmark = pytest.mark.integration

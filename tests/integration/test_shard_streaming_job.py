@@ -17,7 +17,7 @@ from higgs_train.data.batching import build_epoch_plan
 from higgs_train.data.ray_pipeline import build_token_cache
 from higgs_train.data.shard_stream import publish_entry
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import resolve_paths
+from higgs_train.model_loading import resolve_paths
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from stand_ins import StandInCodec
 from higgs_train.config import TrainingConfig
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_text_tokenizer, resolve_paths
 from higgs_train.training.trainer import HiggsAudioTrainer
 
 pytestmark = [

@@ -160,7 +160,7 @@ def test_best_adapter_loads_onto_the_tiny_model(sweep: SweepResult) -> None:
     import torch
     from peft import PeftModel
 
-    from higgs_train.models import load_model, resolve_paths
+    from higgs_train.model_loading import load_model, resolve_paths
 
     best_dir = sweep.output_dir / BEST_DIR
     best = json.loads((best_dir / "best_trial.json").read_text())

@@ -33,7 +33,7 @@ from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.reasons import Reason
 from higgs_train.data.row_length import resolve_row_length_limit
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer, resolve_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 4  # message index of the target audio in the sample layout
@@ -260,7 +260,7 @@ UNREADABLE_SCRIPT = textwrap.dedent(
     from higgs_train.data.audio_io import AudioLimits
     from higgs_train.data.preprocess import SamplePreprocessor
     from higgs_train.data.cache_key import FingerprintMemo, audio_fingerprints
-    from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
+    from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer, resolve_paths
 
     manifest, base, memo = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     paths = resolve_paths("embedded", "embedded")

@@ -23,7 +23,7 @@ from higgs_train.data.validation import REPORT_FILE
 from higgs_train.driver.train import run_training_job
 from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import resolve_paths
+from higgs_train.model_loading import resolve_paths
 from higgs_train.tracking.runs import find_runs
 
 pytestmark = pytest.mark.integration

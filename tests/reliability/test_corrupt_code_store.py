@@ -14,7 +14,7 @@ from higgs_train.chatml import cloning_sample
 from higgs_train.data.clip_encoder import EncodedAudio
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.token_cache import AudioCodeStore
-from higgs_train.models import load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_text_tokenizer, resolve_paths
 
 SHA = "ab" * 32
 

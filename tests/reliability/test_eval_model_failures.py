@@ -27,7 +27,7 @@ from higgs_train.evaluation import job
 from higgs_train.evaluation.runner import ModelEvaluator, ModelRun, load_eval_rows
 from higgs_train.evaluation.suite import AUDIO_CHECK_FLAGS, EvalSettings, check_audio, summarize
 from higgs_train.generation import SamplingSettings
-from higgs_train.models import load_model, resolve_paths
+from higgs_train.model_loading import load_model, resolve_paths
 
 NO_METRIC_MODELS = EvalSettings(sim=False, asr=False, dnsmos=False)  # the signal checks still run
 

@@ -18,7 +18,7 @@ from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.stage_sizing import data_actor_gpu_reason
 from higgs_train.driver.cluster import ClusterResourcesError, check_cpu_budget
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import load_audio_tokenizer, load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer, resolve_paths
 
 SR = 24_000
 # 1 s: upstream's acoustic and semantic frame counts agree (one acoustic pass, batchable). 1 s + 517 samples: they

@@ -69,7 +69,7 @@ def build_lora_model(weight_dtype: torch.dtype = torch.float32):
     adapter matrix gets a gradient."""
     from higgs_train.adapter import apply_lora
     from higgs_train.config import DEFAULT_LORA_TARGETS
-    from higgs_train.models import load_model, resolve_paths
+    from higgs_train.model_loading import load_model, resolve_paths
     from higgs_train.training.precision import cast_adapters
 
     torch.manual_seed(0)

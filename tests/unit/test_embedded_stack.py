@@ -13,7 +13,7 @@ from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare
 from higgs_train.data.collate import build_collator
 from higgs_train.embedded import build_tiny_stack, ensure_tiny_stack
 from higgs_train.embedded.sample_data import SAMPLE_RATE, SPEAKERS, create_sample_data, synthesize
-from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, load_whisper_processor
+from higgs_train.model_loading import load_audio_tokenizer, load_model, load_text_tokenizer, load_whisper_processor
 
 
 @pytest.fixture(scope="module")

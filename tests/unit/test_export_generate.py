@@ -25,7 +25,7 @@ from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.export import check_merged_dir, export, safetensors_index
 from higgs_train.generation import code_agreement, generation_collator
 from higgs_train.generation_prompt import build_prompt, prompt_from_record
-from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
 from higgs_train.training.checkpoint import TrainerState
 
 MERGE_ATOL = 1e-4
@@ -133,7 +133,7 @@ def test_merge_of_a_bf16_base_loads_it_in_bf16_and_rounds_once(adapter, paths, t
     load_model(paths.model_path).to(torch.bfloat16).save_pretrained(str(base), safe_serialization=True)
     load_text_tokenizer(paths.tokenizer_path).save_pretrained(str(base))
     loads: list[torch.dtype] = []
-    import higgs_train.models as models
+    import higgs_train.model_loading as models
 
     real_load = models.load_model
 

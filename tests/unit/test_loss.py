@@ -434,7 +434,7 @@ def test_monitor_warns_on_components_without_labels():
 
 
 def test_real_tiny_model_cloning_batch():
-    from higgs_train.models import load_model, load_text_tokenizer, resolve_paths
+    from higgs_train.model_loading import load_model, load_text_tokenizer, resolve_paths
 
     paths = resolve_paths("embedded", "embedded")
     tok = load_text_tokenizer(paths.tokenizer_path)

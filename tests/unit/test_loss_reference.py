@@ -127,7 +127,7 @@ def test_real_model_text_logits_at_labelled_positions_equal_the_full_logits_loss
     optimised loss on the hidden states the head override returns give the same values and adapter gradients."""
     from higgs_train.adapter import apply_lora
     from higgs_train.config import DEFAULT_LORA_TARGETS
-    from higgs_train.models import load_model, resolve_paths
+    from higgs_train.model_loading import load_model, resolve_paths
     from higgs_train.training.text_head import hidden_states_as_text_logits
 
     bench = _load_activation_memory_benchmark()

@@ -17,7 +17,7 @@ from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records, record_to_sample, records_to_table
 from higgs_train.data.sample_tokens import PreprocessError
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_audio_tokenizer, load_model, load_text_tokenizer, resolve_paths
 
 FRAMES_PER_SECOND = 25
 
@@ -167,7 +167,7 @@ def test_each_distinct_file_is_encoded_once(stack, data):
 def test_whisper_input_holds_16k_audio_in_waveforms(stack, data, tmp_path):
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig
 
-    from higgs_train.models import load_whisper_processor
+    from higgs_train.model_loading import load_whisper_processor
 
     _, tokenizer, audio_tokenizer = stack
     whisper_pre = SamplePreprocessor(tokenizer, audio_tokenizer, data[0], whisper=True)

@@ -29,7 +29,7 @@ from higgs_train.data.collate import build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.embedded.sample_data import create_sample_data
 from higgs_train.loss import compute_higgs_audio_loss
-from higgs_train.models import load_model, load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_model, load_text_tokenizer, resolve_paths
 from higgs_train.training.hooks import ValidationStep
 from higgs_train.training.trainer import HiggsAudioTrainer
 

@@ -19,7 +19,7 @@ from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.quarantine import Quarantine, QuarantineRecord
 from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.embedded.sample_data import create_sample_data
-from higgs_train.models import load_text_tokenizer, resolve_paths
+from higgs_train.model_loading import load_text_tokenizer, resolve_paths
 
 TARGET = 4  # index of the target audio turn in the cloning layout
 
