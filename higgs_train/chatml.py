@@ -110,7 +110,7 @@ def target_audio_url(row: dict[str, Any]) -> str | None:
 
 
 def clips_with_transcripts(turns: Iterable[tuple[str, list[tuple[str, str]]]]) -> Iterator[tuple[str | None, str]]:
-    """``(transcript, audio_url)`` for each assistant audio turn of a parsed sample (``validation.structural_reason``'s
+    """``(transcript, audio_url)`` for each assistant audio turn of a parsed sample (``row_checks.structural_reason``'s
     turns): the user text just before it is what the prompt says that clip speaks (None if no text came first).
 
     One reading of the cloning layout for everything that harvests clips from manifests (the builder's manifest

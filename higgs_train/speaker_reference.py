@@ -31,7 +31,7 @@ from higgs_train.data.audio_io import (
     to_mono,
 )
 from higgs_train.data.manifest import load_manifest
-from higgs_train.data.validation import structural_reason, text_reason
+from higgs_train.data.row_checks import structural_reason, text_reason
 
 MANIFEST_NAMES = ("train.jsonl", "val.jsonl", "train.json", "val.json")
 REPORT_NAME = "data_report.json"  # the builder's report (builder.report.REPORT_JSON)

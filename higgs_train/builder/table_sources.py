@@ -30,7 +30,7 @@ from higgs_train.builder.source_listing import (
 from higgs_train.chatml import clips_with_transcripts
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.plain_parquet import UnsafeParquetError, check_plain_schema, read_plain_parquet
-from higgs_train.data.validation import structural_reason
+from higgs_train.data.row_checks import structural_reason
 
 COMMON_VOICE_COLUMNS = ("path", "sentence", "client_id")  # audio, text, speaker
 

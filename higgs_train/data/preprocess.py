@@ -54,6 +54,7 @@ from higgs_train.data.audio_io import (
 )
 from higgs_train.data.clip_encoder import ClipEncoder, CodeStore, EncodedAudio, EncoderStats, file_sha256
 from higgs_train.data.reasons import Reason
+from higgs_train.data.row_checks import structural_reason, text_reason
 from higgs_train.data.row_length import RowLengthLimit
 from higgs_train.data.sample_tokens import (
     AUDIO_IN_TOKEN,
@@ -68,7 +69,6 @@ from higgs_train.data.sample_tokens import (
     row_to_chatml,
     tokenize_chatml,
 )
-from higgs_train.data.validation import structural_reason, text_reason
 
 logger = logging.getLogger(__name__)
 

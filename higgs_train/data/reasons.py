@@ -25,7 +25,7 @@ class Reason(StrEnum):
     INVALID_UNICODE = "row contains text that is not valid Unicode (an invalid UTF-8 byte or a lone surrogate)"
     SPEAKER_TYPE = "speaker must be a string or null"
     START_INDEX_TYPE = "start_index must be an integer"
-    # --- schema, roles, layout (validation.structural_reason) ---
+    # --- schema, roles, layout (row_checks.structural_reason) ---
     MESSAGES_NOT_LIST = "messages must be a non-empty list"
     MESSAGE_NOT_OBJECT = "messages[{i}] must be an object with role and content"
     MESSAGE_UNKNOWN_KEY = "messages[{i}] has unsupported key {key!r}"
@@ -39,7 +39,7 @@ class Reason(StrEnum):
         "messages[{i}]: {role} audio after an assistant audio turn (audio-in after audio-out is unsupported)"
     )
     NO_REFERENCE_AUDIO = "cloning sample has no reference audio before start_index {start}"
-    # --- text (validation.text_reason) ---
+    # --- text (row_checks.text_reason) ---
     EMPTY_TEXT = "messages[{i}]: text is empty"
     SPECIAL_TOKEN_TEXT = "messages[{i}]: text contains the control token {token}"
     CONTROL_CHARACTER_TEXT = "messages[{i}]: text contains the control character {char} at position {pos}"

@@ -1,5 +1,5 @@
 """The validate-only driver (``ray_jobs/train.py --validate_data_only``): every check a job would run on each row,
-reports written, no Ray, no model weights, no MLflow run. The checks themselves live in ``data.validation``.
+reports written, no Ray, no model weights, no MLflow run. The checks themselves live in ``data.row_checks``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from higgs_train.config import TrainingConfig
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.quarantine import Quarantine
-from higgs_train.data.row_length import RowLengthLimit
-from higgs_train.data.validation import (
+from higgs_train.data.row_checks import (
     QUARANTINE_FILE,
     REPORT_FILE,
     VAL_REPORT_FILE,
@@ -22,6 +21,7 @@ from higgs_train.data.validation import (
     validate_rows,
     write_report,
 )
+from higgs_train.data.row_length import RowLengthLimit
 
 
 def validate_job(config: TrainingConfig) -> int:

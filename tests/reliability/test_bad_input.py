@@ -27,7 +27,7 @@ import pytest
 import soundfile as sf
 
 from higgs_train.data import manifest as m
-from higgs_train.data import validation as v
+from higgs_train.data import row_checks as v
 from higgs_train.data.audio_io import AudioLimits, read_checked
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.reasons import Reason

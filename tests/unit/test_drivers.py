@@ -123,7 +123,7 @@ def test_workers_stream_the_token_cache_from_the_runs_storage_when_it_is_a_uri()
         ("higgs_train.storage", "higgs_train"),
         ("higgs_train.chatml", "higgs_train"),
         ("higgs_train.data.row_length", "higgs_train.data.preprocess"),
-        ("higgs_train.data.validation", "higgs_train.data.preprocess"),
+        ("higgs_train.data.row_checks", "higgs_train.data.preprocess"),
         ("higgs_train.data.sample_tokens", "higgs_train.data.row_length"),
     ],
 )

@@ -14,7 +14,7 @@ import soundfile as sf
 from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
 
 from higgs_train.data import manifest as m
-from higgs_train.data import validation as v
+from higgs_train.data import row_checks as v
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.quarantine import Quarantine, QuarantineRecord
 from higgs_train.driver.validate import run_validate_data_only
