@@ -65,3 +65,15 @@ def ray_head_on_the_machine(tmp_path_factory) -> Iterator[dict[str, str]]:
     finally:
         subprocess.run([str(REPO_ROOT / "scripts" / "local_cluster.sh"), "stop"], env=env, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Test modules that start a multi-node Ray cluster of their own run before every other test. After the suite's local
+# Ray jobs (test_storage_resume's, for one) ran in this pytest process, the two-node job's Ray Data actors were all
+# cancelled before they started ("SchedulingCancelled"), even with the job's driver in a fresh process and Ray's
+# leftover variables stripped; run first, or alone, the same test passes. The cause is not found yet (see the
+# closing note of the session that added this); the ordering keeps the test meaningful meanwhile.
+RUN_FIRST = ("test_two_nodes.py",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in RUN_FIRST)  # stable: the rest keep their order

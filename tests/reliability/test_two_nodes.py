@@ -16,6 +16,7 @@ in the driver's ``--output_dir``, taken from the final checkpoint.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -61,6 +62,54 @@ def alive_nodes() -> list[dict]:
     return [n for n in ray.nodes() if n["Alive"]]
 
 
+def environment_without_ray_session() -> dict[str, str]:
+    """This process's environment less what an earlier ``ray.init`` in it left behind (RAY_AUTH_MODE=token,
+    RAY_CLIENT_MODE, RAY_USAGE_STATS_ENABLED, PYTHONBREAKPOINT): the nodes and the driver start as a user's would."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONBREAKPOINT"}
+
+
+def drive_the_job(config: dict, cache: str, moved_away: str, env: dict[str, str], answers) -> None:
+    """The job's driver, in a fresh process with the cluster's ``env``: once the caches are built the driver's copy
+    goes away (a worker that read it would fail the job), then the job runs on the two-node cluster. Sends back the
+    MLflow run id, or the error."""
+    clean = environment_without_ray_session() | env
+    os.environ.clear()
+    os.environ.update(clean)
+    build = worker_module.build_torch_trainer
+
+    def build_without_the_drivers_cache(*args, **kwargs):
+        shutil.move(cache, moved_away)
+        return build(*args, **kwargs)
+
+    worker_module.build_torch_trainer = build_without_the_drivers_cache
+    try:
+        nodes_before = node_resources(env["RAY_ADDRESS"], wait_for=2)
+        result = run_training_job(TrainingConfig.from_dict(config))
+        ray.shutdown()
+        answers.put(
+            {
+                "mlflow_run_id": result.mlflow_run_id,
+                "nodes_before": nodes_before,
+                "nodes_after": node_resources(env["RAY_ADDRESS"]),
+            }
+        )
+    except Exception as exc:  # the test reports it
+        answers.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def node_resources(address: str, wait_for: int = 0) -> list[str]:
+    """The ``higgs_node_<k>`` resources of the cluster's alive nodes (after waiting up to a minute for
+    ``wait_for`` of them to register)."""
+    ray.init(address=address)
+    try:
+        deadline = time.monotonic() + 60
+        while len(alive_nodes()) < wait_for and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return sorted(r for n in alive_nodes() for r in n["Resources"] if r.startswith("higgs_node_"))
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def two_nodes(s3):
     """Head + node 2 (one CPU each), started after the S3 server so both nodes' workers get its AWS_* variables.
@@ -71,7 +120,7 @@ def two_nodes(s3):
     tmp = Path(tempfile.mkdtemp(prefix="hr-2n-", dir="/tmp"))  # short: Ray's socket paths are length-limited
     port = free_port()
     env = {
-        **os.environ,
+        **environment_without_ray_session(),
         "RAY_TMPDIR": str(tmp),
         "HIGGS_RAY_TEMP_DIR": str(tmp / "ray"),
         "HIGGS_RAY_PORT": str(port),
@@ -95,7 +144,7 @@ def two_nodes(s3):
     assert not raylet_pids(tmp / "ray") and not raylet_pids(tmp / "ray-n2")
 
 
-def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tmp_path, s3, two_nodes, monkeypatch):
+def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tmp_path, s3, two_nodes):
     data = create_sample_data(tmp_path / "data", utterances_per_speaker=3)  # 8 training rows: 2 steps an epoch
     storage = f"{s3}/two-nodes"
     out = tmp_path / "driver" / "voice"
@@ -116,25 +165,6 @@ def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tm
         eval_every_steps=SAVE_EVERY,
         warmup_steps=1,
     )
-    monkeypatch.setenv("RAY_ADDRESS", two_nodes["address"])
-    ray.init(address=two_nodes["address"])  # the job joins it (init_ray); here first, to wait for both nodes
-    deadline = time.monotonic() + 60
-    while len(alive_nodes()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert {r for n in alive_nodes() for r in n["Resources"] if r.startswith("higgs_node_")} == {
-        "higgs_node_1",
-        "higgs_node_2",
-    }
-    ray.shutdown()
-
-    # Once the caches are built, the driver's copy goes away: a worker that reads it fails the job.
-    build = worker_module.build_torch_trainer
-
-    def build_without_the_drivers_cache(*args, **kwargs):
-        shutil.move(cache, tmp_path / "driver" / "moved_away")
-        return build(*args, **kwargs)
-
-    monkeypatch.setattr(worker_module, "build_torch_trainer", build_without_the_drivers_cache)
 
     def start_node_again() -> None:
         subprocess.run([SCRIPT, "start", "--nodes", "2"], env=two_nodes["env"], capture_output=True, check=True)
@@ -143,27 +173,39 @@ def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tm
     killer = WorkerKiller(
         tracking_uri, storage, "voice", targets=lambda: raylet_pids(two_nodes["node2"]), then=start_node_again
     ).start()
+    # The driver runs in a process of its own, as `python ray_jobs/train.py` does, speaking the cluster's auth mode.
+    # Why: a test before this one started a local Ray instance in this process, and ray.init left RAY_* variables
+    # behind (RAY_AUTH_MODE=token among them) in os.environ and in Ray's own state; a job started from there had
+    # every Ray Data actor cancelled before it started, failing the cache build.
+    spawn = multiprocessing.get_context("spawn")
+    answers = spawn.Queue()
+    cluster_env = {k: two_nodes["env"][k] for k in ("RAY_AUTH_MODE",)} | {"RAY_ADDRESS": two_nodes["address"]}
+    driver = spawn.Process(
+        target=drive_the_job,
+        args=(config.to_dict(), str(cache), str(tmp_path / "driver" / "moved_away"), cluster_env, answers),
+    )
     try:
-        result = run_training_job(config)
-        nodes_after = alive_nodes()
+        driver.start()
+        driver.join(timeout=600)
+        outcome = answers.get(timeout=5) if driver.exitcode == 0 else {"error": f"driver exit code {driver.exitcode}"}
     finally:
-        ray.shutdown()
+        if driver.is_alive():
+            driver.kill()
         killer.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["nodes_before"] == ["higgs_node_1", "higgs_node_2"]
 
     # Node 2 was lost mid-run (after a registered checkpoint and a step past it) and came back as a new node.
     assert killer.killed, "node 2's raylet was never killed"
     assert SAVE_EVERY <= killer.registered_step_at_kill < max(killer.steps_logged_at_kill) < MAX_STEPS
-    assert {r for n in nodes_after for r in n["Resources"] if r.startswith("higgs_node_")} == {
-        "higgs_node_1",
-        "higgs_node_2",
-    }
+    assert outcome["nodes_after"] == ["higgs_node_1", "higgs_node_2"]
     # Every step exactly once, in the history and in MLflow; the restart restored a checkpoint.
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, MAX_STEPS + 1))
     assert logged_steps(tracking_uri, "voice") == list(range(1, MAX_STEPS + 1))
     from mlflow import MlflowClient
 
-    restored = MlflowClient(tracking_uri).get_metric_history(result.mlflow_run_id, "train/restored_from_step")
+    restored = MlflowClient(tracking_uri).get_metric_history(outcome["mlflow_run_id"], "train/restored_from_step")
     assert [int(m.step) for m in restored] == [killer.newest_verified_at_kill]
 
     # Outputs came through storage: the driver's folder has them all, rank 0 wrote only into its scratch folder.
