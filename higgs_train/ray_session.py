@@ -41,10 +41,10 @@ def _head_left_on_this_machine() -> str | None:
 
 
 # Actors of a Ray Data pool (the token cache's encoders, the data builder's file workers) that die before they
-# started are replaced this many times in a row before the stage fails. Ray Data's default, 0, failed a whole cache
-# build on a loaded two-node cluster when one encoder actor was cancelled before it ran; Ray Core restarts an actor
-# whose process crashes, never one whose creation failed. A constructor that always raises (a wrong model path)
-# still fails the stage, after this many replacements.
+# started are replaced this many times in a row before the stage fails: Ray Core restarts an actor whose process
+# crashes, never one whose creation failed, and Ray Data's default (0) fails a whole cache build on the first such
+# death (a constructor that failed once, e.g. on a model file still being written). A constructor that always raises
+# (a wrong model path) still fails the stage, after this many replacements.
 ACTOR_START_DEATHS_TOLERATED = 3
 
 

@@ -146,11 +146,9 @@ def test_oversized_actor_pool_fails_fast(ray_cluster):
 
 
 def test_a_pool_actor_that_dies_before_it_starts_is_replaced(ray_cluster, tmp_path):
-    """The two-node CI run once failed its cache build because one encoder actor died before it started (Ray:
-    "The actor never ran - it was cancelled before it started running"). Ray restarts an actor whose process
-    crashes, but an actor that dies in creation goes to Ray Data's init-death budget, 0 by default: the whole stage
-    failed. ``init_ray`` now has Ray Data replace such actors (``replace_actors_lost_at_start``). A constructor that
-    fails once takes the same path (Ray Core never restarts a failed creation), so it stands in for the lost start."""
+    """Ray Core restarts an actor whose process crashes, never one whose creation failed; such a death goes to
+    Ray Data's init-death budget, 0 by default: one failed constructor failed the whole cache build. ``init_ray`` has
+    Ray Data replace such actors (``replace_actors_lost_at_start``)."""
     import ray
 
     marker = tmp_path / "first_start"
