@@ -256,7 +256,7 @@ UNREADABLE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from higgs_train.data import manifest as m, validation as v
+    from higgs_train.data import manifest as m, row_checks as v
     from higgs_train.data.audio_io import AudioLimits
     from higgs_train.data.preprocess import SamplePreprocessor
     from higgs_train.data.cache_key import FingerprintMemo, audio_fingerprints
