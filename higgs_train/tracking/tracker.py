@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from higgs_train.source_tree import git_commit
+from higgs_train.tracking.chart_view import saved_view_tag
 from higgs_train.tracking.loss_curve import plot_loss_curve
 from higgs_train.tracking.probe import probe_http
 from higgs_train.tracking.run_owner import RUN_NAME_TAG, driver_is_gone, driver_tags
@@ -44,6 +45,12 @@ RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 # its model-training view from it (the mode is kept in the browser): higgs_train/mlflow_ui.py does that.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+
+
+def experiment_tags() -> dict[str, str]:
+    """The tags the project's experiments get: MLflow's experiment type and the "losses first" chart view."""
+    view_key, view_value = saved_view_tag()
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, view_key: view_value}
 
 
 class RunTracker:
@@ -415,9 +422,7 @@ class RunTracker:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return client.create_experiment(
-                    name, artifact_location=self.artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-                )
+                return client.create_experiment(name, artifact_location=self.artifact_location, tags=experiment_tags())
             except MlflowException:
                 exp = client.get_experiment_by_name(name)  # another process created it first
                 if exp is None:
@@ -425,8 +430,9 @@ class RunTracker:
         if exp.lifecycle_stage == "deleted":
             logger.warning("MLflow experiment %r was deleted; restoring it", name)
             client.restore_experiment(exp.experiment_id)
-        if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind chosen by the user in the UI is kept
-            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        for key, value in experiment_tags().items():
+            if key not in exp.tags:  # a kind chosen by the user in the UI, or the saved view they edited, is kept
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
     @staticmethod

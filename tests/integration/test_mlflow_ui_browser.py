@@ -1,6 +1,7 @@
 """The README's ``mlflow ui`` command, opened by a fresh headless Chromium (empty localStorage), over a store with two
 small runs logged in a training job's order: it lands on the project's experiment in MLflow's model-training mode,
-runs shown as charts, and the compare page's parallel-coordinates plot defaults to a loss (issue 19 item 2).
+runs shown as charts in the saved view that puts the loss curves first (a browser that left that view keeps its own
+layout), and the compare page's parallel-coordinates plot defaults to a loss (issue 19 item 2).
 
 Set ``HIGGS_MLFLOW_SCREENSHOTS=docs`` to rewrite ``docs/mlflow_ui_training_runs.png`` (otherwise the test's folder).
 """
@@ -54,27 +55,29 @@ def plugin_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+TRAIN_METRICS = (  # every train/* metric a training step logs, in its order (training/throughput.py)
+    "total_loss", "text_loss", "audio_loss", "text_loss_weighted", "audio_loss_weighted", "text_audio_ratio",
+    "learning_rate", "grad_norm", "tokens_per_second", "padding_efficiency", "data_wait_share", "text_tokens",
+    "audio_tokens",
+)  # fmt: skip
+
+
 def log_two_runs(tracking_uri: str) -> tuple[str, list[str]]:
-    """Two runs as a training job logs them: per-step ``train/*`` and ``val_loss`` first, ``data/*`` at the end."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
+    """Two runs logged through the product's tracker in a training job's order: per-step ``train/*``, ``val_loss``
+    and ``val/*`` first, the ``data/*`` counts at the end. The tracker creates the experiment (and its saved view)."""
     from higgs_train.mlflow_ui import EXPERIMENT
+    from higgs_train.tracking.tracker import RunTracker
 
-    client = MlflowClient(tracking_uri)
-    experiment_id = client.create_experiment(EXPERIMENT)
     run_ids = []
     for lora_r in (8, 16):
-        run_id = client.create_run(experiment_id, run_name=f"r{lora_r}").info.run_id
+        tracker = RunTracker(tracking_uri).start(EXPERIMENT, f"r{lora_r}", params={"lora_r": lora_r})
         for step in (1, 2, 3):
-            losses = {"train/total_loss": 3.0 / step, "train/text_loss": 1.0 / step, "train/audio_loss": 2.0 / step}
-            metrics = [Metric(key, value * 8 / lora_r, 0, step) for key, value in losses.items()]
-            client.log_batch(run_id, metrics=[*metrics, Metric("val_loss", 3.5 / step, 0, step)])
-        data = {"data/train_rows": 11, "data/quarantined_rows": 1, "data/encoder_calls": 12}
-        client.log_batch(run_id, [Metric(k, v, 0, 0) for k, v in data.items()], [Param("lora_r", str(lora_r))])
-        client.set_terminated(run_id)
-        run_ids.append(run_id)
-    return experiment_id, run_ids
+            metrics = {f"train/{name}": (3.0 + i) / step * 8 / lora_r for i, name in enumerate(TRAIN_METRICS)}
+            tracker.log_metrics({**metrics, "val_loss": 3.5 / step, "val/audio_accuracy_cb0": 0.1 * step}, step)
+        tracker.log_metrics({"data/train_rows": 11, "data/quarantined_rows": 1, "data/encoder_calls": 12}, 0)
+        tracker.end("FINISHED")
+        run_ids.append(tracker.run_id)
+    return tracker.experiment_id, run_ids
 
 
 def wait_for_port(server: subprocess.Popen, port: int) -> None:
@@ -92,6 +95,8 @@ def test_fresh_browser_opens_training_charts_and_compares_by_loss(tmp_path):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="playwright is in requirements/lock.txt")
     from playwright.sync_api import expect, sync_playwright
+
+    from higgs_train.mlflow_ui import own_layout_key
 
     started = time.perf_counter()
     project = tmp_path / "project"  # the folder a user runs the README's commands from ($PWD)
@@ -120,10 +125,29 @@ def test_fresh_browser_opens_training_charts_and_compares_by_loss(tmp_path):
             expect(page).to_have_url(re.compile(runs_charts), timeout=30_000)
             expect(page.get_by_role("link", name="r16")).to_be_visible(timeout=30_000)
             expect(page.get_by_role("link", name="Sessions")).to_have_count(0)  # nothing of the GenAI sidebar
-            # The loss curves are on the first screen (MLflow sorts chart sections by prefix: data/, train/, ...).
+            # The saved view puts the loss curves first (MLflow alone sorts sections and charts by name: data/ first,
+            # train/total_loss 13th of 13); every other metric follows, in sections after them.
+            expect(page).to_have_url(re.compile(r"viewStateShareKey=higgs-train-losses-first"))
+            charts = page.get_by_role("heading", name=re.compile(r"^(train|val|data)[/_]"))
+            expect(charts.first).to_be_visible(timeout=30_000)
+            titles = charts.all_inner_texts()  # the charts drawn so far: MLflow draws those near the viewport
+            assert titles[:3] == ["train/total_loss", "train/text_loss", "train/audio_loss"], titles
+            headers = [re.match(r"(.+)\n\((\d+)\)", text) for text in page.get_by_role("button").all_inner_texts()]
+            sections = [(m.group(1), int(m.group(2))) for m in headers if m]
+            assert sections == [("train", len(TRAIN_METRICS)), ("Model metrics", 1), ("val", 1), ("data", 3)], sections
             expect(page.get_by_role("heading", name="train/total_loss")).to_be_in_viewport()
             assert page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") == '"machine_learning"'
             page.screenshot(path=str(shots / "mlflow_ui_training_runs.png"))
+
+            # Leaving the saved view gives the browser a layout of its own: the start page keeps that one from then on.
+            page.get_by_role("button", name="Exit shared view").click()
+            own_layout = f"localStorage.getItem({json.dumps(own_layout_key(experiment_id))})"
+            page.wait_for_function(f"{own_layout} !== null", timeout=30_000)
+            page.goto("about:blank")
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page).to_have_url(re.compile(runs_charts), timeout=30_000)
+            expect(page.get_by_role("button", name="Exit shared view")).to_have_count(0)
+            assert "viewStateShareKey" not in page.url
 
             # A mode the user picked (MLflow's GenAI/Model training switch) is kept on the next visit.
             page.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from higgs_train.tracking.chart_view import VIEW_TAG
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,10 +192,13 @@ def assert_runs_side_by_side_in_one_store(checkout: Path, jobs: list[ReadmeComma
     names = [Path(c.flag("--output_dir", "outputs/default")).name for c in jobs]
     assert sorted(r.info.run_name for r in runs) == sorted(names)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's "Machine learning"
+    view = json.loads(json.loads(experiment.tags[VIEW_TAG])["state"])  # MLflow's saved view: losses first
+    first_charts = [chart["metricKey"] for chart in view["compareRunCharts"]]
     for run in runs:
         assert run.info.status == "FINISHED"
         # MLflow's compare page plots the first-logged metric by default: a loss, not data/train_rows.
         assert next(iter(run.data.metrics)).startswith("train/"), list(run.data.metrics)[:5]
+        assert set(first_charts) <= set(run.data.metrics), first_charts  # the view names what a job really logs
         history = json.loads((checkout / "outputs" / run.info.run_name / "history.json").read_text())
         logged = [int(m.step) for m in client.get_metric_history(run.info.run_id, "train/total_loss")]
         assert logged == [h["step"] for h in history], run.info.run_name

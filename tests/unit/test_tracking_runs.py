@@ -3,6 +3,7 @@ run left RUNNING by a killed driver (issue 10 item 10, issue 11 item 9). Real ML
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from higgs_train.tracking.chart_view import VIEW_NAME, VIEW_TAG, saved_view_tag, view_state
 from higgs_train.tracking.runs import find_runs
 from higgs_train.tracking.store import embedded_tracking_uri
 from higgs_train.tracking.tracker import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RunTracker
@@ -41,7 +43,27 @@ def test_experiment_opens_in_the_model_training_view(tmp_path: Path) -> None:
     for name in (EXPERIMENT, "older"):
         with RunTracker(uri).start(name, "job"):
             pass
-        assert client.get_experiment_by_name(name).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+        tags = client.get_experiment_by_name(name).tags
+        assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+        view = json.loads(tags[VIEW_TAG])  # the "losses first" chart view (issue 19), as MLflow's UI saves views
+        assert view["name"] == VIEW_NAME and json.loads(view["state"]) == view_state()
+
+    # A view the user edited in the UI (same key, new state) is theirs: the next job leaves it alone.
+    experiment_id = client.get_experiment_by_name("older").experiment_id
+    client.set_experiment_tag(experiment_id, VIEW_TAG, '{"name": "mine"}')
+    with RunTracker(uri).start("older", "job-2"):
+        pass
+    assert client.get_experiment(experiment_id).tags[VIEW_TAG] == '{"name": "mine"}'
+
+
+def test_the_saved_view_puts_the_loss_charts_first_and_keeps_the_rest() -> None:
+    state = view_state()
+    sections = {s["uuid"]: s["name"] for s in state["compareRunSections"]}
+    assert list(sections.values())[:2] == ["train", "Model metrics"] and state["isAccordionReordered"]
+    assert all(s["isReordered"] for s in state["compareRunSections"])  # MLflow appends other charts, after these
+    charts = [(sections[c["metricSectionId"]], c["metricKey"]) for c in state["compareRunCharts"]]
+    assert charts[:3] == [("train", "train/total_loss"), ("train", "train/text_loss"), ("train", "train/audio_loss")]
+    assert json.loads(saved_view_tag(5)[1])["createdAt"] == 5 and saved_view_tag()[1] != saved_view_tag(5)[1]
 
 
 def _run_killed_driver(uri: str, run_name: str) -> None:
@@ -112,3 +134,15 @@ def test_trial_runs_get_readable_names() -> None:
     config = TrainingConfig(lora_r=16, lora_alpha=32, learning_rate=2e-4, audio_loss_weight=1.5)
     params = {"lora_r": 16, "learning_rate": 2e-4, "audio_loss_weight": 1.5}
     assert readable_trial_name(config, params, "f3a1c_00002") == "r16-a32-lr2e-4-audio1.5-00002"
+
+
+def test_a_fresh_browser_is_sent_to_the_saved_view_and_one_with_its_own_layout_is_not() -> None:
+    """The boot script of ``mlflow ui --app-name higgs-train``, run in Node's place by reading its two routes."""
+    from higgs_train.mlflow_ui import ProjectExperiment, boot_script, own_layout_key
+
+    with_view = boot_script(ProjectExperiment("7", has_saved_view=True))
+    plain = "#/experiments/7/runs?compareRunsMode=CHART"
+    assert f'localStorage.getItem({json.dumps(own_layout_key("7"))})===null?"{plain}&viewStateShareKey=' in with_view
+    assert f':"{plain}")' in with_view  # a browser with its own layout of experiment 7 gets the plain route
+    assert "viewStateShareKey" not in boot_script(ProjectExperiment("7", has_saved_view=False))
+    assert '"#/experiments"' in boot_script(None)
