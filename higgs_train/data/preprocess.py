@@ -282,8 +282,14 @@ class SamplePreprocessor:
         """Encode the clips these rows need that no cache holds, together (``ClipEncoder.encode_many``).
 
         Only what succeeds is kept: a clip that cannot be read, decoded or encoded is left to its row's own pass,
-        which raises the error with the reason the row is quarantined for. Code-store locks are taken in sorted
-        order, so two actors sharing clips cannot deadlock, and each clip is still encoded by one actor only.
+        which raises the error with the reason the row is quarantined for.
+
+        Each clip is still encoded by one actor only, but no actor waits here: a clip whose code-store lock another
+        actor holds (it is encoding that clip, typically a reference shared by many rows) is skipped, and this
+        actor encodes its other clips meanwhile. The row pass then reads the skipped clip's codes from the store,
+        waiting for the lock only if the other actor is still at it. Waiting here for every lock of the batch left
+        2 actors on 2 cores a quarter idle (``benchmarks/preprocess_throughput.py``); never waiting also means
+        locks cannot deadlock.
         """
         wanted: dict[str, str] = {}  # sha -> url
         for row in rows:
@@ -299,8 +305,9 @@ class SamplePreprocessor:
             return
         with contextlib.ExitStack() as locks:
             if self.code_store is not None:
-                for sha in sorted(wanted):
-                    locks.enter_context(self.code_store.lock(sha))
+                for sha in list(wanted):
+                    if not locks.enter_context(self.code_store.lock(sha, wait=False)):
+                        del wanted[sha]  # another actor is encoding it now; this row pass reads its codes later
                 for sha in list(wanted):
                     stored = self.code_store.get(sha)
                     if stored is not None:

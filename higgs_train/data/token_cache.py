@@ -110,13 +110,23 @@ class AudioCodeStore:
         os.replace(tmp, path)
 
     @contextlib.contextmanager
-    def lock(self, sha256: str) -> Iterator[None]:
-        from filelock import FileLock
+    def lock(self, sha256: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the clip's lock across processes; yields True. With ``wait=False`` a lock another process holds
+        yields False at once instead of waiting (the caller leaves that clip to whoever is encoding it)."""
+        from filelock import FileLock, Timeout
 
         path = self._path(sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.with_suffix(".lock"))):
-            yield
+        lock = FileLock(str(path.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     def __len__(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.npz"))

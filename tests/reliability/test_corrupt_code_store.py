@@ -4,6 +4,10 @@ quarantined ("BadZipFile") on every run forever."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 from stand_ins import StandInCodec
 
 from higgs_train.chatml import cloning_sample
-from higgs_train.data.clip_encoder import EncodedAudio
+from higgs_train.data.clip_encoder import EncodedAudio, file_sha256
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.token_cache import AudioCodeStore
 from higgs_train.model_loading import load_text_tokenizer, resolve_paths
@@ -75,3 +79,61 @@ def test_a_row_whose_code_file_is_truncated_is_encoded_again_and_succeeds(tmp_pa
     assert second.records[0]["audio_codes"].tolist() == first.records[0]["audio_codes"].tolist()
     third = run()
     assert not third.failures and third.stats["encoder_calls"] == 0
+
+
+HOLD_LOCK = (
+    "import sys\n"
+    "from higgs_train.data.token_cache import AudioCodeStore\n"
+    "with AudioCodeStore(sys.argv[1]).lock(sys.argv[2]):\n"
+    "    print('held', flush=True)\n"
+    "    sys.stdin.read()\n"
+)
+
+
+def _hold_lock(store: AudioCodeStore, sha: str) -> subprocess.Popen:
+    """Another process (an actor encoding that clip) holding one clip's lock until its stdin closes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(store.root), sha], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert holder.stdout.readline() == b"held\n"
+    return holder
+
+
+def test_a_clip_another_actor_is_encoding_is_left_to_it_while_the_other_clips_are_encoded(tmp_path: Path) -> None:
+    """Two actors sharing a reference clip: the one that finds its lock taken encodes its other clips meanwhile
+    (before, it waited for every lock of its batch first: 2 actors on 2 cores were a quarter idle), then reads or
+    encodes the shared clip in its row pass. Each clip is still encoded once."""
+    import soundfile as sf
+
+    for name, hz in (("ref.wav", 220.0), ("a.wav", 330.0), ("b.wav", 440.0)):
+        sf.write(tmp_path / name, 0.3 * np.sin(2 * np.pi * hz * np.arange(24_000) / 24_000), 24_000)
+    rows = [
+        cloning_sample("r1", "spk", "a reference line", "ref.wav", "a first target", "a.wav"),
+        cloning_sample("r2", "spk", "a reference line", "ref.wav", "a second target", "b.wav"),
+    ]
+    tokenizer = load_text_tokenizer(resolve_paths("embedded", "embedded").tokenizer_path)
+    store = AudioCodeStore(tmp_path / "codes")
+    ref, a, b = (file_sha256(tmp_path / name) for name in ("ref.wav", "a.wav", "b.wav"))
+    with store.lock(ref, wait=False) as free:
+        assert free
+    holder = _hold_lock(store, ref)
+    with store.lock(ref, wait=False) as free:
+        assert not free  # held elsewhere: answered at once, not waited for
+
+    pre = SamplePreprocessor(tokenizer, StandInCodec(), tmp_path, code_store=store)
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(batch=pre.process_batch(rows)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while (store.get(a) is None or store.get(b) is None) and worker.is_alive() and time.monotonic() < deadline:
+            worker.join(timeout=0.05)
+        assert store.get(a) is not None and store.get(b) is not None  # encoded while the reference was locked
+        assert worker.is_alive() and store.get(ref) is None  # its row pass waits for the shared clip's owner
+    finally:
+        holder.stdin.close()  # the other actor stops without storing codes: this one encodes the clip itself
+        holder.wait(timeout=60)
+        worker.join(timeout=120)
+    batch = done["batch"]
+    assert not batch.failures and [r["id"] for r in batch.records] == ["r1", "r2"]
+    assert batch.stats["encoder_calls"] == 3 and store.get(ref) is not None
