@@ -1,5 +1,6 @@
-"""A damaged code-store file is encoded again on the next run (issue 20, item 6), instead of its rows being
-quarantined ("BadZipFile") on every run forever."""
+"""The audio code store under faults: a damaged file is encoded again on the next run (issue 20, item 6), instead of
+its rows being quarantined ("BadZipFile") on every run forever; a clip another actor holds locked is left to it while
+the other clips are encoded (issue 21, item 1)."""
 
 from __future__ import annotations
 

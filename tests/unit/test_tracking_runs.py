@@ -63,7 +63,7 @@ def test_the_saved_view_puts_the_loss_charts_first_and_keeps_the_rest() -> None:
     assert all(s["isReordered"] for s in state["compareRunSections"])  # MLflow appends other charts, after these
     charts = [(sections[c["metricSectionId"]], c["metricKey"]) for c in state["compareRunCharts"]]
     assert charts[:3] == [("train", "train/total_loss"), ("train", "train/text_loss"), ("train", "train/audio_loss")]
-    assert json.loads(saved_view_tag(5)[1])["createdAt"] == 5 and saved_view_tag()[1] != saved_view_tag(5)[1]
+    assert json.loads(saved_view_tag(5)[1])["createdAt"] == 5
 
 
 def _run_killed_driver(uri: str, run_name: str) -> None:
@@ -137,7 +137,8 @@ def test_trial_runs_get_readable_names() -> None:
 
 
 def test_a_fresh_browser_is_sent_to_the_saved_view_and_one_with_its_own_layout_is_not() -> None:
-    """The boot script of ``mlflow ui --app-name higgs-train``, run in Node's place by reading its two routes."""
+    """The boot script of ``mlflow ui --app-name higgs-train`` (the browser test runs it for real): the saved view's
+    route only while the browser keeps no layout of its own for the experiment."""
     from higgs_train.mlflow_ui import ProjectExperiment, boot_script, own_layout_key
 
     with_view = boot_script(ProjectExperiment("7", has_saved_view=True))
