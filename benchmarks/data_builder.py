@@ -21,7 +21,7 @@ from pathlib import Path
 def write_corpus(root: Path, minutes: float) -> float:
     import soundfile as sf
 
-    from higgs_train.embedded.sample_data import SENTENCES, SPEAKERS, synthesize
+    from higgs_train.embedded.voices import SENTENCES, SPEAKERS, synthesize
 
     seconds, index = 0.0, 0
     while seconds < minutes * 60:

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import yaml
 
+from higgs_train.embedded.layout import embedded_model_dir
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -262,11 +264,7 @@ def read_adapter_files(adapter_dir: str | Path) -> tuple[Any, dict[str, torch.Te
 
 # ----------------------------------------------------------------------------------------------- identity
 def _resolve_model_path(path: str) -> str:
-    from higgs_train.model_loading import EMBEDDED, resolve_paths
-
-    if path == EMBEDDED or path.startswith(f"{EMBEDDED}:"):
-        return resolve_paths(path, "").model_path
-    return path
+    return embedded_model_dir(path) or path
 
 
 def _same_location(a: str, b: str) -> bool:

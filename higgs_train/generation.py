@@ -276,8 +276,9 @@ def prompts_for_manifest(
 
     When the row's target audio exists and ``with_targets``, its codes become ``target_codes`` (for agreement).
     """
-    from higgs_train.data.audio_io import AudioError, load_audio
+    from higgs_train.data.audio_io import load_audio
     from higgs_train.data.manifest import load_manifest
+    from higgs_train.data.reasons import AudioError
 
     manifest = Path(manifest)
     base = Path(audio_base_path).resolve() if audio_base_path else manifest.resolve().parent

@@ -3,17 +3,20 @@
 Why a module of its own: a fine-tune is only useful if inference conditions the model the way training did, and
 that is a property of the prompt alone, checkable without a model (tests/unit/test_export_generate.py compares a
 built prompt with a training record token for token). The prompt is built from the training layout
-(``data.chatml``), tokenized by upstream's ``prepare_chatml_sample`` (as ``SamplePreprocessor`` does), and its
+(``chatml``), tokenized by upstream's ``prepare_chatml_sample`` (as ``SamplePreprocessor`` does), and its
 reference audio is loaded by ``audio_io.load_audio`` and encoded by the same audio tokenizer call. It differs from
 the training sample in one place, as upstream's ``HiggsAudioServeEngine`` does it: it stops after the target turn's
 ``<|start_header_id|>assistant<|end_header_id|>\\n\\n<|audio_out_bos|>`` (the ``<|audio_out_bos|>`` forces audio
 rather than text), i.e. it is the training sample's ``input_ids`` cut right before ``<|AUDIO_OUT|>``.
-Decoding the prompt (``generation``) needs the model; building it needs only the tokenizers.
+Decoding the prompt (``generation``) needs the model; building it needs only the tokenizers. How many steps to
+decode for a prompt (``auto_max_new_tokens``) and its target text read back from a decoded prompt
+(``last_user_text``) are here too: evaluation, validation samples and the Studio all size and label a prompt alike.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -124,3 +127,24 @@ def prompt_from_record(record: dict[str, Any], audio_out_bos_id: int) -> Generat
         ),
         target,
     )
+
+
+FRAMES_PER_SECOND = 25  # Higgs audio tokenizer frame rate; one generation step per frame
+AUTO_LENGTH_FACTOR = 2.0  # auto cap: twice the expected length (longer is flagged too_long anyway)
+AUTO_LENGTH_MARGIN = 32  # + delay-pattern tail and the closing text tokens
+
+
+def auto_max_new_tokens(expected_seconds: float | None, cap: int) -> int:
+    """Generation steps for a clip expected to last ``expected_seconds`` (``cap`` when unknown or smaller)."""
+    if not expected_seconds:
+        return cap
+    return min(cap, int(expected_seconds * FRAMES_PER_SECOND * AUTO_LENGTH_FACTOR) + AUTO_LENGTH_MARGIN)
+
+
+_USER_TURN = re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S)
+
+
+def last_user_text(decoded_prompt: str) -> str:
+    """The last user turn's text in a decoded ChatML prompt (the target text of a training record)."""
+    turns = _USER_TURN.findall(decoded_prompt)
+    return turns[-1].strip() if turns else ""

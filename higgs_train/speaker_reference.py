@@ -22,7 +22,6 @@ from pathlib import Path
 from higgs_train.builder.pairing import PREFERRED_REFERENCE_SECONDS
 from higgs_train.chatml import clips_with_transcripts
 from higgs_train.data.audio_io import (
-    AudioError,
     AudioLimits,
     audio_header_seconds,
     display_name,
@@ -31,6 +30,7 @@ from higgs_train.data.audio_io import (
     to_mono,
 )
 from higgs_train.data.manifest import load_manifest
+from higgs_train.data.reasons import AudioError
 from higgs_train.data.row_checks import structural_reason, text_reason
 
 MANIFEST_NAMES = ("train.jsonl", "val.jsonl", "train.json", "val.json")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from higgs_train.embedded.sample_data import SENTENCES, SPEAKERS, synthesize
+from higgs_train.embedded.voices import SENTENCES, SPEAKERS, synthesize
 
 RATE = 24000
 # spk_low and spk_mid are the voices silero-vad detects reliably (the two higher synthetic voices are too buzzy).

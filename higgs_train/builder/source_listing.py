@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from higgs_train.data.row_checks import text_part_reason
+from higgs_train.data.text_checks import text_part_reason
 
 # Speech rarely exceeds ~20 characters a second; a transcript far beyond that does not belong to its clip (a pasted
 # chapter, a wrong file), and the trainer would quarantine the row as too long after it had become a reference.

@@ -17,7 +17,8 @@ import torch
 
 from higgs_train.adapter import AdapterError
 from higgs_train.commands.shared_flags import add_sampling_flags, sampling_from_flags
-from higgs_train.data.audio_io import AudioError, decode_audio
+from higgs_train.data.audio_io import decode_audio
+from higgs_train.data.reasons import AudioError
 from higgs_train.evaluation.runner import one_line
 from higgs_train.evaluation.suite import check_audio
 from higgs_train.flag_parser import FlagParser

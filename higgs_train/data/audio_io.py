@@ -19,25 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_train.data.reasons import Reason
-
-
-class AudioError(ValueError):
-    """A problem with one audio reference; ``str(err)`` is the reason recorded for the row."""
-
-
-class AudioUnavailable(AudioError):
-    """The file could not be reached *now* (absent, not a file, outside the root, unreadable): file-system state.
-
-    Unlike a bad waveform, this can change without the manifest changing (a restored file, a remounted volume), so
-    the token cache must key such a failure by the state it saw (``token_cache``), never keep it as a fact about the
-    row. ``state`` is the inner reason (the same text the cache key's fingerprint records); ``url`` the reference.
-    """
-
-    def __init__(self, message: str, url: str | None = None, state: str | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.state = state if state is not None else message
+from higgs_train.data.reasons import AudioError, AudioUnavailable, Reason
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from higgs_train.data.audio_io import AudioError, display_name, resolve_audio_path, unreadable_reason
+from higgs_train.data.audio_io import display_name, resolve_audio_path, unreadable_reason
 from higgs_train.data.clip_encoder import file_sha256
-from higgs_train.data.preprocess import PREPROCESS_VERSION, PreprocessSettings
+from higgs_train.data.preprocess_settings import PREPROCESS_VERSION, PreprocessSettings
+from higgs_train.data.reasons import AudioError
 from higgs_train.data.sample_tokens import audio_contents_in_order
 
 CACHE_FORMAT = "2"  # 2: sorted part files in small row groups + rows.parquet (streamable); hashed into every key

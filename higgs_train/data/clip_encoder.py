@@ -3,7 +3,8 @@
 Why apart from ``preprocess``: running upstream's audio tokenizer is the one expensive, model-bound step of
 preprocessing, and its rules (solo codes bit for bit, which clips may share an encoder call, what is counted) are
 independent of how a row becomes a record. ``SamplePreprocessor`` calls ``ClipEncoder`` per row and per batch; the
-token cache stores ``EncodedAudio`` under ``file_sha256`` (``token_cache.AudioCodeStore`` implements ``CodeStore``).
+codes are kept per clip content (``file_sha256``) in ``AudioCodeStore``, which the token cache opens per audio tokenizer
+and which the encoder actors open directly (``CodeStore`` is what the preprocessor needs of it).
 Encoder calls are counted per encoder (``ClipEncoder.stats``) and process-wide (``process_encoder_stats``).
 """
 
@@ -11,17 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import os
+import tempfile
 import time
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from higgs_train.data.audio_io import AudioError, AudioLimits, load_audio, resolve_audio_path
-from higgs_train.data.reasons import Reason
+from higgs_train.data.audio_io import AudioLimits, load_audio, resolve_audio_path
+from higgs_train.data.reasons import AudioError, Reason
 from higgs_train.data.sample_tokens import PreprocessError, row_audio_urls
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ def process_encoder_stats() -> EncoderStats:
 
 
 class CodeStore(Protocol):
-    """What the preprocessor needs from a persistent code store (``token_cache.AudioCodeStore`` implements it)."""
+    """What the preprocessor needs from a persistent code store (``AudioCodeStore`` below implements it)."""
 
     def get(self, sha256: str) -> EncodedAudio | None: ...
 
@@ -204,3 +211,72 @@ class ClipEncoder:
         if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.int16).max):
             raise PreprocessError("encode", Reason.ENCODE_OUT_OF_RANGE.format(url=url))
         return EncodedAudio(codes.astype(np.int16), float(seconds))
+
+
+class AudioCodeStore:
+    """Codes of every clip ever encoded with one (audio tokenizer, limits), by content sha256; safe across processes.
+
+    ``lock(sha)`` is an inter-process file lock, so two actors meeting the same clip encode it once: the second waits
+    and then reads. Each entry is written to a temp file and renamed, so a reader never sees half an entry; one
+    damaged afterwards (a truncated copy, a full disk, a bad restore) is removed by ``get``, which reports it as
+    absent, so the clip is encoded again instead of its rows being quarantined on every run.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sha: str) -> Path:
+        return self.root / sha[:2] / f"{sha}.npz"
+
+    def get(self, sha256: str) -> EncodedAudio | None:
+        """The stored codes of a clip, or None when there are none or the entry does not load (then it is removed
+        with a one-line warning: the caller encodes the clip again and ``put`` stores good codes)."""
+        path = self._path(sha256)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                codes, seconds = data["codes"], float(data["seconds"])
+            if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+                raise ValueError(f"codes of shape {codes.shape} and type {codes.dtype}")
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as err:
+            logger.warning(
+                "audio code store: %s is corrupt (%s: %s); removed, the clip is encoded again",
+                path,
+                type(err).__name__,
+                err,
+            )
+            path.unlink(missing_ok=True)
+            return None
+        return EncodedAudio(codes.astype(np.int16), seconds)
+
+    def put(self, sha256: str, encoded: EncodedAudio) -> None:
+        path = self._path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, codes=encoded.codes, seconds=np.float64(encoded.seconds))
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def lock(self, sha256: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the clip's lock across processes; yields True. With ``wait=False`` a lock another process holds
+        yields False at once instead of waiting (the caller leaves that clip to whoever is encoding it)."""
+        from filelock import FileLock, Timeout
+
+        path = self._path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.glob("*/*.npz"))

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.preprocess import BatchResult
+from higgs_train.data.clip_encoder import AudioCodeStore, decode_clips
+from higgs_train.data.preprocess import BatchResult, SamplePreprocessor
 from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
 from higgs_train.data.stage_sizing import CPU_ENCODE_BATCH
 
@@ -85,9 +86,6 @@ def decode_batch(
     and encoder actors (possibly on GPUs) never wait on file I/O. A clip appears once per batch, on the first row
     needing it; clips the code store holds are not decoded at all.
     """
-    from higgs_train.data.clip_encoder import decode_clips
-    from higgs_train.data.token_cache import AudioCodeStore
-
     start = time.process_time()
     store = AudioCodeStore(code_store_dir) if code_store_dir else None
     seen: set[str] = set()
@@ -130,8 +128,6 @@ class PreprocessActor:
     ) -> None:
         import torch
 
-        from higgs_train.data.preprocess import SamplePreprocessor
-        from higgs_train.data.token_cache import AudioCodeStore
         from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer
 
         torch.set_num_threads(torch_threads)

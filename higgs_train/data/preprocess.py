@@ -22,7 +22,7 @@ be written to Parquet, streamed by Ray Data and rebuilt with ``record_to_sample`
 * ``audio_seconds``: seconds of all audio in the row.
 
 Each distinct audio file is encoded at most once per process (an LRU keyed by content hash) and, when a code
-store is given (``token_cache.AudioCodeStore``), at most once across processes, epochs and reruns. Encoder calls are
+store is given (``clip_encoder.AudioCodeStore``), at most once across processes, epochs and reruns. Encoder calls are
 counted process-wide (``clip_encoder.process_encoder_stats``) and per batch (``BatchResult.stats``), which the
 pipeline aggregates into the cache's ``stats.json``. What a row's tokens are (and how long the model sees it) is
 ``sample_tokens``, shared with the validator and the length limit; running the audio tokenizer is ``clip_encoder``.
@@ -36,16 +36,14 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from higgs_train.data.audio_io import (
-    AudioError,
     AudioLimits,
-    AudioUnavailable,
     audio_header_seconds,
     display_name,
     load_audio,
@@ -53,13 +51,13 @@ from higgs_train.data.audio_io import (
     unreadable_reason,
 )
 from higgs_train.data.clip_encoder import ClipEncoder, CodeStore, EncodedAudio, EncoderStats, file_sha256
-from higgs_train.data.reasons import Reason
+from higgs_train.data.preprocess_settings import PreprocessSettings
+from higgs_train.data.reasons import AudioError, AudioUnavailable, Reason
 from higgs_train.data.row_checks import structural_reason, text_reason
 from higgs_train.data.row_length import RowLengthLimit
 from higgs_train.data.sample_tokens import (
     AUDIO_IN_TOKEN,
     AUDIO_OUT_TOKEN,
-    WHISPER_SAMPLE_RATE,
     PreprocessError,
     audio_contents_in_order,
     audio_url_of,
@@ -72,8 +70,6 @@ from higgs_train.data.sample_tokens import (
 
 logger = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = "2"  # bump whenever a record's content for the same inputs would change
-
 
 @dataclass(frozen=True)
 class RowFailure:
@@ -83,7 +79,7 @@ class RowFailure:
     row_index: int
     stage: str
     reason: str
-    # (audio_url, state) of files that were unavailable (file-system state, see audio_io.AudioUnavailable): the
+    # (audio_url, state) of files that were unavailable (file-system state, see reasons.AudioUnavailable): the
     # token cache keys the entry by this state so a restored file is preprocessed again on the next run.
     unavailable: tuple[tuple[str, str], ...] = ()
 
@@ -95,20 +91,6 @@ class BatchResult:
     records: list[dict[str, Any]]
     failures: list[RowFailure]
     stats: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """Everything besides the inputs and the tokenizers that decides a record's content (part of the cache key)."""
-
-    limits: AudioLimits = field(default_factory=AudioLimits)
-    whisper: bool = False
-    encode_audio_in_tokens: bool = True
-    whisper_sample_rate: int = WHISPER_SAMPLE_RATE
-    max_tokens_per_row: int = 0  # 0: no limit (the job passes the model's positions by default)
-
-    def identity(self) -> dict[str, Any]:
-        return {"version": PREPROCESS_VERSION, **asdict(self)}
 
 
 def _optional_int(value: Any) -> int | None:

@@ -70,7 +70,7 @@ from higgs_train.data.pipeline_stages import (
     good_rows,
 )
 from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
-from higgs_train.data.preprocess import PreprocessSettings
+from higgs_train.data.preprocess_settings import PreprocessSettings
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.row_reuse import find_reusable, index_new_records, row_context_digest, row_keys, write_entry
 from higgs_train.data.shard_stream import ROWS_PER_FILE

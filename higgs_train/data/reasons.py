@@ -7,6 +7,9 @@ whose name is a stable code and whose value is the message template. ``Reason.X.
 
 Stages (where a row was rejected) are separate from reasons: ``validation`` / ``parse`` / ``audio`` / ``length`` and
 so on say *where*, the reason says *why*, and the same row gets the same reason wherever it is checked.
+
+The audio errors live here too, beside the texts they carry: token counting, row checks and audio I/O all raise or
+catch them, and keeping them at the bottom of the data path keeps those modules from importing each other for them.
 """
 
 from __future__ import annotations
@@ -73,3 +76,21 @@ class Reason(StrEnum):
     ENCODE_FAILED = "audio tokenizer failed on {url}: {error}"
     ENCODE_BAD_SHAPE = "audio tokenizer returned codes of shape {shape} for {url}"
     ENCODE_OUT_OF_RANGE = "audio codes outside the int16 range for {url}"
+
+
+class AudioError(ValueError):
+    """A problem with one audio reference; ``str(err)`` is the reason recorded for the row."""
+
+
+class AudioUnavailable(AudioError):
+    """The file could not be reached *now* (absent, not a file, outside the root, unreadable): file-system state.
+
+    Unlike a bad waveform, this can change without the manifest changing (a restored file, a remounted volume), so
+    the token cache must key such a failure by the state it saw (``token_cache``), never keep it as a fact about the
+    row. ``state`` is the inner reason (the same text the cache key's fingerprint records); ``url`` the reference.
+    """
+
+    def __init__(self, message: str, url: str | None = None, state: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.state = state if state is not None else message

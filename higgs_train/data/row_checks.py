@@ -22,36 +22,28 @@ preprocessing, and the *first* failure of each row becomes its reason. Check ord
 8. audio files: confined to the audio root, readable, decodable, not truncated, duration within limits (read from
    the header, before decoding), finite, of sane amplitude, not silent. Any sample rate and channel count is
    accepted (preprocessing resamples and downmixes). Each distinct file is decoded once per run;
-9. length (when a ``RowLengthLimit`` is given): the merged text + audio length, estimated from the header
-   durations exactly as preprocessing estimates it, within ``max_tokens_per_row``.
+9. length (when a ``RowLengthLimit`` is given; ``row_report.length_reason``): the merged text + audio length,
+   estimated from the header durations exactly as preprocessing estimates it, within ``max_tokens_per_row``.
 
 Every reason comes from ``reasons.Reason``; preprocessing runs these same functions in the same order, so a job
-quarantines each row with the reason ``--validate_data_only`` gives it.
+quarantines each row with the reason ``--validate_data_only`` gives it. The text checks that need no tokenizer live
+in ``text_checks`` (the data builder runs them on transcripts); the validate-only pass over a whole manifest, its
+report and its summary in ``row_report``.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
-from tqdm import tqdm
-
-from higgs_train.data.audio_io import AudioError, AudioLimits, display_name, read_checked, resolve_audio_path
+from higgs_train.data.audio_io import AudioLimits, display_name, read_checked, resolve_audio_path
 from higgs_train.data.manifest import (
     PARSE_ERROR_KEY,
-    SAMPLE_KEYS,
     SPEAKER_TYPE,
     START_INDEX_TYPE,
-    stable_id,
 )
-from higgs_train.data.quarantine import Quarantine
-from higgs_train.data.reasons import Reason
-from higgs_train.data.row_length import RowLengthLimit
-from higgs_train.data.sample_tokens import chatml_token_count
+from higgs_train.data.reasons import AudioError, Reason
+from higgs_train.data.text_checks import indexed_text_part_reason
 
 # Reason templates, from the one catalogue (reasons.py) that preprocessing uses too; ``{i}`` is the message index.
 MESSAGES_NOT_LIST = Reason.MESSAGES_NOT_LIST
@@ -73,44 +65,10 @@ AUDIO_PROBLEM = Reason.AUDIO_PROBLEM  # error = str(AudioError) from higgs_train
 
 ROLES = ("system", "user", "assistant")
 AUDIO_PART_KEYS = frozenset({"type", "audio_url", "raw_audio", "offset", "duration", "row_id"})
-# Tokens upstream's chat template and collator give meaning to; scene-description tokens stay allowed in text.
-CONTROL_TOKENS = (
-    "<|AUDIO|>",
-    "<|AUDIO_OUT|>",
-    "<|audio_bos|>",
-    "<|audio_eos|>",
-    "<|audio_out_bos|>",
-    "<|begin_of_text|>",
-    "<|end_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|recipient|>",
-)
-# Text may carry tabs and line breaks; every other control character (C0, DEL, C1) is a paste or encoding accident
-# that the tokenizer maps to odd byte tokens the model was never trained to read aloud.
-ALLOWED_CONTROL_CHARACTERS = frozenset("\t\n\r")
-REPORT_FILE = "validation_report.json"
-VAL_REPORT_FILE = "val_validation_report.json"
-QUARANTINE_FILE = "quarantine.parquet"
 
 
 class TextEncoder(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
-
-
-@dataclass
-class ValidationReport:
-    """Outcome of one manifest: ``invalid`` holds ``{"index", "id", "reason"}``; ``valid_rows`` the accepted rows."""
-
-    total: int
-    valid: int
-    invalid: list[dict[str, Any]] = field(default_factory=list)
-    valid_rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"total": self.total, "valid": self.valid, "invalid": self.invalid}
 
 
 # ------------------------------------------------------------------------------------------- structure checks
@@ -201,40 +159,13 @@ def structural_reason(row: dict[str, Any]) -> tuple[str | None, list[tuple[str, 
     return None, turns
 
 
-def _control_character(text: str) -> tuple[int, str] | None:
-    for pos, char in enumerate(text):
-        if unicodedata.category(char) == "Cc" and char not in ALLOWED_CONTROL_CHARACTERS:
-            return pos, char
-    return None
-
-
-def _text_part_reason(text: str, i: int) -> str | None:
-    if not text.strip():
-        return EMPTY_TEXT.format(i=i)
-    token = next((t for t in CONTROL_TOKENS if t in text), None)
-    if token is not None:
-        return SPECIAL_TOKEN_TEXT.format(i=i, token=token)
-    control = _control_character(text)
-    if control is not None:
-        return CONTROL_CHARACTER_TEXT.format(i=i, char=f"U+{ord(control[1]):04X}", pos=control[0])
-    return None
-
-
-def text_part_reason(text: str) -> str | None:
-    """The checks of ``text_reason`` that need no tokenizer (empty, a control token, a control character) for one
-    text on its own, worded as ``text_reason`` words them without the ``messages[i]: `` prefix. The data builder
-    checks transcripts with it, so a transcript the trainer would quarantine never becomes a clip or a reference."""
-    reason = _text_part_reason(text, 0)
-    return None if reason is None else reason.removeprefix("messages[0]: ")
-
-
 def text_reason(turns: list[tuple[str, list[Part]]], tokenizer: TextEncoder) -> str | None:
     """First empty, control-token- or control-character-carrying, or unencodable text part."""
     for i, (_, parts) in enumerate(turns):
         for kind, text in parts:
             if kind != "text":
                 continue
-            reason = _text_part_reason(text, i)
+            reason = indexed_text_part_reason(text, i)
             if reason is not None:
                 return reason
             if len(tokenizer.encode(text, add_special_tokens=False)) == 0:
@@ -289,91 +220,3 @@ def audio_reason(turns: list[tuple[str, list[Part]]], checker: AudioChecker) -> 
                 if error is not None:
                     return AUDIO_PROBLEM.format(i=i, error=error)
     return None
-
-
-def length_reason(
-    row: dict[str, Any],
-    turns: list[tuple[str, list[Part]]],
-    tokenizer: Any,
-    checker: AudioChecker,
-    limit: RowLengthLimit,
-) -> str | None:
-    """``ROW_TOO_LONG`` when the row's estimated merged length exceeds the limit (or why it cannot be tokenized)."""
-    tokens, error = chatml_token_count(row, tokenizer)
-    if error is not None:
-        return error
-    audio = [
-        (role == "assistant", checker.seconds(url)) for role, parts in turns for kind, url in parts if kind == "audio"
-    ]
-    return limit.reason(limit.estimate(tokens, [s for _, s in audio], [out for out, _ in audio]))
-
-
-# ----------------------------------------------------------------------------------------------------- driver
-
-
-def row_id(row: dict[str, Any]) -> str:
-    """The row's id, or the same stable id the manifest reader would give it."""
-    given = row.get("id")
-    if isinstance(given, str) and given:
-        return given
-    return stable_id({k: row.get(k) for k in SAMPLE_KEYS})
-
-
-def validate_rows(
-    rows: list[dict[str, Any]],
-    tokenizer: TextEncoder,
-    audio_base_path: str | Path,
-    limits: AudioLimits | None = None,
-    *,
-    stage: str = "validation",
-    quarantine: Quarantine | None = None,
-    checker: AudioChecker | None = None,
-    progress: bool = True,
-    length_limit: RowLengthLimit | None = None,
-) -> ValidationReport:
-    """Validate every row; rejected rows get one reason each and, if given, a ``quarantine`` record.
-
-    ``index`` is the row's ``row_index`` (its position in the source manifest) when present, else its position
-    in ``rows``. Pass a shared ``checker`` to decode files referenced by several manifests only once. With a
-    ``length_limit``, rows whose estimated merged length exceeds it are rejected too (the last check, as in
-    preprocessing).
-    """
-    checker = checker or AudioChecker(audio_base_path, limits or AudioLimits())
-    report = ValidationReport(total=len(rows), valid=0)
-    for position, row in enumerate(tqdm(rows, desc=f"validating ({stage})", unit="row", disable=not progress)):
-        if not isinstance(row, dict):
-            row = {PARSE_ERROR_KEY: "row is not a JSON object"}
-        reason, turns = structural_reason(row)
-        if reason is None:
-            reason = text_reason(turns, tokenizer) or audio_reason(turns, checker)
-        if reason is None and length_limit is not None and length_limit.max_tokens:
-            reason = length_reason(row, turns, tokenizer, checker, length_limit)
-        if reason is None:
-            report.valid += 1
-            report.valid_rows.append(row)
-            continue
-        index = int(row.get("row_index", position))
-        sample_id = row_id(row)
-        report.invalid.append({"index": index, "id": sample_id, "reason": reason})
-        if quarantine is not None:
-            quarantine.add(sample_id, index, stage, reason)
-    return report
-
-
-def write_report(report: ValidationReport, output_dir: str | Path, filename: str = REPORT_FILE) -> Path:
-    """Write ``{"total", "valid", "invalid": [{"index", "id", "reason"}]}`` as ``output_dir/filename``."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / filename
-    path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
-    return path
-
-
-def print_summary(report: ValidationReport, name: str, file: TextIO | None = None, max_listed: int = 20) -> None:
-    """One line of totals, then up to ``max_listed`` rejected rows with their reasons."""
-    out = file or sys.stdout
-    print(f"{name}: {report.valid}/{report.total} rows valid, {len(report.invalid)} invalid", file=out)
-    for item in report.invalid[:max_listed]:
-        print(f"  row {item['index']} ({item['id']}): {item['reason']}", file=out)
-    if len(report.invalid) > max_listed:
-        print(f"  ... {len(report.invalid) - max_listed} more in the report file", file=out)

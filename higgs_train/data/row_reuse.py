@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
-from higgs_train.data.preprocess import PreprocessSettings
+from higgs_train.data.preprocess_settings import PreprocessSettings
 from higgs_train.data.record_codec import RECORD_SCHEMA
 from higgs_train.data.shard_stream import (
     DATA_DIR,

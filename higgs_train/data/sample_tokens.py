@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from higgs_train.data.audio_io import AudioError
-from higgs_train.data.reasons import Reason
+from higgs_train.data.reasons import AudioError, Reason
 
 WHISPER_SAMPLE_RATE = 16_000  # Whisper's feature extractor rate; upstream resamples to it anyway
 WHISPER_EMBEDS_PER_SECOND = 25  # 3000 mel frames / 30 s, pooled by 4 in the audio tower (upstream constant)

@@ -28,17 +28,13 @@ key) still re-encodes nothing already encoded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid
-import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +43,9 @@ import numpy as np
 import pyarrow as pa
 
 from higgs_train.data.cache_key import CACHE_FORMAT, FingerprintMemo, code_store_key
-from higgs_train.data.clip_encoder import EncodedAudio
+from higgs_train.data.clip_encoder import AudioCodeStore
 from higgs_train.data.plain_parquet import read_plain_parquet
-from higgs_train.data.preprocess import PreprocessSettings
+from higgs_train.data.preprocess_settings import PreprocessSettings
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
 from higgs_train.processes import process_alive
 from higgs_train.storage import is_uri
@@ -60,76 +56,6 @@ SUCCESS_FILE = "_SUCCESS"
 STATS_FILE = "stats.json"
 QUARANTINE_FILE = "quarantine.parquet"
 DATA_DIR = "data"
-
-
-# --- code store -----------------------------------------------------------------------------------------------------
-class AudioCodeStore:
-    """Codes of every clip ever encoded with one (audio tokenizer, limits), by content sha256; safe across processes.
-
-    ``lock(sha)`` is an inter-process file lock, so two actors meeting the same clip encode it once: the second waits
-    and then reads. Each entry is written to a temp file and renamed, so a reader never sees half an entry; one
-    damaged afterwards (a truncated copy, a full disk, a bad restore) is removed by ``get``, which reports it as
-    absent, so the clip is encoded again instead of its rows being quarantined on every run.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, sha: str) -> Path:
-        return self.root / sha[:2] / f"{sha}.npz"
-
-    def get(self, sha256: str) -> EncodedAudio | None:
-        """The stored codes of a clip, or None when there are none or the entry does not load (then it is removed
-        with a one-line warning: the caller encodes the clip again and ``put`` stores good codes)."""
-        path = self._path(sha256)
-        if not path.exists():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                codes, seconds = data["codes"], float(data["seconds"])
-            if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-                raise ValueError(f"codes of shape {codes.shape} and type {codes.dtype}")
-        except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as err:
-            logger.warning(
-                "audio code store: %s is corrupt (%s: %s); removed, the clip is encoded again",
-                path,
-                type(err).__name__,
-                err,
-            )
-            path.unlink(missing_ok=True)
-            return None
-        return EncodedAudio(codes.astype(np.int16), seconds)
-
-    def put(self, sha256: str, encoded: EncodedAudio) -> None:
-        path = self._path(sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, codes=encoded.codes, seconds=np.float64(encoded.seconds))
-        os.replace(tmp, path)
-
-    @contextlib.contextmanager
-    def lock(self, sha256: str, wait: bool = True) -> Iterator[bool]:
-        """Hold the clip's lock across processes; yields True. With ``wait=False`` a lock another process holds
-        yields False at once instead of waiting (the caller leaves that clip to whoever is encoding it)."""
-        from filelock import FileLock, Timeout
-
-        path = self._path(sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(path.with_suffix(".lock")))
-        try:
-            lock.acquire(timeout=-1 if wait else 0)
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.root.glob("*/*.npz"))
 
 
 # --- cache entries --------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def stream_cache_location(config: TrainingConfig, storage: str) -> str:
 
 def run_params(config: TrainingConfig) -> dict[str, Any]:
     """The MLflow parameters of a run: the config, plus the learning rate ``--learning_rate 0`` resolves to."""
-    from higgs_train.model_loading import effective_learning_rate
+    from higgs_train.training.schedule import effective_learning_rate
 
     return {**config.to_dict(), "learning_rate_resolved": effective_learning_rate(config)}
 

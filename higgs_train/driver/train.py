@@ -140,6 +140,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     from higgs_train.driver.prepare import prepare_token_caches
     from higgs_train.driver.tracker_relay import start_tracker_relay
     from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
+    from higgs_train.evaluation.in_training import validation_hooks
     from higgs_train.paths import resolve_user_paths
     from higgs_train.ray_session import init_ray
     from higgs_train.tracking.store import resolve_tracking_uri, tracking_error_in
@@ -181,6 +182,7 @@ def run_training_job(config: TrainingConfig) -> JobResult:
                 checkpoint_storage=storage,
                 node_local_outputs=True,
                 tracker_relay=start_tracker_relay(tracking_uri, tracker.run_id),  # rank 0 logs via this node
+                validation_hooks=validation_hooks,
             )
             try:
                 result = build_torch_trainer(spec, run_name, storage).fit()

@@ -12,16 +12,16 @@ from higgs_train.config import TrainingConfig
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.manifest import load_manifest
 from higgs_train.data.quarantine import Quarantine
-from higgs_train.data.row_checks import (
+from higgs_train.data.row_checks import AudioChecker
+from higgs_train.data.row_length import RowLengthLimit
+from higgs_train.data.row_report import (
     QUARANTINE_FILE,
     REPORT_FILE,
     VAL_REPORT_FILE,
-    AudioChecker,
     print_summary,
     validate_rows,
     write_report,
 )
-from higgs_train.data.row_length import RowLengthLimit
 
 
 def validate_job(config: TrainingConfig) -> int:

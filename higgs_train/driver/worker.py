@@ -35,7 +35,6 @@ from higgs_train.config import TrainingConfig
 from higgs_train.console import train_logging_config
 from higgs_train.data.shard_stream import open_shard_stream, read_entry
 from higgs_train.driver.tracker_relay import RelayedTracker
-from higgs_train.evaluation.in_training import GenerationTools, TrainingSamples, TrainingVoiceEval
 from higgs_train.storage import filesystem_and_path
 from higgs_train.tracking.tracker import RunTracker
 from higgs_train.training.checkpoint import CheckpointError
@@ -119,6 +118,10 @@ class WorkerSpec:
     # A ``TrackerRelay`` actor on the driver's node (``driver.tracker_relay``; the training driver's, or a sweep's):
     # rank 0 logs into ``mlflow_run_id`` through it. None: rank 0 attaches to ``mlflow_tracking_uri`` itself.
     tracker_relay: Any = None
+    # What rank 0 runs at each validation besides the loss, built from the run's config on the worker
+    # (``evaluation.in_training.validation_hooks``: audio samples, voice metrics). The driver hands it over, so the
+    # worker and the loop below it import no evaluation or generation code. None: the loss only.
+    validation_hooks: Callable[[TrainingConfig], list[ValidationHook]] | None = None
 
 
 WORKER_SCRATCH_ENV = "HIGGS_WORKER_SCRATCH"
@@ -160,27 +163,15 @@ def run_worker(spec: WorkerSpec) -> None:
     val_records = read_entry(stream_root, spec.val_key) if spec.val_key else []
     if world > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    hooks = spec.validation_hooks(config) if spec.validation_hooks is not None else []
     trainer = HiggsAudioTrainer(
-        config.replace(resume_from=""), train_records, val_records, context, validation_hooks=validation_hooks(config)
+        config.replace(resume_from=""), train_records, val_records, context, validation_hooks=hooks
     )
     trainer.setup()
     stored = (spec.checkpoint_storage, config.run_name) if spec.checkpoint_storage else None
     restore_worker(trainer, ray.train.get_checkpoint(), config.resume_from, stored)
     trainer.train()
     train_records.close()
-
-
-def validation_hooks(config: TrainingConfig) -> list[ValidationHook]:
-    """What rank 0 runs at each validation besides the loss, in this order: audio samples
-    (``--num_validation_samples``) and voice metrics (``--eval_rows``). They share one set of generation tokenizers,
-    loaded on first use."""
-    tools = GenerationTools(config)
-    hooks: list[ValidationHook] = []
-    if config.num_validation_samples:
-        hooks.append(TrainingSamples(config, tools))
-    if config.eval_rows:
-        hooks.append(TrainingVoiceEval(config, tools))
-    return hooks
 
 
 def restore_worker(trainer: Any, reported: Any, resume_from: str, stored: tuple[str, str] | None = None) -> None:

@@ -6,39 +6,11 @@ then loaded through ``higgs_train.model_loading`` -- the same loaders that load 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-STACK_VERSION = "tiny-v2"
-
-
-@dataclass(frozen=True)
-class TinyStack:
-    """Paths of one built stack."""
-
-    root: Path
-    model_dir: Path
-    whisper_model_dir: Path
-    tokenizer_dir: Path
-    audio_tokenizer_dir: Path
-
-
-def default_home() -> Path:
-    """Where generated artefacts live: ``$HIGGS_TRAIN_HOME`` or ``~/.cache/higgs_train``."""
-    return Path(os.environ.get("HIGGS_TRAIN_HOME", Path.home() / ".cache" / "higgs_train"))
-
-
-def _paths(root: Path) -> TinyStack:
-    return TinyStack(
-        root=root,
-        model_dir=root / "model",
-        whisper_model_dir=root / "model-whisper",
-        tokenizer_dir=root / "tokenizer",
-        audio_tokenizer_dir=root / "audio_tokenizer",
-    )
+from higgs_train.embedded.layout import STACK_VERSION, TinyStack, default_home, stack_paths
 
 
 def build_tiny_stack(root: Path, seed: int = 0) -> TinyStack:
@@ -47,7 +19,7 @@ def build_tiny_stack(root: Path, seed: int = 0) -> TinyStack:
     from higgs_train.embedded.model import build_model_dir, save_whisper_feature_extractor
     from higgs_train.embedded.text_tokenizer import build_text_tokenizer_dir
 
-    paths = _paths(root)
+    paths = stack_paths(root)
     build_text_tokenizer_dir(paths.tokenizer_dir)
     build_model_dir(paths.model_dir, paths.tokenizer_dir, variant="dac", seed=seed)
     build_model_dir(paths.whisper_model_dir, paths.tokenizer_dir, variant="whisper", seed=seed)
@@ -78,4 +50,4 @@ def ensure_tiny_stack(home: Path | None = None) -> TinyStack:
                 shutil.rmtree(staging, ignore_errors=True)
         # The teacher lives in the HF cache, which may be another (e.g. a fresh HF_HOME): make sure it is there.
         install_semantic_teacher(size="tiny", seed=0)
-    return _paths(root)
+    return stack_paths(root)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from higgs_train.embedded.marker import GENERATED_MARKER
-from higgs_train.embedded.sample_data import SENTENCES, Speaker, synthesize
+from higgs_train.embedded.voices import SENTENCES, Speaker, synthesize
 
 TEACHER_REPO_ID = "bosonai/hubert_base"
 TEACHER_MARKER = "higgs_train_generated_teacher.json"

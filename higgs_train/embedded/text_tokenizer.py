@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
-from higgs_train.embedded.sample_data import SENTENCES
+from higgs_train.embedded.voices import SENTENCES
 
 BASE_VOCAB_SIZE = 1024
 

@@ -1,5 +1,6 @@
 """What rank 0 runs at each validation besides the loss: hooks the driver hands to the trainer
-(``higgs_train.training.hooks``; built by ``driver.worker.validation_hooks``).
+(``higgs_train.training.hooks``; built on each worker by ``validation_hooks`` below, which the drivers hand over in
+``driver.worker.WorkerSpec``).
 
 ``TrainingSamples`` (``--num_validation_samples N``): greedy generations of the first N validation rows, written as
 WAVs under ``samples/step_N/`` and logged as artifacts; evidence for a human, so a failure is a warning and counted in
@@ -28,7 +29,6 @@ import numpy as np
 
 from higgs_train.config import TrainingConfig
 from higgs_train.evaluation.metrics import Clip
-from higgs_train.evaluation.runner import auto_max_new_tokens, last_user_text
 from higgs_train.evaluation.suite import EvalSettings, RowScore, VoiceEvaluator, summarize
 from higgs_train.generation import (
     GenerationStack,
@@ -38,9 +38,9 @@ from higgs_train.generation import (
     generation_collator,
     synthesize,
 )
-from higgs_train.generation_prompt import prompt_from_record
+from higgs_train.generation_prompt import auto_max_new_tokens, last_user_text, prompt_from_record
 from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer, load_whisper_processor, resolve_paths
-from higgs_train.training.hooks import ValidationStep
+from higgs_train.training.hooks import ValidationHook, ValidationStep
 
 logger = logging.getLogger(__name__)
 
@@ -171,3 +171,16 @@ def _last_prompt_audio(sample: Any) -> np.ndarray | None:
     if starts is None or len(starts) == 0:
         return None
     return sample.audio_ids_concat[:, int(starts[-1]) :].numpy()
+
+
+def validation_hooks(config: TrainingConfig) -> list[ValidationHook]:
+    """What rank 0 runs at each validation besides the loss, in this order: audio samples
+    (``--num_validation_samples``) and voice metrics (``--eval_rows``). They share one set of generation tokenizers,
+    loaded on first use."""
+    tools = GenerationTools(config)
+    hooks: list[ValidationHook] = []
+    if config.num_validation_samples:
+        hooks.append(TrainingSamples(config, tools))
+    if config.eval_rows:
+        hooks.append(TrainingVoiceEval(config, tools))
+    return hooks

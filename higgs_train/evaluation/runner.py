@@ -13,7 +13,6 @@ so the Ray actor stays alive and the driver reports that model as failed while t
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,6 @@ from higgs_train.evaluation.metrics import Clip
 from higgs_train.evaluation.suite import EvalSettings, RowScore, VoiceEvaluator
 
 logger = logging.getLogger(__name__)
-
-FRAMES_PER_SECOND = 25  # Higgs audio tokenizer frame rate; one generation step per frame
-AUTO_LENGTH_FACTOR = 2.0  # auto cap: twice the expected length (longer is flagged too_long anyway)
-AUTO_LENGTH_MARGIN = 32  # + delay-pattern tail and the closing text tokens
 
 
 @dataclass(frozen=True)
@@ -103,13 +98,6 @@ def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
     return rows
 
 
-def auto_max_new_tokens(expected_seconds: float | None, cap: int) -> int:
-    """Generation steps for a clip expected to last ``expected_seconds`` (``cap`` when unknown or smaller)."""
-    if not expected_seconds:
-        return cap
-    return min(cap, int(expected_seconds * FRAMES_PER_SECOND * AUTO_LENGTH_FACTOR) + AUTO_LENGTH_MARGIN)
-
-
 class ModelEvaluator:
     """Loads one model (and the metrics) once, then generates and scores rows. Runs as a Ray actor or in-process."""
 
@@ -152,7 +140,7 @@ class ModelEvaluator:
 
     def run_row(self, row: EvalRow) -> ScoredClip:
         from higgs_train.generation import synthesize
-        from higgs_train.generation_prompt import build_prompt
+        from higgs_train.generation_prompt import auto_max_new_tokens, build_prompt
 
         rate = int(self.stack.audio_tokenizer.sampling_rate)
         reference = self._load(row.reference_url, rate)
@@ -189,7 +177,8 @@ class ModelEvaluator:
         return ScoredClip(score, result.waveform, result.sampling_rate)
 
     def _load(self, url: str | None, rate: int) -> np.ndarray | None:
-        from higgs_train.data.audio_io import AudioError, load_audio
+        from higgs_train.data.audio_io import load_audio
+        from higgs_train.data.reasons import AudioError
 
         if not url:
             return None
@@ -207,12 +196,3 @@ def _first_audio_url(messages: list[dict[str, Any]]) -> str | None:
             if isinstance(item, dict) and item.get("type") == "audio" and item.get("audio_url"):
                 return str(item["audio_url"])
     return None
-
-
-_USER_TURN = re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S)
-
-
-def last_user_text(decoded_prompt: str) -> str:
-    """The last user turn's text in a decoded ChatML prompt (the target text of a training record)."""
-    turns = _USER_TURN.findall(decoded_prompt)
-    return turns[-1].strip() if turns else ""

@@ -1,5 +1,5 @@
 """What every Studio endpoint shares: the refusal a user can cause (``Refused`` -> JSON ``{"error", "field"}`` with a
-4xx status), the mapping of the Studio's own errors to those refusals, and reading a JSON body or a root path.
+4xx status), the mapping of the Studio's own errors (``refusals.StudioRefusal``) to those refusals, and reading a JSON body or a root path.
 
 Kept apart from ``app`` so the endpoint modules (``app``, ``job_routes``) answer mistakes the same way.
 """
@@ -11,11 +11,8 @@ from typing import Any
 
 from fastapi import Request
 
-from higgs_train.studio.jobs import JobError
-from higgs_train.studio.roots import PathRefused, Roots
-from higgs_train.studio.runs import RunNotFound
-from higgs_train.studio.settings import SettingsError
-from higgs_train.studio.speak import SpeakError
+from higgs_train.studio.refusals import StudioRefusal
+from higgs_train.studio.roots import Roots
 
 
 class Refused(Exception):
@@ -35,14 +32,8 @@ def guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn``; the expected mistakes become a 4xx with their one line."""
     try:
         return fn(*args, **kwargs)
-    except PathRefused as err:
-        raise Refused(403, str(err), "path") from err
-    except SettingsError as err:
-        raise Refused(422, str(err), err.field) from err
-    except (JobError, RunNotFound) as err:
-        raise Refused(404, str(err)) from err
-    except SpeakError as err:
-        raise Refused(400, str(err)) from err
+    except StudioRefusal as err:
+        raise Refused(err.status, str(err), err.field) from err
 
 
 async def read_body(request: Request) -> dict[str, Any]:

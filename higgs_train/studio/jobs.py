@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from higgs_train.source_tree import PROJECT_DIR
+from higgs_train.studio.refusals import StudioRefusal
 
 JOBS_DIR = "studio_jobs"
 JOB_KINDS = ("build", "train", "tune", "export")
@@ -38,8 +39,10 @@ _ERROR_LINE = re.compile(r"^(error: .+|\w[\w ]* failed: .+|[A-Za-z_.]*(Error|Exc
 _JOB_ID = re.compile(r"^[a-z]+-\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
-class JobError(ValueError):
+class JobError(StudioRefusal):
     """A job that cannot be started, found or stopped; the message says which and why."""
+
+    status = 404
 
 
 @dataclass

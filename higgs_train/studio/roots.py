@@ -11,13 +11,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from higgs_train.studio.refusals import StudioRefusal
+
 ROOT_NAMES = ("data", "output")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # one recording; larger sets are copied to --data_root, not uploaded
 
 
-class PathRefused(ValueError):
+class PathRefused(StudioRefusal):
     """A path outside the roots, or not of an allowed kind; the message says which and why."""
+
+    status = 403
+    field = "path"
 
 
 @dataclass(frozen=True)

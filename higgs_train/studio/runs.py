@@ -1,7 +1,7 @@
 """The runs of the project's MLflow store, as the page shows them (MLflow is the record; the Studio only reads).
 
 The store is the one every job under ``--output_root`` writes to: ``<output_root>/mlflow.db`` with artifacts in
-``<output_root>/mlartifacts`` (``tracking.embedded_tracking_uri`` of any ``<output_root>/<run>`` output dir).
+``<output_root>/mlartifacts`` (``tracking.store.embedded_tracking_uri`` of any ``<output_root>/<run>`` output dir).
 Validation samples are the WAV artifacts a run logs under ``samples/step_N/`` (``--num_validation_samples``); they
 are served from the local artifact folder, which must lie under a root.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from higgs_train.studio.refusals import StudioRefusal
 from higgs_train.studio.roots import PathRefused, Roots
 from higgs_train.tracking.store import EMBEDDED_DB_NAME
 
@@ -22,8 +23,10 @@ TABLE_KEYS = ("val_loss", "val_audio_accuracy", "eval/sim", "eval/wer", "eval/dn
 PROGRESS_KEYS = ("train/total_loss", "train/tokens_per_second", "val_loss", "val_audio_accuracy")
 
 
-class RunNotFound(LookupError):
-    pass
+class RunNotFound(StudioRefusal, LookupError):
+    """No run of that id in the store."""
+
+    status = 404
 
 
 class RunStore:

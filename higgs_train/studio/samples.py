@@ -12,7 +12,7 @@ def write_sample_recordings(folder: Path, per_speaker: int = 4, seed: int = 0) -
     """Write ``folder/<speaker>/utt_NN.wav`` + ``.txt`` (voices from ``sample_data``); returns the clip count."""
     import soundfile as sf
 
-    from higgs_train.embedded.sample_data import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
+    from higgs_train.embedded.voices import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
 
     rng = np.random.default_rng(seed)
     written = 0

@@ -19,6 +19,7 @@ from typing import Any
 
 from higgs_train.config import TrainingConfig, check_run_name
 from higgs_train.paths import MODEL_FIELDS, PATH_FIELDS
+from higgs_train.studio.refusals import StudioRefusal
 from higgs_train.studio.roots import PathRefused, Roots
 from higgs_train.tune.space import SweepSettings
 
@@ -39,12 +40,10 @@ NOT_SETTABLE = {
 _FIELD_IN_ERROR = re.compile(r"TrainingConfig\.(\w+)=|field\(s\): '(\w+)'")
 
 
-class SettingsError(ValueError):
+class SettingsError(StudioRefusal):
     """A setting the page must correct; ``field`` names it (empty when the error is not about one field)."""
 
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.field = field
+    status = 422
 
 
 def field_catalogue() -> list[dict[str, Any]]:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from higgs_train.studio.refusals import StudioRefusal
+
 SPEAK_DIR = "studio_speak"
 MAX_TEXT_CHARS = 600
 CHARS_PER_SECOND = 14.0  # a typical reading rate; sizes the generation budget from the text
 
 
-class SpeakError(ValueError):
+class SpeakError(StudioRefusal):
     """A request that cannot be spoken as given; one line naming the input and what to do."""
 
 
@@ -99,15 +101,16 @@ class Speaker:
             ref_audio, ref_text, voice = ref.audio_path, ref.text, f"{ref.speaker} ({ref.audio_path.name})"
         else:
             ref_audio, ref_text, voice = request.ref_audio, request.ref_text.strip(), request.ref_audio.name
-        from higgs_train.data.audio_io import AudioError, decode_audio
+        from higgs_train.data.audio_io import decode_audio
+        from higgs_train.data.reasons import AudioError
 
         try:
             decode_audio(Path(ref_audio))  # the checks the prompt applies, before any model loads
         except (AudioError, OSError) as err:
             raise SpeakError(f"reference {Path(ref_audio).name}: {str(err).splitlines()[0]}") from err
-        from higgs_train.evaluation.runner import auto_max_new_tokens
         from higgs_train.evaluation.suite import check_audio
         from higgs_train.generation import SamplingSettings, no_audio_reason, prompt_for_texts, synthesize, write_wav
+        from higgs_train.generation_prompt import auto_max_new_tokens
 
         with self._lock:
             stack = self._stack_for(request.adapter)

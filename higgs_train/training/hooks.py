@@ -1,8 +1,8 @@
 """What the loop hands to the work that runs at a validation, so the loop does not know that work.
 
 Listening to samples and scoring voices need generation, codecs and metric models; the loop needs none of them. The
-driver builds the hooks (``driver.worker.validation_hooks``: audio samples from ``generation``, voice metrics from
-``evaluation``) and passes them to ``HiggsAudioTrainer``, the way Ray Train and Lightning take callbacks. At every
+driver hands the worker their builder (``evaluation.in_training.validation_hooks``: audio samples from
+``generation``, voice metrics from ``evaluation``), which builds them and passes them to ``HiggsAudioTrainer``, the way Ray Train and Lightning take callbacks. At every
 validation rank 0 calls each hook in order, after the validation loss, and merges the metrics it returns into the
 step's metrics: what the tracker logs and what ranks checkpoints (``checkpoint_ranking``).
 """

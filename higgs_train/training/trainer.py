@@ -42,7 +42,7 @@ from higgs_train.data.batching import plan_epoch
 from higgs_train.data.collate import build_collator, collate_records
 from higgs_train.data.shard_stream import record_lengths, schedule_steps
 from higgs_train.loss import LabelTokenCounts, compute_higgs_audio_loss, count_label_tokens
-from higgs_train.model_loading import load_model, load_whisper_processor, recommended_learning_rate, resolve_paths
+from higgs_train.model_loading import load_model, load_whisper_processor, resolve_paths
 from higgs_train.training.activation_checkpointing import compile_decoder_layers, enable_activation_checkpointing
 from higgs_train.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from higgs_train.training.checkpoint_store import open_checkpoint
@@ -51,7 +51,7 @@ from higgs_train.training.dual_ffn_routing import enable_sync_free_routing
 from higgs_train.training.hooks import ValidationHook, ValidationStep
 from higgs_train.training.loss_balance import LossBalanceMonitor
 from higgs_train.training.precision import assert_no_autocast, cast_adapters, weight_dtype
-from higgs_train.training.schedule import build_optimizer, build_scheduler, steps_in_run
+from higgs_train.training.schedule import build_optimizer, build_scheduler, recommended_learning_rate, steps_in_run
 from higgs_train.training.text_head import hidden_states_as_text_logits
 from higgs_train.training.throughput import StepTotals, Throughput, reported_metrics
 

@@ -166,7 +166,7 @@ def complete_point(spec: SearchSpec, point: dict[str, Any]) -> dict[str, Any]:
 def trial_overrides(base: TrainingConfig, params: dict[str, Any]) -> dict[str, Any]:
     """TrainingConfig values of one trial's drawn params: types coerced; lora_alpha derived from its multiplier
     (times the rank), learning_rate from its multiplier (times the base config's rate, or the model's recommended
-    rate when that is 0: ``models.effective_learning_rate``)."""
+    rate when that is 0: ``training.schedule.effective_learning_rate``)."""
     hints = get_type_hints(TrainingConfig)
     out: dict[str, Any] = {}
     for name, value in params.items():
@@ -178,7 +178,7 @@ def trial_overrides(base: TrainingConfig, params: dict[str, Any]) -> dict[str, A
         rank = out.get("lora_r", base.lora_r)
         out["lora_alpha"] = max(1, int(round(rank * float(params[ALPHA_MULTIPLIER]))))
     if LR_MULTIPLIER in params:
-        from higgs_train.model_loading import effective_learning_rate
+        from higgs_train.training.schedule import effective_learning_rate
 
         out["learning_rate"] = effective_learning_rate(base) * float(params[LR_MULTIPLIER])
     return out

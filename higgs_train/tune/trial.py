@@ -20,6 +20,7 @@ from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import run_params
 from higgs_train.driver.tracker_relay import RelayedTracker
 from higgs_train.driver.worker import WORKER_SPEC, WorkerSpec, build_torch_trainer, run_worker
+from higgs_train.evaluation.in_training import validation_hooks
 from higgs_train.tune.space import TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
 
 logger = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         trial_id=trial_id,
         placement_groups=context.placement_groups,
         tracker_relay=context.tracker_relay,
+        validation_hooks=validation_hooks,
     )
     with tracker:
         trainer = build_torch_trainer(

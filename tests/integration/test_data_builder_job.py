@@ -29,7 +29,7 @@ from builder_sources import (
     write_vctk,
 )
 
-from higgs_train.embedded.sample_data import SPEAKERS
+from higgs_train.embedded.voices import SPEAKERS
 
 pytestmark = pytest.mark.integration
 

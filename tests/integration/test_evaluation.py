@@ -16,8 +16,8 @@ import torch
 from higgs_train.adapter import apply_lora, save_adapter
 from higgs_train.config import TrainingConfig
 from higgs_train.data.in_process import records_for_config
-from higgs_train.driver.worker import validation_hooks
 from higgs_train.embedded.sample_data import create_sample_data
+from higgs_train.evaluation.in_training import validation_hooks
 from higgs_train.model_loading import load_model, resolve_paths
 from higgs_train.training.context import LocalContext
 from higgs_train.training.trainer import HiggsAudioTrainer

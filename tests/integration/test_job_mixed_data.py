@@ -1,4 +1,5 @@
-"""A training job on a manifest with bad rows: the bad rows are quarantined with reasons, every good row trains."""
+"""A training job on a manifest with bad rows: the bad rows are quarantined with reasons, every good row trains; the
+validation hooks the driver hands its workers run there (a validation sample reaches MLflow)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import soundfile as sf
+from mlflow import MlflowClient
 
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.train import run_training_job
@@ -41,6 +43,8 @@ def test_job_quarantines_bad_rows_and_trains_every_good_row(tmp_path):
         eval_every_steps=100,
         save_every_steps=100,
         stream_cache_uri=(tmp_path / "published").as_uri(),  # workers stream the entry from a file:// URI
+        num_validation_samples=1,  # built on the worker by the hooks' builder in the WorkerSpec
+        validation_sample_max_new_tokens=16,
     )
     try:
         result = run_training_job(config)
@@ -61,6 +65,10 @@ def test_job_quarantines_bad_rows_and_trains_every_good_row(tmp_path):
     assert run["status"] == "FINISHED"
     assert run["metrics"]["data/train_rows"] == good
     assert run["metrics"]["data/quarantined_rows"] == 2
+    # Only the validation-sample hook logs these, and only on a worker that was handed it.
+    assert run["metrics"]["val/sample_failures"] == 0 and "val/sample_code_agreement" in run["metrics"]
+    samples = MlflowClient(result.tracking_uri).list_artifacts(run["run_id"], "samples")
+    assert [a.path for a in samples] and all(a.path.startswith("samples/step_") for a in samples)
     history = json.loads((tmp_path / "out" / "mixed" / "history.json").read_text())
     # One epoch of batch 2 over the good rows: every good row is trained exactly once (see test_batching).
     assert [h["step"] for h in history] == list(range(1, good // 2 + 1))

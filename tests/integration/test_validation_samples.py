@@ -7,7 +7,7 @@ import soundfile as sf
 
 from higgs_train.config import TrainingConfig
 from higgs_train.data.in_process import records_for_config
-from higgs_train.driver.worker import validation_hooks
+from higgs_train.evaluation.in_training import validation_hooks
 from higgs_train.training.context import LocalContext
 from higgs_train.training.trainer import HiggsAudioTrainer
 

@@ -28,6 +28,7 @@ import soundfile as sf
 
 from higgs_train.data import manifest as m
 from higgs_train.data import row_checks as v
+from higgs_train.data import row_report, sample_tokens
 from higgs_train.data.audio_io import AudioLimits, read_checked
 from higgs_train.data.preprocess import SamplePreprocessor
 from higgs_train.data.reasons import Reason
@@ -163,7 +164,9 @@ def test_validator_and_preprocessing_reject_exactly_the_planted_rows_with_identi
 
     rows = m.load_manifest(planted["manifest"])  # one bad byte costs one row, not the manifest
     assert len(rows) == planted["rows"]
-    report = v.validate_rows(rows, tokenizer, planted["base"], AudioLimits(), progress=False, length_limit=limit)
+    report = row_report.validate_rows(
+        rows, tokenizer, planted["base"], AudioLimits(), progress=False, length_limit=limit
+    )
     validator = _by_index([(item["index"], item["reason"]) for item in report.invalid])
 
     pre = preprocessor
@@ -196,7 +199,7 @@ def test_length_estimate_matches_the_exact_merged_length(planted, stack, preproc
     for row in rows:
         _, turns = v.structural_reason(row)
         assert v.audio_reason(turns, checker) is None
-        tokens, error = v.chatml_token_count(row, tokenizer)
+        tokens, error = sample_tokens.chatml_token_count(row, tokenizer)
         assert error is None
         clips = [
             (role == "assistant", checker.seconds(url))
@@ -256,7 +259,7 @@ UNREADABLE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from higgs_train.data import manifest as m, row_checks as v
+    from higgs_train.data import manifest as m, row_report
     from higgs_train.data.audio_io import AudioLimits
     from higgs_train.data.preprocess import SamplePreprocessor
     from higgs_train.data.cache_key import FingerprintMemo, audio_fingerprints
@@ -266,7 +269,7 @@ UNREADABLE_SCRIPT = textwrap.dedent(
     paths = resolve_paths("embedded", "embedded")
     tokenizer = load_text_tokenizer(paths.tokenizer_path)
     rows = m.load_manifest(manifest)
-    report = v.validate_rows(rows, tokenizer, base, AudioLimits(), progress=False)
+    report = row_report.validate_rows(rows, tokenizer, base, AudioLimits(), progress=False)
     pre = SamplePreprocessor(tokenizer, load_audio_tokenizer(paths.audio_tokenizer_path, "cpu"), base)
     result = pre.process_batch(m.to_canonical_table(m.read_manifest_rows(manifest), "x").to_pylist())
     fingerprints = audio_fingerprints(["bad/locked.wav"], base, FingerprintMemo(memo))

@@ -18,8 +18,8 @@ from higgs_train.config import TrainingConfig
 from higgs_train.data import ray_pipeline
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.reasons import Reason
-from higgs_train.data.row_checks import REPORT_FILE
 from higgs_train.data.row_length import resolve_row_length_limit
+from higgs_train.data.row_report import REPORT_FILE
 from higgs_train.driver.train import run_training_job
 from higgs_train.driver.validate import run_validate_data_only
 from higgs_train.embedded.sample_data import create_sample_data

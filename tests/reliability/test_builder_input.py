@@ -21,7 +21,7 @@ from higgs_train.builder.audio import AudioSettings
 from higgs_train.builder.build import BuildOptions, build_dataset
 from higgs_train.builder.pairing import PairingOptions
 from higgs_train.builder.source_listing import SourceError, SourceOptions
-from higgs_train.embedded.sample_data import SPEAKERS, synthesize
+from higgs_train.embedded.voices import SPEAKERS, synthesize
 
 SECRET = "PRIVATE sentence that must never leave its folder."
 

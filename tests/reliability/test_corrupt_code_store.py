@@ -16,9 +16,8 @@ import pytest
 from stand_ins import StandInCodec
 
 from higgs_train.chatml import cloning_sample
-from higgs_train.data.clip_encoder import EncodedAudio, file_sha256
+from higgs_train.data.clip_encoder import AudioCodeStore, EncodedAudio, file_sha256
 from higgs_train.data.preprocess import SamplePreprocessor
-from higgs_train.data.token_cache import AudioCodeStore
 from higgs_train.model_loading import load_text_tokenizer, resolve_paths
 
 SHA = "ab" * 32
@@ -84,7 +83,7 @@ def test_a_row_whose_code_file_is_truncated_is_encoded_again_and_succeeds(tmp_pa
 
 HOLD_LOCK = (
     "import sys\n"
-    "from higgs_train.data.token_cache import AudioCodeStore\n"
+    "from higgs_train.data.clip_encoder import AudioCodeStore\n"
     "with AudioCodeStore(sys.argv[1]).lock(sys.argv[2]):\n"
     "    print('held', flush=True)\n"
     "    sys.stdin.read()\n"

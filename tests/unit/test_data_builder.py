@@ -33,7 +33,8 @@ from higgs_train.builder.source_listing import SourceOptions
 from higgs_train.builder.sources import SOURCE_KINDS, detect_source_kind
 from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT
 from higgs_train.driver.validate import run_validate_data_only
-from higgs_train.embedded.sample_data import SPEAKERS, create_sample_data, synthesize
+from higgs_train.embedded.sample_data import create_sample_data
+from higgs_train.embedded.voices import SPEAKERS, synthesize
 
 SPEAKER_NAMES = {s.name for s in SPEAKERS}
 

@@ -16,8 +16,8 @@ from higgs_train.commands.train import build_parser, config_from_args
 from higgs_train.commands.tune import build_sweep_parser, sweep_config_from_args
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import next_free_name, resolve_sweep_run
-from higgs_train.driver.worker import WorkerSpec, validation_hooks
-from higgs_train.evaluation.in_training import TrainingSamples, TrainingVoiceEval
+from higgs_train.driver.worker import WorkerSpec
+from higgs_train.evaluation.in_training import TrainingSamples, TrainingVoiceEval, validation_hooks
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,8 @@ from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare
 
 from higgs_train.data.collate import build_collator
 from higgs_train.embedded import build_tiny_stack, ensure_tiny_stack
-from higgs_train.embedded.sample_data import SAMPLE_RATE, SPEAKERS, create_sample_data, synthesize
+from higgs_train.embedded.sample_data import create_sample_data
+from higgs_train.embedded.voices import SAMPLE_RATE, SPEAKERS, synthesize
 from higgs_train.model_loading import load_audio_tokenizer, load_model, load_text_tokenizer, load_whisper_processor
 
 
@@ -212,7 +213,7 @@ def test_audio_tokenizer_encodes_wav_and_decodes_back(stack, tmp_path):
 
 
 def test_voices_are_distinct_and_stable():
-    from higgs_train.embedded.sample_data import SENTENCES
+    from higgs_train.embedded.voices import SENTENCES
 
     def pitch(wave):
         """Median autocorrelation pitch over 50 ms frames, searched in 70-400 Hz."""

@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from higgs_train.embedded.sample_data import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
+from higgs_train.embedded.voices import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
 from higgs_train.evaluation.intelligibility import Intelligibility, PocketSphinxTranscriber, error_rates
 from higgs_train.evaluation.metrics import Clip
 from higgs_train.evaluation.quality import DnsMos, SignalChecks, code_repetition, silence_ratio

@@ -8,8 +8,8 @@ import pytest
 
 from higgs_train.config import TrainingConfig
 from higgs_train.evaluation.in_training import training_metrics
-from higgs_train.evaluation.runner import auto_max_new_tokens, last_user_text
 from higgs_train.evaluation.suite import RowScore
+from higgs_train.generation_prompt import auto_max_new_tokens, last_user_text
 from higgs_train.training.checkpoint_ranking import checkpoint_score
 from higgs_train.training.context import LocalContext
 

@@ -487,7 +487,7 @@ def test_speaker_reference_is_the_longest_clean_clip_in_range(tmp_path):
     import soundfile as sf
 
     from higgs_train.chatml import cloning_sample
-    from higgs_train.embedded.sample_data import SENTENCES, SPEAKERS, synthesize
+    from higgs_train.embedded.voices import SENTENCES, SPEAKERS, synthesize
     from higgs_train.speaker_reference import ReferenceError, pick_reference
 
     rate = 24000

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from higgs_train.data.audio_io import AudioError
 from higgs_train.data.clip_encoder import process_encoder_stats
 from higgs_train.data.collate import batch_to_model_inputs, build_collator, collate_records
 from higgs_train.data.preprocess import SamplePreprocessor
+from higgs_train.data.reasons import AudioError
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records, record_to_sample, records_to_table
 from higgs_train.data.sample_tokens import PreprocessError
 from higgs_train.embedded.sample_data import create_sample_data

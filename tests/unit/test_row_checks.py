@@ -15,6 +15,7 @@ from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
 
 from higgs_train.data import manifest as m
 from higgs_train.data import row_checks as v
+from higgs_train.data import row_report
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.quarantine import Quarantine, QuarantineRecord
 from higgs_train.driver.validate import run_validate_data_only
@@ -153,7 +154,9 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_report_names_exactly_the_bad_rows(mixed: dict, tokenizer) -> None:
     rows = m.load_manifest(mixed["manifest"])
     quarantine = Quarantine()
-    report = v.validate_rows(rows, tokenizer, mixed["base"], AudioLimits(), quarantine=quarantine, progress=False)
+    report = row_report.validate_rows(
+        rows, tokenizer, mixed["base"], AudioLimits(), quarantine=quarantine, progress=False
+    )
 
     got = {item["index"]: item["reason"] for item in report.invalid}
     assert got == {index: reason for index, (_, reason) in mixed["expected"].items()}
@@ -179,7 +182,7 @@ def test_each_file_is_decoded_once(clean: dict[str, Path], tokenizer, monkeypatc
 
     monkeypatch.setattr(v, "read_checked", counting)
     rows = m.load_manifest(clean["train"])
-    report = v.validate_rows(rows, tokenizer, clean["audio_base_path"], progress=False)
+    report = row_report.validate_rows(rows, tokenizer, clean["audio_base_path"], progress=False)
     assert report.valid == report.total == len(rows)
     referenced = {p["content"]["audio_url"] for r in rows for p in r["messages"] if isinstance(p["content"], dict)}
     assert len(calls) == len(set(calls)) == len(referenced)
@@ -191,20 +194,22 @@ def test_run_validate_data_only_exit_codes_and_reports(
     out_clean = tmp_path / "clean"
     status = run_validate_data_only(clean["train"], clean["val"], "", out_clean, tokenizer_path, AudioLimits())
     assert status == 0
-    train_report = json.loads((out_clean / v.REPORT_FILE).read_text())
+    train_report = json.loads((out_clean / row_report.REPORT_FILE).read_text())
     assert list(train_report) == ["total", "valid", "invalid"]
     assert train_report["total"] == train_report["valid"] > 0 and train_report["invalid"] == []
-    assert json.loads((out_clean / v.VAL_REPORT_FILE).read_text())["invalid"] == []
-    assert len(Quarantine.read(out_clean / v.QUARANTINE_FILE)) == 0
+    assert json.loads((out_clean / row_report.VAL_REPORT_FILE).read_text())["invalid"] == []
+    assert len(Quarantine.read(out_clean / row_report.QUARANTINE_FILE)) == 0
 
     out_mixed = tmp_path / "mixed"
     status = run_validate_data_only(mixed["manifest"], mixed["val"], mixed["base"], out_mixed, tokenizer_path)
     assert status == 1
-    report = json.loads((out_mixed / v.REPORT_FILE).read_text())
+    report = json.loads((out_mixed / row_report.REPORT_FILE).read_text())
     assert list(report) == ["total", "valid", "invalid"]
     assert all(list(item) == ["index", "id", "reason"] for item in report["invalid"])
     assert {i["index"] for i in report["invalid"]} == set(mixed["expected"])
-    assert Quarantine.read(out_mixed / v.QUARANTINE_FILE).counts() == {"validation:train": len(mixed["expected"])}
+    assert Quarantine.read(out_mixed / row_report.QUARANTINE_FILE).counts() == {
+        "validation:train": len(mixed["expected"])
+    }
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from tokenizer_variants import derived_tokenizer
 
 from higgs_train.data.cache_key import CACHE_FORMAT, FingerprintMemo, text_tokenizer_identity
-from higgs_train.data.preprocess import PreprocessSettings
+from higgs_train.data.preprocess_settings import PreprocessSettings
 from higgs_train.data.row_reuse import row_context_digest, row_keys
 from higgs_train.data.token_cache import CacheLocationError, TokenCache, local_cache_root
 from higgs_train.model_loading import load_text_tokenizer, resolve_paths
