@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from higgs_train.data.audio_io import AudioLimits
-from higgs_train.data.clip_encoder import AudioCodeStore, decode_clips
+from higgs_train.data.clip_encoder import AudioCodeStore, decode_clips, keep_freed_memory_for_reuse
 from higgs_train.data.preprocess import BatchResult, SamplePreprocessor
 from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
 from higgs_train.data.stage_sizing import CPU_ENCODE_BATCH
@@ -131,6 +131,7 @@ class PreprocessActor:
         from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer
 
         torch.set_num_threads(torch_threads)
+        keep_freed_memory_for_reuse()  # this process only encodes: reuse the encoder's big blocks, clip after clip
         limits = AudioLimits(**settings["limits"])
         self.preprocessor = SamplePreprocessor(
             load_text_tokenizer(tokenizer_path),
