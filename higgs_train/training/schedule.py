@@ -37,11 +37,10 @@ def effective_learning_rate(config: Any) -> float:
     drivers log it as the ``learning_rate_resolved`` parameter, so MLflow shows the rate, not 0."""
     if config.learning_rate:
         return float(config.learning_rate)
-    model_path = config.model_path
-    if embedded_model_dir(model_path):
+    embedded = embedded_model_dir(config.model_path)
+    if embedded:
         ensure_tiny_stack()  # the embedded model's recommendation is written when the stack is built
-        model_path = embedded_model_dir(model_path)
-    return recommended_learning_rate(model_path)
+    return recommended_learning_rate(embedded or config.model_path)
 
 
 def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
