@@ -333,9 +333,10 @@ def read_manifest(manifest_parquet: Path) -> Any:
 
     Why not the default (Ray 2.60's ``use_datasource_v2``): it lists the file in a task and provisions a pool of
     ``FooterReader`` actors (32 here) for every read, each a process to start. On this 2-CPU machine a 4-row manifest
-    took 6.5-7.5 s per read with it and 0.3 s without; the quick-test job, which reads two (train and val), went from
-    28-31 worker processes, 148-156 CPU s and 103-107 s to 18, 108 CPU s and 83 s. The switch is set for this read
-    only: the context is process-wide and other datasets are not ours to change."""
+    took 6.5-7.5 s per read with it and 0.3 s without; the quick-test job, which reads two (train and val), ran 30-31
+    worker processes with it and 17-19 without (two interleaved pairs of runs: 184 -> 128 and 172 -> 157 CPU s,
+    120 -> 94 and 114 -> 107 s). The switch is set for this read only: the context is process-wide and other datasets
+    are not ours to change."""
     import ray
     from ray.data import DataContext
 
