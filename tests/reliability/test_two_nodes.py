@@ -206,7 +206,12 @@ def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tm
     from mlflow import MlflowClient
 
     restored = MlflowClient(tracking_uri).get_metric_history(outcome["mlflow_run_id"], "train/restored_from_step")
-    assert [int(m.step) for m in restored] == [killer.newest_verified_at_kill]
+    # One restore, of a checkpoint at least as new as the newest one verified in storage at the kill: rank 0 may sit
+    # on the surviving node and finish an upload before Ray tears its group down (one CI run: checkpoint 2 verified
+    # at the kill, 4 restored). The killed-worker test, which kills every training worker at once, pins it exactly.
+    restored_steps = [int(m.step) for m in restored]
+    assert len(restored_steps) == 1 and restored_steps[0] % SAVE_EVERY == 0, restored_steps
+    assert killer.newest_verified_at_kill <= restored_steps[0] < MAX_STEPS, (killer.newest_verified_at_kill, restored)
 
     # Outputs came through storage: the driver's folder has them all, rank 0 wrote only into its scratch folder.
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "history.json", "loss_curve.png"):
