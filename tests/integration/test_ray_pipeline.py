@@ -105,7 +105,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_cached(first_build,
 
 def test_the_manifest_is_read_without_a_pool_of_footer_reader_actors(first_build, setup):
     """Ray 2.60's default Parquet reader starts FooterReader actors for every ``read_parquet`` (it provisioned 32 per
-    read here): a quick-test job ran 30-31 worker processes with it, 17-19 without, and 6-26 s longer. The build reads
+    read here): a quick-test job ran 30-31 worker processes with it, 17-19 without, and 7-26 s longer. The build reads
     its manifest with Ray Data's first reader (``read_manifest``), for that read only."""
     import ray
 
