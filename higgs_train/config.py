@@ -26,6 +26,7 @@ DEFAULT_LORA_TARGETS = (
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD")
+DATA_NODES = ("driver", "any")  # where the token-cache build runs (ray_pipeline)
 """Ray placement-group strategies a training job may ask for (STRICT_PACK would put every worker on one node, which
 ``--num_workers`` on CPUs rarely wants; it is left out so a typo-free choice always means "nodes may differ")."""
 
@@ -195,6 +196,12 @@ class TrainingConfig:
     data_actor_gpus: float = _f(
         0.0, "GPUs per audio-encoder actor (fractions share a GPU); 0 encodes on CPUs. Decoding stays on CPUs."
     )
+    data_nodes: str = _f(
+        "driver",
+        "Where the token-cache build runs: driver (the driver's node, whose disk holds the manifests, audio and "
+        "cache_dir; nothing else needs them) or any (any node: the audio and cache_dir must be mounted at the same "
+        "paths on every node, e.g. to encode on GPU nodes with data_actor_gpus).",
+    )
     cpus_per_train_worker: float = _f(0.5, "CPUs reserved per training worker (fractions allowed).")
     max_failures: int = _f(3, "Worker failures Ray Train survives by restarting from the latest checkpoint.")
     placement_strategy: str = _f(
@@ -281,6 +288,7 @@ class TrainingConfig:
                 need(False, "run_name", "letters, digits, '.', '_' or '-' (no path separators, no '..')")
         need(self.cpus_per_data_actor > 0, "cpus_per_data_actor", "a number > 0")
         need(0 <= self.data_actor_gpus <= 1, "data_actor_gpus", "a share of one GPU per actor, from 0 to 1")
+        need(self.data_nodes in DATA_NODES, "data_nodes", ", ".join(DATA_NODES))
         need(self.cpus_per_train_worker > 0, "cpus_per_train_worker", "a number > 0")
         need(self.placement_strategy in PLACEMENT_STRATEGIES, "placement_strategy", ", ".join(PLACEMENT_STRATEGIES))
         need(self.checkpoint_metric in ("val_loss", "sim", "wer"), "checkpoint_metric", "val_loss, sim or wer")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Any
 
 
 def _submitted_job_env_vars() -> dict[str, str]:
@@ -110,3 +111,31 @@ def init_ray(verbose: bool = False) -> None:
     root.setLevel(root_level)
     quiet_ray_logs(verbose)  # ray.init configures the "ray" logger again
     filter_forwarded_worker_logs(verbose)
+
+
+def on_this_node() -> dict[str, Any]:
+    """Ray remote options that keep a task or actor on this process's node (hard affinity: it waits for this node's
+    resources rather than run elsewhere).
+
+    Why: this process's node is the one whose disk holds what the process wrote and read (the driver's manifests,
+    the user's audio, the local token cache, ``--output_dir``). Work that reads or writes those paths must run here
+    on a cluster without a shared disk; a path that exists on another node there is a different folder, or none."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False
+        )
+    }
+
+
+def this_node_resources() -> dict[str, float]:
+    """The total resources (CPU, GPU, memory, custom) of this process's node, as Ray registered them."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node["NodeID"] == here:
+            return {k: float(v) for k, v in node["Resources"].items()}
+    return {}

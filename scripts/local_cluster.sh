@@ -30,9 +30,13 @@
 #   so a task or a test can pin work to one node. Its other ports are chosen by Ray (0: free ones), since two
 #   nodes on one machine cannot share them. `start --nodes N` on a running head starts only the nodes that are not
 #   running: that is how a lost node comes back.
+# * HIGGS_RAY_PRIVATE_DIRS=/a:/b: nodes 2..N do not see these folders (each runs in a mount namespace of its own,
+#   `unshare --mount`, with an empty tmpfs over each folder; needs root). On one machine every node shares the disk,
+#   so a run that reads the driver's files from another node would pass here and fail on a real cluster; with the
+#   driver's data, outputs and cache listed here it fails here too.
 #
 # Overrides (environment): HIGGS_RAY_PORT (GCS, 6390), HIGGS_RAY_DASHBOARD_PORT (8265),
-# HIGGS_RAY_NUM_CPUS (2), HIGGS_RAY_TEMP_DIR (/tmp/higgs-ray), RAY_AUTH_MODE (token).
+# HIGGS_RAY_NUM_CPUS (2), HIGGS_RAY_TEMP_DIR (/tmp/higgs-ray), RAY_AUTH_MODE (token), HIGGS_RAY_PRIVATE_DIRS (none).
 set -euo pipefail
 
 PORT="${HIGGS_RAY_PORT:-6390}"
@@ -40,6 +44,7 @@ DASHBOARD_PORT="${HIGGS_RAY_DASHBOARD_PORT:-8265}"
 NUM_CPUS="${HIGGS_RAY_NUM_CPUS:-2}"
 # Short on purpose: Ray puts Unix sockets under <temp dir>/session_<timestamp>/sockets (108-byte path limit).
 TEMP_DIR="${HIGGS_RAY_TEMP_DIR:-/tmp/higgs-ray}"
+PRIVATE_DIRS="${HIGGS_RAY_PRIVATE_DIRS:-}"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 
 case "$RAY_AUTH_MODE" in
@@ -113,15 +118,29 @@ start_node() {
   local dir
   dir="$(node_dir "$1")"
   mkdir -p "$dir"
-  ray start --address="127.0.0.1:$PORT" \
-    --node-ip-address=127.0.0.1 \
-    --num-cpus="$NUM_CPUS" \
-    --num-gpus=0 \
-    --resources="{\"higgs_node_$1\": 1}" \
-    --dashboard-agent-listen-port=0 \
-    --temp-dir="$dir" \
-    --disable-usage-stats >/dev/null
-  echo "Ray node $1 up: $NUM_CPUS CPUs, resource higgs_node_$1, temp dir $dir"
+  local cmd=(ray start --address="127.0.0.1:$PORT"
+    --node-ip-address=127.0.0.1
+    --num-cpus="$NUM_CPUS"
+    --num-gpus=0
+    --resources="{\"higgs_node_$1\": 1}"
+    --dashboard-agent-listen-port=0
+    --temp-dir="$dir"
+    --disable-usage-stats)
+  if [[ -z "$PRIVATE_DIRS" ]]; then
+    "${cmd[@]}" >/dev/null
+    echo "Ray node $1 up: $NUM_CPUS CPUs, resource higgs_node_$1, temp dir $dir"
+    return
+  fi
+  # The node and every process it starts live in a mount namespace of their own, where each private folder is an
+  # empty tmpfs: what the head's side wrote there does not exist for this node, as on a machine of its own.
+  local mounts="" hidden
+  IFS=: read -ra hidden <<<"$PRIVATE_DIRS"
+  for d in "${hidden[@]}"; do
+    mkdir -p "$d"
+    mounts+="mount -t tmpfs higgs-private $(printf %q "$d") && "
+  done
+  unshare --mount --propagation private sh -c "${mounts}exec \"\$@\"" node "${cmd[@]}" >/dev/null
+  echo "Ray node $1 up: $NUM_CPUS CPUs, resource higgs_node_$1, temp dir $dir, not seeing $PRIVATE_DIRS"
 }
 
 # Whether node $1's raylet runs (a node whose raylet died is lost to the cluster, even if helpers of it remain).

@@ -7,6 +7,9 @@
 and results cross the process boundary as typed objects rebuilt at each end: a ``SourceItem`` as its fields
 (strings, bytes, a list of strings: Arrow columns), a ``FileResult`` as its JSON form (``FileResult.to_json``); Arrow holds both natively, where it would
 have to fall back to pickling the dataclasses.
+
+The actors stay on the driver's node: they read the corpus and write the clips, the data set and the builder's
+cache into folders of that node, which other nodes of a cluster without a shared disk do not have.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pyarrow as pa
 from higgs_train.builder.audio import AudioSettings, ClipProcessor, FileResult
 from higgs_train.builder.source_listing import SourceItem
 from higgs_train.console import CountProgress, emit
-from higgs_train.ray_session import init_ray
+from higgs_train.ray_session import init_ray, on_this_node
 
 RESULT = "result_json"
 
@@ -66,6 +69,7 @@ def _run(ray, items: list[SourceItem], settings: AudioSettings, num_actors: int,
         num_cpus=cpus_per_actor,
         batch_size=1,
         batch_format="pyarrow",
+        **on_this_node(),  # the actors read the corpus and write the clips and their cache: this node's disk
     )
     progress = CountProgress(len(items), "processing audio (Ray)")
     emit(progress.line(0))

@@ -8,8 +8,8 @@ Flow (``build_token_cache``):
 
 1. The driver reads the manifest's key columns, fingerprints the referenced audio and computes the cache key
    (``cache_key``). A complete entry for the key is a hit: returned without starting any actor.
-2. ``read_manifest`` (``read_parquet`` with Ray Data's first Parquet reader) ->
-   ``repartition(target_num_rows_per_block=batch_size)`` (a one-file manifest is a single block, and Ray hands a
+2. ``from_arrow`` of the rows to preprocess (the driver holds them; no file is read by a task) ->
+   ``repartition(target_num_rows_per_block=batch_size)`` (the rows arrive as a single block, and Ray hands a
    whole block to one actor; small blocks spread rows over the pool) -> the decode stage
    (``pipeline_stages.decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the
    encode stage (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``,
@@ -29,6 +29,11 @@ Flow (``build_token_cache``):
    the entry is published under the key of the file state the build saw (``cache_key.fingerprints_as_seen``), so
    the next run with the file back misses and trains that row.
 
+Where it runs: every stage that touches a file (decode, encode, write) is pinned to the driver's node by default
+(``on_driver_node``, ``--data_nodes driver``), because the audio, the code store and the staging directory are on
+that node's disk; a cluster then needs no shared disk for the build. ``--data_nodes any`` lets Ray place them
+anywhere, for clusters that mount the audio and ``--cache_dir`` at the same paths on every node.
+
 This module is the driver's side of the build (keys, reuse, the staging directory, quarantine, stats,
 publication); the code Ray runs per batch is ``pipeline_stages``, and how big the stages are and whether the
 cluster can hold them is ``stage_sizing``.
@@ -46,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from higgs_train.console import RayProgress
 from higgs_train.data.audio_io import AudioLimits
@@ -70,7 +74,7 @@ from higgs_train.data.pipeline_stages import (
     decode_batch,
     good_rows,
 )
-from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
+from higgs_train.data.plain_parquet import read_plain_parquet
 from higgs_train.data.preprocess_settings import PreprocessSettings
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.row_reuse import find_reusable, index_new_records, row_context_digest, row_keys, write_entry
@@ -83,12 +87,12 @@ from higgs_train.data.stage_sizing import (
     check_resources,
 )
 from higgs_train.data.token_cache import QUARANTINE_FILE, CacheEntry, TokenCache
+from higgs_train.ray_session import on_this_node
 
 if TYPE_CHECKING:
     from higgs_train.model_loading import ResolvedPaths
 
 NEW_RECORDS_DIR = "_new"  # staging: records this build preprocessed, before write_entry merges them with reused ones
-TODO_FILE = "_todo.parquet"  # staging: the manifest rows no earlier entry holds
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ def build_token_cache(
     progress_label: str = "token cache",
     gpus_per_actor: float = 0.0,
     encode_batch_size: int | None = None,
+    on_driver_node: bool = True,
 ) -> CacheResult:
     """Preprocess a canonical manifest into the token cache (or find it there); see the module docstring.
 
@@ -145,6 +150,11 @@ def build_token_cache(
 
     ``gpus_per_actor`` > 0 puts the encoder actors on GPUs (decode stays on CPU tasks); ``encode_batch_size`` is
     the most clips per encoder call (default ``CPU_ENCODE_BATCH`` on CPU, ``GPU_ENCODE_BATCH`` on GPU).
+
+    ``on_driver_node`` (``--data_nodes driver``, the default) keeps every task and actor of the build on this
+    process's node: they read the manifest, the audio and the code store and write the records, all paths on this
+    node's disk, which other nodes of a cluster without a shared disk do not have. False lets Ray place them
+    anywhere, for clusters that mount the audio and the cache at the same paths on every node.
     """
     from higgs_train.model_loading import load_text_tokenizer
 
@@ -182,10 +192,8 @@ def build_token_cache(
     try:
         new_dir = staging / NEW_RECORDS_DIR
         if todo:
-            todo_path = staging / TODO_FILE
-            pq.write_table(manifest.take(todo), todo_path)
             meta = _preprocess(
-                todo_path,
+                manifest.take(todo),
                 new_dir,
                 cache.code_store(audio_identity, settings),
                 model_paths,
@@ -193,11 +201,12 @@ def build_token_cache(
                 settings,
                 stage,
                 progress_label,
+                on_driver_node,
             )
-            todo_path.unlink()
         else:  # every row is in an earlier entry: no actor starts
             meta = pa.table({c: pa.array([], OUTPUT_SCHEMA.field(c).type) for c in META_COLUMNS})
         files, new_places = index_new_records(new_dir) if new_dir.is_dir() else ([], {})
+        check_records_written(meta, new_places, new_dir)
         places = []
         for i, ridx in enumerate(manifest.column("row_index").to_pylist()):
             if keys[i] in reusable.by_key:
@@ -239,7 +248,7 @@ def build_token_cache(
 
 
 def _preprocess(
-    manifest_parquet: Path,
+    rows: pa.Table,
     out_dir: Path,
     code_store: Any,
     model_paths: ResolvedPaths,
@@ -247,8 +256,9 @@ def _preprocess(
     settings: PreprocessSettings,
     stage: StageSizing,
     progress_label: str = "token cache",
+    on_driver_node: bool = True,
 ) -> pa.Table:
-    """Run the actor pool over ``manifest_parquet``: good records go to ``out_dir``; returns every row's meta.
+    """Run the actor pool over the manifest ``rows``: good records go to ``out_dir``; returns every row's meta.
 
     The driver's console shows the rows done, rate and ETA meanwhile (``console.RayProgress``): on a real data set
     this stage is minutes of silence otherwise."""
@@ -257,40 +267,49 @@ def _preprocess(
     # The driver owns the cluster (higgs_train.ray_session.init_ray); never a stray local one.
     if not ray.is_initialized():
         raise RuntimeError("build_token_cache needs a running Ray: call higgs_train.ray_session.init_ray first")
-    check_resources(stage.num_actors, stage.cpus_per_actor, stage.gpus_per_actor)
-    total = open_plain_parquet_file(manifest_parquet).metadata.num_rows
-    with RayProgress(progress_label, total) as progress:
+    check_resources(stage.num_actors, stage.cpus_per_actor, stage.gpus_per_actor, on_driver_node)
+    placement = on_this_node() if on_driver_node else {}
+    with RayProgress(progress_label, rows.num_rows) as progress:
         processed = _preprocessed(
-            manifest_parquet,
+            rows,
             code_store,
             model_paths,
             audio_base_path,
             settings,
             stage,
             progress.counter,
+            placement,
         )
     meta = pa.Table.from_pylist(processed.select_columns(META_COLUMNS).take_all())
-    processed.map_batches(good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS).write_parquet(
-        str(out_dir), min_rows_per_file=ROWS_PER_FILE, ray_remote_args={"num_cpus": IO_TASK_CPUS}
+    processed.map_batches(good_rows, batch_format="pyarrow", num_cpus=IO_TASK_CPUS, **placement).write_parquet(
+        str(out_dir), min_rows_per_file=ROWS_PER_FILE, ray_remote_args={"num_cpus": IO_TASK_CPUS, **placement}
     )
     return meta
 
 
 def _preprocessed(
-    manifest_parquet: Path,
+    rows: pa.Table,
     code_store: Any,
     model_paths: ResolvedPaths,
     audio_base_path: str | Path,
     settings: PreprocessSettings,
     stage: StageSizing,
     progress: Any,
+    placement: dict[str, Any],
 ) -> Any:
-    """The pipeline's output, materialized (every row with its meta columns): read -> decode (CPU tasks) ->
-    encode + records (the actor pool, on GPUs with ``gpus_per_actor``)."""
+    """The pipeline's output, materialized (every row with its meta columns): the rows -> decode (CPU tasks) ->
+    encode + records (the actor pool, on GPUs with ``gpus_per_actor``). ``placement`` (Ray remote options) goes to
+    every stage that touches a file; the repartition between them only moves blocks.
+
+    The rows enter from this process's memory (``from_arrow``: the driver already holds the manifest), not by a
+    ``read_parquet`` of a file: a read runs as tasks Ray places (its metadata sampling task ignores the read's
+    remote options), which on a cluster without a shared disk would look for the file on a node that lacks it; and
+    Ray 2.60's default Parquet reader also starts a pool of ``FooterReader`` actors per read (32 here: a quick-test
+    job ran 30-31 worker processes with it, 17-19 without, 7-26 s longer)."""
     import ray
 
     decoded = (
-        read_manifest(manifest_parquet)
+        ray.data.from_arrow(rows)
         .repartition(target_num_rows_per_block=stage.batch_size)
         .map_batches(
             decode_batch,
@@ -303,6 +322,7 @@ def _preprocessed(
             num_cpus=IO_TASK_CPUS,
             batch_size=stage.batch_size,
             batch_format="pyarrow",
+            **placement,
         )
     )
     gpu = {"num_gpus": stage.gpus_per_actor} if stage.gpus_per_actor > 0 else {}
@@ -324,29 +344,32 @@ def _preprocessed(
         batch_size=stage.batch_size,
         batch_format="pyarrow",
         **gpu,
+        **placement,
     ).materialize()
 
 
-def read_manifest(manifest_parquet: Path) -> Any:
-    """``ray.data.read_parquet`` of the canonical manifest (a file this build wrote), with Ray Data's first Parquet
-    reader.
+class LostRecordsError(RuntimeError):
+    """Rows the pipeline preprocessed without error whose records are not in the staging directory."""
 
-    Why not the default (Ray 2.60's ``use_datasource_v2``): it lists the file in a task and provisions a pool of
-    ``FooterReader`` actors (32 here) for every read, each a process to start. On this 2-CPU machine a 4-row manifest
-    took 6.5-7.5 s per read with it and 0.3 s without; the quick-test job, which reads two (train and val), ran 30-31
-    worker processes with it and 17-19 without (two interleaved pairs of runs: 184 -> 128 and 172 -> 157 CPU s,
-    120 -> 94 and 114 -> 107 s). The switch is set for this read only: the context is process-wide and other datasets
-    are not ours to change."""
-    import ray
-    from ray.data import DataContext
 
-    context = DataContext.get_current()
-    before = getattr(context, "use_datasource_v2", False)
-    context.use_datasource_v2 = False
-    try:
-        return ray.data.read_parquet(str(manifest_parquet), num_cpus=IO_TASK_CPUS)
-    finally:
-        context.use_datasource_v2 = before
+def check_records_written(meta: pa.Table, written: dict[int, Any], new_dir: Path) -> None:
+    """Refuse to publish an entry that lacks records of rows that were preprocessed without error.
+
+    Why: Ray reports a write task done wherever it ran; one that ran on a node that does not share this node's disk
+    wrote its part there, and the entry would silently hold fewer rows than the build accepted (no error, nothing
+    quarantined: seen with ``--data_nodes any`` on two nodes that share no disk)."""
+    if meta.num_rows == 0:
+        return
+    good = meta.filter(pc.is_null(meta.column(ERROR_REASON))).column("row_index").to_pylist()
+    lost = sorted(int(r) for r in good if int(r) not in written)
+    if lost:
+        shown = ", ".join(map(str, lost[:5])) + (", ..." if len(lost) > 5 else "")
+        raise LostRecordsError(
+            f"token-cache build: {len(lost)} of {len(good)} preprocessed rows have no record in {new_dir} (row_index "
+            f"{shown}); their write ran where this process cannot see its files. On a cluster without a shared "
+            "disk keep --data_nodes driver (the default); with --data_nodes any, --cache_dir must be the same shared "
+            "folder on every node."
+        )
 
 
 def audio_tokenizer_sampling_rate(path: str) -> int:

@@ -10,9 +10,10 @@ Resource sizing (the job's total must fit the Ray cluster; on this machine ``ray
 * each encoder actor reserves ``cpus_per_actor`` (default 0.5) and runs torch with ``max(1, floor(cpus_per_actor))``
   intra-op threads (``StageSizing.torch_threads``), so N actors never oversubscribe the cores they reserved by more
   than rounding; with ``gpus_per_actor`` it also reserves that share of a GPU and encodes there (refused up front
-  when the cluster has too few GPUs: ``data_actor_gpu_reason``);
+  when the node or cluster has too few GPUs: ``data_actor_gpu_reason``);
 * read/decode/filter/write tasks reserve ``IO_TASK_CPUS`` (0.25) each;
-* ``num_actors * cpus_per_actor + IO_TASK_CPUS`` must not exceed the cluster's CPUs, checked up front: Ray would
+* ``num_actors * cpus_per_actor + IO_TASK_CPUS`` must not exceed the CPUs of the driver's node, where the build
+  runs by default (``--data_nodes driver``; the cluster's with ``--data_nodes any``), checked up front: Ray would
   otherwise wait forever for an actor it cannot place, which looks like a hang;
 * the cache is built before training starts, so training workers (``cpus_per_train_worker`` each) do not compete
   with these actors; the pool is released when the build returns. With 2 CPUs the defaults (2 actors x 0.5 + 0.25)
@@ -46,36 +47,53 @@ class StageSizing:
         return max(1, math.floor(self.cpus_per_actor))
 
 
-def data_actor_gpu_reason(num_actors: int, gpus_per_actor: float, cluster: dict[str, float]) -> str | None:
-    """Why encoder actors asking ``gpus_per_actor`` GPUs each cannot be placed on ``cluster``; None when they can.
+def data_actor_gpu_reason(
+    num_actors: int, gpus_per_actor: float, resources: dict[str, float], where: str = "the Ray cluster"
+) -> str | None:
+    """Why encoder actors asking ``gpus_per_actor`` GPUs each cannot be placed on ``resources`` (those of
+    ``where``); None when they can.
 
     The one rule for ``--data_actor_gpus``, used by the train driver's resource check and the pipeline's own."""
     if gpus_per_actor <= 0:
         return None
-    have = float(cluster.get("GPU", 0.0))
+    have = float(resources.get("GPU", 0.0))
     need = num_actors * gpus_per_actor
     if need <= have + 1e-9:
         return None
-    where = "has no GPUs" if have == 0 else f"has {have:g}"
-    return (
-        f"--data_actor_gpus {gpus_per_actor:g} with {num_actors} data actor(s) needs {need:g} GPU(s) but the Ray "
-        f"cluster {where}; drop --data_actor_gpus to encode on CPUs, or lower dataloader_num_workers"
-    )
+    has = "has no GPUs" if have == 0 else f"has {have:g}"
+    fix = "drop --data_actor_gpus to encode on CPUs, or lower dataloader_num_workers"
+    if where != "the Ray cluster":
+        fix += ", or encode on the GPU nodes with --data_nodes any (audio and --cache_dir mounted on every node)"
+    return f"--data_actor_gpus {gpus_per_actor:g} with {num_actors} data actor(s) needs {need:g} GPU(s) but {where} {has}; {fix}"
 
 
-def check_resources(num_actors: int, cpus_per_actor: float, gpus_per_actor: float = 0.0) -> None:
-    """Fail fast instead of waiting forever for actors the cluster cannot place."""
+def build_resources(on_driver_node: bool) -> tuple[dict[str, float], str]:
+    """The resources a build may use and their owner's name in messages: the driver's node when the build is pinned
+    there (``--data_nodes driver``), else the whole cluster."""
     import ray
 
-    cluster = ray.cluster_resources()
-    total = float(cluster.get("CPU", 0.0))
+    from higgs_train.ray_session import this_node_resources
+
+    if on_driver_node:
+        return this_node_resources(), "the driver's node"
+    return ray.cluster_resources(), "the Ray cluster"
+
+
+def check_resources(
+    num_actors: int, cpus_per_actor: float, gpus_per_actor: float = 0.0, on_driver_node: bool = True
+) -> None:
+    """Fail fast instead of waiting forever for actors the cluster (or the driver's node) cannot place."""
+    resources, where = build_resources(on_driver_node)
+    total = float(resources.get("CPU", 0.0))
     need = num_actors * cpus_per_actor + IO_TASK_CPUS
     if need > total + 1e-9:
+        fix = "lower dataloader_num_workers or cpus_per_data_actor"
+        if on_driver_node:
+            fix += ", or spread the build with --data_nodes any (audio and --cache_dir mounted on every node)"
         raise ValueError(
             f"token-cache build needs {need:g} CPUs ({num_actors} actors x {cpus_per_actor:g} + {IO_TASK_CPUS:g} for "
-            f"read/decode/write tasks) but the Ray cluster has {total:g}; lower dataloader_num_workers or "
-            "cpus_per_data_actor"
+            f"read/decode/write tasks) but {where} has {total:g}; {fix}"
         )
-    reason = data_actor_gpu_reason(num_actors, gpus_per_actor, cluster)
+    reason = data_actor_gpu_reason(num_actors, gpus_per_actor, resources, where)
     if reason:
         raise ValueError(reason)

@@ -110,6 +110,7 @@ def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, P
             num_actors=config.dataloader_num_workers,
             cpus_per_actor=config.cpus_per_data_actor,
             gpus_per_actor=config.data_actor_gpus,
+            on_driver_node=config.data_nodes == "driver",
             max_tokens_per_row=config.max_tokens_per_row,
             progress_label=f"token cache ({split})",
         )

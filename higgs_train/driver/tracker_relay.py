@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from higgs_train.ray_session import on_this_node
 from higgs_train.tracking.tracker import RunTracker
 from higgs_train.training.context import as_float_metrics
 
@@ -91,10 +92,8 @@ def start_tracker_relay(tracking_uri: str, run_id: str | None) -> Any:
     if not run_id:
         return None
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy=here)(TrackerRelay)
+    actor = ray.remote(num_cpus=0, max_restarts=-1, **on_this_node())(TrackerRelay)
     return actor.remote(tracking_uri)
 
 

@@ -7,10 +7,14 @@ raylet is SIGKILLed (the node is lost, its worker with it) and the node is start
 worker group (``--max_failures``) on the head and the new node from the newest checkpoint. The job must finish
 with every step exactly once in ``history.json`` and in MLflow.
 
-The same run proves that outputs travel through Ray (issue 21 item 4): the workers write only into their node's
-scratch folder (``HIGGS_WORKER_SCRATCH``), the driver's token cache is moved away before any worker starts (so the
-validation rows, too, come from the run's storage), and the adapter, history, loss curve and reports still land
-in the driver's ``--output_dir``, taken from the final checkpoint.
+The same run proves that a cluster needs no shared disk but the run's storage (issue 21 item 4). Node 2 does not
+see pytest's temp folder, where the data, the driver's outputs and its token cache are (``HIGGS_RAY_PRIVATE_DIRS``:
+its own mount namespace, an empty tmpfs over the folder), as a machine of its own would not; the token-cache build
+(its decode tasks, encoder actors and writes read and write those files) must stay on the driver's node, or rows go
+missing. The workers write only into their node's scratch folder (``HIGGS_WORKER_SCRATCH``), the driver's token
+cache is moved away before any worker starts (so even the head's worker takes the validation rows from the run's
+storage), and the adapter, history, loss curve and reports still land in the driver's ``--output_dir``, taken from
+the final checkpoint.
 """
 
 from __future__ import annotations
@@ -111,10 +115,11 @@ def node_resources(address: str, wait_for: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(s3):
+def two_nodes(s3, tmp_path_factory):
     """Head + node 2 (one CPU each), started after the S3 server so both nodes' workers get its AWS_* variables.
 
-    Node loss is noticed in about a second (GCS health checks every 500 ms) instead of Ray's default ~15 s. A
+    Node 2 cannot see pytest's temp folder (``HIGGS_RAY_PRIVATE_DIRS``), where every test keeps its files. Node loss is
+    noticed in about a second (GCS health checks every 500 ms) instead of Ray's default ~15 s. A
     private RAY_TMPDIR keeps the head out of /tmp/ray/ray_current_cluster, where others' plain ``ray.init()`` looks.
     """
     tmp = Path(tempfile.mkdtemp(prefix="hr-2n-", dir="/tmp"))  # short: Ray's socket paths are length-limited
@@ -130,6 +135,7 @@ def two_nodes(s3):
         "RAY_health_check_period_ms": "500",
         "RAY_health_check_failure_threshold": "2",
         "HIGGS_WORKER_SCRATCH": str(tmp / "scratch"),
+        "HIGGS_RAY_PRIVATE_DIRS": str(tmp_path_factory.getbasetemp()),
     }
     env.pop("RAY_ADDRESS", None)
     try:
@@ -193,6 +199,10 @@ def test_a_lost_node_is_survived_and_outputs_reach_the_driver_through_storage(tm
             driver.kill()
         killer.join()
     assert "error" not in outcome, outcome.get("error")
+    # Every row of both splits was preprocessed and kept, although node 2 cannot read the audio or the cache.
+    for report, manifest in (("validation_report.json", "train"), ("val_validation_report.json", "val")):
+        rows = len(json.loads(data[manifest].read_text()))
+        assert json.loads((out / report).read_text()) == {"total": rows, "valid": rows, "invalid": []}, report
     assert outcome["nodes_before"] == ["higgs_node_1", "higgs_node_2"]
 
     # Node 2 was lost mid-run (after a registered checkpoint and a step past it) and came back as a new node.

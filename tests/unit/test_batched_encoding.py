@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from higgs_train import ray_session
 from higgs_train.commands.train import config_from_args
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.clip_encoder import ClipEncoder, decode_clips
@@ -98,10 +100,21 @@ def test_data_actor_gpus_is_validated_and_refused_on_a_cluster_without_gpus(monk
         config_from_args(["--data_actor_gpus", "-1"])
     assert data_actor_gpu_reason(2, 0.5, {"CPU": 2.0, "GPU": 1.0}) is None
     assert data_actor_gpu_reason(2, 0.0, {"CPU": 2.0}) is None
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    # A CPU head (the driver's node) beside a GPU node: the build runs on the driver's node by default.
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 6.0, "GPU": 1.0})
+    monkeypatch.setattr(ray_session, "this_node_resources", lambda: {"CPU": 2.0})
     config = config_from_args(["--data_actor_gpus", "0.5", "--dataloader_num_workers", "2"])
     with pytest.raises(ClusterResourcesError) as refused:
         check_cpu_budget(config)
+    assert str(refused.value) == (
+        "--data_actor_gpus 0.5 with 2 data actor(s) needs 1 GPU(s) but the driver's node has no GPUs; drop "
+        "--data_actor_gpus to encode on CPUs, or lower dataloader_num_workers, or encode on the GPU nodes with "
+        "--data_nodes any (audio and --cache_dir mounted on every node)"
+    )
+    check_cpu_budget(dataclasses.replace(config, data_nodes="any"))  # the cluster's GPU takes both actors
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ClusterResourcesError) as refused:
+        check_cpu_budget(dataclasses.replace(config, data_nodes="any"))
     assert str(refused.value) == (
         "--data_actor_gpus 0.5 with 2 data actor(s) needs 1 GPU(s) but the Ray cluster has no GPUs; drop "
         "--data_actor_gpus to encode on CPUs, or lower dataloader_num_workers"
