@@ -114,20 +114,17 @@ def init_ray(verbose: bool = False) -> None:
 
 
 def on_this_node() -> dict[str, Any]:
-    """Ray remote options that keep a task or actor on this process's node (hard affinity: it waits for this node's
-    resources rather than run elsewhere).
+    """Ray remote options that keep a task or actor on this process's node (it waits for this node's resources
+    rather than run elsewhere): a label selector on the node's ``ray.io/node-id`` label, the form Ray Data itself
+    uses for ``local://`` paths and takes as a named parameter of ``map_batches``.
 
     Why: this process's node is the one whose disk holds what the process wrote and read (the driver's manifests,
     the user's audio, the local token cache, ``--output_dir``). Work that reads or writes those paths must run here
     on a cluster without a shared disk; a path that exists on another node there is a different folder, or none."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray._raylet import RAY_NODE_ID_KEY
 
-    return {
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(
-            node_id=ray.get_runtime_context().get_node_id(), soft=False
-        )
-    }
+    return {"label_selector": {RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}}
 
 
 def this_node_resources() -> dict[str, float]:

@@ -87,7 +87,8 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     from ray import tune
 
     from higgs_train.console import quiet_libraries, quiet_tune_output
-    from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root
+    from higgs_train.data.shard_stream import stream_root_for_workers
+    from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root, stream_cache_location
     from higgs_train.driver.prepare import prepare_token_caches
     from higgs_train.driver.tracker_relay import start_tracker_relay
     from higgs_train.ray_session import init_ray
@@ -117,6 +118,11 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         tracker.log_metrics(data.metrics, step=0)  # the parent run has no loss curves to show first
         if data.val_key is None:
             raise ValueError("a sweep ranks trials by val_loss: give --val_data with at least one valid row")
+        # Trials stream both entries from the run's storage when it is a URI (or --stream_cache_uri), as train.py's
+        # workers do, so no trial reads the driver's --cache_dir.
+        stream_root = stream_root_for_workers(
+            [data.train.entry.path, data.val.entry.path], stream_cache_location(config, storage)
+        )
         lengths = data.train.entry.lengths()
         total_steps = planned_steps(config, lengths)  # the trainer's own rule
         registry = ray.remote(num_cpus=0)(PlacementGroupRegistry).remote()
@@ -126,6 +132,7 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
         context = TrialContext(
             base_config=config,
             cache_root=str(data.cache_root),
+            stream_root=stream_root,
             train_key=data.train.key,
             val_key=data.val_key,
             trials_root=str(output / "trials"),

@@ -142,6 +142,7 @@ class TrialContext:
     placement_groups: Any = None
     # The sweep's ``TrackerRelay`` (driver node): the only way a trial reaches MLflow. None: tracking is off.
     tracker_relay: Any = None
+    stream_root: str = ""  # where the trials' workers read the entries (a URI, or the local cache root)
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
@@ -208,6 +209,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     spec = WorkerSpec(
         config=config,
         cache_root=context.cache_root,
+        stream_root=context.stream_root,
         train_key=context.train_key,
         val_key=context.val_key,
         mlflow_run_id=tracker.run_id,

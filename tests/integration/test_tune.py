@@ -23,6 +23,7 @@ from higgs_train.console import filter_forwarded_worker_logs
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.data.cache_key import referenced_audio
 from higgs_train.data.token_cache import TokenCache
+from higgs_train.driver import tracker_relay
 from higgs_train.tracking.runs import find_runs
 from higgs_train.tune.space import BEST_DIR
 from higgs_train.tune.sweep import SweepResult, run_sweep
@@ -49,15 +50,34 @@ def sweep(tmp_path_factory) -> Iterator[SweepResult]:
         "sqlite:///sweep/mlflow.db",  # relative to the folder the sweep starts from (issue 19 item 2)
         "--search_space",
         str(ROOT / "configs" / "tune_search_space.yaml"),
+        "--stream_cache_uri",
+        f"file://{root / 'stream'}",
     ]
     config, settings = sweep_config_from_args(argv)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     filter_forwarded_worker_logs(verbose=False)  # as init_ray does: the raylet's messages still reach the console
     cwd = os.getcwd()
     os.chdir(root)
+    cache, hidden = root / "token_cache", root / "hidden_entries"
+    STREAM.append(root / "stream")
+    start_relay = tracker_relay.start_tracker_relay
+
+    def hide_the_drivers_entries(*args, **kwargs):
+        """Called once the caches are built and published, before any trial starts: from here on a trial that
+        read the driver's --cache_dir instead of the stream cache would find no entry."""
+        hidden.mkdir()
+        for entry in cache.iterdir():
+            if entry.is_dir() and len(entry.name) == 24:  # a cache entry (its key), not the code store
+                entry.rename(hidden / entry.name)
+                HIDDEN.append(entry.name)
+        return start_relay(*args, **kwargs)
+
     try:
-        with console_captured() as console:
+        with console_captured() as console, pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tracker_relay, "start_tracker_relay", hide_the_drivers_entries)
             result = run_sweep(config, settings)
+        for name in HIDDEN:  # back, for the tests that read the cache's ledger and entries
+            (hidden / name).rename(cache / name)
         CONSOLE.extend(console)
         LEFTOVER["groups"] = _live_placement_groups()
         LEFTOVER["cpus"] = ray.available_resources().get("CPU", 0.0)
@@ -68,6 +88,8 @@ def sweep(tmp_path_factory) -> Iterator[SweepResult]:
 
 
 CONSOLE: list[str] = []
+HIDDEN: list[str] = []  # the driver's cache entries, out of the trials' reach while they ran
+STREAM: list[Path] = []  # the sweep's --stream_cache_uri, as a folder
 
 
 @contextlib.contextmanager
@@ -133,6 +155,17 @@ def test_one_parent_and_a_child_run_per_trial_with_distinct_ranks(sweep: SweepRe
         assert "train/total_loss" in child["metrics"] and "val_loss" in child["metrics"]
     assert {t.status for t in sweep.trials} <= {"completed", "early_stopped"}
     assert any(t.status == "completed" for t in sweep.trials)
+
+
+def test_trials_read_the_cache_from_the_stream_location_not_the_drivers_cache_dir(sweep: SweepResult) -> None:
+    """With a URI storage (or --stream_cache_uri) the sweep publishes both entries there and every trial's workers
+    read them from there, as train.py's do: the driver's entries were moved away before the first trial started, and
+    every trial still trained and validated."""
+    assert len(HIDDEN) == 2  # the training and the validation entry
+    published = sorted(p.name for p in STREAM[0].iterdir())
+    assert published == sorted(HIDDEN)
+    assert [t.status for t in sweep.trials].count("error") == 0
+    assert all(t.val_loss is not None for t in sweep.trials)
 
 
 def test_best_trial_has_the_lowest_validation_loss(sweep: SweepResult) -> None:
