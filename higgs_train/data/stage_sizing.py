@@ -67,7 +67,7 @@ def data_actor_gpu_reason(
     return f"--data_actor_gpus {gpus_per_actor:g} with {num_actors} data actor(s) needs {need:g} GPU(s) but {where} {has}; {fix}"
 
 
-def build_resources(on_driver_node: bool) -> tuple[dict[str, float], str]:
+def _build_resources(on_driver_node: bool) -> tuple[dict[str, float], str]:
     """The resources a build may use and their owner's name in messages: the driver's node when the build is pinned
     there (``--data_nodes driver``), else the whole cluster."""
     import ray
@@ -83,7 +83,7 @@ def check_resources(
     num_actors: int, cpus_per_actor: float, gpus_per_actor: float = 0.0, on_driver_node: bool = True
 ) -> None:
     """Fail fast instead of waiting forever for actors the cluster (or the driver's node) cannot place."""
-    resources, where = build_resources(on_driver_node)
+    resources, where = _build_resources(on_driver_node)
     total = float(resources.get("CPU", 0.0))
     need = num_actors * cpus_per_actor + IO_TASK_CPUS
     if need > total + 1e-9:

@@ -208,28 +208,22 @@ def check_cpu_budget(config: TrainingConfig) -> None:
     """Refuse a configuration that cannot be scheduled on the cluster instead of hanging in the pending state."""
     import ray
 
-    from higgs_train.data.stage_sizing import build_resources, data_actor_gpu_reason
+    from higgs_train.data.stage_sizing import check_resources
 
     cluster = ray.cluster_resources()
     check_gpus(config, cluster)
-    data_resources, data_where = build_resources(config.data_nodes == "driver")
-    reason = data_actor_gpu_reason(config.dataloader_num_workers, config.data_actor_gpus, data_resources, data_where)
-    if reason:
-        raise ClusterResourcesError(reason)
     training = config.num_workers * config.cpus_per_train_worker
     if training > cluster.get("CPU", 0):
         raise ClusterResourcesError(
             f"needs {training:g} CPUs for training workers but the cluster has {cluster.get('CPU', 0):g}; lower "
             "num_workers or cpus_per_train_worker"
         )
-    data = config.dataloader_num_workers * config.cpus_per_data_actor
-    if data > data_resources.get("CPU", 0):
-        spread = (
-            ", or --data_nodes any (audio and --cache_dir mounted on every node)"
-            if data_where != "the Ray cluster"
-            else ""
+    try:  # the build's own rule (CPUs and GPUs of the driver's node, or of the cluster), before anything starts
+        check_resources(
+            config.dataloader_num_workers,
+            config.cpus_per_data_actor,
+            config.data_actor_gpus,
+            on_driver_node=config.data_nodes == "driver",
         )
-        raise ClusterResourcesError(
-            f"needs {data:g} CPUs for data actors but {data_where} has {data_resources.get('CPU', 0):g}; lower "
-            f"dataloader_num_workers or cpus_per_data_actor{spread}"
-        )
+    except ValueError as exc:
+        raise ClusterResourcesError(str(exc)) from None
