@@ -140,6 +140,55 @@ def load_audio_tokenizer(path: str, device: str | torch.device = "cpu"):
     return load_higgs_audio_tokenizer(str(path), device=str(device))
 
 
+def audio_tokenizer_config(path: str) -> dict[str, Any]:
+    """The audio tokenizer's ``config.json`` (a directory or a hub id, as upstream's loader takes): its shapes and
+    rates without loading the model."""
+    import json
+
+    config_path = Path(path) / "config.json"
+    if not Path(path).is_dir():
+        from huggingface_hub import hf_hub_download
+
+        config_path = Path(hf_hub_download(path, "config.json"))
+    return json.loads(config_path.read_text())
+
+
+class DeferredAudioTokenizer:
+    """The audio tokenizer, loaded on first use: the rate and shape figures come from its ``config.json`` at once.
+
+    Why: a preprocessing actor whose clips are all in the code store (every rerun with an edited manifest, a
+    validation split whose audio the train split encoded) encodes nothing, and the released tokenizer is 200M
+    parameters, seconds and gigabytes to load. ``sampling_rate``, ``num_codebooks`` and ``tps`` are upstream's
+    properties (``sample_rate``, ``n_q``, ``ceil(sample_rate / prod(ratios))``) read from the same config upstream
+    builds the model from; any other attribute loads the model (``load_audio_tokenizer``) and is its own.
+    """
+
+    def __init__(self, path: str, device: str | torch.device = "cpu") -> None:
+        import math
+
+        config = audio_tokenizer_config(path)
+        self.path, self.device = path, str(device)
+        self.sampling_rate = int(config["sample_rate"])
+        self.num_codebooks = int(config.get("n_q", 8))
+        self.tps = math.ceil(self.sampling_rate / math.prod(config["ratios"]))
+        self._model: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> Any:
+        """The upstream tokenizer, loaded now if it was not yet."""
+        if self._model is None:
+            self._model = load_audio_tokenizer(self.path, device=self.device)
+        return self._model
+
+    def __getattr__(self, name: str) -> Any:  # only for what __init__ did not set: the model's own attributes
+        if name.startswith("__") or name == "_model":
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+
 @dataclass
 class WhisperProcessorView:
     """The collator reads only ``.feature_extractor`` of a WhisperProcessor; no Whisper text tokenizer is needed."""

@@ -128,14 +128,14 @@ class PreprocessActor:
     ) -> None:
         import torch
 
-        from higgs_train.model_loading import load_audio_tokenizer, load_text_tokenizer
+        from higgs_train.model_loading import DeferredAudioTokenizer, load_text_tokenizer
 
         torch.set_num_threads(torch_threads)
         keep_freed_memory_for_reuse()  # this process only encodes: reuse the encoder's big blocks, clip after clip
         limits = AudioLimits(**settings["limits"])
         self.preprocessor = SamplePreprocessor(
             load_text_tokenizer(tokenizer_path),
-            load_audio_tokenizer(audio_tokenizer_path, device=device),
+            DeferredAudioTokenizer(audio_tokenizer_path, device=device),  # loaded if a clip needs encoding
             audio_base_path,
             limits,
             settings["whisper"],
@@ -152,6 +152,8 @@ class PreprocessActor:
             decoded = decoded_waves(batch)
             decode_cpu = float(pc.sum(batch.column(DECODE_CPU)).as_py() or 0.0)
             batch = batch.drop_columns([DECODED, DECODE_CPU])
+        if decoded:  # clips to encode: a tokenizer that cannot load fails the build here, not each row as its own
+            self.preprocessor.audio_tokenizer.load()
         out = batch_output(self.preprocessor.process_batch(batch.to_pylist(), decoded), decode_cpu)
         if self.progress is not None:
             self.progress.add.remote(batch.num_rows)

@@ -373,14 +373,10 @@ def check_records_written(meta: pa.Table, written: dict[int, Any], new_dir: Path
 
 
 def audio_tokenizer_sampling_rate(path: str) -> int:
-    """The audio tokenizer's sample rate from its ``config.json`` (a directory or a hub id, as upstream's loader
-    takes), so the decode stage loads no model."""
-    config_path = Path(path) / "config.json"
-    if not Path(path).is_dir():
-        from huggingface_hub import hf_hub_download
+    """The audio tokenizer's sample rate from its ``config.json``, so the decode stage loads no model."""
+    from higgs_train.model_loading import audio_tokenizer_config  # deferred like load_text_tokenizer above (torch)
 
-        config_path = Path(hf_hub_download(path, "config.json"))
-    return int(json.loads(config_path.read_text())["sample_rate"])
+    return int(audio_tokenizer_config(path)["sample_rate"])
 
 
 def _quarantine(meta: pa.Table) -> Quarantine:

@@ -186,3 +186,30 @@ def test_whisper_input_holds_16k_audio_in_waveforms(stack, data, tmp_path):
     assert batch.audio_features.shape[0] == 1 and batch.audio_in_ids.shape[0] == 8
     table = records_to_table([rec])
     assert table.column("audio_waveforms").type == pa.list_(pa.float32())
+
+
+def test_a_deferred_tokenizer_reads_its_figures_from_the_config_and_loads_only_to_encode(stack, data, tmp_path):
+    """Rows whose clips are all in the code store preprocess without loading the audio tokenizer (the released one
+    is 200M parameters); the figures a preprocessor needs up front are upstream's own, read from config.json."""
+    from higgs_train.data.clip_encoder import AudioCodeStore
+    from higgs_train.model_loading import DeferredAudioTokenizer
+
+    paths, tokenizer, audio_tokenizer = stack
+    deferred = DeferredAudioTokenizer(paths.audio_tokenizer_path)
+    figures = ("sampling_rate", "num_codebooks", "tps")
+    assert [getattr(deferred, f) for f in figures] == [getattr(audio_tokenizer, f) for f in figures]
+    assert not deferred.loaded
+
+    rows = data[1][:3]
+    store = AudioCodeStore(tmp_path / "codes")
+    filled = SamplePreprocessor(tokenizer, audio_tokenizer, data[0], code_store=store).process_batch(rows)
+    assert filled.stats["encoder_calls"] > 0 and not filled.failures
+    again = SamplePreprocessor(tokenizer, deferred, data[0], code_store=store).process_batch(rows)
+    assert not again.failures and again.stats["encoder_calls"] == 0
+    assert not deferred.loaded  # every clip came from the store
+    assert [r["audio_codes"].tolist() for r in again.records] == [r["audio_codes"].tolist() for r in filled.records]
+
+    fresh = SamplePreprocessor(tokenizer, deferred, data[0], code_store=AudioCodeStore(tmp_path / "empty"))
+    encoded = fresh.process_batch(rows)  # nothing stored: the tokenizer loads and gives the same codes
+    assert deferred.loaded and encoded.stats["encoder_calls"] == filled.stats["encoder_calls"]
+    assert [r["audio_codes"].tolist() for r in encoded.records] == [r["audio_codes"].tolist() for r in filled.records]
