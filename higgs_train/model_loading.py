@@ -164,12 +164,17 @@ class DeferredAudioTokenizer:
     """
 
     def __init__(self, path: str, device: str | torch.device = "cpu") -> None:
+        import inspect
         import math
 
-        config = audio_tokenizer_config(path)
+        from boson_multimodal.audio_processing.higgs_audio_tokenizer import HiggsAudioTokenizer
+
+        # A key the config leaves out takes upstream's own default, as the model it would build does.
+        defaults = {k: v.default for k, v in inspect.signature(HiggsAudioTokenizer).parameters.items()}
+        config = {**defaults, **audio_tokenizer_config(path)}
         self.path, self.device = path, str(device)
         self.sampling_rate = int(config["sample_rate"])
-        self.num_codebooks = int(config.get("n_q", 8))
+        self.num_codebooks = int(config["n_q"])
         self.tps = math.ceil(self.sampling_rate / math.prod(config["ratios"]))
         self._model: Any = None
 
