@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -326,8 +327,6 @@ class RayProgress:
         self._shown = (0, 0.0)
 
     def __enter__(self) -> RayProgress:
-        import threading
-
         import ray
 
         self.counter = ray.remote(num_cpus=0)(_Counter).remote()

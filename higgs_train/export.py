@@ -33,6 +33,7 @@ from higgs_train.adapter import (
     read_adapter_files,
     read_json,
 )
+from higgs_train.model_loading import load_model, load_text_tokenizer, resolve_paths
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,6 @@ def merge_to_dir(
     peft's merge adds the fp32 delta ``B @ A * scale`` (fp32 adapters) to the weight in place, which computes
     ``W + delta`` in fp32 and rounds once on the store; a bf16 weight widened to fp32 and cast back is unchanged.
     """
-    from higgs_train.model_loading import load_model, load_text_tokenizer, resolve_paths
-
     paths = resolve_paths(base_model_path, "", source.training_config.get("tokenizer_path") or None)
     out = Path(output_dir)
     if out.exists():
@@ -230,8 +229,6 @@ def export(
 
     The adapter is checked by loading it onto the base (``load_adapter``) before anything is written.
     """
-    from higgs_train.model_loading import load_model, resolve_paths
-
     source = locate_adapter(checkpoint)
     lora, _ = read_adapter_files(source.adapter_dir)
     base = base_model_path or source.trained_model_path or lora.base_model_name_or_path

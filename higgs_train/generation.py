@@ -29,11 +29,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 
+from higgs_train.adapter import load_adapter
 from higgs_train.chatml import cloning_context, context_of, target_audio_url
+from higgs_train.data.audio_io import load_audio
+from higgs_train.data.collate import build_collator
+from higgs_train.data.manifest import load_manifest
+from higgs_train.data.reasons import AudioError
 from higgs_train.decoding_rules import STOP_STRINGS, AudioEndFloor, TextTokenMask, codes_from_delayed
 from higgs_train.generation_prompt import GenerationPrompt, build_prompt, prompt_from_record
+from higgs_train.model_loading import (
+    load_audio_tokenizer,
+    load_model,
+    load_text_tokenizer,
+    load_whisper_processor,
+    resolve_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +116,6 @@ def load_generation_stack(
 
     The text tokenizer defaults to the model directory's (merged exports carry it alongside the weights).
     """
-    from higgs_train.adapter import load_adapter
-    from higgs_train.model_loading import (
-        load_audio_tokenizer,
-        load_model,
-        load_text_tokenizer,
-        load_whisper_processor,
-        resolve_paths,
-    )
-
     paths = resolve_paths(model_path, audio_tokenizer_path, tokenizer_path or None)
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -133,8 +137,6 @@ def load_generation_stack(
 
 def generation_collator(model_config: Any, whisper_processor: Any = None):
     """The training collator (same flags from the same config) without rounding the prompt length up."""
-    from higgs_train.data.collate import build_collator
-
     return build_collator(model_config, whisper_processor, round_to=1)
 
 
@@ -243,8 +245,6 @@ def synthesize(
 
 def write_wav(path: str | Path, waveform: np.ndarray, sampling_rate: int) -> Path:
     """16-bit PCM WAV (what the training data loader reads back without surprises)."""
-    import soundfile as sf
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.clip(waveform, -1.0, 1.0), sampling_rate, subtype="PCM_16")
@@ -276,10 +276,6 @@ def prompts_for_manifest(
 
     When the row's target audio exists and ``with_targets``, its codes become ``target_codes`` (for agreement).
     """
-    from higgs_train.data.audio_io import load_audio
-    from higgs_train.data.manifest import load_manifest
-    from higgs_train.data.reasons import AudioError
-
     manifest = Path(manifest)
     base = Path(audio_base_path).resolve() if audio_base_path else manifest.resolve().parent
     prompts = []

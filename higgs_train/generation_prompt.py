@@ -15,7 +15,9 @@ decode for a prompt (``auto_max_new_tokens``) and its target text read back from
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +27,9 @@ import numpy as np
 import torch
 
 from higgs_train.chatml import AUDIO_OUT_BOS, GENERATION_PREFIX, text_of
-from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.audio_io import AudioLimits, load_audio
+from higgs_train.data.record_codec import record_to_sample
+from higgs_train.data.sample_tokens import WHISPER_SAMPLE_RATE, audio_contents_in_order
 
 AUDIO_IN_ROLES = ("user", "system")
 
@@ -51,13 +55,7 @@ def build_prompt(
     target_codes: np.ndarray | None = None,
 ) -> GenerationPrompt:
     """Tokenize ``context`` (see ``context_of``) and encode its audio as preprocessing does; append the prefix."""
-    import contextlib
-    import io
-
     from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
-
-    from higgs_train.data.audio_io import load_audio
-    from higgs_train.data.sample_tokens import WHISPER_SAMPLE_RATE, audio_contents_in_order
 
     chatml = {"messages": copy.deepcopy(context["messages"]), "start_index": None, "speaker": context.get("speaker")}
     printed = io.StringIO()
@@ -104,8 +102,6 @@ def prompt_from_record(record: dict[str, Any], audio_out_bos_id: int) -> Generat
     The cut keeps ``<|audio_out_bos|>`` and drops the target's codes, which become ``target_codes``.
     Used for samples during training (validation records are already encoded) and to test ``build_prompt``.
     """
-    from higgs_train.data.record_codec import record_to_sample
-
     sample = record_to_sample(record)
     ids = sample.input_ids
     bos_positions = (ids == audio_out_bos_id).nonzero().flatten()

@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from flask import Response, request
+
 from higgs_train.config import TrainingConfig
 from higgs_train.tracking.chart_view import VIEW_KEY, VIEW_TAG, VIEW_URL_PARAMETER
 
@@ -89,7 +91,6 @@ def create_app() -> Any:
     Returns the ASGI app when ``mlflow ui``/``server`` run uvicorn (their default), the Flask app otherwise, as
     MLflow's own ``basic-auth`` plugin does.
     """
-    from flask import Response, request
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import _add_static_prefix, app
 

@@ -12,6 +12,14 @@ import logging
 import os
 from typing import Any
 
+from higgs_train.console import (
+    filter_forwarded_worker_logs,
+    quiet_ray_logs,
+    ray_log_level,
+    ray_logging_config,
+    worker_env,
+)
+
 
 def _submitted_job_env_vars() -> dict[str, str]:
     """Env vars of the runtime env this driver was submitted with (``ray job submit``); empty outside a job.
@@ -61,14 +69,6 @@ def init_ray(verbose: bool = False) -> None:
     ``RAY_ADDRESS=auto`` to join a ``ray start`` head on purpose), else start a private local instance, whatever
     other Ray clusters run on the machine; Ray's own log lines only with ``verbose``."""
     import ray
-
-    from higgs_train.console import (
-        filter_forwarded_worker_logs,
-        quiet_ray_logs,
-        ray_log_level,
-        ray_logging_config,
-        worker_env,
-    )
 
     quiet_ray_logs(verbose)
     replace_actors_lost_at_start()

@@ -16,6 +16,7 @@ that order and the first clean one wins, so only as many files are decoded as ne
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,6 @@ def pick_reference(data_dir: str | Path, speaker: str) -> SpeakerReference:
 
 def _unpaired_hint(folder: Path, speaker: str) -> str:
     """Why the builder's report knows a speaker the manifests lack (e.g. a speaker with a single clip)."""
-    import json
-
     report = folder / REPORT_NAME
     try:
         entry = json.loads(report.read_text()).get("speakers", {}).get(speaker) if report.is_file() else None

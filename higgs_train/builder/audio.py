@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from higgs_train.builder.asr import Transcriber
 from higgs_train.builder.segment import SegmentPlan, SpeechDetector, cut, forced_split, greedy_split
@@ -172,8 +173,6 @@ class ClipProcessor:
 
     def oversized(self, item: SourceItem) -> str | None:
         """Why the file is over the caps, from its size and header alone (None: within them)."""
-        import soundfile as sf
-
         s = self.settings
         size = len(item.audio_bytes) if item.audio_bytes is not None else os.stat(str(item.audio_path)).st_size
         if size > s.max_file_bytes:
@@ -289,8 +288,6 @@ class ClipProcessor:
     def _write(
         self, item: SourceItem, name: str, wave: np.ndarray, text: str | None, text_from: str, key: str | None = None
     ) -> Clip:
-        import soundfile as sf
-
         if self.settings.loudness_lufs is not None:
             wave = normalise_loudness(wave, TARGET_SAMPLE_RATE, self.settings.loudness_lufs)
         rel = f"{AUDIO_DIR}/{_safe_name(item.speaker)}/{name}.wav"
@@ -322,8 +319,6 @@ class ClipProcessor:
 
 def decode(data: bytes, sample_rate: int) -> np.ndarray:
     """Any soundfile-readable file (WAV, FLAC, OGG, MP3) as mono float32 at ``sample_rate``."""
-    import soundfile as sf
-
     frames, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     if frames.size == 0:
         raise ValueError("no samples")

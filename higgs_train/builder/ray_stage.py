@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from higgs_train.builder.audio import AudioSettings, ClipProcessor, FileResult
 from higgs_train.builder.source_listing import SourceItem
@@ -85,7 +86,5 @@ def _run(ray, items: list[SourceItem], settings: AudioSettings, num_actors: int,
 
 def process_locally(items: list[SourceItem], settings: AudioSettings) -> list[FileResult]:
     """The same stage in this process (tests, tiny data sets, debugging)."""
-    from tqdm import tqdm
-
     processor = ClipProcessor(settings)
     return [processor(item) for item in tqdm(items, desc="processing audio", unit="file")]

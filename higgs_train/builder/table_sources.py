@@ -13,6 +13,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile as sf
+
 from higgs_train.builder.source_listing import (
     EMPTY_TRANSCRIPT,
     OUTSIDE_INPUT,
@@ -152,9 +155,6 @@ def _row_audio(value: Any, root: Path, confine: Confinement) -> tuple[bytes | No
         if value.get("bytes"):
             return bytes(value["bytes"]), None
         if value.get("array") is not None and value.get("sampling_rate"):
-            import numpy as np
-            import soundfile as sf
-
             buffer = io.BytesIO()
             sf.write(buffer, np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"]), format="WAV")
             return buffer.getvalue(), None
@@ -172,7 +172,6 @@ def _row_audio(value: Any, root: Path, confine: Confinement) -> tuple[bytes | No
 
 def list_manifest(path: Path, options: SourceOptions, confine: Confinement) -> SourceListing:
     """Every distinct (audio, transcript) of a training manifest, by speaker: targets and references alike."""
-
     listing = SourceListing("manifest")
     seen: set[str] = set()
     root = path.parent if path.is_file() else path

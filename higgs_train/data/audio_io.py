@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from higgs_train.data.reasons import AudioError, AudioUnavailable, Reason
 
@@ -113,8 +114,6 @@ def read_checked(path: Path, limits: AudioLimits, name: str) -> tuple[np.ndarray
 
     See the module docstring for the order. ``name`` is how reasons refer to the file (``display_name``).
     """
-    import soundfile as sf
-
     try:
         with open(path, "rb") as fh:
             fh.read(1)
@@ -147,8 +146,6 @@ def decode_audio(path: Path, limits: AudioLimits | None = None, name: str | None
 
 def audio_header_seconds(path: Path) -> float:
     """Duration from the header alone (no decoding): what length estimates use in validation and preprocessing."""
-    import soundfile as sf
-
     info = sf.info(str(path))
     return info.frames / info.samplerate
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from higgs_train.data.audio_io import AudioLimits, load_audio, resolve_audio_path
 from higgs_train.data.reasons import AudioError, Reason
@@ -296,8 +297,6 @@ class AudioCodeStore:
     def lock(self, sha256: str, wait: bool = True) -> Iterator[bool]:
         """Hold the clip's lock across processes; yields True. With ``wait=False`` a lock another process holds
         yields False at once instead of waiting (the caller leaves that clip to whoever is encoding it)."""
-        from filelock import FileLock, Timeout
-
         path = self._path(sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path.with_suffix(".lock")))

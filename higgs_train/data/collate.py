@@ -12,6 +12,7 @@ records again, e.g. in the next epoch, gives the same batch.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,8 +51,6 @@ def collate_records(records: Sequence[Any], collator: Any):
 
     Samples passed in directly are shallow-copied with a cloned ``label_ids`` so the caller's objects stay intact.
     """
-    import dataclasses
-
     samples = []
     for rec in records:
         if isinstance(rec, dict):

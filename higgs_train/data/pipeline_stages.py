@@ -126,6 +126,8 @@ class PreprocessActor:
         device: str = "cpu",
         encode_batch_size: int = CPU_ENCODE_BATCH,
     ) -> None:
+        # Deferred on purpose: torch, transformers and upstream's tokenizer code load in the encoder actors only; the
+        # decode tasks (this module's functions, run in Ray's workers) never need them.
         import torch
 
         from higgs_train.model_loading import DeferredAudioTokenizer, load_text_tokenizer

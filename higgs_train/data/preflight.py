@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from higgs_train.data.plain_parquet import UnsafeParquetError, open_plain_parquet_file
+from higgs_train.data.token_cache import CacheLocationError, local_cache_root
 from higgs_train.storage import is_uri
 
 DATA_FORMAT_HINT = (
@@ -92,8 +94,6 @@ def _sample_rows(path: Path) -> tuple[Any, list[Any]]:
     with path.open("rb") as fh:
         magic = fh.read(4)
     if magic == b"PAR1":
-        from higgs_train.data.plain_parquet import UnsafeParquetError, open_plain_parquet_file
-
         try:  # a column of Ray's pickled-object type would run code in this process at to_pylist
             with open_plain_parquet_file(path) as pf:
                 table = pf.read_row_group(0) if pf.num_row_groups else None
@@ -309,8 +309,6 @@ def check_audio_root(check: ManifestCheck) -> None:
 
 def check_cache_location(config: Any) -> None:
     """Refuse a ``--cache_dir`` the token cache cannot live on (an object-store URI), before anything is written."""
-    from higgs_train.data.token_cache import CacheLocationError, local_cache_root
-
     if getattr(config, "cache_dir", ""):
         try:
             local_cache_root(config.cache_dir)

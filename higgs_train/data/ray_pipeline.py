@@ -87,6 +87,7 @@ from higgs_train.data.stage_sizing import (
     check_resources,
 )
 from higgs_train.data.token_cache import QUARANTINE_FILE, CacheEntry, TokenCache
+from higgs_train.model_loading import audio_tokenizer_config, load_text_tokenizer
 from higgs_train.ray_session import on_this_node
 
 if TYPE_CHECKING:
@@ -156,8 +157,6 @@ def build_token_cache(
     node's disk, which other nodes of a cluster without a shared disk do not have. False lets Ray place them
     anywhere, for clusters that mount the audio and the cache at the same paths on every node.
     """
-    from higgs_train.model_loading import load_text_tokenizer
-
     if num_actors < 1 or cpus_per_actor <= 0 or batch_size < 1 or gpus_per_actor < 0:
         raise ValueError("num_actors and batch_size must be >= 1, cpus_per_actor > 0 and gpus_per_actor >= 0")
     if encode_batch_size is None:
@@ -374,8 +373,6 @@ def check_records_written(meta: pa.Table, written: dict[int, Any], new_dir: Path
 
 def audio_tokenizer_sampling_rate(path: str) -> int:
     """The audio tokenizer's sample rate from its ``config.json``, so the decode stage loads no model."""
-    from higgs_train.model_loading import audio_tokenizer_config  # deferred like load_text_tokenizer above (torch)
-
     return int(audio_tokenizer_config(path)["sample_rate"])
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from higgs_train.data.cache_key import referenced_audio
 from higgs_train.data.plain_parquet import open_plain_parquet_file, read_plain_parquet
 from higgs_train.data.preprocess_settings import PreprocessSettings
 from higgs_train.data.record_codec import RECORD_SCHEMA
@@ -77,8 +78,6 @@ def row_context_digest(
 
 def row_keys(manifest: pa.Table, fingerprints: dict[str, str], context_digest: str) -> list[str]:
     """One content key per manifest row (see the module docstring), in manifest order."""
-    from higgs_train.data.cache_key import referenced_audio
-
     n = manifest.num_rows
     cols = {c: manifest.column(c).to_pylist() if c in manifest.column_names else [None] * n for c in ROW_KEY_COLUMNS}
     keys = []

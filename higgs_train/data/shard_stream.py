@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -244,8 +245,6 @@ class ShardStream:
         return dict(zip(rows, self._read(rows), strict=True))
 
     def _advance_to(self, s: int) -> None:
-        import time
-
         for stale in [k for k in self._pending if k < s]:
             self._pending.pop(stale).cancel()
         future = self._pending.pop(s, None)

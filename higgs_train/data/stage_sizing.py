@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from higgs_train.ray_session import this_node_resources
+
 IO_TASK_CPUS = 0.25
 CPU_ENCODE_BATCH = 1  # clips per encoder call on CPU actors: stacking measured slower there (ClipEncoder)
 GPU_ENCODE_BATCH = 16  # on a GPU actor: stacking equal-length clips fills the device (unmeasured here)
@@ -71,8 +73,6 @@ def _build_resources(on_driver_node: bool) -> tuple[dict[str, float], str]:
     """The resources a build may use and their owner's name in messages: the driver's node when the build is pinned
     there (``--data_nodes driver``), else the whole cluster."""
     import ray
-
-    from higgs_train.ray_session import this_node_resources
 
     if on_driver_node:
         return this_node_resources(), "the driver's node"

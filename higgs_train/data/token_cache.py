@@ -41,12 +41,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from higgs_train.data.cache_key import CACHE_FORMAT, FingerprintMemo, code_store_key
 from higgs_train.data.clip_encoder import AudioCodeStore
 from higgs_train.data.plain_parquet import read_plain_parquet
 from higgs_train.data.preprocess_settings import PreprocessSettings
 from higgs_train.data.record_codec import RECORD_SCHEMA, iter_records
+from higgs_train.data.shard_stream import entry_refusal  # the entry layout's home
 from higgs_train.processes import process_alive
 from higgs_train.storage import is_uri
 
@@ -131,8 +133,6 @@ def local_cache_root(location: str | Path, flag: str = "--cache_dir") -> Path:
         return Path(text)
     scheme = text.split("://", 1)[0].lower()
     if scheme == "file":
-        import pyarrow.fs as pafs
-
         try:
             _, path = pafs.FileSystem.from_uri(text)
         except (ValueError, OSError, pa.ArrowInvalid) as err:
@@ -164,10 +164,6 @@ class TokenCache:
         path = self.entry_dir(key)
         if not (path / SUCCESS_FILE).exists():
             return None
-        # The entry layout's home; imported here, not at the top: it reaches training.checkpoint_store (torch),
-        # which the preprocessing actors importing this module do not need.
-        from higgs_train.data.shard_stream import entry_refusal
-
         refusal = entry_refusal(str(path), extra_files=(QUARANTINE_FILE,))
         if refusal is not None:
             logger.warning("token-cache entry %s is corrupt and is rebuilt: %s", key, refusal)

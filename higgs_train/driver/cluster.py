@@ -13,7 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 
-from higgs_train.config import TrainingConfig
+from higgs_train.config import TrainingConfig, check_run_name
+from higgs_train.data.stage_sizing import check_resources
+from higgs_train.storage import filesystem_and_path, is_uri, join
+from higgs_train.training.checkpoint import CheckpointError, verify_checkpoint
+from higgs_train.training.checkpoint_store import (
+    RUN_LOCK_LEASE_S,
+    RunLock,
+    RunLockHeld,
+    find_resume_checkpoint,
+    has_marker,
+    remove_debris,
+)
+from higgs_train.training.schedule import effective_learning_rate
 
 if TYPE_CHECKING:
     from higgs_train.training.checkpoint_store import RunLock
@@ -37,8 +49,6 @@ def stream_cache_location(config: TrainingConfig, storage: str) -> str:
     """Where workers stream the token cache from: ``--stream_cache_uri``, else ``<storage>/_token_cache`` when the
     run's storage is a URI (``s3://``, ``gs://``: the one place every node reads, so a cluster needs no other shared
     storage), else "" (the local cache root: one node, or ``--cache_dir`` on a mount every node sees)."""
-    from higgs_train.storage import is_uri, join
-
     if config.stream_cache_uri:
         return config.stream_cache_uri
     return join(storage, STREAM_CACHE_DIR) if is_uri(storage) else ""
@@ -46,8 +56,6 @@ def stream_cache_location(config: TrainingConfig, storage: str) -> str:
 
 def run_params(config: TrainingConfig) -> dict[str, Any]:
     """The MLflow parameters of a run: the config, plus the learning rate ``--learning_rate 0`` resolves to."""
-    from higgs_train.training.schedule import effective_learning_rate
-
     return {**config.to_dict(), "learning_rate_resolved": effective_learning_rate(config)}
 
 
@@ -74,8 +82,6 @@ def hold_run(storage: str, run_name: str, output_dir: str) -> RunLock:
     gets): the two jobs would still share the output folder (adapter, history, reports, MLflow store), which the
     name does not separate, and a second copy of a running job is nearly always a double start.
     """
-    from higgs_train.training.checkpoint_store import RUN_LOCK_LEASE_S, RunLock, RunLockHeld
-
     lock = RunLock(storage, run_name, note=f"output {output_dir}")
     try:
         lock.acquire()
@@ -92,9 +98,6 @@ def hold_run(storage: str, run_name: str, output_dir: str) -> RunLock:
 
 def check_resume_from(location: str) -> None:
     """Refuse a ``--resume_from`` that is not a verified checkpoint folder, in one line saying what to give."""
-    from higgs_train.storage import filesystem_and_path
-    from higgs_train.training.checkpoint import CheckpointError, verify_checkpoint
-
     usage = (
         "give a checkpoint folder (e.g. ray_results/<run>/checkpoint_<timestamp>, or its s3:// URI), or leave "
         "--resume_from out to resume the run's newest checkpoint automatically"
@@ -128,13 +131,6 @@ def resolve_run(
     checkpoint folders on its storage (local, ``file://``, ``s3://``, ...) and takes the newest that verifies
     against its manifest (``training.checkpoint_store``).
     """
-    from higgs_train.config import check_run_name
-    from higgs_train.training.checkpoint_store import (
-        find_resume_checkpoint,
-        has_marker,
-        remove_debris,
-    )
-
     if config.quick_test:
         config = config.apply_quick_test()
     run_name = check_run_name(config.run_name or Path(config.output_dir).resolve().name)
@@ -207,8 +203,6 @@ def check_gpus(config: TrainingConfig, cluster: dict[str, float], per_unit: str 
 def check_cpu_budget(config: TrainingConfig) -> None:
     """Refuse a configuration that cannot be scheduled on the cluster instead of hanging in the pending state."""
     import ray
-
-    from higgs_train.data.stage_sizing import check_resources
 
     cluster = ray.cluster_resources()
     check_gpus(config, cluster)

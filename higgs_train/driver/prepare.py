@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from higgs_train.atomic_files import write_atomic
 from higgs_train.config import TrainingConfig
+from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.job_manifests import resolve_sources
+from higgs_train.data.manifest import convert_manifest
+from higgs_train.data.preflight import missing_audio_hint
+from higgs_train.data.quarantine import Quarantine
+from higgs_train.data.ray_pipeline import build_token_cache, describe
+from higgs_train.data.token_cache import local_cache_root
+from higgs_train.model_loading import resolve_paths
 
 if TYPE_CHECKING:
     from higgs_train.data.ray_pipeline import CacheResult
@@ -63,8 +72,6 @@ def prepare_token_caches(config: TrainingConfig, tracker: Any) -> PreparedData:
     Raises ``ValueError`` when no training row survived (the reports say why). Ray must be up
     (``higgs_train.ray_session.init_ray``).
     """
-    from higgs_train.model_loading import resolve_paths
-
     output = Path(config.output_dir)
     paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
     train_cache, val_cache, cache_root = build_caches(config, paths)
@@ -80,12 +87,6 @@ def prepare_token_caches(config: TrainingConfig, tracker: Any) -> PreparedData:
 
 def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, Path]:
     """Canonicalise both manifests and build/reuse their token caches; returns (train, val, cache root)."""
-    from higgs_train.data.audio_io import AudioLimits
-    from higgs_train.data.job_manifests import resolve_sources
-    from higgs_train.data.manifest import convert_manifest
-    from higgs_train.data.ray_pipeline import build_token_cache, describe
-    from higgs_train.data.token_cache import local_cache_root
-
     sources = resolve_sources(config)
     output = Path(config.output_dir)
     cache_root = local_cache_root(config.cache_dir) if config.cache_dir else output.resolve().parent / "token_cache"
@@ -121,9 +122,6 @@ def build_caches(config: TrainingConfig, paths: Any) -> tuple[Any, Any | None, P
 
 def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[Path]]:
     """Per-split validation reports and one quarantine file, from what preprocessing accepted and rejected."""
-    from higgs_train.atomic_files import write_atomic
-    from higgs_train.data.quarantine import Quarantine
-
     quarantine = Quarantine()
     files: list[Path] = []
     for split, cache in caches.items():
@@ -159,9 +157,6 @@ def write_data_reports(output: Path, caches: dict[str, Any]) -> tuple[int, list[
 
 def _warn_missing_audio(output: Path, config: TrainingConfig) -> None:
     """Rows quarantined for missing audio usually mean a wrong audio root: say which root was used."""
-    from higgs_train.data.job_manifests import resolve_sources
-    from higgs_train.data.preflight import missing_audio_hint
-
     summary = output / "quarantine_summary.json"
     records = json.loads(summary.read_text()).get("records", []) if summary.is_file() else []
     hint = missing_audio_hint([str(r.get("reason", "")) for r in records], resolve_sources(config).train_audio_base)

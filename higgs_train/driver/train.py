@@ -14,11 +14,36 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from higgs_train.adapter import ADAPTER_DIR, STATE_FILE
+from higgs_train.atomic_files import replace_dir, staging_dir, write_atomic
 from higgs_train.config import TrainingConfig
+from higgs_train.console import quiet_libraries
+from higgs_train.data.shard_stream import stream_root_for_workers
+from higgs_train.driver.cluster import (
+    COMPLETED_MARKER,
+    check_cpu_budget,
+    resolve_run,
+    run_params,
+    storage_root,
+    stream_cache_location,
+)
+from higgs_train.driver.prepare import prepare_token_caches
+from higgs_train.driver.tracker_relay import start_tracker_relay
+from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
+from higgs_train.evaluation.in_training import validation_hooks
+from higgs_train.paths import resolve_user_paths
+from higgs_train.ray_session import init_ray
+from higgs_train.storage import join
+from higgs_train.tracking.loss_curve import plot_loss_curve
+from higgs_train.tracking.store import resolve_tracking_uri, tracking_error_in
+from higgs_train.tracking.tracker import RunTracker
+from higgs_train.training.checkpoint import TrainerState
+from higgs_train.training.checkpoint_store import open_checkpoint, remove_debris, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +77,6 @@ class JobOutputsMissing(RuntimeError):
 
 def _plot_untracked(history: list[dict[str, Any]], output: Path) -> Path | None:
     """The loss curve when tracking is off (the tracker only plots what it logs)."""
-    from higgs_train.tracking.loss_curve import plot_loss_curve
-
     return plot_loss_curve(history, output / "loss_curve.png", title="loss curve")
 
 
@@ -86,13 +109,6 @@ def publish_final_outputs(
     uploaded to storage, and Ray's retention always keeps the latest one. Reading it here instead of what rank 0
     wrote means the driver needs no disk in common with the workers; it is verified against its manifest first.
     """
-    import shutil
-
-    from higgs_train.adapter import ADAPTER_DIR, STATE_FILE
-    from higgs_train.atomic_files import replace_dir, staging_dir, write_atomic
-    from higgs_train.training.checkpoint import TrainerState
-    from higgs_train.training.checkpoint_store import open_checkpoint
-
     with open_checkpoint(checkpoint) as local:
         state = TrainerState.from_json((local / STATE_FILE).read_text())
         if last_step is not None and state.global_step != last_step:
@@ -110,8 +126,6 @@ def publish_final_outputs(
 
 def final_checkpoint(result: Any, storage: str, run_name: str) -> str:
     """The run's final checkpoint as a location in ``storage``: Ray's ``Result.checkpoint`` (the latest reported)."""
-    from higgs_train.storage import join
-
     if result.checkpoint is None:
         raise JobOutputsMissing(
             f"training finished but Ray reported no checkpoint for run {run_name} in {storage}: the final adapter "
@@ -126,27 +140,6 @@ def run_training_job(config: TrainingConfig) -> JobResult:
     The run's lock (``driver.cluster.hold_run``) is held from the run's resolution to its COMPLETED marker, so a
     second job of the same run name is refused instead of sharing its checkpoints and outputs.
     """
-    from higgs_train.atomic_files import write_atomic
-    from higgs_train.console import quiet_libraries
-    from higgs_train.data.shard_stream import stream_root_for_workers
-    from higgs_train.driver.cluster import (
-        COMPLETED_MARKER,
-        check_cpu_budget,
-        resolve_run,
-        run_params,
-        storage_root,
-        stream_cache_location,
-    )
-    from higgs_train.driver.prepare import prepare_token_caches
-    from higgs_train.driver.tracker_relay import start_tracker_relay
-    from higgs_train.driver.worker import WorkerSpec, build_torch_trainer
-    from higgs_train.evaluation.in_training import validation_hooks
-    from higgs_train.paths import resolve_user_paths
-    from higgs_train.ray_session import init_ray
-    from higgs_train.tracking.store import resolve_tracking_uri, tracking_error_in
-    from higgs_train.tracking.tracker import RunTracker
-    from higgs_train.training.checkpoint_store import remove_debris, write_marker
-
     quiet_libraries(config.verbose)
     with contextlib.ExitStack() as hold:
         config, run_name, resume = resolve_run(resolve_user_paths(config), hold)  # absolute before Ray runs anything

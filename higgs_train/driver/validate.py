@@ -10,10 +10,12 @@ from typing import Any
 
 from higgs_train.config import TrainingConfig
 from higgs_train.data.audio_io import AudioLimits
+from higgs_train.data.job_manifests import resolve_sources
 from higgs_train.data.manifest import load_manifest
+from higgs_train.data.preflight import missing_audio_hint
 from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.row_checks import AudioChecker
-from higgs_train.data.row_length import RowLengthLimit
+from higgs_train.data.row_length import RowLengthLimit, resolve_row_length_limit
 from higgs_train.data.row_report import (
     QUARANTINE_FILE,
     REPORT_FILE,
@@ -22,14 +24,11 @@ from higgs_train.data.row_report import (
     validate_rows,
     write_report,
 )
+from higgs_train.model_loading import EMBEDDED, load_text_tokenizer, resolve_paths
 
 
 def validate_job(config: TrainingConfig) -> int:
     """Validate the job's train (and val) manifests; 0 if every row is valid, else 1 (with a missing-audio hint)."""
-    from higgs_train.data.job_manifests import resolve_sources
-    from higgs_train.data.row_length import resolve_row_length_limit
-    from higgs_train.model_loading import resolve_paths
-
     sources = resolve_sources(config)
     paths = resolve_paths(config.model_path, config.audio_tokenizer_path, config.tokenizer_path or None)
     code = run_validate_data_only(
@@ -62,8 +61,6 @@ def run_validate_data_only(
     An empty train manifest fails too: there would be nothing to train on. ``tokenizer_path`` may be "embedded".
     ``length_limit`` (``row_length.resolve_row_length_limit``) adds the job's ``max_tokens_per_row`` check.
     """
-    from higgs_train.model_loading import EMBEDDED, load_text_tokenizer, resolve_paths
-
     if tokenizer_path == EMBEDDED:
         tokenizer_path = resolve_paths(EMBEDDED, EMBEDDED, EMBEDDED).tokenizer_path
     tokenizer = load_text_tokenizer(tokenizer_path)
@@ -95,8 +92,6 @@ def run_validate_data_only(
 
 
 def _print_missing_audio_hint(output_dir: str, audio_root: Any) -> None:
-    from higgs_train.data.preflight import missing_audio_hint
-
     report = Path(output_dir) / "validation_report.json"
     if report.is_file():
         reasons = [item["reason"] for item in json.loads(report.read_text()).get("invalid", [])]

@@ -10,11 +10,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
+
 from higgs_train.embedded.layout import STACK_VERSION, TinyStack, default_home, stack_paths
 
 
 def build_tiny_stack(root: Path, seed: int = 0) -> TinyStack:
     """Build every part of the stack into ``root`` (which must not exist yet)."""
+    # Deferred on purpose: the builders load torch, transformers and upstream's model code, and this package's
+    # __init__ runs before any of its modules, so ``embedded.layout`` and ``embedded.voices`` would carry them too.
     from higgs_train.embedded.audio_codec import build_audio_tokenizer_dir
     from higgs_train.embedded.model import build_model_dir, save_whisper_feature_extractor
     from higgs_train.embedded.text_tokenizer import build_text_tokenizer_dir
@@ -31,9 +35,7 @@ def build_tiny_stack(root: Path, seed: int = 0) -> TinyStack:
 
 def ensure_tiny_stack(home: Path | None = None) -> TinyStack:
     """Return the embedded stack, building it on first use. Safe when many processes call it at once."""
-    from filelock import FileLock
-
-    from higgs_train.embedded.audio_codec import install_semantic_teacher
+    from higgs_train.embedded.audio_codec import install_semantic_teacher  # deferred on purpose, as above
 
     home = Path(home) if home else default_home()
     root = home / STACK_VERSION

@@ -11,6 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from higgs_train.embedded.model import TINY_WHISPER_TOWER, save_whisper_feature_extractor
+from higgs_train.embedded.text_tokenizer import build_text_tokenizer_dir
+
 WHISPER_CONTROL_TOKENS = [
     "<|endoftext|>",
     "<|startoftranscript|>",
@@ -28,9 +31,6 @@ def build_tiny_whisper_asr(out_dir: Path, seed: int = 0) -> Path:
     """Save config, weights (safetensors), generation config, tokenizer and feature extractor to ``out_dir``."""
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizerFast
-
-    from higgs_train.embedded.model import TINY_WHISPER_TOWER, save_whisper_feature_extractor
-    from higgs_train.embedded.text_tokenizer import build_text_tokenizer_dir
 
     out_dir = Path(out_dir)
     staging = out_dir / "_text_tokenizer"

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from higgs_train.chatml import cloning_sample
 from higgs_train.embedded.voices import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
@@ -48,8 +49,6 @@ def create_sample_data(out_dir: str | Path, utterances_per_speaker: int = 6, see
 def sample_rows(out: Path, utterances_per_speaker: int = 6, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Write every speaker's WAVs under ``out/audio`` and return the (train, val) rows that use them (audio paths
     relative to ``out``)."""
-    import soundfile as sf
-
     rng = np.random.default_rng(seed)
     train: list[dict] = []
     val: list[dict] = []

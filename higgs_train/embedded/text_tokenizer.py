@@ -8,7 +8,10 @@ token ids from this tokenizer (see ``model.py``); nothing downstream hard-codes 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from higgs_train.chatml import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
 from higgs_train.embedded.voices import SENTENCES
@@ -55,8 +58,6 @@ RELEASED_VOCAB_SIZE = 128256
 
 def _trained_bpe():
     """The byte-level BPE trained on ``training_corpus()`` (deterministic), without special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -106,10 +107,6 @@ def build_released_size_text_tokenizer_dir(out_dir: Path) -> Path:
     ``<|AUDIO_OUT|>`` 128016 as released, and reserved special tokens fill the rest up to 128,256 entries: a model
     with the released embedding size and token ids takes it unchanged.
     """
-    import json
-
-    from tokenizers import Tokenizer
-
     state = json.loads(_trained_bpe().to_str())
     vocab = state["model"]["vocab"]
     for i in range(RELEASED_BASE_VOCAB_SIZE - len(vocab)):

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Protocol
 
+import jiwer
 import numpy as np
 
 from higgs_train.evaluation.metrics import Clip, resample
@@ -99,8 +100,6 @@ def error_rates(reference: str, hypothesis: str) -> tuple[float, float]:
 
     An empty hypothesis scores 1.0 (every word deleted); insertions can push either above 1.
     """
-    import jiwer
-
     ref, hyp = normalize_text(reference), normalize_text(hypothesis)
     if not ref:
         return math.nan, math.nan

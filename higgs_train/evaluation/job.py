@@ -32,6 +32,10 @@ from higgs_train.evaluation.runner import (
     one_line,
 )
 from higgs_train.evaluation.suite import EvalSettings, RowScore
+from higgs_train.generation import SamplingSettings, write_wav
+from higgs_train.ray_session import init_ray
+from higgs_train.tracking.store import resolve_tracking_uri
+from higgs_train.tracking.tracker import RunTracker
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +84,6 @@ def adapter_label(adapter: str, taken: set[str]) -> str:
 
 
 def run_evaluation(cfg: EvalJobConfig) -> EvalJobResult:
-    from higgs_train.generation import SamplingSettings
-    from higgs_train.tracking.store import resolve_tracking_uri
-    from higgs_train.tracking.tracker import RunTracker
-
     if not cfg.models:
         raise ValueError("nothing to evaluate: give --base and/or at least one --adapter")
     manifest = Path(cfg.manifest).resolve()
@@ -148,8 +148,6 @@ def _generate_and_score(
     crash in native code) fails its model only (``collect_model_run``)."""
     import ray
 
-    from higgs_train.ray_session import init_ray
-
     for attempt in range(3):  # a local head on a saturated machine can miss Ray's fixed 30 s registration window
         try:
             init_ray()
@@ -198,8 +196,6 @@ def collect_model_run(label: str, fetch: Any) -> ModelRun:
 def _log_model_run(
     cfg: EvalJobConfig, parent: Any, spec: ModelSpec, clips: list[ScoredClip], summary: dict[str, Any], meta: dict
 ) -> None:
-    from higgs_train.tracking.tracker import RunTracker
-
     child = RunTracker(parent.tracking_uri)
     params = {
         "model": spec.label,
@@ -247,8 +243,6 @@ def _absolute(spec: ModelSpec) -> ModelSpec:
 
 
 def _write_wav(path: Path, clip: ScoredClip) -> Path:
-    from higgs_train.generation import write_wav
-
     return write_wav(path, clip.waveform, clip.sample_rate)
 
 

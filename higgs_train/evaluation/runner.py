@@ -19,8 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from higgs_train.chatml import context_of, target_audio_url, text_of
+from higgs_train.data.audio_io import load_audio
+from higgs_train.data.manifest import load_manifest
+from higgs_train.data.reasons import AudioError
 from higgs_train.evaluation.metrics import Clip
 from higgs_train.evaluation.suite import EvalSettings, RowScore, VoiceEvaluator
+from higgs_train.generation import load_generation_stack, synthesize
+from higgs_train.generation_prompt import auto_max_new_tokens, build_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +80,6 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 def load_eval_rows(manifest: str | Path, max_rows: int = 0) -> list[EvalRow]:
     """The first ``max_rows`` (0: all) readable rows of a training-format manifest."""
-    from higgs_train.chatml import context_of, target_audio_url, text_of
-    from higgs_train.data.manifest import load_manifest
-
     rows = []
     for row in load_manifest(Path(manifest)):
         if row.get("parse_error"):
@@ -109,8 +112,6 @@ class ModelEvaluator:
         audio_base_path: str | Path,
         device: str = "cpu",
     ) -> None:
-        from higgs_train.generation import load_generation_stack
-
         self.spec = spec
         self.sampling = sampling
         self.audio_base_path = Path(audio_base_path).resolve()
@@ -139,9 +140,6 @@ class ModelEvaluator:
             return ModelRun(self.spec.label, [], f"evaluation failed: {one_line(exc)}")
 
     def run_row(self, row: EvalRow) -> ScoredClip:
-        from higgs_train.generation import synthesize
-        from higgs_train.generation_prompt import auto_max_new_tokens, build_prompt
-
         rate = int(self.stack.audio_tokenizer.sampling_rate)
         reference = self._load(row.reference_url, rate)
         target = self._load(row.target_url, rate)
@@ -177,9 +175,6 @@ class ModelEvaluator:
         return ScoredClip(score, result.waveform, result.sampling_rate)
 
     def _load(self, url: str | None, rate: int) -> np.ndarray | None:
-        from higgs_train.data.audio_io import load_audio
-        from higgs_train.data.reasons import AudioError
-
         if not url:
             return None
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from higgs_train.evaluation.intelligibility import Intelligibility, load_transcriber
+from higgs_train.evaluation.intelligibility import POCKETSPHINX_LABEL, Intelligibility, load_transcriber
 from higgs_train.evaluation.metrics import Clip, Metric
 from higgs_train.evaluation.quality import DnsMos, SignalChecks
 from higgs_train.evaluation.speaker import SpeakerSimilarity, load_speaker_encoder
@@ -80,8 +80,6 @@ class EvalSettings:
 
     @property
     def asr_label(self) -> str:
-        from higgs_train.evaluation.intelligibility import POCKETSPHINX_LABEL
-
         if not self.asr:
             return "off"
         return POCKETSPHINX_LABEL if not self.asr_model else f"asr:{self.asr_model}"

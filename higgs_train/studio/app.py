@@ -76,7 +76,7 @@ def _warm_imports() -> None:
     try:
         import mlflow.store.db.utils  # noqa: F401
 
-        import higgs_train.generation  # noqa: F401
+        import higgs_train.generation  # noqa: F401  -- deferred on purpose: this is the background import itself
     except Exception:  # noqa: BLE001 -- only a head start; the request that needs them reports any error
         logger.debug("warm imports failed", exc_info=True)
 
@@ -211,7 +211,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     @app.get("/api/datasets/clips")
     def dataset_clips(path: str) -> dict[str, Any]:
         """Every (speaker, clip, transcript) of a data set's manifests, with a URL to play each clip."""
-
         folder = root_path(roots, path, "path")
         try:
             clips = speaker_clips(folder)
@@ -239,7 +238,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
     async def fill_transcripts(request: Request) -> dict[str, Any]:
         """Write typed transcripts into the data set's ``to_transcribe.tsv``; building it again pairs the filled
         clips (the builder reads the file back, and its content-hash cache redoes no finished file)."""
-
         data = await read_body(request)
         folder = root_path(roots, data.get("path"), "path")
         texts = data.get("texts")
@@ -315,7 +313,6 @@ def create_app(settings: StudioSettings, ray_client: Any = None, warm: bool = Fa
 
 def read_to_transcribe(folder: Path) -> list[dict[str, str]]:
     """``[{clip, text}]`` of a data set's ``to_transcribe.tsv`` in file order (none when there is no file)."""
-
     path = folder / TO_TRANSCRIBE
     if not path.is_file():
         return []

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from higgs_train.atomic_files import write_atomic
 from higgs_train.source_tree import PROJECT_DIR
 from higgs_train.studio.refusals import StudioRefusal
 
@@ -66,8 +67,6 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def write(self, folder: Path) -> None:
-        from higgs_train.atomic_files import write_atomic
-
         write_atomic(folder / "job.json", json.dumps(asdict(self), indent=1))
 
 

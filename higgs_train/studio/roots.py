@@ -7,9 +7,12 @@ root is refused with one line, before any file is opened.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import soundfile as sf
 
 from higgs_train.studio.refusals import StudioRefusal
 
@@ -92,10 +95,6 @@ def checked_upload_name(name: str) -> str:
 
 def check_audio_bytes(name: str, data: bytes) -> None:
     """Refuse an upload that is too large or is not audio of its suffix (decoded header, not the name)."""
-    import io
-
-    import soundfile as sf
-
     if len(data) > MAX_UPLOAD_BYTES:
         raise PathRefused(f"upload {name}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES // 2**20} MiB limit")
     if not data:

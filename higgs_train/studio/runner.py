@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from higgs_train.atomic_files import write_atomic
 from higgs_train.studio.jobs import JobRecord, error_line, tail
 
 
@@ -35,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if child.poll() is None:
                 child.kill()
-    from higgs_train.atomic_files import write_atomic
 
     error = error_line(tail(folder / "log.txt")) if returncode else ""
     if returncode and not error:

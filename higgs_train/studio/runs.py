@@ -9,10 +9,13 @@ are served from the local artifact folder, which must lie under a root.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from higgs_train.chatml import context_of, target_audio_url, text_of
+from higgs_train.data.manifest import load_manifest
 from higgs_train.studio.refusals import StudioRefusal
 from higgs_train.studio.roots import PathRefused, Roots
 from higgs_train.tracking.store import EMBEDDED_DB_NAME
@@ -49,8 +52,6 @@ class RunStore:
         """The store exists and its schema is complete. Opening it earlier would make this process run MLflow's
         migrations at the same time as the job creating it, and one of the two fails ("table _alembic_tmp_...
         already exists"); so until a job has finished creating the store, the Studio sees no runs."""
-        import sqlite3
-
         if self._client is not None:
             return True
         if not self.db.is_file():
@@ -158,15 +159,11 @@ class RunStore:
 
     def _validation_clips(self, params: dict[str, str]) -> dict[str, dict[str, Any]]:
         """``safe sample id -> {reference_url, target_url, text}`` of the run's validation rows (best effort)."""
-        from higgs_train.chatml import context_of, target_audio_url, text_of
-
         val = params.get("val_data") or ""
         if not val and params.get("output_dir"):  # sample data: next to the output dir (train.py's default)
             val = str(Path(params["output_dir"]).parent / "sample_data" / "val.json")
         try:
             manifest = self.roots.inside(val)
-            from higgs_train.data.manifest import load_manifest
-
             rows = list(load_manifest(manifest))
         except Exception:  # noqa: BLE001 -- no manifest, or outside the roots: samples still play on their own
             return {}

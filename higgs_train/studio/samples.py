@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+
+from higgs_train.embedded.voices import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
 
 
 def write_sample_recordings(folder: Path, per_speaker: int = 4, seed: int = 0) -> int:
     """Write ``folder/<speaker>/utt_NN.wav`` + ``.txt`` (voices from ``sample_data``); returns the clip count."""
-    import soundfile as sf
-
-    from higgs_train.embedded.voices import SAMPLE_RATE, SENTENCES, SPEAKERS, synthesize
-
     rng = np.random.default_rng(seed)
     written = 0
     for speaker in SPEAKERS:

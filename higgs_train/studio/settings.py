@@ -10,6 +10,7 @@ record out of the Studio's sight (``mlflow_tracking_uri``) are refused.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import typing
@@ -17,7 +18,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from higgs_train.config import TrainingConfig, check_run_name
+from higgs_train.atomic_files import write_atomic
+from higgs_train.config import TrainingConfig, check_run_name, field_defaults
 from higgs_train.paths import MODEL_FIELDS, PATH_FIELDS
 from higgs_train.studio.refusals import StudioRefusal
 from higgs_train.studio.roots import PathRefused, Roots
@@ -150,11 +152,6 @@ def training_config(roots: Roots, settings: dict[str, Any], preset: str = "") ->
 
 def write_config(config: TrainingConfig, path: Path) -> Path:
     """The fields that differ from the defaults (and the output folder): what the page set, nothing pinned else."""
-    import json
-
-    from higgs_train.atomic_files import write_atomic
-    from higgs_train.config import field_defaults
-
     defaults = field_defaults()
     keep = {k: v for k, v in config.to_dict().items() if v != defaults.get(k)}
     keep.update(output_dir=config.output_dir, run_name=config.run_name)

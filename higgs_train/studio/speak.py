@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from higgs_train.config import TrainingConfig
+from higgs_train.data.audio_io import decode_audio
+from higgs_train.data.reasons import AudioError
+from higgs_train.speaker_reference import ReferenceError, pick_reference
 from higgs_train.studio.refusals import StudioRefusal
 
 SPEAK_DIR = "studio_speak"
@@ -51,8 +55,6 @@ class SpeakResult:
 
 def base_model_of(adapter: Path | None) -> tuple[str, str]:
     """``(model_path, audio_tokenizer_path)`` the adapter was trained on (its saved config), else the embedded stack."""
-    from higgs_train.config import TrainingConfig
-
     saved = adapter / "training_config.yaml" if adapter else None
     if saved is not None and saved.is_file():
         config = TrainingConfig.load(saved)
@@ -68,6 +70,8 @@ class Speaker:
         self._key: tuple | None = None
 
     def _stack_for(self, adapter: Path | None) -> Any:
+        # Deferred on purpose: generation loads torch and transformers (seconds); the Studio starts without them
+        # and warms them in the background (``studio.app``), and a refused request never waits for them.
         from higgs_train.adapter import AdapterError
         from higgs_train.generation import load_generation_stack
         from higgs_train.model_loading import ModelFormatError
@@ -89,7 +93,6 @@ class Speaker:
             raise SpeakError(f"text: give 1 to {MAX_TEXT_CHARS} characters (got {len(text)})")
         if not request.speaker and not (request.ref_audio is not None and request.ref_text.strip()):
             raise SpeakError("reference: give a speaker of a data set, or a reference clip and its transcript")
-        from higgs_train.speaker_reference import ReferenceError, pick_reference
 
         if request.speaker:
             if request.data is None:
@@ -101,13 +104,12 @@ class Speaker:
             ref_audio, ref_text, voice = ref.audio_path, ref.text, f"{ref.speaker} ({ref.audio_path.name})"
         else:
             ref_audio, ref_text, voice = request.ref_audio, request.ref_text.strip(), request.ref_audio.name
-        from higgs_train.data.audio_io import decode_audio
-        from higgs_train.data.reasons import AudioError
 
         try:
             decode_audio(Path(ref_audio))  # the checks the prompt applies, before any model loads
         except (AudioError, OSError) as err:
             raise SpeakError(f"reference {Path(ref_audio).name}: {str(err).splitlines()[0]}") from err
+        # Deferred on purpose, as in ``_stack_for``: the checks above answer before torch is imported.
         from higgs_train.evaluation.suite import check_audio
         from higgs_train.generation import SamplingSettings, no_audio_reason, prompt_for_texts, synthesize, write_wav
         from higgs_train.generation_prompt import auto_max_new_tokens

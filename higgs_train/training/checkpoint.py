@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 import torch
+import yaml
 
 from higgs_train.adapter import ADAPTER_DIR, CHECKPOINT_CONFIG, STATE_FILE, load_adapter_weights, save_adapter
 
@@ -242,8 +243,6 @@ def save_checkpoint(
     config_dict: dict[str, Any],
 ) -> Path:
     """Write one complete checkpoint directory: state files first, ``manifest.json`` last."""
-    import yaml
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_adapter(model, out_dir / ADAPTER_DIR)

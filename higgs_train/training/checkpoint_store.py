@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from higgs_train.adapter import STATE_FILE
+from higgs_train.processes import pid_space, process_start_time
 from higgs_train.storage import filesystem_and_path, join
 from higgs_train.training.checkpoint import CheckpointError, verify_checkpoint
 
@@ -212,35 +213,6 @@ class RunLockHeld(RuntimeError):
         self.run_name, self.holder, self.location = run_name, holder, location
 
 
-def _process_start_time(pid: int) -> float | None:
-    """When process ``pid`` of this host started, or None if there is no such process."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil comes with the lock; without it a pid check is all there is
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0.0
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.AccessDenied:
-        return 0.0
-
-
-def pid_space() -> str:
-    """This process table's identity: the boot id and the pid namespace (empty where Linux's /proc is absent)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:
-        return ""
-
-
 def stale_reason(owner: LockOwner, now: float, host: str | None = None) -> str | None:
     """Why a claim no longer counts (its driver is gone), or None while it does.
 
@@ -252,7 +224,7 @@ def stale_reason(owner: LockOwner, now: float, host: str | None = None) -> str |
     if now - owner.heartbeat_at > owner.lease_s:
         return f"no heartbeat for {now - owner.heartbeat_at:.0f} s (lease {owner.lease_s:.0f} s)"
     if owner.host == (host or socket.gethostname()) and owner.pid_space and owner.pid_space == pid_space():
-        started = _process_start_time(owner.pid)
+        started = process_start_time(owner.pid)
         if started is None:
             return f"pid {owner.pid} on {owner.host} has exited"
         if started and owner.pid_started and abs(started - owner.pid_started) > 1.0:
@@ -285,7 +257,7 @@ class RunLock:
         self.clock, self.sleep = clock, sleep or time.sleep
         self._fs, self._dir = filesystem_and_path(self.location)
         now = clock()
-        started = _process_start_time(os.getpid()) or now
+        started = process_start_time(os.getpid()) or now
         token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.owner = LockOwner(token, socket.gethostname(), os.getpid(), started, now, now, lease_s, note, pid_space())
         self._held = False

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from higgs_train.data.batching import optimizer_steps, plan_epoch
 from higgs_train.embedded import ensure_tiny_stack
 from higgs_train.embedded.layout import embedded_model_dir
 from higgs_train.embedded.marker import GENERATED_MARKER
@@ -89,8 +90,6 @@ def steps_in_run(steps_per_epoch: int, num_epochs: int, max_steps: int) -> int:
 def planned_steps(config: Any, lengths: Any) -> int:
     """Optimizer steps a run of ``config`` will take over rows of ``lengths`` tokens, computed on the driver from
     the same epoch-0 batch plan the workers will follow (``TrainingConfig`` fields; equal on every worker)."""
-    from higgs_train.data.batching import optimizer_steps, plan_epoch
-
     plan = plan_epoch(
         lengths,
         max_tokens_per_batch=config.max_tokens_per_batch,

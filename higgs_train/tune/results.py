@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from higgs_train.config import TrainingConfig
+from higgs_train.tracking.runs import find_runs
+from higgs_train.tracking.store import tracking_off
+from higgs_train.tracking.tracker import RunTracker
 from higgs_train.training.checkpoint_ranking import checkpoint_score
 from higgs_train.training.schedule import planned_steps
 from higgs_train.tune.space import TIME_ATTR, TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
@@ -222,10 +225,6 @@ def write_trial_table(trials: list[TrialSummary], output: Path) -> tuple[Path, P
 def close_child_runs(tracking_uri: str, experiment: str, parent_run_id: str, trials: list[TrialSummary]) -> None:
     """Link trials to their child runs, log each one's final figures, and end the runs ASHA killed mid-flight."""
     from mlflow import MlflowClient
-
-    from higgs_train.tracking.runs import find_runs
-    from higgs_train.tracking.store import tracking_off
-    from higgs_train.tracking.tracker import RunTracker
 
     if tracking_off(tracking_uri) or not parent_run_id:
         return

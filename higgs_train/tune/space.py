@@ -13,6 +13,7 @@ import yaml
 
 from higgs_train.config import TrainingConfig
 from higgs_train.source_tree import PROJECT_DIR
+from higgs_train.training.schedule import effective_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +179,6 @@ def trial_overrides(base: TrainingConfig, params: dict[str, Any]) -> dict[str, A
         rank = out.get("lora_r", base.lora_r)
         out["lora_alpha"] = max(1, int(round(rank * float(params[ALPHA_MULTIPLIER]))))
     if LR_MULTIPLIER in params:
-        from higgs_train.training.schedule import effective_learning_rate
-
         out["learning_rate"] = effective_learning_rate(base) * float(params[LR_MULTIPLIER])
     return out
 

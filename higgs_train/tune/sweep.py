@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from higgs_train.config import TrainingConfig
+from higgs_train.console import quiet_libraries, quiet_tune_output
+from higgs_train.data.shard_stream import stream_root_for_workers
+from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root, stream_cache_location
+from higgs_train.driver.prepare import prepare_token_caches
+from higgs_train.driver.tracker_relay import start_tracker_relay
+from higgs_train.ray_session import init_ray
+from higgs_train.tracking.store import resolve_tracking_uri
+from higgs_train.tracking.tracker import RunTracker
 from higgs_train.training.checkpoint_ranking import checkpoint_score
 from higgs_train.training.schedule import planned_steps
 from higgs_train.tune.resources import make_scheduler, plan_resources
@@ -85,15 +93,6 @@ def run_sweep(config: TrainingConfig, settings: SweepSettings) -> SweepResult:
     """
     import ray
     from ray import tune
-
-    from higgs_train.console import quiet_libraries, quiet_tune_output
-    from higgs_train.data.shard_stream import stream_root_for_workers
-    from higgs_train.driver.cluster import check_cpu_budget, resolve_sweep_run, storage_root, stream_cache_location
-    from higgs_train.driver.prepare import prepare_token_caches
-    from higgs_train.driver.tracker_relay import start_tracker_relay
-    from higgs_train.ray_session import init_ray
-    from higgs_train.tracking.store import resolve_tracking_uri
-    from higgs_train.tracking.tracker import RunTracker
 
     quiet_libraries(config.verbose)
     settings.validate()

@@ -17,10 +17,12 @@ from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from higgs_train.config import TrainingConfig
+from higgs_train.console import emit
 from higgs_train.driver.cluster import run_params
 from higgs_train.driver.tracker_relay import RelayedTracker
 from higgs_train.driver.worker import WORKER_SPEC, WorkerSpec, build_torch_trainer, run_worker
 from higgs_train.evaluation.in_training import validation_hooks
+from higgs_train.tracking.tracker import RunTracker
 from higgs_train.tune.space import TRIAL_RESULT_FILE, TUNE_METRIC, trial_overrides
 
 logger = logging.getLogger(__name__)
@@ -73,13 +75,9 @@ class TrialResultLines(Callback):
         self.total_steps = total_steps
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any):
-        from higgs_train.console import emit
-
         emit(trial_result_line(trial.trial_id, trial.config, result, self.total_steps))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        from higgs_train.console import emit
-
         emit(f"trial {trial.trial_id} failed: see {getattr(trial, 'path', None) or 'its error.txt'}")
 
 
@@ -176,8 +174,6 @@ def readable_trial_name(config: TrainingConfig, params: dict[str, Any], trial_id
 def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     """Tune function trainable: one child MLflow run and one TorchTrainer over the shared token cache."""
     import ray.tune
-
-    from higgs_train.tracking.tracker import RunTracker
 
     trial_id = ray.tune.get_context().get_trial_id()
     base = context.base_config

@@ -23,8 +23,8 @@ from higgs_train.console import filter_forwarded_worker_logs
 from higgs_train.data.audio_io import resolve_audio_path
 from higgs_train.data.cache_key import referenced_audio
 from higgs_train.data.token_cache import TokenCache
-from higgs_train.driver import tracker_relay
 from higgs_train.tracking.runs import find_runs
+from higgs_train.tune import sweep as sweep_module
 from higgs_train.tune.space import BEST_DIR
 from higgs_train.tune.sweep import SweepResult, run_sweep
 
@@ -60,7 +60,7 @@ def sweep(tmp_path_factory) -> Iterator[SweepResult]:
     os.chdir(root)
     cache, hidden = root / "token_cache", root / "hidden_entries"
     STREAM.append(root / "stream")
-    start_relay = tracker_relay.start_tracker_relay
+    start_relay = sweep_module.start_tracker_relay
 
     def hide_the_drivers_entries(*args, **kwargs):
         """Called once the caches are built and published, before any trial starts: from here on a trial that
@@ -74,7 +74,7 @@ def sweep(tmp_path_factory) -> Iterator[SweepResult]:
 
     try:
         with console_captured() as console, pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tracker_relay, "start_tracker_relay", hide_the_drivers_entries)
+            patch.setattr(sweep_module, "start_tracker_relay", hide_the_drivers_entries)
             result = run_sweep(config, settings)
         for name in HIDDEN:  # back, for the tests that read the cache's ledger and entries
             (hidden / name).rename(cache / name)

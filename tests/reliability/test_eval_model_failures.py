@@ -103,7 +103,7 @@ def test_evaluate_scores_the_good_models_and_reports_each_failed_one(setup, monk
             super().__init__(tracking_uri, enabled=False)
 
     monkeypatch.setattr(job, "_generate_and_score", _in_process(dies={"dying"}))
-    monkeypatch.setattr("higgs_train.tracking.tracker.RunTracker", NoTracking)
+    monkeypatch.setattr(job, "RunTracker", NoTracking)
     out = setup["root"] / "eval"
     dying = setup["root"] / "dying"
     dying.mkdir()

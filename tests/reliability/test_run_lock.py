@@ -26,13 +26,13 @@ import pytest
 from higgs_train.commands.train import main as train_main
 from higgs_train.config import TrainingConfig
 from higgs_train.driver.cluster import RunSetupError, resolve_run
+from higgs_train.processes import pid_space
 from higgs_train.storage import filesystem_and_path, join
 from higgs_train.training.checkpoint_store import (
     RUN_LOCK_DIR,
     LockOwner,
     RunLock,
     RunLockHeld,
-    pid_space,
 )
 
 

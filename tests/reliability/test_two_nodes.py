@@ -37,7 +37,7 @@ from local_ports import free_port
 from ray_faults import ROOT, WorkerKiller, logged_steps
 
 from higgs_train.config import TrainingConfig
-from higgs_train.driver import worker as worker_module
+from higgs_train.driver import train as train_driver
 from higgs_train.driver.cluster import STREAM_CACHE_DIR
 from higgs_train.driver.train import run_training_job
 from higgs_train.embedded.sample_data import create_sample_data
@@ -79,13 +79,13 @@ def drive_the_job(config: dict, cache: str, moved_away: str, env: dict[str, str]
     clean = environment_without_ray_session() | env
     os.environ.clear()
     os.environ.update(clean)
-    build = worker_module.build_torch_trainer
+    build = train_driver.build_torch_trainer
 
     def build_without_the_drivers_cache(*args, **kwargs):
         shutil.move(cache, moved_away)
         return build(*args, **kwargs)
 
-    worker_module.build_torch_trainer = build_without_the_drivers_cache
+    train_driver.build_torch_trainer = build_without_the_drivers_cache
     try:
         nodes_before = node_resources(env["RAY_ADDRESS"], wait_for=2)
         result = run_training_job(TrainingConfig.from_dict(config))

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from higgs_train import ray_session
 from higgs_train.commands.train import config_from_args
+from higgs_train.data import stage_sizing
 from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.clip_encoder import ClipEncoder, decode_clips
 from higgs_train.data.preprocess import SamplePreprocessor
@@ -102,7 +102,7 @@ def test_data_actor_gpus_is_validated_and_refused_on_a_cluster_without_gpus(monk
     assert data_actor_gpu_reason(2, 0.0, {"CPU": 2.0}) is None
     # A CPU head (the driver's node) beside a GPU node: the build runs on the driver's node by default.
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 6.0, "GPU": 1.0})
-    monkeypatch.setattr(ray_session, "this_node_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(stage_sizing, "this_node_resources", lambda: {"CPU": 2.0})
     config = config_from_args(["--data_actor_gpus", "0.5", "--dataloader_num_workers", "2"])
     with pytest.raises(ClusterResourcesError) as refused:
         check_cpu_budget(config)

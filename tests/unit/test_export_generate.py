@@ -133,21 +133,21 @@ def test_merge_of_a_bf16_base_loads_it_in_bf16_and_rounds_once(adapter, paths, t
     load_model(paths.model_path).to(torch.bfloat16).save_pretrained(str(base), safe_serialization=True)
     load_text_tokenizer(paths.tokenizer_path).save_pretrained(str(base))
     loads: list[torch.dtype] = []
-    import higgs_train.model_loading as models
+    import higgs_train.export as export_module
 
-    real_load = models.load_model
+    real_load = export_module.load_model
 
     def spying_load(path, device="cpu", dtype=torch.float32):
         loads.append(dtype)
         return real_load(path, device=device, dtype=dtype)
 
-    models.load_model = spying_load
+    export_module.load_model = spying_load
     try:
         result = export(
             adapter_dir, tmp_path / "export", merge=True, base_model_path=str(base), allow_base_mismatch=True
         )
     finally:
-        models.load_model = real_load
+        export_module.load_model = real_load
     assert loads == [torch.bfloat16]
     reference = load_adapter(load_model(str(base)), adapter_dir, str(base), allow_base_mismatch=True)
     expected = reference.merge_and_unload().to(torch.bfloat16).state_dict()
