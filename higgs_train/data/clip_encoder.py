@@ -178,28 +178,37 @@ class ClipEncoder:
     def encode_many(self, waves: dict[str, np.ndarray], urls: dict[str, str]) -> dict[str, EncodedAudio]:
         """Codes for every key whose clip encodes; a clip that fails is left out (its row encodes it alone again
         and reports the reason)."""
+        return dict(self.encode_each(waves, urls))
+
+    def encode_each(self, waves: dict[str, np.ndarray], urls: dict[str, str]) -> Iterator[tuple[str, EncodedAudio]]:
+        """``encode_many``, each ``(key, codes)`` handed on as soon as its encoder call returns, so a caller can
+        store a clip and release its lock while the next clip encodes."""
         by_length: dict[int, list[str]] = {}
         for key, wave in waves.items():
             by_length.setdefault(len(wave), []).append(key)
-        out: dict[str, EncodedAudio] = {}
         for length, keys in by_length.items():
             pending = list(keys)
             while pending:
                 if self.max_batch == 1 or len(pending) == 1 or not self._single_pass.get(length, False):
                     key = pending.pop(0)
-                    with contextlib.suppress(PreprocessError):
-                        out[key] = self._solo(waves[key], urls[key])
+                    yield from self._solo_or_none(key, waves[key], urls[key])
                     continue
                 group, pending = pending[: self.max_batch], pending[self.max_batch :]
                 try:
-                    out.update(
-                        zip(group, self._stacked([waves[k] for k in group], [urls[k] for k in group]), strict=True)
-                    )
+                    encoded = self._stacked([waves[k] for k in group], [urls[k] for k in group])
                 except Exception:  # a failed stack is retried clip by clip: each clip's own error is the reason
                     for key in group:
-                        with contextlib.suppress(PreprocessError):
-                            out[key] = self._solo(waves[key], urls[key])
-        return out
+                        yield from self._solo_or_none(key, waves[key], urls[key])
+                    continue
+                yield from zip(group, encoded, strict=True)
+
+    def _solo_or_none(self, key: str, wave: np.ndarray, url: str) -> Iterator[tuple[str, EncodedAudio]]:
+        """``(key, codes)`` of one clip, or nothing when it fails (its row's own pass reports the reason)."""
+        try:
+            encoded = self._solo(wave, url)
+        except PreprocessError:
+            return
+        yield key, encoded
 
     def _count_pass(self, *_: Any) -> None:
         self._passes += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 
@@ -213,3 +214,42 @@ def test_a_deferred_tokenizer_reads_its_figures_from_the_config_and_loads_only_t
     encoded = fresh.process_batch(rows)  # nothing stored: the tokenizer loads and gives the same codes
     assert deferred.loaded and encoded.stats["encoder_calls"] == filled.stats["encoder_calls"]
     assert [r["audio_codes"].tolist() for r in encoded.records] == [r["audio_codes"].tolist() for r in filled.records]
+
+
+def test_each_clip_lock_is_released_once_stored_and_rows_waiting_on_another_actor_go_last(stack, data, tmp_path):
+    """Two actors share a code store. One that meets a clip the other is encoding skips it, encodes the rest, and
+    takes the rows that need it last; and it frees each clip it encodes as soon as the clip is stored, so the other
+    actor never waits for its whole batch (holding every lock to the end kept 2 actors in lockstep)."""
+    from higgs_train.data.clip_encoder import AudioCodeStore, file_sha256
+    from higgs_train.data.sample_tokens import row_audio_urls
+
+    _, tokenizer, audio_tokenizer = stack
+    base, rows = data[0], data[1][:4]  # one speaker: rows share files
+    sha = {url: file_sha256(base / url) for row in rows for url in row_audio_urls(row)}
+    busy = row_audio_urls(rows[0])[-1]  # the first row's target: another actor is encoding it
+    store = AudioCodeStore(tmp_path / "codes")
+    pre = SamplePreprocessor(tokenizer, audio_tokenizer, base, code_store=store)
+    other_actor = contextlib.ExitStack()
+    assert other_actor.enter_context(store.lock(sha[busy]))
+
+    freed_after_storing: list[bool] = []
+    encode_each = pre.clip_encoder.encode_each
+
+    def watched(waves, urls):
+        for key, codes in encode_each(waves, urls):
+            yield key, codes
+            with store.lock(key, wait=False) as free:  # the caller stored it and let go before asking for more
+                freed_after_storing.append(free and store.get(key) is not None)
+        other_actor.close()  # the other actor finishes its clip without storing it: the row pass encodes it
+
+    pre.clip_encoder.encode_each = watched
+    result = pre.process_batch(rows)
+
+    assert not result.failures and len(freed_after_storing) == len(set(sha.values())) - 1
+    assert all(freed_after_storing)
+    waiting = [row["id"] for row in rows if busy in row_audio_urls(row)]
+    assert 0 < len(waiting) < len(rows)
+    assert [r["id"] for r in result.records] == [row["id"] for row in rows if row["id"] not in waiting] + waiting
+    alone = SamplePreprocessor(tokenizer, audio_tokenizer, base).process_batch(rows)
+    codes = {r["id"]: r["audio_codes"].tolist() for r in alone.records}
+    assert {r["id"]: r["audio_codes"].tolist() for r in result.records} == codes
