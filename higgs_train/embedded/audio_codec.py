@@ -229,7 +229,14 @@ def build_audio_tokenizer_dir(out_dir: Path, size: str = "tiny", seed: int = 0) 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(seed)
     tokenizer = HiggsAudioTokenizer(**config, device="cpu").eval()
-    _initialise_codebooks(tokenizer, seed)
+    # The codebooks are calibrated on encoder outputs, whose float sums depend on torch's thread count: pinned to one
+    # thread, every machine (and a 1-thread Ray actor beside a many-core driver) builds the same bytes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _initialise_codebooks(tokenizer, seed)
+    finally:
+        torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     # The teacher is loaded from its own cache entry by the constructor; keep it out of model.pth as upstream does.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 EMBEDDED = "embedded"  # the model/tokenizer name that means the generated tiny stack
 EMBEDDED_WHISPER = f"{EMBEDDED}:whisper"  # its variant with the Whisper tower
-STACK_VERSION = "tiny-v2"
+STACK_VERSION = "tiny-v3"
 
 
 @dataclass(frozen=True)

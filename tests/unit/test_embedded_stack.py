@@ -31,8 +31,15 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def test_stack_builds_to_identical_files_twice(tmp_path):
+    """Byte for byte, whatever torch's thread count: a stack built under 1 thread (a Ray actor, a 1-core container)
+    once differed from the same build under 2 (the codec's calibration sums)."""
+    threads = torch.get_num_threads()
     first = _digests(build_tiny_stack(tmp_path / "a").root)
-    second = _digests(build_tiny_stack(tmp_path / "b").root)
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        second = _digests(build_tiny_stack(tmp_path / "b").root)
+    finally:
+        torch.set_num_threads(threads)
     assert first == second
     assert {
         "model/config.json",
