@@ -2,7 +2,7 @@
 # benchmarks/gpu_step.py on a bare GPU machine (the device tool's H200: Python 3.12 with torch, no Ray, no
 # boson-multimodal, no network), as one prepared run that fits the tool's 10-minute command limit.
 #
-#   here:    scripts/device_wheels.sh                       # once: .whl/ (about 16 MB, git-ignored)
+#   here:    scripts/device_wheels.sh                       # once: .whl/ (about 17 MB, git-ignored)
 #   device:  run(command="bash benchmarks/gpu_step_device.sh", carry=[".whl"], timeout_s=600)
 #
 # Each step's log and JSON summary line land in $OUT (or outputs/gpu_step_device); a step that fails (an

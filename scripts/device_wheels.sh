@@ -4,12 +4,12 @@
 # pins of transformers / tokenizers / huggingface_hub / peft, nor boson_multimodal and its import-time needs (those
 # of the model and of the audio tokenizer; checked by importing both with only the device's packages on the path).
 # Versions come from requirements/lock.txt. Run from the repository root; the wheels land in .whl/ (git-ignored),
-# about 20 MB, which the device tool carries (`carry: [".whl"]`).
+# about 17 MB, which the device tool carries (`carry: [".whl"]`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The model's needs, then those of upstream's audio tokenizer (benchmarks/encode_device.py): the codec packages.
 names=(transformers tokenizers huggingface_hub peft boson_multimodal loguru dacite librosa audioread soundfile soxr
        pooch decorator lazy-loader platformdirs cffi pycparser
-       # upstream's audio tokenizer (benchmarks/encode_device.py): the codec packages and their import-time needs
        omegaconf vector-quantize-pytorch einx frozendict torch-einops-utils descript-audio-codec descript-audiotools
        docstring_parser ffmpy flatten-dict importlib_resources julius)
 # Published as source only (pure Python): built into wheels here, which install anywhere.

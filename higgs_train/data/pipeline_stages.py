@@ -23,7 +23,7 @@ from higgs_train.data.audio_io import AudioLimits
 from higgs_train.data.clip_encoder import AudioCodeStore, decode_clips, keep_freed_memory_for_reuse
 from higgs_train.data.preprocess import BatchResult, SamplePreprocessor
 from higgs_train.data.record_codec import RECORD_SCHEMA, records_to_table
-from higgs_train.data.stage_sizing import CPU_ENCODE_BATCH
+from higgs_train.data.stage_sizing import ENCODE_BATCH
 
 ERROR_STAGE = "error_stage"
 ERROR_REASON = "error_reason"
@@ -124,7 +124,7 @@ class PreprocessActor:
         torch_threads: int = 1,
         progress: Any = None,
         device: str = "cpu",
-        encode_batch_size: int = CPU_ENCODE_BATCH,
+        encode_batch_size: int = ENCODE_BATCH,
     ) -> None:
         # Deferred on purpose: torch, transformers and upstream's tokenizer code load in the encoder actors only; the
         # decode tasks (this module's functions, run in Ray's workers) never need them.

@@ -13,8 +13,8 @@ Flow (``build_token_cache``):
    whole block to one actor; small blocks spread rows over the pool) -> the decode stage
    (``pipeline_stages.decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the
    encode stage (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``,
-   ``num_gpus`` with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, several per call where
-   that is exact, then each row becomes a record). Every input row comes back: good rows as records, failed rows with
+   ``num_gpus`` with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, one per call unless a
+   caller asks for more, then each row becomes a record). Every input row comes back: good rows as records, failed rows with
    ``error_stage``/``error_reason`` set and null data. Each batch's cost (clips encoded, encoder calls, encoded
    audio seconds, encode and decode CPU seconds) rides on its first output row.
 3. Before any actor starts, every row's content key (``row_reuse.row_keys``) is looked up in the newest earlier
@@ -80,8 +80,7 @@ from higgs_train.data.quarantine import Quarantine
 from higgs_train.data.row_reuse import find_reusable, index_new_records, row_context_digest, row_keys, write_entry
 from higgs_train.data.shard_stream import ROWS_PER_FILE
 from higgs_train.data.stage_sizing import (
-    CPU_ENCODE_BATCH,
-    GPU_ENCODE_BATCH,
+    ENCODE_BATCH,
     IO_TASK_CPUS,
     StageSizing,
     check_resources,
@@ -150,7 +149,7 @@ def build_token_cache(
     caller (or is auto-initialised by Ray Data with every local CPU).
 
     ``gpus_per_actor`` > 0 puts the encoder actors on GPUs (decode stays on CPU tasks); ``encode_batch_size`` is
-    the most clips per encoder call (default ``CPU_ENCODE_BATCH`` on CPU, ``GPU_ENCODE_BATCH`` on GPU).
+    the most clips per encoder call (default ``ENCODE_BATCH``, one, on either device: see there why).
 
     ``on_driver_node`` (``--data_nodes driver``, the default) keeps every task and actor of the build on this
     process's node: they read the manifest, the audio and the code store and write the records, all paths on this
@@ -160,7 +159,7 @@ def build_token_cache(
     if num_actors < 1 or cpus_per_actor <= 0 or batch_size < 1 or gpus_per_actor < 0:
         raise ValueError("num_actors and batch_size must be >= 1, cpus_per_actor > 0 and gpus_per_actor >= 0")
     if encode_batch_size is None:
-        encode_batch_size = GPU_ENCODE_BATCH if gpus_per_actor > 0 else CPU_ENCODE_BATCH
+        encode_batch_size = ENCODE_BATCH
     stage = StageSizing(num_actors, cpus_per_actor, gpus_per_actor, batch_size, encode_batch_size)
     t0 = time.perf_counter()
     cache = TokenCache(cache_root)

@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from higgs_train.ray_session import this_node_resources
 
 IO_TASK_CPUS = 0.25
-CPU_ENCODE_BATCH = 1  # clips per encoder call on CPU actors: stacking measured slower there (ClipEncoder)
-GPU_ENCODE_BATCH = 16  # on a GPU actor: stacking equal-length clips fills the device (unmeasured here)
+# Clips per encoder call, on CPU and GPU actors alike: one, so every clip gets the codes generation would give it
+# alone. Stacking clips of equal length measured slower on CPU (0.82x per CPU s) and, on an H200, 3.8-13x faster but
+# with 0.1-0.3% of the codes different from the solo ones (TF32 convolutions pick other kernels per batch shape;
+# 0.002% still differ with TF32 off): benchmarks/encode_device.py, README "Benchmarks". One clip per call on that
+# GPU encodes 330-350 audio s per s (10 s clips), about a hundred CPU cores' worth.
+ENCODE_BATCH = 1
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,17 @@ def test_data_actor_gpus_is_validated_and_refused_on_a_cluster_without_gpus(monk
         "--data_actor_gpus 0.5 with 2 data actor(s) needs 1 GPU(s) but the Ray cluster has no GPUs; drop "
         "--data_actor_gpus to encode on CPUs, or lower dataloader_num_workers"
     )
+
+
+def test_encode_device_benchmark_counts_calls_and_compares_codes_with_solo():
+    """``benchmarks/encode_device.py`` (the GPU figures' script) on CPU: stacked calls are counted as such, and on CPU
+    stacked codes equal the solo ones, so the share it reports is 1 (on an H200 it reported 0.997-0.999)."""
+    from test_training_core import load_benchmark
+
+    bench = load_benchmark("encode_device")
+    argv = ["--tiny", "--device", "cpu", "--clip_seconds", "1", "--clips", "3", "--batches", "1", "3", "--repeats", "1"]
+    summary = bench.main(argv)
+    solo, stacked = summary["runs"]
+    assert (solo["encoder_calls"], stacked["encoder_calls"]) == (3, 1)
+    assert solo["codes_equal_to_solo"] == stacked["codes_equal_to_solo"] == 1.0
+    assert summary["best_by_clip_length"]["1.0"]["one_per_call"] == solo["audio_seconds_per_wall_second"] > 0
