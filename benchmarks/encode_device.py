@@ -7,8 +7,8 @@ codes equal the solo codes on that device (on CPU ``tests/unit/test_batched_enco
 convolution kernels per shape, so it is checked again here, as the fraction of codes equal to the solo ones).
 
 What it runs: the real-size audio tokenizer (random weights in the released on-disk layout, built once under
-$HIGGS_TRAIN_HOME, as ``benchmarks/encoder_heap.py`` does), loaded by the project's loader on ``--device``; for each
-clip length, ``--clips`` speech-like clips encoded once to warm up, then timed (device synchronised) at each
+$HIGGS_TRAIN_HOME by ``benchmarks/encoder_scaling.py``'s ``tokenizer_path``), loaded by the project's loader on ``--device``; for each
+clip length, ``--clips`` speech-like clips (``calibration_audio``: seeded source-filter voices) encoded once to warm up, then timed (device synchronised) at each
 ``--batches`` size, best of ``--repeats``; peak device memory per size on CUDA. Imports nothing from Ray.
 
     python benchmarks/encode_device.py                          # cuda when available, else cpu
@@ -21,43 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run as a script from anywhere: import the repository's higgs_train
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script from anywhere: the repository's higgs_train and its benchmarks
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from encoder_scaling import tokenizer_path  # noqa: E402  (the real-size tokenizer, built once, shared by benchmarks)
 
 from higgs_train.data.clip_encoder import ClipEncoder  # noqa: E402
-from higgs_train.embedded.layout import default_home  # noqa: E402
-from higgs_train.model_loading import load_audio_tokenizer, resolve_paths  # noqa: E402
-
-
-def speech_like(samples: int, rate: int, seed: int) -> np.ndarray:
-    """A voiced harmonic tone with a syllable-rate envelope and a little noise: not silence, not white noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / rate
-    f0 = rng.uniform(90, 250)
-    voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
-    return (0.2 * voiced + 0.02 * rng.standard_normal(samples)).astype(np.float32)
-
-
-def tokenizer_path(tiny: bool) -> str:
-    if tiny:
-        return resolve_paths("embedded", "embedded").audio_tokenizer_path
-    os.environ.setdefault("HF_HUB_CACHE", str(default_home() / "bench-hf-cache"))
-    path = default_home() / "bench-audio-tokenizer-real"
-    if not (path / "higgs_train_generated.json").exists():
-        from higgs_train.embedded.audio_codec import build_audio_tokenizer_dir
-
-        start = time.perf_counter()
-        build_audio_tokenizer_dir(path, size="real")
-        print(f"built the real-size audio tokenizer in {time.perf_counter() - start:.1f} s", flush=True)
-    return str(path)
+from higgs_train.embedded.audio_codec import calibration_audio  # noqa: E402
+from higgs_train.model_loading import load_audio_tokenizer  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -100,10 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"audio tokenizer ({'tiny' if args.tiny else 'real size'}) on {name}, loaded in {load_seconds:.1f} s")
     rows = []
     for seconds in args.clip_seconds:
-        samples = int(round(seconds * rate))
-        waves = {f"clip{i:03d}": speech_like(samples, rate, seed=i) for i in range(args.clips)}
+        waves = {f"clip{i:03d}": calibration_audio(rate, seconds, seed=i) for i in range(args.clips)}
         urls = {key: f"{key}.wav" for key in waves}
-        audio_seconds = args.clips * samples / rate
+        audio_seconds = sum(len(wave) for wave in waves.values()) / rate
         solo_codes = None
         for batch in args.batches:
             encoder = ClipEncoder(tokenizer, max_batch=batch)

@@ -157,7 +157,7 @@ class ClipEncoder:
     acoustic encoder a second time on a padded copy, reshaping the input in a way that only holds for one clip.
     So the first clip of every length goes alone, a forward hook counts the acoustic passes it took, and that
     length is batched afterwards only if it took one. The exactness holds on CPU only: on an H200, stacked codes
-    differed from the solo ones in 0.1-0.3% of places (``benchmarks/encode_device.py``: the GPU picks other
+    differed from the solo ones in 0.06-0.3% of places (``benchmarks/encode_device.py``: the GPU picks other
     convolution kernels per batch shape). And stacking pays only there: on CPU it measured slower than one by one
     (``benchmarks/preprocess_throughput.py``). So the build's actors default to ``max_batch`` 1 on both
     (``stage_sizing.ENCODE_BATCH``); more is for benchmarks and for callers who accept that difference.

@@ -14,8 +14,8 @@ Flow (``build_token_cache``):
    (``pipeline_stages.decode_batch``: CPU tasks that decode and resample the clips the code store lacks) -> the
    encode stage (``map_batches(PreprocessActor, ActorPoolStrategy(size=num_actors))``, fractional ``num_cpus``,
    ``num_gpus`` with ``--data_actor_gpus``: the batch's clips go through ``ClipEncoder``, one per call unless a
-   caller asks for more, then each row becomes a record). Every input row comes back: good rows as records, failed rows with
-   ``error_stage``/``error_reason`` set and null data. Each batch's cost (clips encoded, encoder calls, encoded
+   caller asks for more, then each row becomes a record). Every input row comes back: good rows as records, failed
+   rows with ``error_stage``/``error_reason`` set and null data. Each batch's cost (clips encoded, encoder calls, encoded
    audio seconds, encode and decode CPU seconds) rides on its first output row.
 3. Before any actor starts, every row's content key (``row_reuse.row_keys``) is looked up in the newest earlier
    entries: only rows found nowhere are preprocessed (a one-row edit of a 100k-row manifest preprocesses one row;

@@ -29,9 +29,9 @@ from higgs_train.ray_session import this_node_resources
 
 IO_TASK_CPUS = 0.25
 # Clips per encoder call, on CPU and GPU actors alike: one, so every clip gets the codes generation would give it
-# alone. Stacking clips of equal length measured slower on CPU (0.82x per CPU s) and, on an H200, 3.8-13x faster but
-# with 0.1-0.3% of the codes different from the solo ones (TF32 convolutions pick other kernels per batch shape;
-# 0.002% still differ with TF32 off): benchmarks/encode_device.py, README "Benchmarks". One clip per call on that
+# alone. Stacking clips of equal length measured slower on CPU (0.82x per CPU s) and, on an H200, 3.8-18x faster
+# but with 0.06-0.3% of the codes different from the solo ones (0.002% with TF32 off: the GPU picks other
+# convolution kernels per batch shape): benchmarks/encode_device.py, README "Benchmarks". One clip per call on that
 # GPU encodes 330-350 audio s per s (10 s clips), about a hundred CPU cores' worth.
 ENCODE_BATCH = 1
 
